@@ -1,0 +1,56 @@
+# udaqa-pipeline: every target sets up what it needs (venv, CPU torch, the package, the weights).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CLI := $(VENV)/bin/udaqa-pipeline
+STAMP := $(VENV)/.installed
+WEIGHTS_STAMP := cache/weights/i3d_kinetics400_rgb.pt
+
+DATASET ?= mtl
+ROOT ?=
+BACKEND ?= hdf5
+FOLD ?= 0
+ARGS ?=
+
+.PHONY: venv weights test test-slow demo features train evaluate ablate bench clean-venv
+
+venv: $(STAMP)
+
+# The CPU wheel is pinned here, not in pyproject, so a bare `torch` never pulls a CUDA build in CI.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+weights: $(STAMP)
+	$(CLI) weights fetch
+
+test: $(STAMP) weights
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP) weights
+	$(PY) -m pytest -q -m slow
+
+demo: $(STAMP) weights
+	$(PY) -m udaqa_pipeline.demo $(ARGS)
+
+features: $(STAMP) weights
+	$(CLI) features $(DATASET) $(if $(ROOT),--root $(ROOT)) --backend $(BACKEND) $(ARGS)
+
+train: $(STAMP)
+	$(CLI) train $(DATASET) --fold $(FOLD) $(ARGS)
+
+evaluate: $(STAMP)
+	$(CLI) evaluate $(DATASET) --fold $(FOLD) $(ARGS)
+
+ablate: $(STAMP)
+	$(CLI) ablate --dataset $(DATASET) --fold $(FOLD) $(ARGS)
+
+bench: $(STAMP) weights
+	$(PY) -m bench.run $(ARGS)
+
+clean-venv:
+	rm -rf $(VENV)
