@@ -1,0 +1,19 @@
+"""Stage one's feature cache: extraction (I3D over clip batches), HDF5/Zarr stores, manifest,
+lock, verify, merge. Stage two only reads it through :func:`open_cache` / :func:`find_cache`."""
+
+from .manifest import SCHEMA_VERSION, CacheError
+from .store import (
+    SAMPLE_SCHEMA,
+    FeatureCache,
+    add_backend,
+    apply_view,
+    find_cache,
+    open_cache,
+    samples_table,
+    write_cache,
+)
+
+__all__ = [
+    "SCHEMA_VERSION", "SAMPLE_SCHEMA", "CacheError", "FeatureCache", "add_backend", "apply_view", "find_cache",
+    "open_cache", "samples_table", "write_cache",
+]
