@@ -1,0 +1,116 @@
+"""Decoding of videos the test writes itself (lossless, so frames compare exactly) and of frame folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from udaqa_pipeline.video.decode import VideoError, count_frames, natural_key, read_frames
+
+
+def _frames(n: int, h: int = 48, w: int = 64) -> np.ndarray:
+    rng = np.random.default_rng(n)
+    return rng.integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
+
+
+def write_video(path: Path, frames: np.ndarray, codec: str = "ffv1", pix_fmt: str = "bgr0", options=None) -> Path:
+    with av.open(str(path), mode="w") as c:
+        s = c.add_stream(codec, rate=25)
+        s.width, s.height = frames.shape[2], frames.shape[1]
+        s.pix_fmt = pix_fmt
+        if options:
+            s.options = options
+        for f in frames:
+            for pkt in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    return path
+
+
+@pytest.fixture(scope="module")
+def mkv(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    frames = _frames(20)
+    return write_video(tmp_path_factory.mktemp("v") / "clip.mkv", frames), frames
+
+
+def test_lossless_mkv_exact(mkv):
+    path, frames = mkv
+    out = read_frames(path)
+    assert out.dtype == np.uint8 and out.shape == frames.shape
+    np.testing.assert_array_equal(out, frames)
+    assert count_frames(path) == 20
+    assert count_frames(path, exact=False) == 20
+
+
+def test_range_and_indices(mkv):
+    path, frames = mkv
+    np.testing.assert_array_equal(read_frames(path, start=3, stop=7), frames[3:7])
+    np.testing.assert_array_equal(read_frames(path, start=15, stop=99), frames[15:])
+    idx = [5, 2, 2, 19]
+    np.testing.assert_array_equal(read_frames(path, indices=idx), frames[idx])
+    with pytest.raises(VideoError, match="only 20 frames"):
+        read_frames(path, indices=[0, 20])
+
+
+def test_x264rgb_lossless_mp4(tmp_path):
+    frames = _frames(12)
+    path = write_video(tmp_path / "c.mp4", frames, "libx264rgb", "rgb24", {"qp": "0", "preset": "ultrafast"})
+    np.testing.assert_array_equal(read_frames(path), frames)
+    np.testing.assert_array_equal(read_frames(path, indices=[11, 0]), frames[[11, 0]])
+
+
+def test_frame_folder_natural_order(tmp_path):
+    frames = _frames(12, 20, 30)
+    d = tmp_path / "f"
+    d.mkdir()
+    for i, f in enumerate(frames):  # unpadded names: img_2 must come before img_10
+        Image.fromarray(f).save(d / f"img_{i}.png")
+    (d / "notes.txt").write_text("ignored")
+    assert count_frames(d) == 12
+    np.testing.assert_array_equal(read_frames(d), frames)
+    np.testing.assert_array_equal(read_frames(d, start=9), frames[9:])
+    np.testing.assert_array_equal(read_frames(d, indices=[10, 2, 10]), frames[[10, 2, 10]])
+    assert sorted(["img_10", "img_2", "img_1"], key=natural_key) == ["img_1", "img_2", "img_10"]
+
+
+def test_greyscale_frames_become_rgb(tmp_path):
+    d = tmp_path / "g"
+    d.mkdir()
+    Image.fromarray(np.full((8, 8), 7, np.uint8)).save(d / "0.png")
+    out = read_frames(d)
+    assert out.shape == (1, 8, 8, 3) and (out == 7).all()
+
+
+def test_missing_empty_corrupt(tmp_path, mkv):
+    with pytest.raises(VideoError, match="no such file") as e:
+        read_frames(tmp_path / "nope.mp4")
+    assert e.value.path == tmp_path / "nope.mp4"
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(VideoError, match="empty"):
+        count_frames(empty)
+    junk = tmp_path / "junk.avi"
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(VideoError) as e:
+        read_frames(junk)
+    assert str(junk) in str(e.value) and e.value.reason
+    # a real video cut in half: header fine, data truncated
+    src, _ = mkv
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(src.read_bytes()[:600])
+    with pytest.raises(VideoError):
+        read_frames(cut, indices=[19])
+    d = tmp_path / "nofr"
+    d.mkdir()
+    with pytest.raises(VideoError, match="no images"):
+        read_frames(d)
+    bad = tmp_path / "badfr"
+    bad.mkdir()
+    (bad / "0001.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(VideoError, match="0001.jpg"):
+        read_frames(bad)

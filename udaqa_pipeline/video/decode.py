@@ -1,0 +1,313 @@
+"""Video input shared by every stage: a video file (PyAV) or a folder of frame images (Pillow).
+
+Small interface in the pytorchvideo spirit: :func:`open_video` returns a backend object with
+``n_frames()``, ``read(indices)`` and ``close()``; :func:`read_frames` and :func:`count_frames` are
+the one-call forms everything else uses. Frames come back as ``uint8`` arrays of shape
+``(T, H, W, 3)`` in RGB order.
+
+Design choices:
+
+- Video files decode through PyAV with ``stream.thread_type = "AUTO"`` (frame + slice threads), so
+  anything FFmpeg reads works (mp4, avi, mkv, webm, gif, ...). Decoding always starts at the first
+  frame and stops at the last frame requested: frame-accurate seeking is unreliable across codecs
+  and containers, and the AQA windows (first 103 frames, or frames spread over a short clip) need
+  the early part anyway. Frames that are not requested are decoded but never converted to RGB.
+- Frame folders: every file with an image extension, *naturally* sorted by name (``img_2`` before
+  ``img_10``), so both zero-padded and unpadded numbering work. Only requested images are opened.
+  Greyscale / RGBA / palette images are converted to RGB; all frames must share one size.
+- ``start``/``stop`` follow Python slice rules (a ``stop`` past the end gives fewer frames, the
+  caller sees it in ``len``). ``indices`` are strict: an index past the end raises
+  :class:`VideoError`, because a window that silently shrinks would misalign clips.
+- Every failure (missing, empty, corrupt, unreadable, not a video) raises :class:`VideoError`, which
+  names the file, the reason and what to do; PyAV / Pillow exceptions are wrapped, never leaked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Iterable, Protocol, Sequence
+
+import numpy as np
+
+#: File extensions read as frames of a frame folder (lower case).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+
+class VideoError(Exception):
+    """A video or frame folder that cannot be read; ``str()`` names the file, the reason and a fix."""
+
+    def __init__(self, path: str | os.PathLike, reason: str, fix: str = "") -> None:
+        self.path = Path(path)
+        self.reason = reason
+        self.fix = fix or "check that the file is a complete video FFmpeg can play (try `ffprobe FILE`)"
+        super().__init__(f"{self.path}: {self.reason}; {self.fix}")
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders embedded numbers by value (``img_2`` < ``img_10``)."""
+    return [int(tok) if tok.isdigit() else tok.lower() for tok in re.split(r"(\d+)", name)]
+
+
+def list_frame_files(folder: str | os.PathLike) -> list[Path]:
+    """The image files of a frame folder, naturally sorted by name (hidden files skipped)."""
+    folder = Path(folder)
+    try:
+        names = [
+            e.name
+            for e in os.scandir(folder)
+            if e.is_file() and not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS
+        ]
+    except OSError as exc:
+        raise VideoError(folder, f"cannot list frame folder ({exc.strerror or exc})", "check permissions") from exc
+    names.sort(key=natural_key)
+    return [folder / n for n in names]
+
+
+class VideoSource(Protocol):
+    """What a decoding backend offers."""
+
+    path: Path
+
+    def n_frames(self) -> int: ...
+
+    def read(self, indices: Sequence[int]) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+def _check_indices(path: Path, indices: Sequence[int], n: int | None = None) -> np.ndarray:
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if idx.size and idx.min() < 0:
+        raise VideoError(path, f"negative frame index {int(idx.min())}", "pass 0-based frame indices")
+    if n is not None and idx.size and idx.max() >= n:
+        raise VideoError(
+            path,
+            f"frame {int(idx.max())} requested but the source has only {n} frames",
+            "check the annotation's frame range against the video, or use a shorter window",
+        )
+    return idx
+
+
+class FrameFolder:
+    """A folder of frame images (one image per frame, order = natural sort of the names)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.files = list_frame_files(self.path)
+        if not self.files:
+            raise VideoError(
+                self.path,
+                "frame folder holds no images (" + "/".join(sorted(IMAGE_EXTENSIONS)) + ")",
+                "extract the frames into this folder or point --root at the right place",
+            )
+
+    def n_frames(self) -> int:
+        return len(self.files)
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        from PIL import Image, UnidentifiedImageError
+
+        idx = _check_indices(self.path, indices, len(self.files))
+        cache: dict[int, np.ndarray] = {}
+        shape = None
+        for i in dict.fromkeys(idx.tolist()):  # each needed image opened once, even if repeated
+            f = self.files[i]
+            try:
+                with Image.open(f) as im:
+                    arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+                raise VideoError(f, f"cannot read frame image ({exc})", "replace or re-extract this frame") from exc
+            if shape is None:
+                shape = arr.shape
+            elif arr.shape != shape:
+                raise VideoError(
+                    f, f"frame size {arr.shape[1]}x{arr.shape[0]} differs from {shape[1]}x{shape[0]}",
+                    "re-extract the folder so every frame has the same size",
+                )
+            cache[i] = arr
+        if not idx.size:
+            return np.zeros((0, 0, 0, 3), np.uint8)
+        return np.stack([cache[i] for i in idx.tolist()])
+
+    def close(self) -> None:
+        pass
+
+
+class VideoFile:
+    """A video file decoded with PyAV (threaded), first frame to the last one needed."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise VideoError(self.path, "no such file or folder", "check the path (and --root / the stage TOML)")
+        if self.path.stat().st_size == 0:
+            raise VideoError(self.path, "file is empty (0 bytes)", "re-download or re-export the video")
+        self._container = self._open()
+
+    def _open(self):
+        import av
+
+        try:
+            container = av.open(str(self.path), mode="r")
+        except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
+            raise VideoError(self.path, f"FFmpeg cannot open it ({_av_reason(exc)})") from exc
+        if not container.streams.video:
+            container.close()
+            raise VideoError(self.path, "no video stream in the file", "pass a video file or a folder of frames")
+        return container
+
+    def _stream(self):
+        stream = self._container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame + slice threading: several times faster on long videos
+        return stream
+
+    def _rewind(self) -> None:
+        # Reopen rather than seek(0): seeking is not reliable for every container (e.g. some avi).
+        self._container.close()
+        self._container = self._open()
+
+    def n_frames(self) -> int:
+        """Exact count, by decoding (container headers are often missing or wrong, e.g. in mkv)."""
+        n = 0
+        for _ in self._frames():
+            n += 1
+        self._rewind()
+        if n == 0:
+            raise VideoError(self.path, "no frames could be decoded", "re-export the video")
+        return n
+
+    def n_frames_fast(self) -> int:
+        """Count by demuxing packets without decoding; may differ from decoding for odd codecs."""
+        import av
+
+        stream = self._container.streams.video[0]
+        n = 0
+        try:
+            for pkt in self._container.demux(stream):
+                if pkt.size:
+                    n += 1
+        except av.FFmpegError as exc:
+            raise VideoError(self.path, f"corrupt data while demuxing ({_av_reason(exc)})") from exc
+        finally:
+            self._rewind()
+        return n
+
+    def _frames(self) -> Iterable:
+        import av
+
+        try:
+            for frame in self._container.decode(self._stream()):
+                yield frame
+        except av.FFmpegError as exc:
+            raise VideoError(self.path, f"corrupt data while decoding ({_av_reason(exc)})") from exc
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        idx = _check_indices(self.path, indices)
+        if not idx.size:
+            return np.zeros((0, 0, 0, 3), np.uint8)
+        wanted = set(idx.tolist())
+        last = int(idx.max())
+        got: dict[int, np.ndarray] = {}
+        n = 0
+        for i, frame in enumerate(self._frames()):
+            n = i + 1
+            if i in wanted:
+                got[i] = frame.to_ndarray(format="rgb24")
+            if i >= last:
+                break  # stop decoding as soon as the last needed frame is in
+        self._rewind()
+        if n == 0:
+            raise VideoError(self.path, "no frames could be decoded", "re-export the video")
+        if last >= n:
+            raise VideoError(
+                self.path,
+                f"frame {last} requested but only {n} frames could be decoded",
+                "check the annotation's frame range against the video, or use a shorter window",
+            )
+        return np.stack([got[i] for i in idx.tolist()])
+
+    def read_range(self, start: int, stop: int | None) -> np.ndarray:
+        out = []
+        n = 0
+        for i, frame in enumerate(self._frames()):
+            if stop is not None and i >= stop:
+                break
+            n = i + 1
+            if i >= start:
+                out.append(frame.to_ndarray(format="rgb24"))
+        self._rewind()
+        if n == 0 and stop != 0:
+            raise VideoError(self.path, "no frames could be decoded", "re-export the video")
+        if not out:
+            return np.zeros((0, 0, 0, 3), np.uint8)
+        return np.stack(out)
+
+    def close(self) -> None:
+        self._container.close()
+
+    def __enter__(self) -> "VideoFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _av_reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    # PyAV messages repeat the path; keep only the reason, the path is in VideoError already.
+    text = re.sub(r"^\[Errno -?\d+\]\s*", "", text)
+    return re.sub(r":\s*'[^']*'$", "", text)
+
+
+def open_video(source: str | os.PathLike) -> FrameFolder | VideoFile:
+    """A :class:`FrameFolder` for a directory, a :class:`VideoFile` otherwise."""
+    p = Path(source)
+    if p.is_dir():
+        return FrameFolder(p)
+    if not p.exists():
+        raise VideoError(p, "no such file or folder", "check the path (and --root / the stage TOML)")
+    return VideoFile(p)
+
+
+def read_frames(
+    source: str | os.PathLike,
+    start: int = 0,
+    stop: int | None = None,
+    indices: Sequence[int] | np.ndarray | None = None,
+) -> np.ndarray:
+    """Frames of a video file or frame folder as ``uint8 (T, H, W, 3)`` RGB.
+
+    With ``indices`` (0-based, any order, repeats allowed) exactly those frames are returned in that
+    order; an index past the end raises :class:`VideoError`. Otherwise frames ``start:stop`` (slice
+    rules; ``stop=None`` = to the end). Decoding stops at the last frame needed.
+    """
+    if start < 0 or (stop is not None and stop < start):
+        raise ValueError(f"bad frame range start={start} stop={stop}: need 0 <= start <= stop")
+    src = open_video(source)
+    try:
+        if indices is not None:
+            return src.read(indices)
+        if isinstance(src, FrameFolder):
+            n = src.n_frames()
+            return src.read(range(start, min(n, stop) if stop is not None else n))
+        return src.read_range(start, stop)
+    finally:
+        src.close()
+
+
+def count_frames(source: str | os.PathLike, *, exact: bool = True) -> int:
+    """Number of frames: images in a folder, or frames of a video file.
+
+    ``exact=True`` (default) decodes the whole file, the only count that always agrees with
+    :func:`read_frames`; ``exact=False`` counts demuxed packets (no decoding, several times faster,
+    equal for the usual intra/P-frame codecs but not guaranteed for every file).
+    """
+    src = open_video(source)
+    try:
+        if isinstance(src, VideoFile) and not exact:
+            return src.n_frames_fast()
+        return src.n_frames()
+    finally:
+        src.close()
