@@ -1,0 +1,211 @@
+"""The UD-AQA model: weight attention + CVAE latent branch + uncertainty head + regressor.
+
+The model takes clip features (B, K, M) and the downsampled video (B, L, 3, h, w) uint8; where the
+features come from (the stage-one cache, or an I3D that is being fine-tuned) is the caller's concern.
+
+Labels inside the model are *scaled* judge scores: y_s = (y - lo) / (hi - lo) with one (lo, hi)
+range per scaling group (the dataset's judge scale, or per action for AQA-7); the range travels with
+the model as buffers so :meth:`UDAQA.predict_judges` returns judge scores in score units.
+
+Ablation switches (``ModelConfig``): ``use_wa`` (else mean over clips), ``use_cvae`` (else no latent
+branch: a deterministic I3D+MLP), ``use_uncertainty`` (exp(-u) re-weighting; needs the CVAE),
+``latent_input`` ("video": the paper's own input through the conv encoder; "feature": the shared
+video feature f_v), ``regressors`` (1: one head on concat(f_v, z); 2: a deterministic head on f_v
+for the judge mean + a latent head on concat(f_v, z) for the sampled judge's offset from the mean).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from .heads import (GaussianNet, MeanPool, Regressor, UncertaintyHead, VideoEncoder,
+                    WeightAttention, reparameterize)
+from .losses import total_loss
+
+__all__ = ["ModelConfig", "UDAQA", "total_loss"]
+
+
+@dataclass
+class ModelConfig:
+    """Architecture; saved in every checkpoint so a resumed or loaded run rebuilds the same model."""
+
+    feat_dim: int = 1024
+    latent_dim: int = 6
+    wa_hidden: int = 256
+    video_channels: tuple[int, ...] = (16, 32, 64, 128)
+    dropout: float = 0.3
+    use_wa: bool = True
+    use_cvae: bool = True
+    use_uncertainty: bool = True
+    latent_input: str = "video"  # "video" | "feature"
+    regressors: int = 1  # 1 | 2
+    n_groups: int = 1  # label-scaling groups (AQA-7 per-action ranges)
+
+    def __post_init__(self) -> None:
+        self.video_channels = tuple(int(c) for c in self.video_channels)
+        if self.latent_input not in ("video", "feature"):
+            raise ValueError(f"latent_input must be 'video' or 'feature', not {self.latent_input!r}")
+        if self.regressors not in (1, 2):
+            raise ValueError(f"regressors must be 1 or 2, not {self.regressors!r}")
+        if self.use_uncertainty and not self.use_cvae:
+            raise ValueError("use_uncertainty needs use_cvae: the uncertainty head reads the latent z")
+        if self.regressors == 2 and not self.use_cvae:
+            raise ValueError("regressors=2 needs use_cvae: the offset head reads the latent z")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["video_channels"] = list(self.video_channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class UDAQA(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        m, d = cfg.feat_dim, cfg.latent_dim
+        self.fusion = WeightAttention(m, cfg.wa_hidden) if cfg.use_wa else MeanPool()
+        if cfg.use_cvae:
+            if cfg.latent_input == "video":
+                self.encoder: nn.Module | None = VideoEncoder(cfg.video_channels)
+                x_dim = self.encoder.out_dim
+            else:
+                self.encoder = None
+                x_dim = m
+            self.prior = GaussianNet(x_dim, d, dropout=cfg.dropout)
+            self.posterior = GaussianNet(x_dim + 1, d, dropout=cfg.dropout)
+            self.regressor = Regressor(m + d)
+        else:
+            self.encoder = None
+            self.regressor = Regressor(m)
+        self.unc = UncertaintyHead(d) if cfg.use_uncertainty else None
+        self.mean_head = Regressor(m) if cfg.regressors == 2 else None
+        self.register_buffer("scale_lo", torch.zeros(cfg.n_groups))
+        self.register_buffer("scale_hi", torch.ones(cfg.n_groups))
+
+    # -- pieces ---------------------------------------------------------------------------------
+    def encode(self, features: torch.Tensor, video: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """-> (f_v (B, M), X (B, x_dim) or None). The expensive part; sampling reuses it."""
+        f_v = self.fusion(features.float())
+        if not self.cfg.use_cvae:
+            return f_v, None
+        if self.encoder is None:
+            return f_v, f_v
+        if video is None:
+            raise ValueError("this model's latent branch reads the video: pass video (B, L, 3, h, w)")
+        return f_v, self.encoder(video)
+
+    def _head(self, f_v: torch.Tensor, z: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        if z is None:
+            out["y_hat"] = self.regressor(f_v)
+            return out
+        if z.dim() == 3:  # (B, N, D) draws: broadcast f_v over them
+            f_b = f_v.unsqueeze(1).expand(-1, z.shape[1], -1)
+        else:
+            f_b = f_v
+        r = self.regressor(torch.cat([f_b, z], dim=-1))
+        if self.mean_head is not None:
+            y_mean = self.mean_head(f_v)
+            out["y_mean"] = y_mean
+            # the offset head learns the sampled judge's offset; the mean head gets its own L1 term,
+            # so the mean is detached here and each head learns one thing
+            ym = y_mean.detach()
+            out["y_hat"] = (ym.unsqueeze(1) if z.dim() == 3 else ym) + r
+        else:
+            out["y_hat"] = r
+        return out
+
+    # -- training forward -----------------------------------------------------------------------
+    def forward(self, features: torch.Tensor, video: torch.Tensor | None,
+                y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Training path when ``y`` (scaled judge, (B,)) is given: z from the posterior Q(z|X, y);
+        otherwise one z drawn from the prior. Returns y_hat, and when present u (the posterior's /
+        prior's log-uncertainty), u_prior, mu_q/logvar_q/mu_p/logvar_p, y_mean."""
+        f_v, x = self.encode(features, video)
+        if x is None:
+            return self._head(f_v, None)
+        mu_p, logvar_p = self.prior(x)
+        z_p = reparameterize(mu_p, logvar_p)
+        if y is None:
+            out = self._head(f_v, z_p)
+            if self.unc is not None:
+                out["u"] = self.unc(z_p)
+            return out
+        mu_q, logvar_q = self.posterior(torch.cat([x, y.float().unsqueeze(-1)], dim=-1))
+        z_q = reparameterize(mu_q, logvar_q)
+        out = self._head(f_v, z_q)
+        out.update(mu_q=mu_q, logvar_q=logvar_q, mu_p=mu_p, logvar_p=logvar_p)
+        if self.unc is not None:
+            out["u"] = self.unc(z_q)
+            out["u_prior"] = self.unc(z_p)
+        return out
+
+    # -- test time ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_scaled(self, features: torch.Tensor, video: torch.Tensor | None, n: int,
+                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """n prior draws per sample -> (judges (B, n) scaled, u (B, n) log-uncertainty; zeros when
+        the model has no uncertainty head). Call in eval mode (dropout off)."""
+        f_v, x = self.encode(features, video)
+        b = f_v.shape[0]
+        if x is None:
+            y = self._head(f_v, None)["y_hat"]
+            return y.unsqueeze(1).expand(b, n).clone(), torch.zeros(b, n)
+        mu_p, logvar_p = self.prior(x)
+        mu = mu_p.unsqueeze(1).expand(b, n, -1)
+        lv = logvar_p.unsqueeze(1).expand(b, n, -1)
+        z = reparameterize(mu, lv, generator)
+        y = self._head(f_v, z)["y_hat"]
+        u = self.unc(z) if self.unc is not None else torch.zeros(b, n)
+        return y, u
+
+    @torch.no_grad()
+    def uncertainty(self, features: torch.Tensor, video: torch.Tensor | None) -> torch.Tensor:
+        """Deterministic predicted log-uncertainty u(mu_prior) (B,), used to order the curriculum
+        (needs no label, so it is the quantity the model would report at test time)."""
+        f_v, x = self.encode(features, video)
+        if x is None or self.unc is None:
+            return torch.zeros(f_v.shape[0])
+        mu_p, _ = self.prior(x)
+        return self.unc(mu_p)
+
+    def set_scaling(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        self.scale_lo.copy_(torch.as_tensor(lo, dtype=torch.float32))
+        self.scale_hi.copy_(torch.as_tensor(hi, dtype=torch.float32))
+
+    def to_score_units(self, y_scaled: torch.Tensor, group_index: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """Undo the label scaling; ``group_index`` (B,) picks each sample's range (default 0)."""
+        b = y_scaled.shape[0]
+        gi = torch.zeros(b, dtype=torch.long) if group_index is None else group_index.long()
+        shape = (b,) + (1,) * (y_scaled.dim() - 1)
+        lo = self.scale_lo[gi].view(shape)
+        hi = self.scale_hi[gi].view(shape)
+        return y_scaled * (hi - lo) + lo
+
+    @torch.no_grad()
+    def predict_judges(self, features: torch.Tensor, video: torch.Tensor | None, n_judges: int,
+                       n_samples: int = 1, group_index: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """S = ``n_samples`` draws of T = ``n_judges`` judge scores in score units.
+
+        features (B, K, M) float, video (B, L, 3, h, w) uint8 -> (judges (B, S, T), u (B,)) where u is
+        the mean predicted log-uncertainty over all S*T latent draws. Each judge is one independent
+        prior draw of z (the paper's "more samples = more judges"). Apply the dataset's scoring rule
+        (:func:`udaqa_pipeline.datasets.rules.apply_rule`) to the last axis to get final scores.
+        Switches the model to eval mode.
+        """
+        self.eval()
+        y, u = self.sample_scaled(features, video, n_judges * n_samples, generator)
+        y = self.to_score_units(y, group_index)
+        return y.view(y.shape[0], n_samples, n_judges), u.mean(dim=1)

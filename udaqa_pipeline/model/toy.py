@@ -1,0 +1,83 @@
+"""Synthetic judged-performance caches for stage-two tests and the training benchmark.
+
+Each sample has a hidden quality q in [0, 1]; seven judges score round-to-0.5(10 q + noise) with a
+per-sample disagreement level, the difficulty is uniform in [1.5, 3.5] and the final score follows
+the MTL-AQA rule (middle three x DD). Clip features carry q along a fixed random direction (plus
+noise), the video's brightness carries the judges' disagreement, so both branches have something
+real to learn. Arrays follow the cache schema (features (N, V, K, 1024) float32, video
+(N, L, 3, h, w) uint8).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..datasets.rules import apply_rule
+
+
+def toy_arrays(n: int = 48, *, n_views: int = 1, n_clips: int = 10, n_frames: int = 16,
+               size: tuple[int, int] = (16, 16), n_test: int | None = None, seed: int = 0,
+               feat_dim: int = 1024, noise: float = 0.05) -> dict[str, Any]:
+    """Arrays and sample rows of a synthetic MTL-like cache (``n_test`` rows get fold 0, the rest -1)."""
+    rng = np.random.default_rng(seed)
+    q = rng.uniform(0, 1, n)
+    spread = rng.uniform(0.1, 1.0, n)
+    judges = np.clip(np.round((10 * q[:, None] + spread[:, None] * rng.normal(0, 1, (n, 7))) * 2) / 2,
+                     0, 10)
+    dd = np.round(rng.uniform(1.5, 3.5, n), 1)
+    final = apply_rule("mtl_middle3", judges, dd)
+    direction = rng.uniform(0.2, 1.0, feat_dim).astype(np.float32)
+    base = rng.uniform(0, 0.3, (1, 1, 1, feat_dim)).astype(np.float32)
+    feats = (q[:, None, None, None] * direction + base
+             + noise * rng.standard_normal((n, n_views, n_clips, feat_dim))).astype(np.float32)
+    feats = np.maximum(feats, 0)  # post-ReLU like I3D's pooled features
+    level = (40 + 200 * spread)[:, None, None, None, None]
+    video = np.clip(level + rng.normal(0, 10, (n, n_frames, 3, *size)), 0, 255).astype(np.uint8)
+    n_test = n // 4 if n_test is None else n_test
+    rows = [{"id": f"toy_{i:05d}", "dataset": "toy", "action": "", "group": "",
+             "difficulty": float(dd[i]), "judge_scores": judges[i].tolist(),
+             "final_score": float(final[i]), "rule": "mtl_middle3",
+             "fold": 0 if i >= n - n_test else -1, "status": "ok"} for i in range(n)]
+    starts = np.linspace(0, max(n_frames - 16, 0), n_clips).astype(int).tolist()
+    views = [{"flip": False, "shift": 0}] + [{"flip": True, "shift": 0}] * (n_views - 1)
+    return {"features": feats, "video": video, "rows": rows, "clip_starts": starts, "views": views,
+            "quality": q}
+
+
+def write_toy_cache(path: str | Path, **kw: Any) -> Path:
+    """Write a toy cache directory with stage one's writer (:func:`udaqa_pipeline.cache.write_cache`)."""
+    from ..cache import write_cache
+
+    a = toy_arrays(**kw)
+    return write_cache(path, features=a["features"], video=a["video"], samples=a["rows"],
+                       clip_starts=a["clip_starts"], views=a["views"], dataset="toy",
+                       config={"toy": {k: (list(v) if isinstance(v, tuple) else v) for k, v in kw.items()}})
+
+
+@dataclass
+class MemoryCache:
+    """An in-memory object with the attributes stage two reads from an opened cache (``samples``,
+    ``features``, ``video``, ``views``, ``manifest``); used where writing a store to disk would only
+    cost time (the benchmark's MTL-sized cache)."""
+
+    features: np.ndarray
+    video: np.ndarray
+    samples: pa.Table
+    views: list
+    manifest: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    @classmethod
+    def toy(cls, **kw: Any) -> "MemoryCache":
+        from ..cache import samples_table
+        from ..config import config_hash
+
+        a = toy_arrays(**kw)
+        return cls(features=a["features"], video=a["video"], samples=samples_table(a["rows"]),
+                   views=a["views"], manifest={"config_hash": config_hash({"toy": repr(sorted(kw.items()))}),
+                                               "dataset": "toy"})

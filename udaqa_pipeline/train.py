@@ -1,0 +1,673 @@
+"""Stage two: train UD-AQA from the stage-one cache (no decoding, no I3D forward).
+
+One loop, read top to bottom (nanoGPT style). Policies, fixed here:
+
+- Labels: each step draws ONE judge of each sample at random as y (a fresh draw every epoch), scaled
+  to [0, 1] by the run's label scaling: ``train.label_range = [lo, hi]`` when the stage gives the
+  judge scale (MTL-AQA, FineDiving: 0..10), else the min/max of the training judges; with
+  ``train.label_scale = "per_group"`` (AQA-7) one range per group (action) from its training samples.
+- Views: where the cache holds V > 1 augmented feature views, each sample draws one view per epoch
+  and its video tensor gets the same flip/shift (``cache.apply_view``). Evaluation uses view 0.
+- Folds: ``fold K`` trains on every fold but K (and on train-only rows, fold -1) and tests on K.
+  ``cv=N`` replaces the cache's folds by a seeded N-fold split of all samples. ``train.per_group``
+  trains one model per group (JIGSAWS task) in ``<run>/<group>/``.
+- Protocols: ``honest`` (default) carves a seeded ``train.val_fraction`` validation split out of the
+  training samples and keeps the epoch with the best validation Spearman; test is never looked at
+  here. ``paper`` keeps the epoch with the best test Spearman, as the published code does. The
+  protocol is stored with the run and tags every reported number.
+- Selection Spearman uses the predicted final score = mean over ``train.eval_samples`` seeded prior
+  draws of the rule applied to T sampled judges.
+- Determinism: one seed; the data order, judge and view draws come from a ``torch.Generator`` and
+  dropout / latent noise from torch's global RNG; both states are checkpointed every epoch, so a
+  killed run resumes to the same numbers as an uninterrupted one (CPU).
+- Checkpoint: ONE file ``<run>/checkpoint.pt`` rewritten atomically after every epoch; see
+  :func:`save_checkpoint`. ``log.jsonl`` gets one JSON line per epoch.
+- DDP: under ``torchrun`` (WORLD_SIZE > 1) each global batch is split across ranks (gloo on CPU,
+  nccl on CUDA); losses are all-reduced so every rank takes the same curriculum decisions; rank 0
+  writes the checkpoint and the log.
+
+Feature sources: the loop reads inputs through an object with ``n_views`` and
+``batch(indices, views) -> (features (B, K, M), video (B, L, 3, h, w))`` and an optional trainable
+``module`` (nn.Module or None). :class:`CacheSource` reads the cache; a fine-tuning wrapper can
+compute features from frames with I3D and hand its I3D in as ``module`` (optimised and
+checkpointed with the heads).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .config import ConfigError, apply_overrides, load_stage, runs_root
+from .curriculum import Curriculum, select
+from .datasets.rules import apply_rule, judges_needed
+from .metrics import spearman
+from .model import UDAQA, ModelConfig
+from .model.losses import total_loss
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.jsonl"
+CHECKPOINT_FORMAT = "udaqa-pipeline/run"
+CHECKPOINT_VERSION = 1
+PROTOCOLS = ("honest", "paper")
+
+#: [train] keys that may change when a run resumes (everything else must match the checkpoint).
+RESUMABLE_KEYS = frozenset({"epochs"})
+
+#: Defaults for [train] keys a stage file may leave out (model switches, eval sampling).
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "lr": 1e-4, "weight_decay": 1e-5, "epochs": 200, "batch_size": 32, "alpha": 1.0, "beta": 10.0,
+    "latent_dim": 6, "curriculum_start": 0.4, "curriculum_step": 0.2, "curriculum_patience": 3,
+    "val_fraction": 0.1, "seed": 0, "per_group": False, "label_scale": "global", "label_range": [],
+    "use_wa": True, "use_cvae": True, "use_uncertainty": True, "use_curriculum": True,
+    "latent_input": "video", "regressors": 1, "wa_hidden": 256, "dropout": 0.3,
+    "video_channels": [16, 32, 64, 128], "eval_samples": 8,
+}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file and the fix."""
+
+
+# --------------------------------------------------------------------------- data
+
+
+class FeatureSource(Protocol):
+    n_views: int
+    module: nn.Module | None
+
+    def batch(self, indices: np.ndarray, views: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class CacheSource:
+    """Reads features and video of a cache (already in memory) for given rows and views."""
+
+    module = None
+
+    def __init__(self, cache: Any) -> None:
+        self.features = cache.features  # (N, V, K, M) float32
+        self.video = cache.video  # (N, L, 3, h, w) uint8, view 0
+        self.views = list(cache.views) or [{"flip": False, "shift": 0}]
+        self.n_views = int(self.features.shape[1])
+
+    def batch(self, indices: np.ndarray, views: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        from .cache import apply_view
+
+        idx = np.asarray(indices)
+        v = np.asarray(views)
+        feats = torch.from_numpy(np.ascontiguousarray(self.features[idx, v]))
+        vid = self.video[idx]
+        if (v != 0).any():
+            vid = np.stack([apply_view(vid[i], self.views[int(v[i])]) if v[i] else vid[i]
+                            for i in range(len(idx))])
+        return feats, torch.from_numpy(np.ascontiguousarray(vid))
+
+
+@dataclass
+class Labels:
+    """Per-sample labels of a cache, as numpy arrays (N rows, cache order)."""
+
+    ids: list[str]
+    judges: list[np.ndarray]  # raw panels (a single-label sample holds [final])
+    final: np.ndarray
+    difficulty: np.ndarray  # NaN where none
+    rule: list[str]
+    group: list[str]
+    action: list[str]
+    fold: np.ndarray
+    ok: np.ndarray
+
+    @classmethod
+    def from_table(cls, table: Any) -> "Labels":
+        d = table.to_pydict()
+        final = np.asarray([np.nan if x is None else x for x in d["final_score"]], float)
+        judges = [np.asarray(j if j else [f], float) for j, f in zip(d["judge_scores"], final)]
+        rules = [r if j else "identity" for r, j in zip(d["rule"], d["judge_scores"])]
+        diff = np.asarray([np.nan if x is None else x for x in d["difficulty"]], float)
+        return cls(ids=list(d["id"]), judges=judges, final=final, difficulty=diff, rule=rules,
+                   group=[g or "" for g in d["group"]], action=[a or "" for a in d["action"]],
+                   fold=np.asarray(d["fold"], int), ok=np.asarray([s == "ok" for s in d["status"]]))
+
+    def n_judges(self, i: int) -> int:
+        return judges_needed(self.rule[i], len(self.judges[i]))
+
+    def difficulty_of(self, i: int) -> float | None:
+        d = self.difficulty[i]
+        return None if math.isnan(d) else float(d)
+
+
+def label_scaling(labels: Labels, train_idx: np.ndarray, tcfg: dict) -> dict:
+    """The run's label scaling: {"mode", "groups": [names], "lo": [...], "hi": [...]}.
+
+    ``global`` mode has one group "" (every sample maps to it)."""
+    mode = tcfg.get("label_scale", "global")
+    if mode not in ("global", "per_group"):
+        raise ConfigError(f"train.label_scale must be 'global' or 'per_group', not {mode!r}")
+    rng = list(tcfg.get("label_range") or [])
+    if mode == "global":
+        if rng:
+            lo, hi = float(rng[0]), float(rng[1])
+        else:
+            vals = np.concatenate([labels.judges[i] for i in train_idx])
+            lo, hi = float(vals.min()), float(vals.max())
+        return {"mode": mode, "groups": [""], "lo": [lo], "hi": [_nonzero(lo, hi)]}
+    groups = sorted({labels.group[i] for i in train_idx})
+    lo_l, hi_l = [], []
+    for g in groups:
+        vals = np.concatenate([labels.judges[i] for i in train_idx if labels.group[i] == g])
+        lo_l.append(float(vals.min()))
+        hi_l.append(_nonzero(float(vals.min()), float(vals.max())))
+    return {"mode": mode, "groups": groups, "lo": lo_l, "hi": hi_l}
+
+
+def _nonzero(lo: float, hi: float) -> float:
+    return hi if hi > lo else lo + 1.0  # a constant label still gets a usable range
+
+
+def group_index(scaling: dict, groups: Iterable[str]) -> np.ndarray:
+    if scaling["mode"] == "global":
+        return np.zeros(len(list(groups)), dtype=np.int64)
+    names = {g: i for i, g in enumerate(scaling["groups"])}
+    out = []
+    for g in groups:
+        if g not in names:
+            raise ConfigError(f"group {g!r} has no training samples, so it has no label range")
+        out.append(names[g])
+    return np.asarray(out, dtype=np.int64)
+
+
+def split_folds(labels: Labels, fold: int, cv: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, test rows) among the ok samples, by the cache's folds or a seeded ``cv`` split."""
+    ok = np.flatnonzero(labels.ok)
+    if cv is not None:
+        if cv < 2:
+            raise ConfigError(f"--cv needs at least 2 folds, got {cv}")
+        if not 0 <= fold < cv:
+            raise ConfigError(f"--fold {fold} is out of range for --cv {cv}: use 0..{cv - 1}")
+        perm = np.random.default_rng(seed).permutation(ok)
+        folds = np.empty(len(labels.ok), int)
+        folds[perm] = np.arange(len(perm)) % cv
+        f = folds[ok]
+    else:
+        f = labels.fold[ok]
+        have = sorted(set(f.tolist()) - {-1})
+        if fold not in have:
+            kind = "single-split dataset: only fold 0" if have == [0] else f"folds {have}"
+            raise ConfigError(f"fold {fold} does not exist ({kind}); pick one of {have} or pass "
+                              f"--cv K for K-fold cross-validation over the whole dataset")
+    return ok[f != fold], ok[f == fold]
+
+
+def carve_validation(train_idx: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train, val) split of the training rows; val holds round(fraction*n) >= 1 rows."""
+    n_val = max(1, int(round(fraction * len(train_idx))))
+    if n_val >= len(train_idx):
+        raise ConfigError(f"{len(train_idx)} training samples are too few for a validation split")
+    perm = np.random.default_rng(seed + 1).permutation(train_idx)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+# --------------------------------------------------------------------------- prediction
+
+
+@torch.no_grad()
+def predict(model: UDAQA, source: FeatureSource, labels: Labels, rows: np.ndarray, scaling: dict,
+            *, n_samples: int = 8, n_judges: int | None = None, seed: int = 0,
+            batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Sample S panels for ``rows`` (view 0) -> final (mean over S of the rule), panels (N, S, T)
+    as an object array when T varies, u (N,). Seeded, so selection numbers are reproducible."""
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    gi_all = group_index(scaling, [labels.group[i] for i in rows])
+    t_of = np.asarray([n_judges or labels.n_judges(i) for i in rows])
+    final = np.zeros(len(rows))
+    u = np.zeros(len(rows))
+    panels: list[np.ndarray] = [None] * len(rows)  # type: ignore[list-item]
+    for t in sorted(set(t_of.tolist())):
+        pos = np.flatnonzero(t_of == t)
+        for s in range(0, len(pos), batch_size):
+            p = pos[s:s + batch_size]
+            feats, vid = source.batch(rows[p], np.zeros(len(p), int))
+            j, uu = model.predict_judges(feats, vid, int(t), n_samples,
+                                         torch.from_numpy(gi_all[p]), generator=gen)
+            j = j.numpy().astype(np.float64)
+            u[p] = uu.numpy()
+            for k, i in enumerate(p):
+                r = rows[i]
+                final[i] = float(apply_rule(labels.rule[r], j[k], labels.difficulty_of(r)).mean())
+                panels[i] = j[k]
+    return {"final": final, "panels": panels, "u": u}
+
+
+# --------------------------------------------------------------------------- checkpoint
+
+
+def _state_to_cpu(sd: dict) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in sd.items()}
+
+
+def save_checkpoint(path: Path, ckpt: dict) -> None:
+    """Write ``ckpt`` as one file: an outer dict {format, version, sha256, payload} whose payload is
+    the torch-serialised inner dict as a uint8 tensor, so any flipped byte fails the digest check.
+    Written to a temporary name and renamed, so a kill leaves the old or the new file."""
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    raw = buf.getvalue()
+    outer = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+             "sha256": hashlib.sha256(raw).hexdigest(),
+             "payload": torch.frombuffer(bytearray(raw), dtype=torch.uint8)}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(outer, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load and verify a run checkpoint (``torch.load(weights_only=True)`` twice, digest checked)."""
+    path = Path(path)
+    fix = f"delete {path} (or train again with --no-resume / another --run directory)"
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: train first (`udaqa-pipeline train ...`)")
+    try:
+        outer = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the file is unusable
+        raise CheckpointError(f"{path} is not a readable udaqa-pipeline checkpoint ({type(e).__name__}: "
+                              f"{str(e)[:200]}); {fix}") from e
+    if not isinstance(outer, dict) or outer.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a udaqa-pipeline run checkpoint; {fix}")
+    if outer.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {outer.get('version')}, this udaqa-pipeline "
+                              f"reads version {CHECKPOINT_VERSION}; retrain, or use the release that wrote it")
+    raw = outer["payload"].numpy().tobytes()
+    if hashlib.sha256(raw).hexdigest() != outer.get("sha256"):
+        raise CheckpointError(f"{path} fails its SHA-256 check (modified or damaged); {fix}")
+    try:
+        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{path}: payload unreadable ({e}); {fix}") from e
+
+
+# --------------------------------------------------------------------------- run setup
+
+
+def resolve_config(dataset: str, overrides: Iterable[str] = ()) -> dict:
+    """Stage config with [train] defaults filled in and ``section.key=value`` overrides applied."""
+    cfg = load_stage(dataset)
+    cfg.setdefault("train", {})
+    for k, v in TRAIN_DEFAULTS.items():
+        cfg["train"].setdefault(k, v)
+    cfg = apply_overrides(cfg, overrides)
+    if cfg["train"]["regressors"] not in (1, 2):
+        raise ConfigError("train.regressors must be 1 or 2")
+    return cfg
+
+
+def model_config(tcfg: dict, n_groups: int, feat_dim: int = 1024) -> ModelConfig:
+    return ModelConfig(feat_dim=feat_dim, latent_dim=int(tcfg["latent_dim"]),
+                       wa_hidden=int(tcfg["wa_hidden"]), video_channels=tuple(tcfg["video_channels"]),
+                       dropout=float(tcfg["dropout"]), use_wa=bool(tcfg["use_wa"]),
+                       use_cvae=bool(tcfg["use_cvae"]), use_uncertainty=bool(tcfg["use_uncertainty"]),
+                       latent_input=str(tcfg["latent_input"]), regressors=int(tcfg["regressors"]),
+                       n_groups=n_groups)
+
+
+def open_dataset_cache(dataset: str, cache: Any = None, cache_root: Any = None) -> Any:
+    """``cache`` may be an opened cache object, a cache directory, or None (find the dataset's)."""
+    from .cache import find_cache, open_cache
+
+    if cache is None:
+        return open_cache(find_cache(dataset, cache_root))
+    if isinstance(cache, (str, Path)):
+        return open_cache(cache)
+    return cache
+
+
+def cache_hash_of(cache: Any) -> str:
+    return str(cache.manifest["config_hash"])
+
+
+def default_run_dir(dataset: str, fold: int, cv: int | None = None, root: Any = None) -> Path:
+    return runs_root(root) / dataset / (f"fold{fold}" if cv is None else f"cv{cv}-fold{fold}")
+
+
+def _dist() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train(dataset: str, *, fold: int = 0, cache: Any = None, cache_root: Any = None,
+          run_dir: str | Path | None = None, overrides: Iterable[str] = (), protocol: str = "honest",
+          cv: int | None = None, resume: bool = True, progress: bool = True,
+          source: FeatureSource | None = None, stop_after: int | None = None) -> Path:
+    """Train UD-AQA on ``dataset``'s cache for test fold ``fold``; returns the run directory.
+
+    ``overrides``: ``section.key=value`` strings (e.g. ``train.epochs=20``). ``protocol``: "honest"
+    or "paper" (see module doc). ``cv``: K-fold cross-validation over the whole dataset instead of
+    the cache's folds. ``resume``: continue from ``<run>/checkpoint.pt`` when present (refused when
+    it belongs to another cache or config). ``source``: a feature source other than the cache (e.g.
+    a fine-tuning wrapper). ``stop_after``: stop after that many epochs in this call, as a kill
+    would (tests, time-boxed jobs). With ``train.per_group`` one run per group goes in
+    ``<run>/<group>/``.
+    """
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
+    cfg = resolve_config(dataset, overrides)
+    cache_obj = open_dataset_cache(dataset, cache, cache_root)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(dataset, fold, cv)
+    labels = Labels.from_table(cache_obj.samples)
+    train_rows, test_rows = split_folds(labels, fold, cv, int(cfg["train"]["seed"]))
+    src = source or CacheSource(cache_obj)
+    if cfg["train"]["per_group"]:
+        groups = sorted({labels.group[i] for i in train_rows})
+        for g in groups:
+            tr = np.asarray([i for i in train_rows if labels.group[i] == g], int)
+            te = np.asarray([i for i in test_rows if labels.group[i] == g], int)
+            _train_one(cfg, cache_obj, labels, src, tr, te, run_dir / _safe(g), protocol=protocol,
+                       fold=fold, cv=cv, resume=resume, progress=progress, stop_after=stop_after,
+                       group=g)
+        (run_dir / "groups.json").parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / "groups.json").write_text(json.dumps({"groups": groups}, indent=1) + "\n")
+        return run_dir
+    return _train_one(cfg, cache_obj, labels, src, train_rows, test_rows, run_dir, protocol=protocol,
+                      fold=fold, cv=cv, resume=resume, progress=progress, stop_after=stop_after)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "all"
+
+
+def _train_one(cfg: dict, cache_obj: Any, labels: Labels, src: FeatureSource, train_rows: np.ndarray,
+               test_rows: np.ndarray, run_dir: Path, *, protocol: str, fold: int, cv: int | None,
+               resume: bool, progress: bool, stop_after: int | None, group: str | None = None) -> Path:
+    rank, world = _dist()
+    tcfg = cfg["train"]
+    seed = int(tcfg["seed"])
+    cache_hash = cache_hash_of(cache_obj)
+    if protocol == "honest":
+        fit_rows, sel_rows = carve_validation(train_rows, float(tcfg["val_fraction"]), seed)
+    else:
+        fit_rows, sel_rows = train_rows, test_rows
+    if len(sel_rows) == 0:
+        raise ConfigError(f"fold {fold} has no samples to select the epoch on")
+    scaling = label_scaling(labels, fit_rows, tcfg)
+    mcfg = model_config(tcfg, len(scaling["groups"]), int(cache_obj.features.shape[-1]))
+
+    torch.manual_seed(seed + rank)  # dropout / latent noise; data order comes from `gen`
+    model = UDAQA(mcfg)
+    model.set_scaling(torch.tensor(scaling["lo"]), torch.tensor(scaling["hi"]))
+    params = list(model.parameters()) + (list(src.module.parameters()) if src.module is not None else [])
+    opt = torch.optim.Adam(params, lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
+    gen = torch.Generator().manual_seed(seed)
+    cur = Curriculum(start=float(tcfg["curriculum_start"]), step=float(tcfg["curriculum_step"]),
+                     patience=int(tcfg["curriculum_patience"]),
+                     enabled=bool(tcfg["use_curriculum"]) and mcfg.use_uncertainty)
+    unc = np.zeros(len(fit_rows))
+    best = {"epoch": -1, "score": -math.inf, "model": None, "source": None}
+    start_epoch = 0
+    ckpt_path = run_dir / CHECKPOINT
+    run_meta = {"protocol": protocol, "fold": fold, "cv": cv, "group": group,
+                "dataset": cfg["dataset"].get("name", ""), "cache_hash": cache_hash}
+
+    if resume and ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path)
+        _check_resumable(ck, cfg, run_meta, ckpt_path)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        if src.module is not None and ck.get("source") is not None:
+            src.module.load_state_dict(ck["source"])
+        gen.set_state(ck["rng"]["data"])
+        torch.set_rng_state(ck["rng"]["torch"])
+        cur = Curriculum.from_state(ck["curriculum"])
+        unc = ck["uncertainty"].numpy()
+        best = dict(ck["best"])
+        start_epoch = int(ck["epoch"]) + 1
+    elif rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / LOG).write_text("")
+    if rank == 0:
+        _truncate_log(run_dir / LOG, start_epoch)
+        (run_dir / "config.json").write_text(json.dumps({"config": cfg, **run_meta}, indent=1,
+                                                        default=str) + "\n")
+
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model)
+    epochs = int(tcfg["epochs"])
+    bs = int(tcfg["batch_size"])
+    done_here = 0
+    bar = _bar(progress and rank == 0, start_epoch, epochs, run_dir)
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        # -- which samples this epoch: all in epoch 1, then the curriculum's lowest-uncertainty share
+        frac = 1.0 if epoch == 0 else cur.fraction
+        subset = fit_rows if frac >= 1.0 else fit_rows[select(unc, frac)]
+        order = subset[torch.randperm(len(subset), generator=gen).numpy()]
+        views = torch.randint(0, src.n_views, (len(order),), generator=gen).numpy()
+        draws = torch.rand(len(order), generator=gen).numpy()  # which judge each sample uses
+        model.train()
+        if src.module is not None:
+            src.module.train()
+        sums: dict[str, float] = {}
+        n_seen = 0
+        for s in range(0, len(order), bs):
+            sl = slice(s, s + bs)
+            b_rows, b_views, b_draw = order[sl], views[sl], draws[sl]
+            if world > 1:  # split the global batch over ranks; a tail too small to split is dropped
+                if len(b_rows) < world:
+                    continue
+                b_rows, b_views, b_draw = b_rows[rank::world], b_views[rank::world], b_draw[rank::world]
+            y, ym = _targets(labels, b_rows, b_draw, scaling)
+            feats, vid = src.batch(b_rows, b_views)
+            out = net(feats, vid, y)
+            terms = total_loss(out, y, alpha=float(tcfg["alpha"]), beta=float(tcfg["beta"]),
+                               mean_target=ym)
+            opt.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            opt.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(b_rows)
+            n_seen += len(b_rows)
+        if world > 1:
+            sums, n_seen = _allreduce_sums(sums, n_seen)
+            for b in model.buffers():  # BN running stats differ per rank: rank 0's are the model's
+                dist.broadcast(b, 0)
+        means = {k: v / max(n_seen, 1) for k, v in sums.items()}
+
+        # -- re-sort by the latest predicted uncertainty; decide the next epoch's share
+        if cur.enabled:
+            unc = _uncertainties(model, src, fit_rows)
+        next_frac = cur.end_epoch(means.get("loss", math.inf))
+
+        # -- selection (validation for honest, test for paper)
+        pred = predict(model, src, labels, sel_rows, scaling, n_samples=int(tcfg["eval_samples"]),
+                       seed=seed)
+        rho = spearman(labels.final[sel_rows], pred["final"])
+        score = -math.inf if math.isnan(rho) else rho
+        improved = score > best["score"]
+        if improved:
+            best = {"epoch": epoch, "score": score, "model": _state_to_cpu(model.state_dict()),
+                    "source": _state_to_cpu(src.module.state_dict()) if src.module is not None else None}
+        record = {"epoch": epoch + 1, "protocol": protocol, "selected_on": _sel_name(protocol),
+                  "train_fraction": round(frac, 6), "next_fraction": round(next_frac, 6),
+                  "n_train": int(len(subset)), **{f"train_{k}": v for k, v in means.items()},
+                  f"{_sel_name(protocol)}_spearman": rho, "best_epoch": best["epoch"] + 1,
+                  "seconds": round(time.perf_counter() - t0, 3)}
+        if rank == 0:
+            ck = {"model": _state_to_cpu(model.state_dict()), "optimizer": opt.state_dict(),
+                  "source": _state_to_cpu(src.module.state_dict()) if src.module is not None else None,
+                  "epoch": epoch, "best": best, "config": cfg, "model_config": mcfg.to_dict(),
+                  "scaling": scaling, "curriculum": cur.state_dict(),
+                  "uncertainty": torch.from_numpy(unc.astype(np.float32)).clone(),
+                  "rng": {"data": gen.get_state(), "torch": torch.get_rng_state()},
+                  "split": {"fit": [labels.ids[i] for i in fit_rows],
+                            "select": [labels.ids[i] for i in sel_rows],
+                            "test": [labels.ids[i] for i in test_rows]},
+                  **run_meta}
+            save_checkpoint(ckpt_path, ck)  # checkpoint before the log line: the log never runs ahead
+            with (run_dir / LOG).open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}", rho=f"{rho:.3f}",
+                            frac=f"{frac:.1f}")
+        done_here += 1
+        if stop_after is not None and done_here >= stop_after:
+            break
+    if bar is not None:
+        bar.close()
+    if world > 1:
+        dist.barrier()
+    return run_dir
+
+
+def _sel_name(protocol: str) -> str:
+    return "val" if protocol == "honest" else "test"
+
+
+def _targets(labels: Labels, rows: np.ndarray, draws: np.ndarray, scaling: dict
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One judge per sample (index floor(draw * T)) and the panel mean, both scaled."""
+    gi = group_index(scaling, [labels.group[i] for i in rows])
+    lo = np.asarray(scaling["lo"])[gi]
+    hi = np.asarray(scaling["hi"])[gi]
+    y = np.empty(len(rows))
+    m = np.empty(len(rows))
+    for k, i in enumerate(rows):
+        j = labels.judges[i]
+        y[k] = j[min(int(draws[k] * len(j)), len(j) - 1)]
+        m[k] = j.mean()
+    return (torch.from_numpy((y - lo) / (hi - lo)).float(), torch.from_numpy((m - lo) / (hi - lo)).float())
+
+
+@torch.no_grad()
+def _uncertainties(model: UDAQA, src: FeatureSource, rows: np.ndarray, bs: int = 64) -> np.ndarray:
+    model.eval()
+    out = []
+    for s in range(0, len(rows), bs):
+        r = rows[s:s + bs]
+        feats, vid = src.batch(r, np.zeros(len(r), int))
+        out.append(model.uncertainty(feats, vid).numpy())
+    return np.concatenate(out).astype(np.float64)
+
+
+def _allreduce_sums(sums: dict[str, float], n: int) -> tuple[dict[str, float], int]:
+    keys = sorted(sums)
+    t = torch.tensor([sums[k] for k in keys] + [float(n)], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: float(t[i]) for i, k in enumerate(keys)}, int(t[-1])
+
+
+def _check_resumable(ck: dict, cfg: dict, meta: dict, path: Path) -> None:
+    fix = f"train with --no-resume to start over, or pass another --run directory"
+    if ck.get("cache_hash") != meta["cache_hash"]:
+        raise CheckpointError(f"{path} was trained on cache {ck.get('cache_hash')}, the current cache is "
+                              f"{meta['cache_hash']}; {fix}")
+    for k in ("protocol", "fold", "cv", "group"):
+        if ck.get(k) != meta[k]:
+            raise CheckpointError(f"{path} has {k}={ck.get(k)!r}, this run asks for {meta[k]!r}; {fix}")
+    a = copy.deepcopy(ck["config"])
+    b = copy.deepcopy(cfg)
+    for k in RESUMABLE_KEYS:
+        a.get("train", {}).pop(k, None)
+        b.get("train", {}).pop(k, None)
+    if json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
+        diff = _diff_keys(a, b)
+        raise CheckpointError(f"{path} was trained with other settings ({', '.join(diff)}); {fix}")
+
+
+def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff_keys(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return out
+
+
+def _truncate_log(path: Path, start_epoch: int) -> None:
+    """Drop log lines past the checkpoint (a run killed between the two writes)."""
+    if not path.exists():
+        path.write_text("")
+        return
+    keep = [ln for ln in path.read_text().splitlines()
+            if ln.strip() and json.loads(ln)["epoch"] <= start_epoch]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def _bar(enabled: bool, start: int, total: int, run_dir: Path):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc=f"train {run_dir.name}", unit="epoch")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class Run:
+    """A trained run as :func:`load_run` returns it (also unpackable as a tuple)."""
+
+    model: UDAQA
+    config: dict
+    cache_hash: str
+    scaling: dict
+    checkpoint: dict
+    source_state: dict | None
+
+    def __iter__(self):
+        return iter((self.model, self.config, self.cache_hash, self.scaling, self.checkpoint))
+
+
+def load_run(run_dir: str | Path, *, which: str = "best") -> Run:
+    """Load ``<run_dir>/checkpoint.pt`` -> Run(model, config, cache_hash, scaling, checkpoint, ...).
+
+    ``which="best"`` gives the selected model (the protocol's best epoch), ``"last"`` the latest.
+    The architecture is rebuilt from the checkpoint's model config, never from flags. The model is
+    in eval mode; ``model.predict_judges(features, video, T, S)`` samples judge panels.
+    """
+    path = Path(run_dir) / CHECKPOINT
+    ck = load_checkpoint(path)
+    try:
+        model = UDAQA(ModelConfig.from_dict(ck["model_config"]))
+        state = ck["best"]["model"] if which == "best" and ck["best"]["model"] is not None else ck["model"]
+        model.load_state_dict(state)
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path} does not match this version's model ({e}); retrain the run") from e
+    model.eval()
+    src_state = ck["best"].get("source") if which == "best" else ck.get("source")
+    return Run(model, ck["config"], ck["cache_hash"], ck["scaling"], ck, src_state)
+
+
+def main() -> None:
+    """``torchrun --nproc_per_node N -m udaqa_pipeline.train DATASET [options]``: the CLI's train."""
+    from .cli import main as cli_main
+
+    cli_main(["train", *os.sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    main()
