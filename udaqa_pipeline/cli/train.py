@@ -1,7 +1,79 @@
-"""CLI commands (being written)."""
+"""`train`, `evaluate`, `ablate`: stage two from the cache (options = library kwargs)."""
+
+from __future__ import annotations
+
+import json
 
 import click
 
 
 def register(main: click.Group) -> None:
     """Add this module's commands to ``main``."""
+    main.add_command(train_cmd)
+    main.add_command(evaluate_cmd)
+    main.add_command(ablate_cmd)
+
+
+_SET = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+                    help="override a stage config value, e.g. --set train.epochs=20 (repeatable)")
+
+
+@click.command("train")
+@click.argument("dataset")
+@click.option("--fold", type=int, default=0, show_default=True, help="test fold (trains on the others)")
+@click.option("--cv", type=int, default=None, help="K-fold cross-validation over the whole dataset")
+@click.option("--cache", type=click.Path(), default=None, help="cache directory (default: the dataset's)")
+@click.option("--cache-root", type=click.Path(), default=None)
+@click.option("--run", "run_dir", type=click.Path(), default=None,
+              help="run directory (default: runs/<dataset>/fold<k>)")
+@click.option("--protocol", type=click.Choice(["honest", "paper"]), default="honest", show_default=True,
+              help="honest: epoch chosen on a validation split; paper: best epoch on test")
+@_SET
+@click.option("--resume/--no-resume", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=True)
+def train_cmd(dataset, fold, cv, cache, cache_root, run_dir, protocol, overrides, resume, progress):
+    """Train UD-AQA on DATASET's feature cache (no I3D forward)."""
+    from ..train import train
+
+    out = train(dataset, fold=fold, cv=cv, cache=cache, cache_root=cache_root, run_dir=run_dir,
+                overrides=overrides, protocol=protocol, resume=resume, progress=progress)
+    click.echo(str(out))
+
+
+@click.command("evaluate")
+@click.argument("dataset")
+@click.option("--fold", type=int, default=0, show_default=True)
+@click.option("--cv", type=int, default=None)
+@click.option("--run", "run_dir", type=click.Path(), default=None)
+@click.option("--cache", type=click.Path(), default=None)
+@click.option("--cache-root", type=click.Path(), default=None)
+@click.option("--judges", type=int, default=None, help="judges T per sampled panel (default: the rule's)")
+@click.option("--samples", type=int, default=10, show_default=True, help="panels S drawn per sample")
+@click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON")
+def evaluate_cmd(dataset, fold, cv, run_dir, cache, cache_root, judges, samples, as_json):
+    """Score a trained run on its test fold; writes <run>/eval/{metrics.json,predictions.parquet,*.png}."""
+    from ..evaluate import evaluate, format_metrics
+
+    m = evaluate(run_dir, dataset=dataset, fold=fold, cv=cv, cache=cache, cache_root=cache_root,
+                 judges=judges, samples=samples)
+    click.echo(json.dumps(m, indent=1, default=float) if as_json else format_metrics(m))
+
+
+@click.command("ablate")
+@click.option("--dataset", required=True)
+@click.option("--fold", type=int, default=0, show_default=True)
+@click.option("--cache", type=click.Path(), default=None)
+@click.option("--cache-root", type=click.Path(), default=None)
+@click.option("--run", "run_dir", type=click.Path(), default=None,
+              help="parent directory of the ablation runs (default: runs/<dataset>/ablate-fold<k>)")
+@click.option("--jobs", type=int, default=None, help="parallel trainings (default: CPU cores)")
+@click.option("--protocol", type=click.Choice(["honest", "paper"]), default="honest", show_default=True)
+@click.option("--rows", default=None, help="comma-separated subset of rows to run")
+@_SET
+def ablate_cmd(dataset, fold, cache, cache_root, run_dir, jobs, protocol, rows, overrides):
+    """Train the paper's ablation rows and design variants from one cache; print the table."""
+    from ..ablate import ablate, format_table
+
+    res = ablate(dataset, fold=fold, cache=cache, cache_root=cache_root, run_dir=run_dir, jobs=jobs,
+                 protocol=protocol, overrides=overrides, rows=rows.split(",") if rows else None)
+    click.echo(format_table(res))

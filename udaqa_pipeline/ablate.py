@@ -1,0 +1,129 @@
+"""The paper's ablation (REFERENCE section 1) and design variants, all trained from ONE cache.
+
+Rows (cumulative, as in the paper's table; switches are [train] keys):
+  baseline I3D+MLP      mean over clips, no latent branch, plain L1, no curriculum
+  +CVAE                 latent branch on the video (KL term), regressor on concat(f_v, z)
+  +WA                   weight attention instead of the mean over clips
+  +uncertainty          exp(-u) re-weighting + u + beta |u1 - u2|
+  +curriculum           uncertainty-guided curriculum (= the full model)
+Design variants of the full model:
+  latent on shared feature   the latent branch reads f_v instead of the video
+  two regressors             judge-mean head on f_v + latent offset head
+Rows run in parallel (joblib, loky processes, threads split between jobs). Every worker counts
+I3D forwards with a global module forward hook; the table reports the total, which must be 0, and
+the cache store's size and mtime before/after (unchanged = nothing was recomputed or rewritten).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from .config import runs_root
+
+#: name -> (overrides, paper's MTL-AQA Spearman or None)
+ROWS: dict[str, tuple[list[str], float | None]] = {
+    "baseline I3D+MLP": (["train.use_wa=false", "train.use_cvae=false", "train.use_uncertainty=false",
+                          "train.use_curriculum=false"], 0.9364),
+    "+CVAE": (["train.use_wa=false", "train.use_uncertainty=false", "train.use_curriculum=false"], 0.9465),
+    "+WA": (["train.use_uncertainty=false", "train.use_curriculum=false"], 0.9478),
+    "+uncertainty re-weighting": (["train.use_curriculum=false"], 0.9535),
+    "+curriculum (full)": ([], 0.9545),
+    "variant: latent on shared feature": (["train.latent_input=feature"], None),
+    "variant: two regressors": (["train.regressors=2"], None),
+}
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
+
+
+def _count_i3d_forwards():
+    """Install a global forward hook counting forwards of I3D modules; returns the counter dict."""
+    import torch
+
+    counter = {"i3d_forwards": 0}
+
+    def hook(module, args, output):
+        if type(module).__module__.startswith("udaqa_pipeline.backbone"):
+            counter["i3d_forwards"] += 1
+
+    torch.nn.modules.module.register_module_forward_hook(hook)
+    return counter
+
+
+def _run_row(name: str, dataset: str, fold: int, cache: Any, cache_root: Any, run_dir: Path,
+             protocol: str, overrides: list[str], threads: int) -> dict:
+    import torch
+
+    from .evaluate import evaluate
+    from .train import train
+
+    torch.set_num_threads(threads)
+    counter = _count_i3d_forwards()
+    rd = train(dataset, fold=fold, cache=cache, cache_root=cache_root, run_dir=run_dir,
+               overrides=overrides, protocol=protocol, progress=False)
+    m = evaluate(rd, cache=cache, cache_root=cache_root, make_plots=False)
+    res = {"row": name, "run": str(rd), "protocol": m["protocol"], "spearman": m["overall"]["spearman"],
+           "rl2x100": m["overall"]["rl2x100"], "i3d_forwards": counter["i3d_forwards"]}
+    if "fisher_z_spearman" in m:
+        res["spearman"] = m["fisher_z_spearman"]["value"]
+    return res
+
+
+def _store_stamp(cache: Any) -> dict | None:
+    path = getattr(cache, "path", None) if not isinstance(cache, (str, Path)) else Path(cache)
+    if path is None:
+        return None
+    files = sorted(p for p in Path(path).rglob("*") if p.is_file() and p.suffix != ".lock")
+    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in files}
+
+
+def ablate(dataset: str, *, fold: int = 0, cache: Any = None, cache_root: Any = None,
+           run_dir: str | Path | None = None, jobs: int | None = None, protocol: str = "honest",
+           overrides: Iterable[str] = (), rows: list[str] | None = None) -> dict:
+    """Train and evaluate every ablation row; returns {"rows": [...], "i3d_forwards": 0, ...}."""
+    from joblib import Parallel, delayed
+
+    from .train import open_dataset_cache
+
+    if cache is None:
+        from .cache import find_cache
+
+        cache = find_cache(dataset, cache_root)
+    names = list(ROWS) if rows is None else rows
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        raise ValueError(f"unknown ablation rows {unknown}; known: {list(ROWS)}")
+    parent = Path(run_dir) if run_dir is not None else runs_root() / dataset / f"ablate-fold{fold}"
+    before = _store_stamp(cache)
+    open_dataset_cache(dataset, cache, cache_root)  # fail early with the cache's own message
+    cores = os.cpu_count() or 1
+    jobs = max(1, min(jobs or cores, len(names)))
+    threads = max(1, cores // jobs)
+    base = list(overrides)
+    results = Parallel(n_jobs=jobs, backend="loky" if jobs > 1 else "sequential")(
+        delayed(_run_row)(n, dataset, fold, cache, cache_root, parent / _slug(n), protocol,
+                          base + ROWS[n][0], threads) for n in names)
+    for r in results:
+        r["paper_spearman"] = ROWS[r["row"]][1]
+    after = _store_stamp(cache)
+    total = sum(r["i3d_forwards"] for r in results)
+    if total:
+        raise RuntimeError(f"the ablation ran {total} I3D forwards; stage two must only read the cache")
+    return {"dataset": dataset, "fold": fold, "protocol": protocol, "rows": results,
+            "i3d_forwards": total, "cache_unchanged": (before == after) if before is not None else None,
+            "jobs": jobs}
+
+
+def format_table(res: dict) -> str:
+    p = res["protocol"]
+    lines = [f"ablation on {res['dataset']} fold {res['fold']} ({p} protocol; paper numbers: MTL-AQA, "
+             f"paper protocol)", f"{'row':<36s}{'Spearman':>10s}{'R-l2x100':>10s}{'paper':>9s}"]
+    for r in res["rows"]:
+        paper = f"{r['paper_spearman']:.4f}" if r["paper_spearman"] is not None else "-"
+        lines.append(f"{r['row']:<36s}{r['spearman']:>10.4f}{r['rl2x100']:>10.4f}{paper:>9s}")
+    lines.append(f"I3D forwards during the ablation: {res['i3d_forwards']}; cache files unchanged: "
+                 f"{res['cache_unchanged']}; parallel jobs: {res['jobs']}")
+    return "\n".join(lines)
