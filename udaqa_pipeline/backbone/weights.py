@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import io
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -365,17 +365,22 @@ def _pip_install() -> None:
 
 # -- fetch / load -------------------------------------------------------------------------------
 def save_weights(state_dict: Mapping[str, torch.Tensor], path: Path) -> str:
-    """Write ``state_dict`` atomically to ``path`` plus ``path.sha256``; return the sha256."""
+    """Write ``state_dict`` atomically to ``path`` plus ``path.sha256``; return the sha256.
+
+    Serialised in memory first: ``torch.save`` to a named file embeds that file's name in the zip, so
+    the bytes (and the hash) would depend on the temporary name; this way equal weights hash equally.
+    """
+    buf = io.BytesIO()
+    torch.save(dict(state_dict), buf)
+    data = buf.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save(dict(state_dict), tmp)
-        digest = file_sha256(tmp)
-        os.replace(tmp, path)
+        tmp.write_bytes(data)
+        os.replace(tmp, path)  # readers never see a half-written file
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
     _sha_path(path).write_text(f"{digest}  {path.name}\n")
     return digest
 
