@@ -469,7 +469,9 @@ def write_cache(
         attrs={"schema_version": SCHEMA_VERSION, "config_hash": manifest["config_hash"]},
     )
     write_samples(path, table)
-    manifest.update(complete=True, stores={backend: STORE_NAMES[backend]})
+    from .merge import _sha256
+
+    manifest.update(complete=True, stores={backend: STORE_NAMES[backend]}, files_sha256={SAMPLES: _sha256(path / SAMPLES)})
     manifest.setdefault("finished", _now())
     write_manifest(path, manifest)
     return path
@@ -478,7 +480,7 @@ def write_cache(
 def write_samples(cache_dir: Path, table: pa.Table) -> None:
     """Atomically write ``samples.parquet``."""
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
+    pq.write_table(table, sink, write_page_checksum=True)  # `cache verify` checks page CRCs
     atomic_write_bytes(Path(cache_dir) / SAMPLES, sink.getvalue().to_pybytes())
 
 

@@ -1,0 +1,589 @@
+"""Stage one: decode -> L frames -> K clips -> frozen I3D -> staged samples -> merged cache.
+
+:func:`extract_features` is the whole stage (``udaqa-pipeline features`` is a thin shell over it);
+:func:`featurize` is the same computation for one already-sampled video (scoring a user's video).
+
+Design choices:
+
+- Frozen I3D in inference mode (``prepare_for_inference``: eval, BatchNorm folded, channels-last)
+  under ``torch.inference_mode``; the GPU when present (``cuda:LOCAL_RANK`` under torchrun), else CPU.
+- Clips are batched *across videos*: every forward is exactly ``batch_size`` clips (default 16 on
+  CPU, 64 on GPU), the last batch padded with zero clips. A fixed batch shape makes each clip's
+  feature independent of which other clips share its batch (the kernels are picked by shape; with
+  a varying batch, CPU results differ at ~1e-11), so a resumed or sharded run gives bit-identical
+  features. ``batch_size`` is recorded in the manifest and a resumed run reuses it.
+- Decoding + preprocessing (``sample_frames``, ``i3d_input``, ``downsample_video``) run in
+  ``workers`` threads (PyAV, Pillow and torch resizing release the GIL) up to ``workers + 2``
+  videos ahead of the model, so decoding hides behind the forward passes; the staged writes run in
+  one more thread.
+- ``dtype="fp32"`` by default; ``"bf16"`` runs the forward under bfloat16 autocast (faster on
+  recent GPUs, features differ at ~1e-2 relative, so dtype is part of the cache hash).
+- Views (``views`` V, default 1): view 0 is the plain centre view used for testing; extra views
+  are, in order, horizontal flip, window shifted +s / -s frames, flip with +s / -s, then 2s, ...
+  (``s = cache.view_shift``, default 3 as CoRe's +-3 frame temporal jitter). A shift moves the L
+  sampled frames by s with the edge frame repeated (the clip layout stays the same), so it needs no
+  extra decoding. **Cost: V times the I3D work** (decoding is shared), V times the feature bytes.
+  Stage two draws one view per sample per epoch to recover the augmentation a frozen cache loses.
+- Failure isolation: a missing, corrupt or too-short video (or any other error while reading one
+  sample) is staged with ``status`` = ``missing`` / ``corrupt`` / ``too_short`` / ``error`` and
+  the message; the run goes on and prints a summary. :class:`ExtractionError` is raised only with
+  ``strict=True`` (any failure) or when no sample succeeded.
+- Nothing lost: see :mod:`.merge` (atomic staged samples, merge by rename) and :mod:`.lock`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from ..config import apply_overrides, cache_root as _cache_root, load_stage
+from .lock import CacheLock
+from .manifest import (
+    FEATURE_DIM,
+    SCHEMA_VERSION,
+    STORE_NAMES,
+    CacheError,
+    atomic_write_bytes,
+    extraction_key,
+    key_hash,
+    read_manifest,
+    write_manifest,
+)
+from .merge import BASE_SAMPLES, merge_cache, missing_indices, shard_dir, staged_files, write_staged
+from .shard import Shard, parse_shard, shard_indices, torchrun_env
+from .store import add_backend, samples_table
+
+DEFAULT_VIEW_SHIFT = 3
+DTYPES = ("fp32", "bf16")
+
+
+class ExtractionError(CacheError):
+    """Raised after the summary when ``strict`` and a sample failed, or when nothing succeeded."""
+
+    def __init__(self, message: str, path: Path, counts: Mapping[str, int]) -> None:
+        super().__init__(message)
+        self.path = path
+        self.counts = dict(counts)
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def make_views(n_views: int, shift: int = DEFAULT_VIEW_SHIFT) -> list[dict[str, Any]]:
+    """The first ``n_views`` views: plain, flip, +s, -s, flip+s, flip-s, +2s, ... (see module doc)."""
+    if n_views < 1:
+        raise ValueError(f"views must be >= 1, got {n_views}")
+    if n_views > 1 and shift < 1 and n_views > 2:
+        raise ValueError(f"{n_views} views need cache.view_shift >= 1 (got {shift})")
+    out: list[dict[str, Any]] = []
+    mag = 0
+    while len(out) < n_views:
+        shifts = [0] if mag == 0 else [mag * shift, -mag * shift]
+        for flip in (False, True):
+            out.extend({"flip": flip, "shift": s} for s in shifts)
+        mag += 1
+    return out[:n_views]
+
+
+def shift_frames(frames: np.ndarray, shift: int) -> np.ndarray:
+    """Frames moved ``shift`` positions later in time (earlier if negative), edge frame repeated."""
+    if shift == 0:
+        return frames
+    idx = np.clip(np.arange(frames.shape[0]) + shift, 0, frames.shape[0] - 1)
+    return frames[idx]
+
+
+def layout_of(cfg: Mapping[str, Any]):
+    """The stage config's :class:`~udaqa_pipeline.video.clips.ClipLayout`."""
+    from ..video.clips import clip_layout
+
+    c = cfg["clips"]
+    return clip_layout(c.get("layout", "overlapping"), int(cfg["frames"]["n_frames"]), int(c["n_clips"]),
+                       int(c["clip_len"]))
+
+
+def view_input(frames: np.ndarray, cfg: Mapping[str, Any], view: Mapping[str, Any]) -> torch.Tensor:
+    """I3D input (3, L, crop, crop) of one view of the L sampled frames."""
+    from ..video.transforms import i3d_input
+
+    p = cfg.get("preprocess", {})
+    return i3d_input(
+        shift_frames(frames, int(view.get("shift", 0))), resize=int(p.get("resize", 256)), crop=int(p.get("crop", 224)),
+        crop_mode="center", flip=bool(view.get("flip", False)), norm=p.get("norm", "i3d"),
+    )
+
+
+def _video_size(cfg: Mapping[str, Any]) -> tuple[int, int]:
+    h, w = cfg.get("cache", {}).get("video_size", [64, 64])
+    return int(h), int(w)
+
+
+def failure_status(exc: BaseException) -> str:
+    """Map an exception raised while reading a sample to its ``status`` in the sample table."""
+    from ..video.clips import ShortVideoError
+    from ..video.decode import VideoError
+
+    if isinstance(exc, ShortVideoError):
+        return "too_short"
+    if isinstance(exc, FileNotFoundError):
+        return "missing"
+    if isinstance(exc, VideoError):
+        reason = str(getattr(exc, "reason", exc)).lower()
+        if "no such file" in reason or "not found" in reason or "does not exist" in reason:
+            return "missing"
+        # datasets.frames wraps ShortVideoError as "too short: ..."; decode says "frame 102 requested but
+        # only 40 frames ..." when an annotation's range runs past the end of the video.
+        if "too short" in reason or ("requested but only" in reason and "frames" in reason):
+            return "too_short"
+        return "corrupt"
+    return "error"
+
+
+def default_batch_size(device: torch.device) -> int:
+    return 64 if device.type == "cuda" else 16
+
+
+def forward_clips(model: torch.nn.Module, clips: torch.Tensor, batch_size: int, dtype: str = "fp32") -> np.ndarray:
+    """I3D features (n, 1024) float32 of ``clips`` (n, 3, T, H, W), in zero-padded batches of exactly
+    ``batch_size`` (see the module docstring for why the shape is fixed)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    device = next(model.parameters()).device
+    out = np.empty((clips.shape[0], FEATURE_DIM), np.float32)
+    for start in range(0, clips.shape[0], batch_size):
+        part = clips[start : start + batch_size]
+        n = part.shape[0]
+        if n < batch_size:
+            part = torch.cat([part, part.new_zeros((batch_size - n,) + tuple(part.shape[1:]))])
+        x = part.to(device, non_blocking=True)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            y = model.forward_features(x)
+        out[start : start + n] = y.float().cpu().numpy()[:n]
+    return out
+
+
+def featurize(
+    frames: np.ndarray,
+    model: torch.nn.Module,
+    cfg: Mapping[str, Any],
+    view: Mapping[str, Any] | int | None = None,
+    *,
+    batch_size: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features (K, 1024) float32 and downsampled video (L, 3, h, w) uint8 of one video's L sampled
+    frames (``datasets.frames.sample_frames(...).frames``), exactly as stage one caches them.
+
+    ``view``: a view dict ({"flip", "shift"}), an index into the config's views, or None (view 0).
+    The returned video has the same view applied. ``model`` should be an eval I3D, ideally after
+    ``prepare_for_inference()`` as extraction uses; use the extraction's ``batch_size`` (default
+    16 on CPU, 64 on GPU) for bit-identical numbers.
+    """
+    from ..video.transforms import downsample_video
+    from .store import apply_view
+
+    L = int(cfg["frames"]["n_frames"])
+    if frames.shape[0] != L:
+        raise ValueError(
+            f"featurize needs the L = {L} sampled frames (frames.n_frames), got {frames.shape[0]}; "
+            f"sample them with udaqa_pipeline.datasets.frames.sample_frames"
+        )
+    if view is None or isinstance(view, int):
+        c = cfg.get("cache", {})
+        views = make_views(max(int(c.get("views", 1)), (view or 0) + 1), int(c.get("view_shift", DEFAULT_VIEW_SHIFT)))
+        view = views[view or 0]
+    layout = layout_of(cfg)
+    x = view_input(frames, cfg, view)
+    clips = torch.stack([x[:, s : s + layout.clip_len] for s in layout.starts])
+    device = next(model.parameters()).device
+    feats = forward_clips(model, clips, batch_size or default_batch_size(device),
+                          str(cfg.get("cache", {}).get("dtype", "fp32")))
+    video = apply_view(downsample_video(frames, _video_size(cfg)), view)
+    return feats, video
+
+
+def state_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of a model's state dict (sorted keys), for caches made with a model passed in directly."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _relpath(p: Path, root: Path) -> str:
+    try:
+        return str(Path(p).resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(p)
+
+
+def base_rows(samples: Sequence[Any], stage: str, root: Path) -> list[dict[str, Any]]:
+    """Sample-table rows known before extraction (labels, source); extraction fills the rest."""
+    rows = []
+    for s in samples:
+        rows.append({
+            "id": str(s.id), "dataset": s.dataset or stage, "action": str(s.action or ""), "group": str(s.group or ""),
+            "difficulty": None if s.difficulty is None else float(s.difficulty),
+            "judge_scores": [float(j) for j in s.judge_scores], "final_score": float(s.final_score),
+            "rule": str(s.rule), "fold": int(s.fold), "status": "pending", "error": "",
+            "source": _relpath(Path(s.source), root), "frame_start": s.frame_start, "frame_end": s.frame_end,
+        })
+    return rows
+
+
+def samples_fingerprint(rows: Sequence[Mapping[str, Any]]) -> str:
+    keys = ("id", "source", "frame_start", "frame_end", "final_score", "judge_scores", "difficulty", "rule",
+            "action", "group", "fold")
+    blob = json.dumps([[r[k] for k in keys] for r in rows], sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def stage_name(dataset: str | Path) -> str:
+    p = Path(dataset)
+    return p.stem if p.suffix == ".toml" else str(dataset)
+
+
+def resolve_config(
+    dataset: str | Path,
+    overrides: Iterable[str] = (),
+    *,
+    backend: str | None = None,
+    views: int | None = None,
+    dtype: str | None = None,
+) -> dict[str, Any]:
+    """Stage config with ``section.key=value`` overrides, then the explicit keyword settings."""
+    cfg = apply_overrides(load_stage(dataset), list(overrides))
+    c = cfg.setdefault("cache", {})
+    if backend is not None:
+        c["backend"] = backend
+    if views is not None:
+        c["views"] = int(views)
+    if dtype is not None:
+        c["dtype"] = dtype
+    c.setdefault("backend", "hdf5")
+    c.setdefault("views", 1)
+    c.setdefault("dtype", "fp32")
+    c.setdefault("view_shift", DEFAULT_VIEW_SHIFT)
+    c.setdefault("video_size", [64, 64])
+    if c["backend"] not in STORE_NAMES:
+        raise CacheError(f"cache.backend {c['backend']!r}: use one of {', '.join(STORE_NAMES)}")
+    if c["dtype"] not in DTYPES:
+        raise CacheError(f"cache.dtype {c['dtype']!r}: use one of {', '.join(DTYPES)}")
+    return cfg
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class _Pending:
+    xs: list[torch.Tensor]
+    video: np.ndarray
+    record: dict[str, Any]
+    feats: np.ndarray
+    remaining: int
+
+
+def _prepare(sample: Any, cfg: Mapping[str, Any], views: Sequence[Mapping[str, Any]]):
+    """Worker: decode + preprocess one sample -> (record, [view inputs], video) or (record, None, None)."""
+    from ..datasets.frames import sample_frames
+    from ..video.transforms import downsample_video
+
+    try:
+        sf = sample_frames(sample, cfg)
+        frames = sf.frames
+        L = int(cfg["frames"]["n_frames"])
+        if frames.shape[0] != L:
+            raise ValueError(f"sample_frames returned {frames.shape[0]} frames, the config asks for {L}")
+        xs = [view_input(frames, cfg, v) for v in views]
+        video = downsample_video(frames, _video_size(cfg))
+        record = {"id": str(sample.id), "status": "ok", "error": "", "n_source_frames": int(sf.n_source_frames),
+                  "short": bool(sf.short), "frame_indices": [int(i) for i in np.asarray(sf.indices).tolist()]}
+        return record, xs, video
+    except Exception as e:  # noqa: BLE001 - one bad video must never stop the run; recorded below
+        return {"id": str(sample.id), "status": failure_status(e), "error": f"{type(e).__name__}: {e}"}, None, None
+
+
+def run_shard(
+    samples: Sequence[Any],
+    indices: Sequence[int],
+    out_dir: Path,
+    model: torch.nn.Module,
+    cfg: Mapping[str, Any],
+    views: Sequence[Mapping[str, Any]],
+    *,
+    batch_size: int,
+    workers: int = 2,
+    dtype: str = "fp32",
+    progress: bool = True,
+    initial: int = 0,
+    total: int | None = None,
+    on_sample: Callable[[int, dict], None] | None = None,
+) -> dict[str, Any]:
+    """Extract ``samples[i]`` for ``i`` in ``indices`` into staged files in ``out_dir``.
+
+    Returns stats: processed count, seconds, videos/s, status counts.
+    """
+    from tqdm import tqdm
+
+    layout = layout_of(cfg)
+    K, T, V = len(layout.starts), layout.clip_len, len(views)
+    pending: dict[int, _Pending] = {}
+    clip_queue: deque[tuple[int, int, int]] = deque()
+    counts: dict[str, int] = {}
+    writes: deque[Future] = deque()
+    todo = iter(indices)
+    ahead: deque[tuple[int, Future]] = deque()
+    prefetch = max(1, workers) + 2
+    t0 = time.perf_counter()
+    n_done = 0
+    bar = tqdm(total=total if total is not None else len(indices), initial=initial, unit="video",
+               disable=not progress, dynamic_ncols=True, smoothing=0.1, desc=out_dir.name)
+
+    def finish(i: int, record: dict, feats: np.ndarray | None = None, video: np.ndarray | None = None) -> None:
+        nonlocal n_done
+        writes.append(writer.submit(write_staged, out_dir, i, record, feats, video))
+        while len(writes) > 8 or (writes and writes[0].done()):
+            writes.popleft().result()  # surfaces write errors; bounds memory held by queued writes
+        counts[record["status"]] = counts.get(record["status"], 0) + 1
+        n_done += 1
+        bar.update(1)
+        bar.set_postfix({k: v for k, v in sorted(counts.items())}, refresh=False)
+        if on_sample is not None:
+            on_sample(i, record)
+
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="decode") as pool, \
+            ThreadPoolExecutor(1, thread_name_prefix="stage-write") as writer:
+
+        def refill() -> None:
+            while len(ahead) < prefetch:
+                i = next(todo, None)
+                if i is None:
+                    return
+                ahead.append((i, pool.submit(_prepare, samples[i], cfg, views)))
+
+        refill()
+        while ahead or clip_queue:
+            while len(clip_queue) < batch_size and ahead:
+                i, fut = ahead.popleft()
+                refill()
+                record, xs, video = fut.result()
+                if xs is None:
+                    finish(i, record)
+                    continue
+                pending[i] = _Pending(xs, video, record, np.empty((V, K, FEATURE_DIM), np.float32), V * K)
+                clip_queue.extend((i, v, k) for v in range(V) for k in range(K))
+            if not clip_queue:
+                break
+            take = [clip_queue.popleft() for _ in range(min(batch_size, len(clip_queue)))]
+            batch = torch.stack([pending[i].xs[v][:, layout.starts[k] : layout.starts[k] + T] for i, v, k in take])
+            out = forward_clips(model, batch, batch_size, dtype)
+            for (i, v, k), f in zip(take, out):
+                p = pending[i]
+                p.feats[v, k] = f
+                p.remaining -= 1
+                if p.remaining == 0:
+                    del pending[i]
+                    finish(i, p.record, p.feats, p.video)
+        while writes:
+            writes.popleft().result()
+    bar.close()
+    secs = time.perf_counter() - t0
+    return {"processed": n_done, "seconds": secs, "videos_per_s": n_done / secs if secs > 0 else 0.0,
+            "counts": counts}
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def extract_features(
+    dataset: str | Path,
+    root: str | Path | None = None,
+    *,
+    overrides: Iterable[str] = (),
+    cache_root: str | Path | None = None,
+    backend: str | None = None,
+    views: int | None = None,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    dtype: str | None = None,
+    shard: str | Shard | None = None,
+    strict: bool = False,
+    limit: int | None = None,
+    device: str | torch.device | None = None,
+    model: torch.nn.Module | None = None,
+    progress: bool = True,
+    merge: bool = True,
+    stats: dict | None = None,
+) -> Path:
+    """Build (or finish, or reuse) the feature cache of ``dataset``; returns its directory.
+
+    ``dataset`` is a stage name (``mtl``) or a stage TOML path; ``root`` the data folder (default
+    ``dataset.root`` of the stage). ``overrides`` are ``section.key=value`` strings. ``backend``
+    (hdf5|zarr), ``views`` (V; V times the I3D work), ``dtype`` (fp32|bf16) override ``[cache]``.
+    ``batch_size`` clips per forward (default: the cache's recorded one, else 16 CPU / 64 GPU),
+    ``workers`` decoding threads (default 2). ``shard`` "i/n" extracts only samples ``i % n`` (under
+    torchrun the rank/world size are used instead and rank 0 merges). ``limit`` keeps the first N
+    samples (a separate cache). ``model`` replaces the cached Kinetics I3D (its state dict is hashed
+    instead of the weights file). ``stats``, if given, receives the run's throughput figures.
+    """
+    from ..datasets import load_dataset
+
+    cfg = resolve_config(dataset, overrides, backend=backend, views=views, dtype=dtype)
+    stage = stage_name(dataset)
+    c = cfg["cache"]
+    root = Path(root if root is not None else cfg.get("dataset", {}).get("root", "."))
+    samples = list(load_dataset(cfg.get("dataset", {}).get("name", stage), root, cfg))
+    if limit is not None:
+        samples = samples[: int(limit)]
+    if not samples:
+        raise CacheError(f"dataset {stage!r} under {root} has no samples; check --root and the annotation files")
+    view_list = make_views(int(c["views"]), int(c["view_shift"]))
+    layout = layout_of(cfg)
+    rows = base_rows(samples, stage, root)
+
+    if model is None:
+        from ..backbone.weights import weights_sha256
+
+        wsha = weights_sha256()
+    else:
+        wsha = "state:" + state_fingerprint(model)
+    key = extraction_key(dataset=stage, cfg=cfg, views=view_list, dtype=c["dtype"], weights_sha256=wsha,
+                         samples_fingerprint=samples_fingerprint(rows))
+    chash = key_hash(key)
+    cache_dir = _cache_root(cache_root) / f"{stage}-{chash}"
+    tr = torchrun_env()
+    sh = tr if tr is not None else (shard if isinstance(shard, Shard) else parse_shard(shard))
+
+    manifest = read_manifest(cache_dir) if (cache_dir / "manifest.json").exists() else None
+    if manifest is not None and manifest.get("complete"):
+        if c["backend"] not in manifest.get("stores", {}) and (tr is None or tr.index == 0):
+            _log(f"cache {cache_dir} is complete; adding a {c['backend']} store from the existing one")
+            add_backend(cache_dir, c["backend"])
+        _log(f"cache {cache_dir} is complete for these settings: reusing it (nothing extracted)")
+        if stats is not None:
+            stats.update(processed=0, reused=True)
+        return _finish(cache_dir, strict)
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(device) if device is not None else (
+        torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if torch.cuda.is_available() else torch.device("cpu"))
+    if model is None:
+        from ..backbone.weights import load_i3d
+
+        model = load_i3d(device=dev)
+    else:
+        dev = next(model.parameters()).device
+    if hasattr(model, "prepare_for_inference"):
+        model.prepare_for_inference()
+    else:
+        model.eval()
+    recorded_bs = (manifest or {}).get("extraction", {}).get("batch_size")
+    bs = int(batch_size or recorded_bs or default_batch_size(dev))
+    if recorded_bs and bs != recorded_bs:
+        _log(f"warning: batch size {bs} differs from the {recorded_bs} this cache was started with; resumed "
+             f"features may differ from an uninterrupted run in the last bits")
+    if manifest is None:
+        base = pa.BufferOutputStream()
+        pq.write_table(samples_table(rows), base)
+        atomic_write_bytes(cache_dir / BASE_SAMPLES, base.getvalue().to_pybytes())
+        h, w = _video_size(cfg)
+        write_manifest(cache_dir, {
+            "schema_version": SCHEMA_VERSION, "dataset": stage, "adapter": cfg["dataset"]["name"],
+            "config_hash": chash, "hashed": key, "config": cfg, "complete": False, "backend": c["backend"],
+            "stores": {}, "n_samples": len(samples), "n_views": len(view_list), "n_clips": len(layout.starts),
+            "clip_len": layout.clip_len, "n_frames": layout.n_frames, "clip_layout": layout.kind,
+            "clip_starts": list(layout.starts), "video_size": [h, w], "feature_dim": FEATURE_DIM,
+            "views": view_list, "weights_sha256": wsha, "dtype": c["dtype"], "root": str(root),
+            "extraction": {"batch_size": bs, "device": str(dev), "torch": torch.__version__,
+                           "started": _now_iso()},
+        })
+    elif not (cache_dir / BASE_SAMPLES).exists():
+        raise CacheError(f"cache {cache_dir} is incomplete and its {BASE_SAMPLES} is gone; delete {cache_dir} and rerun")
+
+    if tr is not None:
+        import datetime as _dt
+
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            # gloo only carries two barriers; a long extraction must not hit the default 30 min timeout.
+            dist.init_process_group("gloo", timeout=_dt.timedelta(days=7))
+    out_dir = shard_dir(cache_dir, sh.name)
+    mine = shard_indices(len(samples), sh)
+    with CacheLock(cache_dir / f"writer-{sh.name}.lock", "cache") as lock:
+        if lock.previous and lock.previous.get("pid"):
+            _log(f"previous writer pid {lock.previous.get('pid')} on {lock.previous.get('host')} is gone; resuming")
+        done = staged_files(cache_dir)
+        todo = [i for i in mine if i not in done]
+        if len(todo) < len(mine):
+            _log(f"{stage} [{sh.name}]: {len(mine) - len(todo)} of {len(mine)} samples already done, {len(todo)} to go")
+        st = run_shard(samples, todo, out_dir, model, cfg, view_list, batch_size=bs, workers=workers or 2,
+                       dtype=c["dtype"], progress=progress, initial=len(mine) - len(todo), total=len(mine))
+    if stats is not None:
+        stats.update(st, cache=str(cache_dir), batch_size=bs, device=str(dev))
+    if tr is not None:
+        import torch.distributed as dist
+
+        dist.barrier()
+        if tr.index == 0:
+            merge_cache(cache_dir, backend=c["backend"])
+        dist.barrier()
+    elif merge:
+        left = missing_indices(cache_dir, len(samples))
+        if not left:
+            merge_cache(cache_dir, backend=c["backend"])
+        else:
+            _log(f"{sh.name} done; {len(left)} samples belong to other shards. When all shards have finished, "
+                 f"run `udaqa-pipeline cache merge {cache_dir}` (copy other hosts' cache folders there first, "
+                 f"or pass them as extra arguments)")
+            return cache_dir
+    return _finish(cache_dir, strict)
+
+
+def _now_iso() -> str:
+    import datetime as _dt
+
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def summarize(cache_dir: Path) -> tuple[dict[str, int], list[tuple[str, str, str]]]:
+    """Status counts and (id, status, error) of failed samples of a complete cache."""
+    m = read_manifest(cache_dir)
+    t = pq.read_table(cache_dir / "samples.parquet", columns=["id", "status", "error"]).to_pylist()
+    failed = [(r["id"], r["status"], r["error"]) for r in t if r["status"] != "ok"]
+    return dict(m.get("counts", {})), failed
+
+
+def _finish(cache_dir: Path, strict: bool) -> Path:
+    m = read_manifest(cache_dir)
+    if not m.get("complete"):
+        return cache_dir
+    counts, failed = summarize(cache_dir)
+    n = sum(counts.values())
+    ok = counts.get("ok", 0)
+    lines = [f"{cache_dir}: {ok} of {n} samples ok" + (f", {len(failed)} failed" if failed else "")]
+    for sid, status, err in failed[:20]:
+        lines.append(f"  {sid}: {status}: {err}")
+    if len(failed) > 20:
+        lines.append(f"  ... and {len(failed) - 20} more (see samples.parquet, column error)")
+    _log("\n".join(lines))
+    if ok == 0:
+        raise ExtractionError(f"no sample of {cache_dir} was extracted successfully; see the errors above", cache_dir, counts)
+    if strict and failed:
+        raise ExtractionError(f"{len(failed)} samples failed (--strict); see the errors above", cache_dir, counts)
+    return cache_dir

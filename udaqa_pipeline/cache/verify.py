@@ -1,0 +1,172 @@
+"""``cache info`` and ``cache verify``: describe a cache, and re-read every byte of it.
+
+:func:`verify_cache` checks, and reports every problem it finds (it does not stop at the first):
+
+- the manifest parses, has this schema version, says ``complete`` and its ``config_hash`` equals
+  the hash of its own recorded settings (an edited manifest cannot pass as another extraction);
+- ``samples.parquet`` matches the sha256 recorded at merge time, and its page checksums;
+- every store listed: opens, has the manifest's shapes, and every chunk of every array reads back
+  with a valid checksum (HDF5 fletcher32, Zarr crc32c), read one sample at a time so a damaged
+  chunk is reported with its sample index and id;
+- features of ``ok`` samples are finite and those of failed samples are NaN.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from .manifest import MANIFEST, SAMPLES, CacheError, key_hash, read_manifest
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _dir_bytes(p: Path) -> int:
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def cache_info(path: str | Path) -> dict[str, Any]:
+    """A JSON-able summary of a cache directory (works on incomplete caches too)."""
+    path = Path(path)
+    m = read_manifest(path)
+    info: dict[str, Any] = {
+        "path": str(path),
+        "dataset": m.get("dataset"),
+        "config_hash": m.get("config_hash"),
+        "complete": bool(m.get("complete")),
+        "schema_version": m.get("schema_version"),
+        "n_samples": m.get("n_samples"),
+        "counts": m.get("counts", {}),
+        "features_shape": [m.get("n_samples"), m.get("n_views"), m.get("n_clips"), m.get("feature_dim")],
+        "video_shape": [m.get("n_samples"), m.get("n_frames"), 3, *m.get("video_size", [])],
+        "clip_starts": m.get("clip_starts"),
+        "views": m.get("views"),
+        "dtype": m.get("dtype"),
+        "weights_sha256": m.get("weights_sha256"),
+        "stores": {b: {"path": name, "bytes": _dir_bytes(path / name)} for b, name in m.get("stores", {}).items()
+                   if (path / name).exists()},
+        "extraction": m.get("extraction", {}),
+        "finished": m.get("finished"),
+    }
+    if not info["complete"]:
+        from .merge import staged_files
+
+        info["staged"] = len(staged_files(path))
+    total = sum(s["bytes"] for s in info["stores"].values())
+    if info["stores"] and m.get("n_samples"):
+        info["bytes_per_sample"] = round(total / len(info["stores"]) / m["n_samples"])
+    return info
+
+
+def verify_cache(path: str | Path) -> dict[str, Any]:
+    """Re-read a whole cache; returns {"path", "ok": bool, "problems": [str], "checked": {...}}."""
+    path = Path(path)
+    problems: list[str] = []
+    checked: dict[str, Any] = {}
+    try:
+        m = read_manifest(path)
+    except CacheError as e:
+        return {"path": str(path), "ok": False, "problems": [str(e)], "checked": checked}
+    if not m.get("complete"):
+        problems.append(f"{MANIFEST}: cache is incomplete (finish the extraction or `cache merge`)")
+    key = m.get("hashed")
+    if key is None or key_hash(key) != m.get("config_hash"):
+        problems.append(f"{MANIFEST}: config_hash {m.get('config_hash')!r} is not the hash of the recorded settings")
+    elif path.name.rsplit("-", 1)[-1] != m.get("config_hash") and path.name.startswith(f"{m.get('dataset')}-"):
+        problems.append(f"directory name {path.name} does not end with the manifest's config_hash {m.get('config_hash')}")
+    n = m.get("n_samples")
+    status = None
+    sp = path / SAMPLES
+    want = m.get("files_sha256", {}).get(SAMPLES)
+    if not sp.exists():
+        problems.append(f"{SAMPLES}: missing")
+    else:
+        if want and _sha256(sp) != want:
+            problems.append(f"{SAMPLES}: sha256 differs from the one recorded in the manifest (file changed or damaged)")
+        try:
+            t = pq.read_table(sp, page_checksum_verification=True)
+            checked[SAMPLES] = t.num_rows
+            if t.num_rows != n:
+                problems.append(f"{SAMPLES}: {t.num_rows} rows, manifest says {n}")
+            status = t.column("status").to_pylist()
+            ids = t.column("id").to_pylist()
+        except Exception as e:  # noqa: BLE001 - any parse failure is a finding, not a crash
+            problems.append(f"{SAMPLES}: unreadable ({e})")
+    if status is None:
+        ids = [str(i) for i in range(n or 0)]
+    for backend, name in m.get("stores", {}).items():
+        sp = path / name
+        if not sp.exists():
+            problems.append(f"{name}: listed in the manifest but missing")
+            continue
+        problems += _verify_store(sp, backend, m, status, ids, checked)
+    if not m.get("stores"):
+        problems.append("no store listed in the manifest")
+    return {"path": str(path), "ok": not problems, "problems": problems, "checked": checked}
+
+
+def _verify_store(sp: Path, backend: str, m: dict, status, ids, checked) -> list[str]:
+    problems: list[str] = []
+    n = int(m["n_samples"])
+    shapes = {
+        "features": (n, m["n_views"], m["n_clips"], m["feature_dim"]),
+        "video": (n, m["n_frames"], 3, *m["video_size"]),
+        "clip_starts": (len(m["clip_starts"]),),
+    }
+    try:
+        if backend == "hdf5":
+            import h5py
+
+            handle = h5py.File(sp, "r")
+            arrays = {k: handle[k] for k in shapes}
+        else:
+            import zarr
+
+            handle = None
+            g = zarr.open_group(str(sp), mode="r")
+            arrays = {k: g[k] for k in shapes}
+    except Exception as e:  # noqa: BLE001
+        return [f"{sp.name}: cannot open ({type(e).__name__}: {e})"]
+    try:
+        for name, shape in shapes.items():
+            if tuple(arrays[name].shape) != tuple(shape):
+                problems.append(f"{sp.name}/{name}: shape {tuple(arrays[name].shape)}, manifest says {tuple(shape)}")
+        try:
+            cs = np.asarray(arrays["clip_starts"][...])
+            if cs.tolist() != list(m["clip_starts"]):
+                problems.append(f"{sp.name}/clip_starts: {cs.tolist()} differs from the manifest {m['clip_starts']}")
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"{sp.name}/clip_starts: checksum/read error ({e})")
+        bad = 0
+        for i in range(min(n, arrays["features"].shape[0])):
+            for name in ("features", "video"):
+                try:
+                    row = arrays[name][i]
+                except Exception as e:  # noqa: BLE001 - fletcher32 / crc32c mismatch lands here
+                    bad += 1
+                    problems.append(f"{sp.name}/{name}: sample {i} ({ids[i] if i < len(ids) else '?'}): "
+                                    f"chunk checksum/read error ({type(e).__name__}: {e})")
+                    continue
+                if name == "features" and status is not None and i < len(status):
+                    finite = bool(np.isfinite(row).all())
+                    if status[i] == "ok" and not finite:
+                        problems.append(f"{sp.name}/features: sample {i} ({ids[i]}) is ok but has non-finite values")
+                    if status[i] != "ok" and not bool(np.isnan(row).all()):
+                        problems.append(f"{sp.name}/features: sample {i} ({ids[i]}) failed but holds numbers")
+        checked[sp.name] = {"samples": n, "bad_chunks": bad}
+    finally:
+        if handle is not None:
+            handle.close()
+    return problems
