@@ -1,7 +1,70 @@
-"""CLI commands (being written)."""
+"""``datasets list`` and ``datasets inspect``: thin shells over :mod:`udaqa_pipeline.datasets`."""
+
+from __future__ import annotations
+
+import json
 
 import click
 
 
+@click.group("datasets")
+def datasets_group() -> None:
+    """Dataset adapters: what is supported, and what an annotation folder holds."""
+
+
+@datasets_group.command("list")
+def list_cmd() -> None:
+    """The dataset adapters and the stage configs that use them."""
+    from ..config import available_stages, load_stage
+    from ..datasets import DATASETS
+
+    for stage in available_stages():
+        d = load_stage(stage).get("dataset", {})
+        adapter = d.get("adapter", d.get("name", stage))
+        note = "" if adapter in DATASETS else "  (no adapter)"
+        click.echo(f"{stage:<12} adapter={adapter:<11} root={d.get('root', '.')}{note}")
+
+
+def _human(info: dict) -> str:
+    lines = [f"dataset          {info['dataset']}", f"samples          {info['n_samples']}"]
+    for k, v in info["folds"].items():
+        lines.append(f"fold {k:<11} train {v['train']}, test {v['test']}")
+    lines.append("judges/sample    " + ", ".join(f"{k}: {v}" for k, v in info["judges_per_sample"].items()))
+    lines.append("rules            " + ", ".join(f"{k}: {v}" for k, v in info["rules"].items()))
+    ex = f" (e.g. {', '.join(info['rule_mismatch_examples'][:5])})" if info["rule_mismatches"] else ""
+    lines.append(f"rule mismatches  {info['rule_mismatches']}{ex}")
+    for g, (lo, hi) in info["score_range"].items():
+        lines.append(f"scores {g:<9} {lo:g} .. {hi:g}")
+    lines += [f"warning: {w}" for w in info["warnings"]]
+    return "\n".join(lines)
+
+
+@datasets_group.command("inspect")
+@click.argument("dataset")
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="Folder holding the annotation files (default: dataset.root of the stage TOML).")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override a stage config value, e.g. --set dataset.train_split=other.pkl (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (dataset, n_samples, folds, "
+              "judges_per_sample, rule_mismatches, score_range, ...).")
+def inspect_cmd(dataset, root, overrides, as_json) -> None:
+    """Summarise DATASET's annotation files (no frames needed): samples, folds, judge panels, samples
+    whose final score breaks the scoring rule, score ranges, and warnings about the files.
+
+    DATASET is a stage name (mtl, finediving, jigsaws, aqa7, folder) or a stage TOML path.
+    """
+    from ..config import ConfigError, apply_overrides, load_stage
+    from ..datasets import inspect_dataset
+    from ..datasets.common import AnnotationError
+
+    try:
+        cfg = apply_overrides(load_stage(dataset), overrides)
+        info = inspect_dataset(cfg.get("dataset", {}).get("name", dataset), root, cfg)
+    except (ConfigError, AnnotationError, ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(json.dumps(info, indent=2) if as_json else _human(info))
+
+
 def register(main: click.Group) -> None:
-    """Add this module's commands to ``main``."""
+    """Add ``datasets list`` and ``datasets inspect`` to ``main``."""
+    main.add_command(datasets_group)

@@ -1,0 +1,119 @@
+"""Dataset adapters: published annotation files -> a list of :class:`~.base.Sample`.
+
+One thin module per dataset (``mtl``, ``finediving``, ``jigsaws``, ``aqa7``, ``folder``), each
+with ``read(root, cfg) -> DatasetIndex``. The stage config (``stages/<name>.toml``, section
+``[dataset]``) says where each file sits under the root; ``dataset.adapter`` (default: the
+dataset's name) picks the module, so a new stage can reuse an adapter under another name.
+
+:func:`inspect_dataset` needs only the annotation files and returns the summary of
+``udaqa-pipeline datasets inspect --json``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ..config import load_stage
+from . import aqa7, finediving, folder, jigsaws, mtl
+from .base import TRAIN_ONLY, Sample
+from .common import AnnotationError, DatasetIndex
+from .rules import RULE_ATOL, apply_rule
+
+#: Adapter modules by name.
+DATASETS: dict[str, ModuleType] = {"mtl": mtl, "finediving": finediving, "jigsaws": jigsaws, "aqa7": aqa7, "folder": folder}
+
+__all__ = ["DATASETS", "TRAIN_ONLY", "AnnotationError", "DatasetIndex", "Sample", "inspect_dataset",
+           "load_dataset", "read_index"]
+
+
+def _resolve(name: str, root: str | Path | None, cfg: dict | None) -> tuple[ModuleType, Path, dict]:
+    if cfg is None:
+        cfg = load_stage(name)
+    dcfg = cfg.get("dataset", {})
+    adapter = dcfg.get("adapter", dcfg.get("name", name))
+    if adapter not in DATASETS:
+        adapter = name
+    if adapter not in DATASETS:
+        raise AnnotationError(None, f"no adapter for dataset {name!r}", f"use one of {', '.join(DATASETS)} "
+                              "or set dataset.adapter in the stage TOML")
+    root_path = Path(root if root is not None else dcfg.get("root", "."))
+    if not root_path.is_dir():
+        raise AnnotationError(root_path, "dataset root folder does not exist",
+                              f"pass --root DIR (the folder holding the {name} annotation files) or set dataset.root")
+    return DATASETS[adapter], root_path, cfg
+
+
+def read_index(name: str, root: str | Path | None = None, cfg: dict | None = None) -> DatasetIndex:
+    """Samples plus the adapter's warnings. ``cfg=None`` loads ``stages/<name>.toml``;
+    ``root=None`` uses ``dataset.root``."""
+    module, root_path, cfg = _resolve(name, root, cfg)
+    return module.read(root_path, cfg)
+
+
+def load_dataset(name: str, root: str | Path | None = None, cfg: dict | None = None) -> list[Sample]:
+    """Every sample of a dataset, read from its annotation files (no frames are opened)."""
+    return read_index(name, root, cfg).samples
+
+
+def _folds(samples: list[Sample], per_group: bool) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    groups = sorted({s.group for s in samples}, key=[s.group for s in samples].index) if per_group else [None]
+    for g in groups:
+        members = [s for s in samples if per_group is False or s.group == g]
+        for k in sorted({s.fold for s in members if s.fold != TRAIN_ONLY}):
+            test = sum(s.fold == k for s in members)
+            out[f"{g}/{k}" if per_group else str(k)] = {"train": len(members) - test, "test": test}
+    return out
+
+
+def rule_mismatches(samples: list[Sample], atol: float = RULE_ATOL) -> list[str]:
+    """Ids of samples whose stored final score differs from their rule applied to their judges."""
+    by_key: dict[tuple[str, int], list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_key[(s.rule, len(s.judge_scores))].append(s)
+    bad: list[str] = []
+    for (rule, _), group in by_key.items():
+        judges = np.array([s.judge_scores for s in group], dtype=np.float64)
+        dd = np.array([np.nan if s.difficulty is None else s.difficulty for s in group])
+        pred = apply_rule(rule, judges, dd)
+        final = np.array([s.final_score for s in group])
+        bad += [s.id for s, ok in zip(group, np.abs(pred - final) < atol) if not ok]
+    return sorted(bad)
+
+
+def inspect_dataset(name: str, root: str | Path | None = None, cfg: dict | None = None) -> dict[str, Any]:
+    """Summary from the annotation files alone (the JSON of ``datasets inspect``).
+
+    Keys: ``dataset``, ``n_samples``, ``folds`` (``{"k": {"train", "test"}}``; JIGSAWS
+    ``"<Task>/<k>"``, counted within the task), ``judges_per_sample`` (panel size -> count),
+    ``rule_mismatches`` (stored final score != rule(judges), within ``dataset.rule_atol``),
+    ``score_range`` (group -> [min, max] final score); extra: ``rules``, ``warnings``,
+    ``rule_mismatch_examples``, ``annotation_files``.
+    """
+    module, root_path, cfg = _resolve(name, root, cfg)
+    index = module.read(root_path, cfg)
+    samples = index.samples
+    atol = float(cfg.get("dataset", {}).get("rule_atol", RULE_ATOL))
+    bad = rule_mismatches(samples, atol)
+    ranges: dict[str, list[float]] = {}
+    for s in samples:
+        lo, hi = ranges.get(s.group, [s.final_score, s.final_score])
+        ranges[s.group] = [min(lo, s.final_score), max(hi, s.final_score)]
+    judges = Counter(len(s.judge_scores) for s in samples)
+    return {
+        "dataset": cfg.get("dataset", {}).get("name", name),
+        "n_samples": len(samples),
+        "folds": _folds(samples, getattr(module, "FOLDS_PER_GROUP", False)),
+        "judges_per_sample": {str(k): judges[k] for k in sorted(judges)},
+        "rule_mismatches": len(bad),
+        "score_range": {g: [round(lo, 6), round(hi, 6)] for g, (lo, hi) in ranges.items()},
+        "rules": dict(Counter(s.rule for s in samples)),
+        "rule_mismatch_examples": bad[:10],
+        "warnings": index.warnings,
+        "annotation_files": index.files,
+    }

@@ -1,0 +1,91 @@
+"""A user's own videos: ``annotations.csv`` at the root.
+
+Columns (header row required, order free): ``id``, ``path`` (a video file or a frame folder,
+relative to the root), ``final_score``; optional ``judge_scores`` (semicolon-separated, e.g.
+``7.5;8;8.5``), ``difficulty``, ``action``, ``split``.
+
+- ``split``: ``train`` (or empty) -> ``TRAIN_ONLY``; ``test`` -> fold 0; an integer ``k`` -> the
+  sample is in test fold ``k`` (k-fold CV of your own).
+- Rule: ``dataset.rule = "auto"`` gives ``identity`` for rows without judges (the final score is
+  the only label) and ``mean`` for rows with a panel; any rule name of
+  :mod:`~udaqa_pipeline.datasets.rules` forces that rule for every row (its judge count and
+  difficulty are then checked row by row).
+- ``group`` is the dataset name (one model); ``action`` is kept as given.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from .base import TRAIN_ONLY, Sample
+from .common import AnnotationError, DatasetIndex, dataset_cfg, need_file
+from .rules import DIFFICULTY_RULES, RULE_JUDGES, check_rule
+
+REQUIRED = ("id", "path", "final_score")
+
+
+def _float(text: str, path: Path, row: int, col: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise AnnotationError(path, f"row {row}: {col} {text!r} is not a number", "fix the CSV") from None
+
+
+def read(root: str | Path, cfg: dict) -> DatasetIndex:
+    root = Path(root)
+    dcfg = dataset_cfg(cfg)
+    name = dcfg.get("name", "folder")
+    rule_cfg = dcfg.get("rule", "auto")
+    if rule_cfg != "auto":
+        check_rule(rule_cfg)
+    path = need_file(root, dcfg.get("annotations", "annotations.csv"), "annotations", "annotations.csv", name)
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        cols = [c.strip() for c in (reader.fieldnames or [])]
+        missing = [c for c in REQUIRED if c not in cols]
+        if missing:
+            raise AnnotationError(path, f"missing column(s) {', '.join(missing)} (found {cols})",
+                                  "the header needs id,path,final_score[,judge_scores,difficulty,action,split]")
+        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+    if not rows:
+        raise AnnotationError(path, "no rows", "add one row per video")
+    samples: list[Sample] = []
+    seen: set[str] = set()
+    for n, r in enumerate(rows, 2):  # row numbers as a spreadsheet shows them (header = 1)
+        sid = r["id"]
+        if not sid or sid in seen:
+            raise AnnotationError(path, f"row {n}: id {sid!r} is empty or repeated", "give every row a unique id")
+        seen.add(sid)
+        final = _float(r["final_score"], path, n, "final_score")
+        judges_txt = r.get("judge_scores", "")
+        judges = tuple(_float(x, path, n, "judge score") for x in judges_txt.split(";") if x.strip()) if judges_txt else ()
+        difficulty = _float(r["difficulty"], path, n, "difficulty") if r.get("difficulty") else None
+        if rule_cfg == "auto":
+            rule = "mean" if len(judges) > 1 else "identity"
+        else:
+            rule = rule_cfg
+        if not judges:
+            judges = (final,)
+        need = RULE_JUDGES[rule]
+        if need is not None and len(judges) != need:
+            raise AnnotationError(path, f"row {n}: rule {rule!r} needs {need} judge scores, got {len(judges)}",
+                                  "fix judge_scores or set dataset.rule")
+        if rule in DIFFICULTY_RULES and difficulty is None:
+            raise AnnotationError(path, f"row {n}: rule {rule!r} needs a difficulty", "fill the difficulty column")
+        split = r.get("split", "").lower()
+        if split in ("", "train"):
+            fold = TRAIN_ONLY
+        elif split == "test":
+            fold = 0
+        elif split.isdigit():
+            fold = int(split)
+        else:
+            raise AnnotationError(path, f"row {n}: split {split!r}", "use train, test or a fold number")
+        if not r["path"]:
+            raise AnnotationError(path, f"row {n}: empty path", "give the video file or frame folder, relative to the root")
+        samples.append(Sample(
+            id=sid, dataset=name, source=root / r["path"], final_score=final, judge_scores=judges,
+            difficulty=difficulty, rule=rule, action=r.get("action", ""), group=name, fold=fold,
+        ))
+    return DatasetIndex(samples, [], {"annotations": str(path)})
