@@ -469,8 +469,7 @@ def _train_one(cfg: dict, cache_obj: Any, labels: Labels, src: FeatureSource, tr
             src.module.train()
         sums: dict[str, float] = {}
         n_seen = 0
-        for s in range(0, len(order), bs):
-            sl = slice(s, s + bs)
+        for sl in batch_slices(len(order), bs):
             b_rows, b_views, b_draw = order[sl], views[sl], draws[sl]
             if world > 1:  # split the global batch over ranks; a tail too small to split is dropped
                 if len(b_rows) < world:
@@ -536,8 +535,28 @@ def _train_one(cfg: dict, cache_obj: Any, labels: Labels, src: FeatureSource, tr
     if bar is not None:
         bar.close()
     if world > 1:
+        _check_ranks_agree(model)
         dist.barrier()
     return run_dir
+
+
+def _check_ranks_agree(model: nn.Module) -> None:
+    """Raise if DDP ranks ended with different weights (gradient sync or buffer broadcast broken)."""
+    total = torch.stack([p.detach().double().sum() for p in model.state_dict().values()
+                         if p.is_floating_point()]).sum().reshape(1)
+    got = [torch.zeros(1, dtype=torch.float64) for _ in range(dist.get_world_size())]
+    dist.all_gather(got, total)
+    if any(not torch.equal(g, got[0]) for g in got):
+        raise RuntimeError(f"DDP ranks diverged: parameter checksums {[float(g) for g in got]}")
+
+
+def batch_slices(n: int, bs: int) -> list[slice]:
+    """Consecutive batches of ``bs``; a trailing batch of ONE sample joins the previous batch,
+    because BatchNorm cannot normalise a single sample whose feature map is 1x1x1."""
+    cuts = list(range(0, n, bs)) + [n]
+    if len(cuts) > 2 and cuts[-1] - cuts[-2] == 1:
+        del cuts[-2]
+    return [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:])]
 
 
 def _sel_name(protocol: str) -> str:
@@ -664,9 +683,11 @@ def load_run(run_dir: str | Path, *, which: str = "best") -> Run:
 
 def main() -> None:
     """``torchrun --nproc_per_node N -m udaqa_pipeline.train DATASET [options]``: the CLI's train."""
+    import sys
+
     from .cli import main as cli_main
 
-    cli_main(["train", *os.sys.argv[1:]])
+    cli_main(["train", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

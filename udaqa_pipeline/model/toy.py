@@ -22,8 +22,12 @@ from ..datasets.rules import apply_rule
 
 def toy_arrays(n: int = 48, *, n_views: int = 1, n_clips: int = 10, n_frames: int = 16,
                size: tuple[int, int] = (16, 16), n_test: int | None = None, seed: int = 0,
-               feat_dim: int = 1024, noise: float = 0.05) -> dict[str, Any]:
-    """Arrays and sample rows of a synthetic MTL-like cache (``n_test`` rows get fold 0, the rest -1)."""
+               feat_dim: int = 1024, noise: float = 0.05, groups: tuple[str, ...] = ("",),
+               n_folds: int | None = None) -> dict[str, Any]:
+    """Arrays and sample rows of a synthetic MTL-like cache.
+
+    Folds: the last ``n_test`` rows get fold 0 and the rest -1 (a single split), or with ``n_folds``
+    row i gets fold (i // n_groups) % n_folds (JIGSAWS-like CV). Row i belongs to ``groups[i % len(groups)]``."""
     rng = np.random.default_rng(seed)
     q = rng.uniform(0, 1, n)
     spread = rng.uniform(0.1, 1.0, n)
@@ -39,10 +43,16 @@ def toy_arrays(n: int = 48, *, n_views: int = 1, n_clips: int = 10, n_frames: in
     level = (40 + 200 * spread)[:, None, None, None, None]
     video = np.clip(level + rng.normal(0, 10, (n, n_frames, 3, *size)), 0, 255).astype(np.uint8)
     n_test = n // 4 if n_test is None else n_test
-    rows = [{"id": f"toy_{i:05d}", "dataset": "toy", "action": "", "group": "",
+    def fold(i: int) -> int:
+        if n_folds is not None:
+            return (i // len(groups)) % n_folds  # every group gets every fold
+        return 0 if i >= n - n_test else -1
+
+    rows = [{"id": f"toy_{i:05d}", "dataset": "toy", "action": groups[i % len(groups)],
+             "group": groups[i % len(groups)],
              "difficulty": float(dd[i]), "judge_scores": judges[i].tolist(),
              "final_score": float(final[i]), "rule": "mtl_middle3",
-             "fold": 0 if i >= n - n_test else -1, "status": "ok"} for i in range(n)]
+             "fold": fold(i), "status": "ok"} for i in range(n)]
     starts = np.linspace(0, max(n_frames - 16, 0), n_clips).astype(int).tolist()
     views = [{"flip": False, "shift": 0}] + [{"flip": True, "shift": 0}] * (n_views - 1)
     return {"features": feats, "video": video, "rows": rows, "clip_starts": starts, "views": views,

@@ -1,0 +1,161 @@
+"""Stage two end to end on small synthetic caches written with stage one's writer."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from click.testing import CliRunner
+
+from udaqa_pipeline.cli import main as cli
+from udaqa_pipeline.config import ConfigError
+from udaqa_pipeline.evaluate import evaluate
+from udaqa_pipeline.model.toy import write_toy_cache
+from udaqa_pipeline.train import (CHECKPOINT, CacheSource, CheckpointError, Labels, load_checkpoint,
+                                  load_run, predict, save_checkpoint, train)
+
+SMALL = ["train.batch_size=8", "train.lr=1e-3", "train.wa_hidden=32", "train.video_channels=[4,8,8,8]",
+         "train.eval_samples=2", "train.dropout=0.0"]
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return write_toy_cache(tmp_path_factory.mktemp("c") / "toy", n=48, n_views=2)
+
+
+def _log(run):
+    rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    for r in rows:
+        r.pop("seconds")
+    return rows
+
+
+def test_overfits_tiny_cache(toy, tmp_path):
+    run = train("mtl", cache=toy, run_dir=tmp_path / "r", progress=False, protocol="paper",
+                overrides=SMALL + ["train.epochs=40", "train.use_curriculum=false"])
+    r = load_run(run)
+    from udaqa_pipeline.cache import open_cache
+
+    c = open_cache(toy)
+    lab = Labels.from_table(c.samples)
+    rows = np.flatnonzero(lab.fold == -1)
+    p = predict(r.model, CacheSource(c), lab, rows, r.scaling, n_samples=4)
+    from udaqa_pipeline.metrics import spearman
+
+    assert spearman(lab.final[rows], p["final"]) > 0.9
+    judge_mean = np.array([lab.judges[i].mean() for i in rows])
+    pred_mean = np.array([pan.mean() for pan in p["panels"]])
+    assert spearman(judge_mean, pred_mean) > 0.9  # learned the judges, not only the difficulty
+
+
+def test_same_seed_same_numbers_and_resume(toy, tmp_path):
+    ov = SMALL + ["train.epochs=6", "train.curriculum_patience=1"]
+    a = train("mtl", cache=toy, run_dir=tmp_path / "a", overrides=ov, progress=False)
+    b = train("mtl", cache=toy, run_dir=tmp_path / "b", overrides=ov, progress=False)
+    assert _log(a) == _log(b)
+    # killed after 2 epochs, then resumed: identical to the uninterrupted run
+    c = train("mtl", cache=toy, run_dir=tmp_path / "c", overrides=ov, progress=False, stop_after=2)
+    assert len(_log(c)) == 2
+    train("mtl", cache=toy, run_dir=tmp_path / "c", overrides=ov, progress=False)
+    assert _log(c) == _log(a)
+    ca, cc = load_checkpoint(a / CHECKPOINT), load_checkpoint(c / CHECKPOINT)
+    for k in ca["model"]:
+        assert torch.equal(ca["model"][k], cc["model"][k]), k
+    assert ca["best"]["epoch"] == cc["best"]["epoch"]
+    # curriculum share went below 1 and grew (patience 1)
+    fr = [r["train_fraction"] for r in _log(a)]
+    assert fr[0] == 1.0 and fr[1] == 0.4 and max(fr[2:]) > 0.4
+
+
+def test_checkpoint_refusals(toy, tmp_path):
+    run = train("mtl", cache=toy, run_dir=tmp_path / "r", overrides=SMALL + ["train.epochs=1"],
+                progress=False)
+    ck = run / CHECKPOINT
+    good = ck.read_bytes()
+    # a flipped byte inside the payload fails the digest (or the unpickler)
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0xFF
+    ck.write_bytes(bytes(bad))
+    with pytest.raises(CheckpointError, match=str(ck)):
+        load_run(run)
+    # not a checkpoint at all: an arbitrary pickle with a global is refused by weights_only
+    import pickle
+
+    ck.write_bytes(pickle.dumps({"x": print}))
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_run(run)
+    # another version
+    ck.write_bytes(good)
+    outer = torch.load(ck, weights_only=True)
+    outer["version"] = 99
+    torch.save(outer, ck)
+    with pytest.raises(CheckpointError, match="version 99"):
+        load_run(run)
+    # resume against another cache or other settings
+    ck.write_bytes(good)
+    other = write_toy_cache(tmp_path / "other", n=48, seed=5)
+    with pytest.raises(CheckpointError, match="cache"):
+        train("mtl", cache=other, run_dir=run, overrides=SMALL + ["train.epochs=1"], progress=False)
+    with pytest.raises(CheckpointError, match="train.lr"):
+        train("mtl", cache=toy, run_dir=run, overrides=SMALL + ["train.epochs=2", "train.lr=0.5"],
+              progress=False)
+
+
+def test_save_load_roundtrip(tmp_path):
+    p = tmp_path / "x.pt"
+    save_checkpoint(p, {"a": torch.arange(3), "b": {"c": [1, 2.5, None, "s"]}})
+    d = load_checkpoint(p)
+    assert torch.equal(d["a"], torch.arange(3)) and d["b"] == {"c": [1, 2.5, None, "s"]}
+
+
+def test_folds_and_cv(toy, tmp_path):
+    with pytest.raises(ConfigError, match="only fold 0.*--cv"):
+        train("mtl", cache=toy, fold=1, run_dir=tmp_path / "x", overrides=SMALL, progress=False)
+    run = train("mtl", cache=toy, fold=2, cv=3, run_dir=tmp_path / "cv", progress=False,
+                overrides=SMALL + ["train.epochs=1"])
+    ck = load_checkpoint(run / CHECKPOINT)
+    assert len(ck["split"]["test"]) == 16 and ck["cv"] == 3
+    assert not set(ck["split"]["test"]) & set(ck["split"]["fit"] + ck["split"]["select"])
+
+
+def test_per_group_runs_and_evaluate(tmp_path):
+    cache = write_toy_cache(tmp_path / "g", n=64, groups=("Suturing", "Knot_Tying"), n_folds=4)
+    run = train("jigsaws", cache=cache, fold=1, run_dir=tmp_path / "run", progress=False,
+                overrides=SMALL + ["train.epochs=2"])
+    assert (run / "Suturing" / CHECKPOINT).exists() and (run / "Knot_Tying" / CHECKPOINT).exists()
+    m = evaluate(run, cache=cache, fold=1, samples=3)
+    assert set(m["groups"]) == {"Suturing", "Knot_Tying"}
+    assert m["protocol"] == "honest" and m["groups"]["Suturing"]["protocol"] == "honest"
+    assert -1 <= m["fisher_z_spearman"]["value"] <= 1
+    t = pq.read_table(run / "eval" / "predictions.parquet")
+    assert t.num_rows == 16
+    assert {"id", "true_final", "pred_final", "pred_judges", "uncertainty"} <= set(t.column_names)
+    assert all(len(j) == 7 for j in t.column("pred_judges").to_pylist())
+    assert "T7" in m["panel"] and 0 <= m["panel"]["T7"]["coverage"] <= 1
+    for png in ("pred_vs_true.png", "error_vs_uncertainty.png", "curriculum_share.png"):
+        assert (run / "eval" / png).stat().st_size > 1000
+    with pytest.raises(CheckpointError, match="fold 1, not 0"):
+        evaluate(run, cache=cache, fold=0)
+
+
+def test_cli_train_evaluate(toy, tmp_path):
+    r = CliRunner()
+    args = ["--cache", str(toy), "--run", str(tmp_path / "run")]
+    sets = sum((["--set", s] for s in SMALL + ["train.epochs=2"]), [])
+    res = r.invoke(cli, ["train", "mtl", *args, "--protocol", "paper", "--no-progress", *sets])
+    assert res.exit_code == 0, res.output
+    res = r.invoke(cli, ["evaluate", "mtl", *args, "--samples", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.output)
+    assert m["protocol"] == "paper" and m["overall"]["n"] == 12
+    res = r.invoke(cli, ["evaluate", "mtl", *args, "--samples", "2"])
+    assert "[paper protocol]" in res.output and "selected on test" in res.output
+
+
+def test_batch_slices_never_leave_a_single_sample():
+    from udaqa_pipeline.train import batch_slices
+
+    assert [(s.start, s.stop) for s in batch_slices(17, 8)] == [(0, 8), (8, 17)]
+    assert [(s.start, s.stop) for s in batch_slices(16, 8)] == [(0, 8), (8, 16)]
+    assert [(s.start, s.stop) for s in batch_slices(5, 8)] == [(0, 5)]
