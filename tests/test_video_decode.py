@@ -114,3 +114,30 @@ def test_missing_empty_corrupt(tmp_path, mkv):
     (bad / "0001.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(VideoError, match="0001.jpg"):
         read_frames(bad)
+
+
+def test_decoding_stops_at_last_needed_frame(tmp_path, mkv):
+    # Damage the second half: the first frames still read, because decoding never gets there.
+    src, frames = mkv
+    data = bytearray(src.read_bytes())
+    mid = len(data) // 2
+    data[mid: mid + 3000] = bytes(b ^ 0xFF for b in data[mid: mid + 3000])
+    bad = tmp_path / "half.mkv"
+    bad.write_bytes(bytes(data))
+    np.testing.assert_array_equal(read_frames(bad, indices=[0, 1]), frames[:2])
+    with pytest.raises(VideoError, match="half.mkv"):
+        read_frames(bad)
+
+
+@pytest.mark.parametrize("name,codec,pix_fmt", [("c.avi", "mpeg4", "yuv420p"), ("c.mp4", "libx264", "yuv420p"),
+                                                ("c.gif", "gif", "rgb8")])
+def test_lossy_containers(tmp_path, name, codec, pix_fmt):
+    # smooth gradients that lossy codecs keep close; exactness is covered by the lossless tests
+    y, x = np.mgrid[0:32, 0:48]
+    frames = np.stack([np.stack([(x * 5 + t * 8) % 256, (y * 7) % 256, np.full_like(x, 128)], -1)
+                       for t in range(12)]).astype(np.uint8)
+    path = write_video(tmp_path / name, frames, codec, pix_fmt)
+    out = read_frames(path)
+    assert out.shape == frames.shape and count_frames(path) == 12
+    assert np.abs(out.astype(int) - frames).mean() < 32  # unrelated frames differ by ~85
+    np.testing.assert_array_equal(read_frames(path, indices=[11, 3]), out[[11, 3]])

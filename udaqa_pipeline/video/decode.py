@@ -224,7 +224,8 @@ class VideoFile:
             raise VideoError(
                 self.path,
                 f"frame {last} requested but only {n} frames could be decoded",
-                "check the annotation's frame range against the video, or use a shorter window",
+                "the video is shorter than the annotation/window expects, or truncated: check its frame range "
+                "or re-download it",
             )
         return np.stack([got[i] for i in idx.tolist()])
 
