@@ -469,11 +469,11 @@ def _train_one(cfg: dict, cache_obj: Any, labels: Labels, src: FeatureSource, tr
             src.module.train()
         sums: dict[str, float] = {}
         n_seen = 0
-        for sl in batch_slices(len(order), bs):
+        for sl in batch_slices(len(order), bs, min_size=2 * world):
             b_rows, b_views, b_draw = order[sl], views[sl], draws[sl]
-            if world > 1:  # split the global batch over ranks; a tail too small to split is dropped
-                if len(b_rows) < world:
-                    continue
+            if world > 1:  # split the global batch over ranks (>= 2 samples each, see batch_slices)
+                if len(b_rows) < 2 * world:
+                    continue  # only when the whole subset is smaller than 2 * world
                 b_rows, b_views, b_draw = b_rows[rank::world], b_views[rank::world], b_draw[rank::world]
             y, ym = _targets(labels, b_rows, b_draw, scaling)
             feats, vid = src.batch(b_rows, b_views)
@@ -550,11 +550,12 @@ def _check_ranks_agree(model: nn.Module) -> None:
         raise RuntimeError(f"DDP ranks diverged: parameter checksums {[float(g) for g in got]}")
 
 
-def batch_slices(n: int, bs: int) -> list[slice]:
-    """Consecutive batches of ``bs``; a trailing batch of ONE sample joins the previous batch,
-    because BatchNorm cannot normalise a single sample whose feature map is 1x1x1."""
+def batch_slices(n: int, bs: int, min_size: int = 2) -> list[slice]:
+    """Consecutive batches of ``bs``; a trailing batch smaller than ``min_size`` joins the previous
+    batch, because BatchNorm cannot normalise a single sample whose feature map is 1x1x1 (under
+    DDP ``min_size`` = 2 x world size, so every rank gets at least two samples)."""
     cuts = list(range(0, n, bs)) + [n]
-    if len(cuts) > 2 and cuts[-1] - cuts[-2] == 1:
+    if len(cuts) > 2 and cuts[-1] - cuts[-2] < min_size:
         del cuts[-2]
     return [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:])]
 

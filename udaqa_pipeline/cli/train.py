@@ -24,8 +24,8 @@ _SET = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VA
 @click.option("--cv", type=int, default=None, help="K-fold cross-validation over the whole dataset")
 @click.option("--cache", type=click.Path(), default=None, help="cache directory (default: the dataset's)")
 @click.option("--cache-root", type=click.Path(), default=None)
-@click.option("--run", "run_dir", type=click.Path(), default=None,
-              help="run directory (default: runs/<dataset>/fold<k>)")
+@click.option("--run", "--run-dir", "run_dir", type=click.Path(), default=None,
+              help="run directory (default: runs/<dataset>/fold<k>); under torchrun spell it --run-dir")
 @click.option("--protocol", type=click.Choice(["honest", "paper"]), default="honest", show_default=True,
               help="honest: epoch chosen on a validation split; paper: best epoch on test")
 @_SET
