@@ -53,5 +53,8 @@ def classify_video(
 
     if frames is not None and frames < MIN_FRAMES:
         raise ValueError(f"--frames {frames}: I3D needs at least {MIN_FRAMES} frames")
+    clip = read_frames(source, stop=frames)  # decode first: a bad or short video fails before the model loads
+    if clip.shape[0] < MIN_FRAMES:
+        raise ValueError(f"{source}: {clip.shape[0]} frames; I3D needs at least {MIN_FRAMES} (use a longer video)")
     model = load_i3d(cache_root).prepare_for_inference()
-    return classify_frames(model, read_frames(source, stop=frames), top=top)
+    return classify_frames(model, clip, top=top)

@@ -28,6 +28,7 @@ sha256 in ``i3d_kinetics400_rgb.pt.sha256`` (``sha256sum`` format); later fetche
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import io
@@ -167,9 +168,17 @@ def detect_format(state: Mapping[str, Any]) -> str:
     )
 
 
-def _unit_names(model_keys: list[str]) -> list[str]:
+@functools.lru_cache(maxsize=1)
+def _reference() -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Key -> (shape, dtype) of ``I3D().state_dict()`` (built on the meta device: no memory, no init)."""
+    with torch.device("meta"):
+        sd = I3D().state_dict()
+    return {k: (tuple(v.shape), v.dtype) for k, v in sd.items()}
+
+
+def _unit_names() -> list[str]:
     """Conv units of I3D (``Conv3d_1a_7x7``, ``Mixed_3b.b1b``, ...) in state-dict order."""
-    return [k[: -len(".conv3d.weight")] for k in model_keys if k.endswith(".conv3d.weight") and k != "logits.conv3d.weight"]
+    return [k[: -len(".conv3d.weight")] for k in _reference() if k.endswith(".conv3d.weight") and k != "logits.conv3d.weight"]
 
 
 def _as_tensor(value: Any) -> torch.Tensor:
@@ -184,7 +193,7 @@ def convert_deepmind(tree: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """
     flat = _flatten(tree) if "params" in tree else dict(tree)
     out: dict[str, torch.Tensor] = {}
-    for unit in _unit_names(list(I3D().state_dict())):
+    for unit in _unit_names():
         if "." in unit:
             block, branch = unit.split(".")
             scope = f"{block}/{_BRANCH_DEEPMIND[branch]}"
@@ -243,7 +252,7 @@ def convert_piergiaj(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """piergiaj ``pytorch_i3d`` state dict (``rgb_imagenet.pt``) -> I3D state dict (same names, no gamma)."""
     sd = dict(state)
     out: dict[str, torch.Tensor] = {}
-    for unit in _unit_names(list(I3D().state_dict())):
+    for unit in _unit_names():
         out[f"{unit}.conv3d.weight"] = _as_tensor(_take(sd, f"{unit}.conv3d.weight"))
         _bn_from_torch(sd, f"{unit}.bn", f"{unit}.bn", out)
     out["logits.conv3d.weight"] = _as_tensor(_take(sd, "logits.conv3d.weight"))
@@ -267,7 +276,7 @@ def convert_hassony2(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """
     sd = dict(state)
     out: dict[str, torch.Tensor] = {}
-    for unit in _unit_names(list(I3D().state_dict())):
+    for unit in _unit_names():
         src = _hassony2_name(unit)
         out[f"{unit}.conv3d.weight"] = _as_tensor(_take(sd, f"{src}.conv3d.weight"))
         _bn_from_torch(sd, f"{src}.{_HASSONY2_BN}", f"{unit}.bn", out)
@@ -280,7 +289,7 @@ def convert_hassony2(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
 def convert_native(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """Already I3D keys: copy, and add ``num_batches_tracked`` where a save left it out."""
     out = {k: (v.clone() if isinstance(v, torch.Tensor) else _as_tensor(v)) for k, v in state.items()}
-    for key in I3D().state_dict():
+    for key in _reference():
         if key.endswith("num_batches_tracked"):
             out.setdefault(key, torch.tensor(0, dtype=torch.long))
     return out
@@ -295,18 +304,18 @@ def to_i3d_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], str]:
     state = _unwrap(obj)
     fmt = detect_format(state)
     out = _CONVERTERS[fmt](state)
-    reference = I3D().state_dict()
+    reference = _reference()
     missing = sorted(set(reference) - set(out))
     extra = sorted(set(out) - set(reference))
     if missing or extra:
         raise WeightsError(f"{fmt} checkpoint does not match I3D: missing {missing[:3]}, unexpected {extra[:3]}")
-    for key, ref in reference.items():
-        if tuple(out[key].shape) != tuple(ref.shape):
+    for key, (shape, _) in reference.items():
+        if tuple(out[key].shape) != shape:
             raise WeightsError(
-                f"{fmt} checkpoint: {key} has shape {tuple(out[key].shape)}, I3D needs {tuple(ref.shape)} "
+                f"{fmt} checkpoint: {key} has shape {tuple(out[key].shape)}, I3D needs {shape} "
                 "(a Kinetics-400 RGB model is required; flow or other-class checkpoints do not fit)"
             )
-    return {k: out[k].to(ref.dtype) for k, ref in reference.items()}, fmt
+    return {k: out[k].to(dtype) for k, (_, dtype) in reference.items()}, fmt
 
 
 def read_checkpoint(path: str | Path) -> Any:
