@@ -34,8 +34,11 @@ CLASS_RANGES = {
 
 def _fit(classes: np.ndarray, scores: np.ndarray) -> float:
     """Fraction of rows inside their class range (20 % slack: the ranges are of the whole release)."""
-    ok = [lo * 0.8 <= s <= hi * 1.2 for c, s in zip(classes, scores)
-          if (a := CLASSES.get(int(c))) for lo, hi in [CLASS_RANGES[a]]]
+    ok = []
+    for c, s in zip(classes.tolist(), scores.tolist()):
+        if c in CLASSES:
+            lo, hi = CLASS_RANGES[CLASSES[c]]
+            ok.append(lo * 0.8 <= s <= hi * 1.2)
     return float(np.mean(ok)) if ok else 0.0
 
 
