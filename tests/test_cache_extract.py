@@ -1,0 +1,182 @@
+"""Extraction mechanics on tiny generated videos: failure isolation, resume after kill -9, the
+writer lock, reuse, views/featurize, and HDF5 vs Zarr.
+
+These use a seeded, randomly initialised I3D (``tiny_model``) and the ``TINY`` stage overrides:
+they test the cache machinery, which does not depend on what the weights are (the real-weights
+path is ``test_cache_cli``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_cache_util import TINY, make_dataset, tiny_model
+from udaqa_pipeline.cache import open_cache
+from udaqa_pipeline.cache.extract import ExtractionError, extract_features, featurize, resolve_config
+from udaqa_pipeline.cache.lock import CacheLockedError
+from udaqa_pipeline.cache.merge import STAGING
+
+TESTS = Path(__file__).resolve().parent
+BS = 4
+
+
+def _extract(root, cache_root, overrides=TINY, **kw):
+    kw.setdefault("model", tiny_model())
+    return extract_features("folder", root, overrides=overrides, cache_root=cache_root, batch_size=BS,
+                            progress=False, **kw)
+
+
+def _same_cache(a: Path, b: Path) -> None:
+    ca, cb = open_cache(a), open_cache(b)
+    assert ca.config_hash == cb.config_hash
+    assert ca.features.tobytes() == cb.features.tobytes()  # bit-identical, NaN rows included
+    assert ca.video.tobytes() == cb.video.tobytes()
+    assert ca.samples.equals(cb.samples)
+
+
+def test_failure_isolation(tmp_path, capsys):
+    root = make_dataset(tmp_path / "data", {"good": 14, "short": 5, "broken": "corrupt", "gone": "missing"})
+    over = TINY + ("frames.short_policy=error",)
+    p = _extract(root, tmp_path / "cache", over)
+    c = open_cache(p)
+    status = dict(zip(c.samples.column("id").to_pylist(), c.samples.column("status").to_pylist()))
+    assert status == {"good": "ok", "short": "too_short", "broken": "corrupt", "gone": "missing"}
+    errors = dict(zip(c.samples.column("id").to_pylist(), c.samples.column("error").to_pylist()))
+    assert "broken.mkv" in errors["broken"] and "gone.mkv" in errors["gone"] and "too short" in errors["short"]
+    assert np.isfinite(c.features[0]).all() and np.isnan(c.features[1:]).all()
+    assert "1 of 4 samples ok, 3 failed" in capsys.readouterr().err
+    # --strict: same cache (reused, nothing recomputed), but an error
+    with pytest.raises(ExtractionError, match="3 samples failed"):
+        _extract(root, tmp_path / "cache", over, strict=True)
+
+
+def test_short_video_padded_and_flagged_and_views_match_featurize(tmp_path):
+    from udaqa_pipeline.datasets import load_dataset
+    from udaqa_pipeline.datasets.frames import sample_frames
+
+    root = make_dataset(tmp_path / "data", {"short": 7})
+    model = tiny_model()
+    p = _extract(root, tmp_path / "cache", views=2, model=model)
+    c = open_cache(p)
+    row = c.samples.to_pylist()[0]
+    assert row["status"] == "ok" and row["short"] and row["n_source_frames"] == 7
+    assert row["frame_indices"] == [0, 1, 2, 3, 4, 5, 6, 6, 6, 6, 6, 6]
+    assert c.features.shape == (1, 2, 2, 1024) and c.views[1] == {"flip": True, "shift": 0}
+    cfg = resolve_config("folder", TINY, views=2)
+    frames = sample_frames(load_dataset("folder", root, cfg)[0], cfg).frames
+    for v in range(2):
+        feats, video = featurize(frames, model, cfg, v, batch_size=BS)
+        assert feats.tobytes() == c.features[0, v].tobytes()  # scoring path == cached numbers
+        np.testing.assert_array_equal(video, c.video[0] if v == 0 else c.video[0][..., ::-1])
+    assert not np.array_equal(c.features[0, 0], c.features[0, 1])
+
+
+def test_nothing_succeeded_is_an_error(tmp_path):
+    root = make_dataset(tmp_path / "data", {"a": "corrupt", "b": "missing"})
+    with pytest.raises(ExtractionError, match="no sample"):
+        _extract(root, tmp_path / "cache")
+
+
+def test_hdf5_and_zarr_extractions_identical(tmp_path):
+    root = make_dataset(tmp_path / "data", {"a": 14, "b": "corrupt", "c": 20})
+    ph = _extract(root, tmp_path / "c1", backend="hdf5")
+    pz = _extract(root, tmp_path / "c2", backend="zarr")
+    assert (ph / "features.h5").is_file() and (pz / "features.zarr").is_dir()
+    _same_cache(ph, pz)
+    # an unchanged rerun reuses the cache: nothing extracted
+    stats: dict = {}
+    assert _extract(root, tmp_path / "c1", stats=stats) == ph and stats["processed"] == 0
+    # a changed setting never mixes with old features
+    assert _extract(root, tmp_path / "c1", TINY + ("cache.video_size=[4, 4]",), limit=1) != ph
+
+
+DRIVER = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {tests!r})
+    from test_cache_util import TINY, tiny_model
+    import udaqa_pipeline.cache.extract as ex
+    import udaqa_pipeline.cache.merge as mg
+    root, cache, mode = sys.argv[1:4]
+    kind, _, arg = mode.partition(":")
+    if kind == "during":  # die inside the k-th staged write: temp file written, not yet renamed
+        real, calls = os.replace, [0]
+        def replace(src, dst):
+            if str(dst).endswith(".npz"):
+                calls[0] += 1
+                if calls[0] == int(arg):
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return real(src, dst)
+        mg.os.replace = replace
+    elif kind == "merge":  # die after the store is written, before samples.parquet and the manifest
+        mg.write_samples = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+    ex.extract_features("folder", root, overrides=TINY, cache_root=cache, batch_size={bs}, progress=False,
+                        model=tiny_model())
+""")
+
+
+def _driver(tmp_path: Path, root: Path, cache: Path, mode: str) -> subprocess.Popen:
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER.format(tests=str(TESTS), bs=BS))
+    return subprocess.Popen([sys.executable, str(script), str(root), str(cache), mode],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+VIDEOS = {"a": 14, "b": "corrupt", "c": 5, "d": 16, "e": 13}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run, for comparison."""
+    tmp = tmp_path_factory.mktemp("ref")
+    root = make_dataset(tmp / "data", VIDEOS)
+    return root, _extract(root, tmp / "cache")
+
+
+def test_kill9_mid_run_then_resume_is_identical_and_lock_refuses_second_writer(tmp_path, reference):
+    root, ref = reference
+    cache = tmp_path / "cache"
+    proc = _driver(tmp_path, root, cache, "run")
+    try:
+        deadline = time.time() + 120
+        staged = []
+        while time.time() < deadline and proc.poll() is None:
+            staged = list(cache.glob(f"*/{STAGING}/*/*.npz"))
+            if len(staged) >= 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, f"driver ended before it could be killed: {proc.stderr.read()}"
+        # a second writer on the same cache is refused, naming the live holder
+        with pytest.raises(CacheLockedError, match=f"pid {proc.pid} on host"):
+            _extract(root, cache)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert 2 <= len(list(cache.glob(f"*/{STAGING}/*/*.npz"))) < len(VIDEOS)
+    stats: dict = {}
+    p = _extract(root, cache, stats=stats)
+    assert 0 < stats["processed"] <= len(VIDEOS) - 2
+    _same_cache(p, ref)
+    assert not (p / STAGING).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["during:1", "during:4", "merge"])
+def test_kill9_at_fixed_points_then_resume_is_identical(tmp_path, reference, mode):
+    root, ref = reference
+    cache = tmp_path / "cache"
+    proc = _driver(tmp_path, root, cache, mode)
+    assert proc.wait(timeout=300) == -signal.SIGKILL, proc.stderr.read()
+    p = _extract(root, cache)
+    _same_cache(p, ref)
