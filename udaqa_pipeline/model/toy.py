@@ -40,8 +40,9 @@ def toy_arrays(n: int = 48, *, n_views: int = 1, n_clips: int = 10, n_frames: in
     feats = (q[:, None, None, None] * direction + base
              + noise * rng.standard_normal((n, n_views, n_clips, feat_dim))).astype(np.float32)
     feats = np.maximum(feats, 0)  # post-ReLU like I3D's pooled features
-    level = (40 + 200 * spread)[:, None, None, None, None]
-    video = np.clip(level + rng.normal(0, 10, (n, n_frames, 3, *size)), 0, 255).astype(np.uint8)
+    # uint8 all the way (an MTL-sized video tensor is 1.3 GB; a float64 temporary would be 8x that)
+    video = rng.integers(0, 21, (n, n_frames, 3, *size), dtype=np.uint8)
+    video += (20 + 200 * spread).astype(np.uint8)[:, None, None, None, None]
     n_test = n // 4 if n_test is None else n_test
     def fold(i: int) -> int:
         if n_folds is not None:
