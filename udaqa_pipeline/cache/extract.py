@@ -12,6 +12,10 @@ Design choices:
   feature independent of which other clips share its batch (the kernels are picked by shape; with
   a varying batch, CPU results differ at ~1e-11), so a resumed or sharded run gives bit-identical
   features. ``batch_size`` is recorded in the manifest and a resumed run reuses it.
+  The same holds for the CPU thread count (oneDNN picks other kernels for 1 thread than for several),
+  so ``torch_threads`` is recorded too: bit-identical resumes/merges need the same device, batch
+  size and thread count (torchrun sets ``OMP_NUM_THREADS=1`` per rank unless you set it); otherwise
+  features agree to ~1e-6 relative, far below anything stage two can see.
 - Decoding + preprocessing (``sample_frames``, ``i3d_input``, ``downsample_video``) run in
   ``workers`` threads (PyAV, Pillow and torch resizing release the GIL) up to ``workers + 2``
   videos ahead of the model, so decoding hides behind the forward passes; the staged writes run in
@@ -497,6 +501,10 @@ def extract_features(
     if recorded_bs and bs != recorded_bs:
         _log(f"warning: batch size {bs} differs from the {recorded_bs} this cache was started with; resumed "
              f"features may differ from an uninterrupted run in the last bits")
+    recorded_threads = (manifest or {}).get("extraction", {}).get("torch_threads")
+    if dev.type == "cpu" and recorded_threads and recorded_threads != torch.get_num_threads():
+        _log(f"warning: {torch.get_num_threads()} torch threads, this cache was started with {recorded_threads} "
+             f"(set OMP_NUM_THREADS={recorded_threads} for bit-identical features)")
     if manifest is None:
         base = pa.BufferOutputStream()
         pq.write_table(samples_table(rows), base)
@@ -510,6 +518,7 @@ def extract_features(
             "clip_starts": list(layout.starts), "video_size": [h, w], "feature_dim": FEATURE_DIM,
             "views": view_list, "weights_sha256": wsha, "dtype": c["dtype"], "root": str(root),
             "extraction": {"batch_size": bs, "device": str(dev), "torch": torch.__version__,
+                           "torch_threads": torch.get_num_threads(),
                            "started": _now_iso()},
         })
     elif not (cache_dir / BASE_SAMPLES).exists():
