@@ -196,3 +196,19 @@ def test_lock_refuses_second_writer_and_takes_over_stale(tmp_path):
     time.sleep(0.05)
     with CacheLock(lockfile) as again:
         assert again.previous["pid"] == proc.pid
+
+
+def test_cache_key_covers_what_changes_numbers():
+    from udaqa_pipeline.cache.extract import resolve_config
+    from udaqa_pipeline.cache.manifest import extraction_key, key_hash
+
+    def h(overrides=(), views=1, dtype="fp32", weights="w", samples="s", **kw):
+        cfg = resolve_config("folder", overrides, views=views, dtype=dtype, **kw)
+        return key_hash(extraction_key(dataset="folder", cfg=cfg, views=make_views(views), dtype=cfg["cache"]["dtype"],
+                                       weights_sha256=weights, samples_fingerprint=samples))
+
+    base = h()
+    assert h(backend="zarr") == base  # the store format does not change the numbers
+    changed = [h(["frames.n_frames=50"]), h(["clips.n_clips=5"]), h(["preprocess.norm=imagenet"]),
+               h(["cache.video_size=[32, 32]"]), h(views=2), h(dtype="bf16"), h(weights="x"), h(samples="t")]
+    assert base not in changed and len(set(changed)) == len(changed)

@@ -552,6 +552,8 @@ def extract_features(
         if tr.index == 0:
             merge_cache(cache_dir, backend=c["backend"])
         dist.barrier()
+        if tr.index != 0:
+            return _finish(cache_dir, strict, quiet=True)  # rank 0 prints the summary
     elif merge:
         left = missing_indices(cache_dir, len(samples))
         if not left:
@@ -578,7 +580,7 @@ def summarize(cache_dir: Path) -> tuple[dict[str, int], list[tuple[str, str, str
     return dict(m.get("counts", {})), failed
 
 
-def _finish(cache_dir: Path, strict: bool) -> Path:
+def _finish(cache_dir: Path, strict: bool, quiet: bool = False) -> Path:
     m = read_manifest(cache_dir)
     if not m.get("complete"):
         return cache_dir
@@ -590,7 +592,8 @@ def _finish(cache_dir: Path, strict: bool) -> Path:
         lines.append(f"  {sid}: {status}: {err}")
     if len(failed) > 20:
         lines.append(f"  ... and {len(failed) - 20} more (see samples.parquet, column error)")
-    _log("\n".join(lines))
+    if not quiet:
+        _log("\n".join(lines))
     if ok == 0:
         raise ExtractionError(f"no sample of {cache_dir} was extracted successfully; see the errors above", cache_dir, counts)
     if strict and failed:
