@@ -17,7 +17,7 @@ Design choices:
   size and thread count (torchrun sets ``OMP_NUM_THREADS=1`` per rank unless you set it); otherwise
   features agree to ~1e-6 relative, far below anything stage two can see.
 - Decoding + preprocessing (``sample_frames``, ``i3d_input``, ``downsample_video``) run in
-  ``workers`` threads (PyAV, Pillow and torch resizing release the GIL) up to ``workers + 2``
+  ``workers`` threads (default: half the cores, 2 to 8) (PyAV, Pillow and torch resizing release the GIL) up to ``workers + 2``
   videos ahead of the model, so decoding hides behind the forward passes; the staged writes run in
   one more thread.
 - ``dtype="fp32"`` by default; ``"bf16"`` runs the forward under bfloat16 autocast (faster on
@@ -154,6 +154,12 @@ def failure_status(exc: BaseException) -> str:
             return "too_short"
         return "corrupt"
     return "error"
+
+
+def default_workers() -> int:
+    """Decoding threads: half the cores, 2 to 8 (the model's own threads need the rest on CPU; on a
+    GPU, raise ``--workers`` until videos/s stops growing)."""
+    return min(8, max(2, (os.cpu_count() or 2) // 2))
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -440,7 +446,7 @@ def extract_features(
     ``dataset.root`` of the stage). ``overrides`` are ``section.key=value`` strings. ``backend``
     (hdf5|zarr), ``views`` (V; V times the I3D work), ``dtype`` (fp32|bf16) override ``[cache]``.
     ``batch_size`` clips per forward (default: the cache's recorded one, else 16 CPU / 64 GPU),
-    ``workers`` decoding threads (default 2). ``shard`` "i/n" extracts only samples ``i % n`` (under
+    ``workers`` decoding threads (default half the cores, 2 to 8). ``shard`` "i/n" extracts only samples ``i % n`` (under
     torchrun the rank/world size are used instead and rank 0 merges). ``limit`` keeps the first N
     samples (a separate cache). ``model`` replaces the cached Kinetics I3D (its state dict is hashed
     instead of the weights file). ``stats``, if given, receives the run's throughput figures.
@@ -475,6 +481,9 @@ def extract_features(
 
     manifest = read_manifest(cache_dir) if (cache_dir / "manifest.json").exists() else None
     if manifest is not None and manifest.get("complete"):
+        from .merge import _cleanup
+
+        _cleanup(cache_dir)  # staging left by a merge killed after it marked the cache complete
         if c["backend"] not in manifest.get("stores", {}) and (tr is None or tr.index == 0):
             _log(f"cache {cache_dir} is complete; adding a {c['backend']} store from the existing one")
             add_backend(cache_dir, c["backend"])
@@ -541,7 +550,7 @@ def extract_features(
         todo = [i for i in mine if i not in done]
         if len(todo) < len(mine):
             _log(f"{stage} [{sh.name}]: {len(mine) - len(todo)} of {len(mine)} samples already done, {len(todo)} to go")
-        st = run_shard(samples, todo, out_dir, model, cfg, view_list, batch_size=bs, workers=workers or 2,
+        st = run_shard(samples, todo, out_dir, model, cfg, view_list, batch_size=bs, workers=workers or default_workers(),
                        dtype=c["dtype"], progress=progress, initial=len(mine) - len(todo), total=len(mine))
     if stats is not None:
         stats.update(st, cache=str(cache_dir), batch_size=bs, device=str(dev))

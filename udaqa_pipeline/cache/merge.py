@@ -187,9 +187,11 @@ def merge_cache(cache_dir: str | Path, sources: Iterable[str | Path] = (), backe
         )
         write_samples(cache_dir, table)
         manifest = read_manifest(cache_dir)
+        recorded = manifest.get("backend")
         manifest.update(
             complete=True,
-            backend=manifest.get("backend", backend),
+            # keep the recorded default backend unless this merge wrote a different one only
+            backend=recorded if recorded in manifest.get("stores", {}) else backend,
             stores={**manifest.get("stores", {}), backend: STORE_NAMES[backend]},
             counts=_status_counts(table),
             finished=_now(),

@@ -19,7 +19,7 @@ import click
                    "Costs V times the I3D work and V times the feature bytes (default: cache.views).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Clips per I3D forward, across videos (default: the cache's recorded one, else 16 CPU / 64 GPU).")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Decoding threads (default 2).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Decoding threads (default: half the cores, 2 to 8).")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default=None,
               help="fp32 (default) or bf16 autocast (a different cache: changes the numbers).")
 @click.option("--shard", default=None, metavar="i/n",
