@@ -1,0 +1,194 @@
+"""Scoring a user's video with a trained run (issue 6): real synth dives, real I3D weights, a real
+stage-one cache and a real stage-two run, all at the smallest input I3D accepts (one 9-frame clip
+at 193 px) so the module stays a few seconds on CPU."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from udaqa_pipeline.datasets.rules import apply_rule
+from udaqa_pipeline.train import CheckpointError
+
+#: mtl stage at the smallest I3D input: L = 9 frames, one 9-frame clip, 193 px, 8x8 video.
+TINY = ("frames.n_frames=9", "clips.n_clips=1", "clips.clip_len=9", "preprocess.resize=193",
+        "preprocess.crop=193", "cache.video_size=[8, 8]")
+TRAIN = ("train.epochs=2", "train.batch_size=2", "train.val_fraction=0.34", "train.eval_samples=2",
+         "train.lr=1e-3")
+
+
+def make_synth(out: Path) -> Path:
+    """8 synthetic dives (7 judges, MTL-AQA layout), 16 frames of 96x72: 6 train / 2 test."""
+    from udaqa_pipeline.synth import SynthConfig, generate
+
+    generate(out, SynthConfig(n_dives=8, n_frames=16, width=96, height=72, dives_per_video=4, test_fraction=0.25),
+             workers=1)
+    return out
+
+
+def write_mp4(frames_dir: Path, path: Path) -> Path:
+    """A video file made from a frame folder (lossless FFV1 in Matroska)."""
+    import av
+    from PIL import Image
+
+    imgs = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(frames_dir.iterdir())]
+    h, w = imgs[0].shape[:2]
+    with av.open(str(path), "w") as out:
+        st = out.add_stream("ffv1", rate=25)
+        st.width, st.height, st.pix_fmt = w, h, "bgr0"
+        for im in imgs:
+            for pkt in st.encode(av.VideoFrame.from_ndarray(im, format="rgb24")):
+                out.mux(pkt)
+        for pkt in st.encode():
+            out.mux(pkt)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(data root, cache root, stage-two run dir) for the tiny synthetic set."""
+    from udaqa_pipeline.cache.extract import extract_features
+    from udaqa_pipeline.train import train
+
+    base = tmp_path_factory.mktemp("score")
+    root = make_synth(base / "data")
+    cache_root = base / "cache"
+    cache = extract_features("mtl", root, overrides=TINY, cache_root=cache_root, progress=False, workers=1)
+    run = train("mtl", cache=cache, run_dir=base / "run", overrides=TINY + TRAIN, progress=False)
+    return root, cache_root, run
+
+
+def test_score_frame_folder_and_video_file(trained, tmp_path):
+    from udaqa_pipeline.score import score
+
+    root, cache_root, run = trained
+    folder = root / "frames" / "01_01"
+    video = write_mp4(folder, tmp_path / "dive.mkv")
+    res = score(folder, run, difficulty=3.2, samples=3, cache_root=cache_root)
+    assert res["batch"] is False and "out" not in res
+    row = res["rows"][0]
+    assert row["status"] == "ok" and row["rule"] == "mtl_middle3" and row["judges"] == 7
+    panels = np.asarray(row["panels"])
+    assert panels.shape == (3, 7) and row["judge_scores"] == panels[0].tolist()
+    finals = apply_rule("mtl_middle3", panels, 3.2)
+    assert np.allclose(row["final_scores"], finals)
+    assert row["final_score"] == pytest.approx(float(finals.mean()))
+    assert row["final_std"] == pytest.approx(float(finals.std()))
+    assert np.isfinite(row["uncertainty"]) and row["backbone"] == "kinetics-i3d"
+    assert len(set(map(tuple, panels.tolist()))) == 3  # three independent prior draws
+    # a lossless video of the same frames scores identically (same seed)
+    row2 = score(video, run, difficulty=3.2, samples=3, cache_root=cache_root)["rows"][0]
+    assert np.allclose(row2["panels"], row["panels"], atol=1e-5)
+
+
+def test_score_features_match_the_cache(trained):
+    """The scored video goes through stage one's own featurize with the cache's settings (one batch
+    of K clips instead of the cache's padded batch: equal to float rounding)."""
+    from udaqa_pipeline.cache import open_cache
+    from udaqa_pipeline.cache.extract import featurize
+    from udaqa_pipeline.datasets.base import Sample
+    from udaqa_pipeline.datasets.frames import sample_frames
+    from udaqa_pipeline.score import load_scorer
+    from udaqa_pipeline.train import load_run
+
+    root, cache_root, run = trained
+    sc = load_scorer(run, cache_root=cache_root)
+    cache = open_cache(next(cache_root.glob(f"*-{load_run(run).cache_hash}")))
+    frames = sample_frames(Sample(id="x", dataset="user", source=root / "frames" / "01_02", final_score=0.0),
+                           sc.config).frames
+    feats, video = featurize(frames, sc.i3d, sc.config, None, batch_size=1)
+    assert feats.shape == cache.features.shape[2:] and video.shape == cache.video.shape[1:]
+    dist = [float(np.abs(cache.features[k, 0] - feats).max()) for k in range(cache.features.shape[0])]
+    k = int(np.argmin(dist))
+    assert dist[k] < 1e-4 * max(1.0, float(np.abs(feats).max())) and np.array_equal(cache.video[k], video)
+
+
+def test_score_argument_errors(trained):
+    from udaqa_pipeline.score import ScoreError, score
+
+    root, cache_root, run = trained
+    folder = root / "frames" / "01_01"
+    with pytest.raises(ScoreError, match="--difficulty"):
+        score(folder, run, cache_root=cache_root)
+    with pytest.raises(ScoreError, match="exactly 7"):
+        score(folder, run, judges=5, difficulty=2.0, cache_root=cache_root)
+    with pytest.raises(ScoreError, match="no such"):
+        score(root / "nope.mp4", run, difficulty=2.0, cache_root=cache_root)
+    with pytest.raises(CheckpointError, match="trained on dataset 'mtl', not 'jigsaws'"):
+        score(folder, run, difficulty=2.0, cache_root=cache_root, dataset="jigsaws")
+    # a rule that takes any panel size accepts --judges
+    row = score(folder, run, judges=4, rule="mean", cache_root=cache_root)["rows"][0]
+    assert len(row["judge_scores"]) == 4 and row["final_score"] == pytest.approx(np.mean(row["judge_scores"]))
+
+
+def test_score_folder_of_videos_survives_a_bad_file(trained, tmp_path):
+    from udaqa_pipeline.score import score
+
+    root, cache_root, run = trained
+    vids = tmp_path / "videos"
+    vids.mkdir()
+    write_mp4(root / "frames" / "01_01", vids / "a.mkv")
+    write_mp4(root / "frames" / "02_03", vids / "b.mkv")
+    (vids / "c.mp4").write_bytes(b"\x00not a video" * 100)
+    (vids / "notes.txt").write_text("ignored")
+    out = tmp_path / "scores.parquet"
+    res = score(vids, run, difficulty=2.5, cache_root=cache_root, out=out)
+    assert res["batch"] and res["out"] == str(out)
+    t = pq.read_table(out).to_pydict()
+    assert [Path(p).name for p in t["path"]] == ["a.mkv", "b.mkv", "c.mp4"]
+    assert t["status"][:2] == ["ok", "ok"] and t["status"][2] != "ok" and "c.mp4" in t["error"][2]
+    assert t["final_score"][2] is None and all(len(j) == 7 for j in t["judge_scores"][:2])
+
+
+def test_tampered_and_foreign_checkpoints_are_refused(trained, tmp_path):
+    from udaqa_pipeline.score import score
+    from udaqa_pipeline.train import CHECKPOINT_FORMAT
+
+    root, cache_root, run = trained
+    folder = root / "frames" / "01_01"
+    bad = tmp_path / "tampered"
+    shutil.copytree(run, bad)
+    ck = bad / "checkpoint.pt"
+    raw = bytearray(ck.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    ck.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=r"checkpoint|SHA-256") as e:
+        score(folder, bad, difficulty=2.0, cache_root=cache_root)
+    assert str(ck) in str(e.value)
+    # another version of the file format
+    other = tmp_path / "version"
+    shutil.copytree(run, other)
+    outer = torch.load(other / "checkpoint.pt", weights_only=True)
+    assert outer["format"] == CHECKPOINT_FORMAT
+    outer["version"] = 999
+    torch.save(outer, other / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="version 999"):
+        score(folder, other, difficulty=2.0, cache_root=cache_root)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        score(folder, tmp_path, difficulty=2.0, cache_root=cache_root)
+
+
+def test_cli_score_json(trained):
+    from click.testing import CliRunner
+
+    from udaqa_pipeline.cli import main
+
+    root, cache_root, run = trained
+    folder = root / "frames" / "01_01"
+    r = CliRunner().invoke(main, ["score", str(folder), "--run", str(run), "--difficulty", "3.0", "--json",
+                                  "--cache-root", str(cache_root)])
+    assert r.exit_code == 0, r.output
+    obj = json.loads(r.output)
+    assert len(obj["judge_scores"]) == 7
+    assert obj["final_score"] == pytest.approx(float(apply_rule("mtl_middle3", obj["judge_scores"], 3.0)))
+    r = CliRunner().invoke(main, ["score", str(folder), "--run", str(run), "--cache-root", str(cache_root)])
+    assert r.exit_code != 0 and "--difficulty" in r.output
+    r = CliRunner().invoke(main, ["score", str(folder), "--run", str(run), "--difficulty", "2",
+                                  "--cache-root", str(cache_root)])
+    assert r.exit_code == 0 and "final score (mtl_middle3, difficulty 2)" in r.output

@@ -1,0 +1,672 @@
+"""Fine-tune I3D end to end with the stage-two heads (issue 6: ``--finetune-backbone``).
+
+Stage two's loop (:func:`udaqa_pipeline.train.train`) is reused as is: the same heads, losses,
+judge draws, curriculum, honest/paper protocols, checkpoint file and resume. What changes is the
+feature source: :class:`FrameSource` decodes the frames of each sample (dataset adapter +
+``sample_frames``, never the cache) and computes the K clip features with a trainable I3D
+(:class:`Backbone`, handed to the loop as ``source.module`` so it is moved, switched to train mode,
+checkpointed and restored with the heads).
+
+Design choices:
+
+- **Augmentation** (training steps only, one draw per sample per step, all clips of a video share
+  it): temporal shift of the L-frame window by s in [-``max_shift``, ``max_shift``] frames with the
+  edge frame repeated (stage one's view shift, default 3 as CoRe's jitter), horizontal flip with
+  p = 0.5, and a random ``crop`` px square after the short side is resized to ``resize``
+  (``i3d_input(crop_mode="random")``). The downsampled video of the latent branch gets the same
+  shift and flip. Evaluation (the loop's ``predict`` / uncertainty passes, which run under
+  ``torch.no_grad``) sees the plain centre view with I3D in eval mode, exactly as stage one.
+  Augmentation seeds are drawn from torch's global RNG, which the loop checkpoints, so a resumed
+  run draws the same augmentations as an uninterrupted one.
+- **Backbone learning rate**: ``finetune.lr_scale`` x the heads' ``train.lr`` (default 0.1). The
+  loop builds one Adam over the heads; the backbone is updated by its own Adam *inside the backward
+  pass* (a post-accumulate-grad hook per parameter, PyTorch's "optimizer step in backward" recipe),
+  which then clears the gradient, so the heads' optimizer skips those parameters. Adam's moments
+  live in buffers of :class:`Backbone`, so they are checkpointed and resumed with the weights. Same
+  weight decay as the heads. Under DDP each gradient is all-reduced in the hook before the step.
+- ``finetune.freeze_bn``: BatchNorm layers stay in eval mode (running statistics frozen, the
+  offsets still train) — advisable at small batch sizes. Default off (batch statistics over the
+  B x K clips of a step, as the published AQA code does).
+- ``finetune.freeze_backbone``: no gradient, I3D in eval mode (a frozen-feature baseline that still
+  sees augmented frames). The weights never change.
+- **Memory**: bf16 autocast on CUDA (``finetune.amp = "auto"``; "on"/"off" force it) and activation
+  checkpointing of every I3D block (``finetune.checkpointing``), so batch 4 x 10 clips x 16 x 224 px
+  fits one GPU. During recomputation BatchNorm momentum is set to 0 so running statistics are
+  updated once per step, not twice.
+- **Decoding** runs in ``workers`` persistent DataLoader worker processes (default: min(8, CPUs)
+  on CUDA, 0 on CPU); inference passes overlap decoding with the I3D forward.
+- **Config**: the stage TOML plus a ``[finetune]`` section (:data:`FINETUNE_DEFAULTS`) is written to
+  ``<run>/stage.toml`` and is what the loop loads, so the resolved config in the checkpoint holds
+  the fine-tuning settings and ``finetune.*`` overrides work like any other.
+- **Cache hash**: no feature cache is read, but the run records the hash stage one would give these
+  frames/clips/preprocess settings and samples, prefixed ``ft-`` (so ``evaluate`` on cached frozen
+  features refuses the run instead of scoring it with the wrong features; use
+  :func:`evaluate_finetuned`).
+- **Refusal**: before training, one fine-tuning step is timed on synthetic clips of the real shape
+  and an epoch is estimated; above ``max_epoch_minutes`` (default 30) the run is refused with the
+  estimate unless ``force`` (a forced run skips the timing step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .config import ConfigError, load_stage, runs_root
+
+#: Defaults of the ``[finetune]`` section (see the module docstring).
+FINETUNE_DEFAULTS: dict[str, Any] = {
+    "lr_scale": 0.1, "freeze_backbone": False, "freeze_bn": False, "amp": "auto", "checkpointing": True,
+    "max_shift": 3, "flip": True, "random_crop": True,
+}
+
+#: I3D blocks in forward order (the unit of activation checkpointing).
+BLOCKS = ("Conv3d_1a_7x7", "MaxPool3d_2a_3x3", "Conv3d_2b_1x1", "Conv3d_2c_3x3", "MaxPool3d_3a_3x3",
+          "Mixed_3b", "Mixed_3c", "MaxPool3d_4a_3x3", "Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e",
+          "Mixed_4f", "MaxPool3d_5a_2x2", "Mixed_5b", "Mixed_5c")
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+class FinetuneError(RuntimeError):
+    """Fine-tuning cannot run as asked; the message says why and what to do."""
+
+
+# --------------------------------------------------------------------------- pure pieces
+
+
+def adam_update(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, step: torch.Tensor,
+                *, lr: float, weight_decay: float = 0.0, betas: tuple[float, float] = ADAM_BETAS,
+                eps: float = ADAM_EPS) -> None:
+    """One in-place Adam step on ``p`` (``torch.optim.Adam`` semantics: L2 weight decay added to the
+    gradient, bias-corrected moments). ``m``, ``v`` are the moment buffers, ``step`` a 0-d count."""
+    b1, b2 = betas
+    if weight_decay:
+        g = g.add(p, alpha=weight_decay)
+    step.add_(1)
+    n = float(step)
+    m.lerp_(g, 1 - b1)
+    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+    denom = (v.sqrt() / math.sqrt(1 - b2 ** n)).add_(eps)
+    p.addcdiv_(m, denom, value=-lr / (1 - b1 ** n))
+
+
+def augmentation(seed: int, max_shift: int, flip: bool) -> tuple[int, bool, torch.Generator]:
+    """(temporal shift, flip, generator for the crop) drawn from one seed."""
+    g = torch.Generator().manual_seed(int(seed))
+    s = int(torch.randint(-max_shift, max_shift + 1, (1,), generator=g)) if max_shift > 0 else 0
+    f = bool(torch.rand((), generator=g) < 0.5) if flip else False
+    return s, f, g
+
+
+def estimate_epoch_seconds(step_s: float, infer_s: float, decode_s: float, *, n_fit: int, n_select: int,
+                           batch_size: int, workers: int, curriculum: bool) -> float:
+    """Seconds for one full-data epoch: training steps + the selection pass (+ the curriculum's
+    uncertainty pass over the fit rows) + decoding not hidden by ``workers`` processes."""
+    steps = math.ceil(n_fit / max(batch_size, 1))
+    n_infer = n_select + (n_fit if curriculum else 0)
+    decode = decode_s * (n_fit + n_infer) / max(workers, 1)
+    compute = steps * step_s + n_infer * infer_s
+    return compute + (decode if workers == 0 else max(0.0, decode - compute))
+
+
+def _amp_on(setting: Any, device: torch.device) -> bool:
+    s = str(setting).lower()
+    if s not in ("auto", "on", "off", "true", "false"):
+        raise ConfigError(f"finetune.amp must be auto, on or off, not {setting!r}")
+    return device.type == "cuda" if s == "auto" else s in ("on", "true")
+
+
+# --------------------------------------------------------------------------- backbone
+
+
+def _buffer_name(kind: str, pname: str) -> str:
+    return f"adam_{kind}__" + pname.replace(".", "__")
+
+
+class Backbone(nn.Module):
+    """A trainable I3D for the stage-two loop (``source.module``); see the module docstring.
+
+    ``features(x)`` maps clips (N, 3, T, H, W) to (N, 1024) float32 like ``I3D.forward_features``,
+    with bf16 autocast when ``amp`` and activation checkpointing when training with gradients.
+    """
+
+    def __init__(self, i3d: nn.Module, *, lr: float, weight_decay: float = 0.0, freeze: bool = False,
+                 freeze_bn: bool = False, checkpointing: bool = True, amp: bool = False) -> None:
+        super().__init__()
+        self.i3d = i3d
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.freeze = bool(freeze)
+        self.freeze_bn = bool(freeze_bn)
+        self.checkpointing = bool(checkpointing)
+        self.amp = bool(amp)
+        self._bns = [m for m in i3d.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if self.freeze:
+            i3d.requires_grad_(False)
+            return
+        for name, p in i3d.named_parameters():
+            if name.startswith("logits."):  # the Kinetics classifier is not on the feature path
+                p.requires_grad_(False)
+                continue
+            self.register_buffer(_buffer_name("m", name), torch.zeros_like(p))
+            self.register_buffer(_buffer_name("v", name), torch.zeros_like(p))
+            self.register_buffer(_buffer_name("step", name), torch.zeros((), dtype=torch.float64))
+            p.register_post_accumulate_grad_hook(self._hook(name))
+
+    def _hook(self, name: str):
+        def step(p: torch.Tensor) -> None:
+            g = p.grad
+            if g is None:
+                return
+            if dist.is_available() and dist.is_initialized():
+                dist.all_reduce(g)
+                g.div_(dist.get_world_size())
+            with torch.no_grad():
+                adam_update(p, g, getattr(self, _buffer_name("m", name)), getattr(self, _buffer_name("v", name)),
+                            getattr(self, _buffer_name("step", name)), lr=self.lr, weight_decay=self.weight_decay)
+            p.grad = None  # the heads' optimizer must not step this parameter again
+        return step
+
+    def train(self, mode: bool = True) -> "Backbone":
+        super().train(mode)
+        if self.freeze:
+            self.i3d.eval()
+        elif self.freeze_bn:
+            for m in self._bns:
+                m.eval()
+        return self
+
+    @contextlib.contextmanager
+    def inference(self):
+        """Eval mode for the duration (restores the previous mode after)."""
+        was = self.training
+        self.train(False)
+        try:
+            yield
+        finally:
+            self.train(was)
+
+    @contextlib.contextmanager
+    def _recompute(self):
+        # Activation checkpointing re-runs each block's forward during backward; with momentum 0 the
+        # BatchNorm running statistics are not updated a second time.
+        saved = [m.momentum for m in self._bns]
+        for m in self._bns:
+            m.momentum = 0.0
+        try:
+            yield
+        finally:
+            for m, s in zip(self._bns, saved):
+                m.momentum = s
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        from .backbone.i3d import check_input_shape
+
+        check_input_shape(x.shape)
+        dev = next(self.i3d.parameters()).device
+        x = x.to(dev, non_blocking=True)
+        ckpt = self.checkpointing and self.training and torch.is_grad_enabled() and not self.freeze
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.amp):
+            for name in BLOCKS:
+                block = getattr(self.i3d, name)
+                if ckpt and any(True for _ in block.parameters()):
+                    x = checkpoint(block, x, use_reentrant=False,
+                                   context_fn=lambda: (contextlib.nullcontext(), self._recompute()))
+                else:
+                    x = block(x)
+            # AvgPool (2, 7, 7) stride 1 VALID, then the mean over what remains (I3D.forward_features)
+            x = F.avg_pool3d(x, (2, 7, 7), stride=1).mean(dim=(2, 3, 4))
+        return x.float()
+
+
+def i3d_state(source_state: dict) -> dict:
+    """The plain I3D state dict inside a :class:`Backbone` state dict (drops Adam buffers)."""
+    out = {k[len("i3d."):]: v for k, v in source_state.items() if k.startswith("i3d.")}
+    if not out:
+        raise FinetuneError("the run's backbone state holds no I3D weights (keys 'i3d.*'); retrain it")
+    return out
+
+
+# --------------------------------------------------------------------------- frames
+
+
+class _Items(torch.utils.data.Dataset):
+    """Decodes and preprocesses one sample per key (row, seed, augment); runs in DataLoader workers."""
+
+    def __init__(self, samples: Sequence[Any], cfg: dict) -> None:
+        self.samples = list(samples)
+        self.cfg = cfg
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: tuple[int, int, bool]) -> dict:
+        from .cache.extract import _video_size, shift_frames
+        from .datasets.frames import sample_frames
+        from .video.transforms import downsample_video, i3d_input
+
+        row, seed, augment = key
+        sample = self.samples[row]
+        try:
+            t0 = time.perf_counter()
+            frames = sample_frames(sample, self.cfg).frames
+            L = int(self.cfg["frames"]["n_frames"])
+            if frames.shape[0] != L:
+                raise ValueError(f"sample_frames returned {frames.shape[0]} frames, the config asks for {L}")
+            p = self.cfg.get("preprocess", {})
+            f = self.cfg.get("finetune", FINETUNE_DEFAULTS)
+            shift, flip, gen = (augmentation(seed, int(f["max_shift"]), bool(f["flip"])) if augment
+                                else (0, False, None))
+            frames = shift_frames(frames, shift)
+            x = i3d_input(frames, resize=int(p.get("resize", 256)), crop=int(p.get("crop", 224)),
+                          crop_mode="random" if augment and f["random_crop"] else "center", flip=flip,
+                          norm=p.get("norm", "i3d"), generator=gen)
+            video = downsample_video(frames, _video_size(self.cfg))
+            if flip:
+                video = np.ascontiguousarray(video[..., ::-1])
+            return {"row": row, "x": x, "video": torch.from_numpy(video), "error": None,
+                    "seconds": time.perf_counter() - t0}
+        except Exception as e:  # noqa: BLE001 - reported with the sample's id by the caller
+            return {"row": row, "x": None, "video": None, "error": f"{type(e).__name__}: {e}"}
+
+
+class _Requests:
+    """Batch sampler whose batches are whatever keys are pending (one key per batch)."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[int, int, bool]] = []
+
+    def __iter__(self):
+        return iter([[k] for k in self.pending])
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+
+def _first(batch: list) -> Any:
+    return batch[0]
+
+
+class FrameData:
+    """What the stage-two loop reads from a cache, built from the dataset itself (no features).
+
+    ``manifest`` (config_hash, dataset), ``samples`` (the cache's sample table, every row ``ok``),
+    ``features`` (only its ``.shape`` is read), plus ``sample_list`` and the resolved ``config``.
+    """
+
+    class _Shape:
+        def __init__(self, shape: tuple[int, ...]) -> None:
+            self.shape = shape
+
+    def __init__(self, stage: str, cfg: dict, samples: Sequence[Any], root: Path, weights_sha256: str) -> None:
+        from .cache import samples_table
+        from .cache.extract import base_rows, layout_of, samples_fingerprint
+        from .cache.manifest import extraction_key, key_hash
+
+        self.sample_list = list(samples)
+        self.config = cfg
+        rows = base_rows(self.sample_list, stage, root)
+        fp = samples_fingerprint(rows)
+        for r in rows:
+            r["status"] = "ok"
+        self.samples = samples_table(rows)
+        k = len(layout_of(cfg).starts)
+        self.features = self._Shape((len(rows), 1, k, 1024))
+        key = extraction_key(dataset=stage, cfg=cfg, views=[{"flip": False, "shift": 0}], dtype="finetune",
+                             weights_sha256=weights_sha256, samples_fingerprint=fp)
+        self.manifest = {"config_hash": "ft-" + key_hash(key), "dataset": stage, "config": cfg,
+                         "hashed": key, "finetune": True}
+
+
+class FrameSource:
+    """Stage-two feature source computing clip features from frames with a trainable I3D.
+
+    ``batch(indices, views)``: with gradients enabled (a training step) each sample gets a fresh
+    augmentation and the features keep their graph to the backbone; under ``torch.no_grad`` (the
+    loop's selection and curriculum passes) the centre view goes through I3D in eval mode, in
+    chunks of ``infer_batch`` videos while the workers decode ahead. ``views`` is ignored
+    (``n_views`` = 1: augmentation is drawn per step instead of from cached views).
+    """
+
+    n_views = 1
+
+    def __init__(self, data: FrameData, backbone: Backbone, *, workers: int = 0, infer_batch: int = 4) -> None:
+        from .cache.extract import layout_of
+
+        self.data = data
+        self.module = backbone
+        self.layout = layout_of(data.config)
+        self.items = _Items(data.sample_list, data.config)
+        self.workers = int(workers)
+        self.infer_batch = max(1, int(infer_batch))
+        self._requests = _Requests()
+        self._loader = None
+        if self.workers > 0:
+            self._loader = torch.utils.data.DataLoader(
+                self.items, batch_sampler=self._requests, num_workers=self.workers, collate_fn=_first,
+                persistent_workers=True, prefetch_factor=2)
+
+    def _load(self, keys: list[tuple[int, int, bool]]) -> Iterable[dict]:
+        if self._loader is None:
+            return (self.items[k] for k in keys)
+        self._requests.pending = keys
+        return iter(self._loader)
+
+    def _check(self, item: dict) -> dict:
+        if item["error"] is not None:
+            s = self.data.sample_list[item["row"]]
+            raise FinetuneError(f"sample {s.id} ({s.source}) cannot be read: {item['error']}; fix the file or "
+                                f"drop the sample from the annotations (stage one would mark it and skip it)")
+        return item
+
+    def _clips(self, items: list[dict]) -> torch.Tensor:
+        n = self.layout.clip_len
+        return torch.stack([it["x"][:, s:s + n] for it in items for s in self.layout.starts])
+
+    def _features(self, items: list[dict]) -> torch.Tensor:
+        f = self.module.features(self._clips(items))
+        return f.view(len(items), len(self.layout.starts), -1)
+
+    def batch(self, indices: np.ndarray, views: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [int(i) for i in np.asarray(indices)]
+        if torch.is_grad_enabled():
+            seeds = torch.randint(0, 2**31 - 1, (len(rows),)).tolist()  # global RNG: checkpointed
+            items = [self._check(it) for it in self._load([(r, s, True) for r, s in zip(rows, seeds)])]
+            return self._features(items), torch.stack([it["video"] for it in items])
+        feats, vids, chunk = [], [], []
+        with self.module.inference():
+            for it in self._load([(r, 0, False) for r in rows]):
+                chunk.append(self._check(it))
+                if len(chunk) == self.infer_batch:
+                    feats.append(self._features(chunk))
+                    vids.extend(c["video"] for c in chunk)
+                    chunk = []
+            if chunk:
+                feats.append(self._features(chunk))
+                vids.extend(c["video"] for c in chunk)
+        return torch.cat(feats), torch.stack(vids)
+
+    def close(self) -> None:
+        self._loader = None  # persistent workers exit with the loader
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise ConfigError(f"cannot write {v!r} to a stage TOML")
+
+
+def to_toml(cfg: dict) -> str:
+    """A stage config (sections of scalars and lists) as TOML text."""
+    out = []
+    for section, body in cfg.items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"stage config key {section!r} is not a section")
+        out.append(f"[{section}]")
+        out.extend(f"{k} = {_toml_value(v)}" for k, v in body.items())
+        out.append("")
+    return "\n".join(out)
+
+
+def write_stage(dataset: str | Path, run_dir: Path) -> Path:
+    """``<run>/stage.toml``: the stage config plus the ``[finetune]`` defaults (keys the stage lacks)."""
+    cfg = load_stage(dataset)
+    ft = dict(FINETUNE_DEFAULTS)
+    ft.update(cfg.get("finetune", {}))
+    cfg["finetune"] = ft
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "stage.toml"
+    text = f"# written by udaqa-pipeline finetune from stage {dataset}\n" + to_toml(cfg)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return path
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    return torch.device("cpu")
+
+
+def build_backbone(cfg: dict, device: torch.device, i3d: nn.Module | None = None) -> Backbone:
+    """The Kinetics I3D (cached weights) wrapped as a trainable :class:`Backbone` per ``cfg``."""
+    from .backbone.weights import load_i3d
+
+    f = cfg["finetune"]
+    t = cfg["train"]
+    i3d = i3d if i3d is not None else load_i3d(device=device)
+    i3d.to(device)
+    return Backbone(i3d, lr=float(t["lr"]) * float(f["lr_scale"]), weight_decay=float(t["weight_decay"]),
+                    freeze=bool(f["freeze_backbone"]), freeze_bn=bool(f["freeze_bn"]),
+                    checkpointing=bool(f["checkpointing"]), amp=_amp_on(f["amp"], device))
+
+
+def time_step(backbone: Backbone, cfg: dict, batch_size: int, *, n_videos: int | None = None,
+              warmup: bool | None = None) -> dict[str, float]:
+    """Time one training step (fwd + bwd + in-backward update) and one no-grad pass of the backbone on
+    synthetic clips of the config's shape, on a copy (the real weights are not touched).
+
+    ``n_videos`` videos of K clips each (default ``batch_size`` on CUDA, 1 on CPU, scaled to
+    ``batch_size``). Returns seconds per step (batch ``batch_size``) and per video inference."""
+    import copy
+
+    from .cache.extract import layout_of
+
+    dev = next(backbone.i3d.parameters()).device
+    probe = Backbone(copy.deepcopy(backbone.i3d), lr=backbone.lr, weight_decay=backbone.weight_decay,
+                     freeze=backbone.freeze, freeze_bn=backbone.freeze_bn, checkpointing=backbone.checkpointing,
+                     amp=backbone.amp)
+    probe.train()
+    k = len(layout_of(cfg).starts)
+    n = n_videos or (batch_size if dev.type == "cuda" else 1)
+    crop = int(cfg.get("preprocess", {}).get("crop", 224))
+    x = torch.rand(n * k, 3, int(cfg["clips"]["clip_len"]), crop, crop, generator=torch.Generator().manual_seed(0))
+    x = (x * 2 - 1).to(dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    def step() -> None:
+        f = probe.features(x)
+        if f.requires_grad:
+            f.square().mean().backward()
+
+    if warmup if warmup is not None else dev.type == "cuda":
+        step()
+    sync()
+    t0 = time.perf_counter()
+    step()
+    sync()
+    t_step = (time.perf_counter() - t0) * batch_size / n
+    with torch.no_grad(), probe.inference():
+        sync()
+        t0 = time.perf_counter()
+        probe.features(x)
+        sync()
+        t_inf = (time.perf_counter() - t0) / n
+    del probe
+    return {"step_s": t_step, "infer_s_per_video": t_inf, "videos_timed": n, "clips_per_video": k}
+
+
+def _check_time(src: FrameSource, cfg: dict, n_fit: int, n_sel: int, workers: int, max_minutes: float,
+                force: bool) -> dict:
+    bs = int(cfg["train"]["batch_size"])
+    t = time_step(src.module, cfg, bs)
+    t0 = time.perf_counter()
+    src._check(src.items[(0, 0, False)])
+    decode_s = time.perf_counter() - t0
+    epoch = estimate_epoch_seconds(t["step_s"], t["infer_s_per_video"], decode_s, n_fit=n_fit, n_select=n_sel,
+                                   batch_size=bs, workers=workers, curriculum=bool(cfg["train"]["use_curriculum"]))
+    dev = next(src.module.i3d.parameters()).device
+    est = {**t, "decode_s_per_video": decode_s, "epoch_s": epoch, "device": str(dev),
+           "total_h": epoch * int(cfg["train"]["epochs"]) / 3600}
+    msg = (f"fine-tuning estimate on {dev}: {t['step_s']:.2f} s per step of {bs} videos x "
+           f"{t['clips_per_video']} clips, about {epoch / 60:.1f} min per epoch over {n_fit} training + {n_sel} "
+           f"selection videos, {est['total_h']:.1f} h for {cfg['train']['epochs']} epochs")
+    print(msg, flush=True)
+    if epoch > max_minutes * 60 and not force:
+        raise FinetuneError(f"{msg}: more than {max_minutes:g} min per epoch, so it is refused on this machine. "
+                            f"Run it on a GPU, shrink it (--set train.epochs=..., fewer clips), or pass --force")
+    return est
+
+
+def _load_samples(cfg: dict, stage: str, root: str | Path | None, limit: int | None) -> tuple[list, Path]:
+    from .datasets import load_dataset
+
+    root_p = Path(root if root is not None else cfg.get("dataset", {}).get("root", "."))
+    samples = list(load_dataset(cfg.get("dataset", {}).get("name", stage), root_p, cfg))
+    if limit is not None:
+        samples = samples[: int(limit)]
+    if not samples:
+        raise FinetuneError(f"dataset {stage!r} under {root_p} has no samples; check --root and the annotations")
+    return samples, root_p
+
+
+def prepare(dataset: str, root: str | Path | None = None, *, run_dir: str | Path | None = None, fold: int = 0,
+            cv: int | None = None, overrides: Iterable[str] = (), samples: Sequence[Any] | None = None,
+            limit: int | None = None, device: str | torch.device | None = None, workers: int | None = None,
+            i3d: nn.Module | None = None) -> tuple[Path, dict, FrameData, FrameSource]:
+    """Resolve the run's config and build its frame data and trainable source (no training)."""
+    from .backbone.weights import weights_sha256
+    from .cache.extract import stage_name
+    from .train import resolve_config
+
+    stage = stage_name(dataset)
+    cv_part = f"cv{cv}-fold{fold}" if cv is not None else f"fold{fold}"
+    run = Path(run_dir) if run_dir is not None else runs_root() / stage / f"finetune-{cv_part}"
+    cfg = resolve_config(str(write_stage(dataset, run)), list(overrides))
+    if cfg["train"]["per_group"]:
+        raise FinetuneError("train.per_group with a fine-tuned backbone would carry one group's backbone into the "
+                            "next; fine-tune one group at a time (a stage whose dataset holds that group only)")
+    if samples is None:
+        samples, root_p = _load_samples(cfg, stage, root, limit)
+    else:
+        root_p = Path(root if root is not None else ".")
+    dev = torch.device(device) if device is not None else default_device()
+    wsha = "state" if i3d is not None else weights_sha256()
+    data = FrameData(stage, cfg, samples, root_p, wsha)
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1) if dev.type == "cuda" else 0
+    src = FrameSource(data, build_backbone(cfg, dev, i3d), workers=workers)
+    return run, cfg, data, src
+
+
+def finetune(dataset: str, root: str | Path | None = None, *, fold: int = 0, cv: int | None = None,
+             run_dir: str | Path | None = None, overrides: Iterable[str] = (), protocol: str = "honest",
+             resume: bool = True, progress: bool = True, force: bool = False, workers: int | None = None,
+             device: str | None = None, max_epoch_minutes: float = 30.0, stop_after: int | None = None,
+             limit: int | None = None, samples: Sequence[Any] | None = None,
+             i3d: nn.Module | None = None) -> Path:
+    """Train UD-AQA with I3D unfrozen on ``dataset``'s frames for test fold ``fold``; returns the run dir.
+
+    Same arguments as :func:`udaqa_pipeline.train.train` where they overlap (``overrides`` also take
+    ``finetune.*`` keys: lr_scale, freeze_backbone, freeze_bn, amp, checkpointing, max_shift, flip,
+    random_crop). ``root``: the dataset folder (default the stage's ``dataset.root``). ``force``: run
+    even when the estimated epoch exceeds ``max_epoch_minutes``. ``workers``: decoding processes.
+    ``limit``: the first N samples only. ``samples`` / ``i3d``: explicit samples and backbone (tests).
+    Default run dir: ``<runs>/<stage>/finetune-fold<k>``.
+    """
+    from .train import Labels, carve_validation, split_folds
+    from .train import train as train_loop
+
+    run, cfg, data, src = prepare(dataset, root, run_dir=run_dir, fold=fold, cv=cv, overrides=overrides,
+                                  samples=samples, limit=limit, device=device, workers=workers, i3d=i3d)
+    labels = Labels.from_table(data.samples)
+    tr, te = split_folds(labels, fold, cv, int(cfg["train"]["seed"]))
+    n_sel = len(te) if protocol == "paper" else max(1, int(round(float(cfg["train"]["val_fraction"]) * len(tr))))
+    if protocol == "honest":
+        carve_validation(tr, float(cfg["train"]["val_fraction"]), int(cfg["train"]["seed"]))  # fails early if too few
+    if not force:  # forced runs skip the timing step altogether
+        _check_time(src, cfg, len(tr) - (n_sel if protocol == "honest" else 0), n_sel, src.workers,
+                    max_epoch_minutes, force)
+    kwargs: dict[str, Any] = {}
+    if "device" in inspect.signature(train_loop).parameters:
+        kwargs["device"] = str(next(src.module.i3d.parameters()).device)
+    try:
+        return train_loop(str(run / "stage.toml"), fold=fold, cv=cv, cache=data, run_dir=run, overrides=overrides,
+                          protocol=protocol, resume=resume, progress=progress, source=src, stop_after=stop_after,
+                          **kwargs)
+    finally:
+        src.close()
+
+
+def evaluate_finetuned(run_dir: str | Path, root: str | Path | None = None, *, judges: int | None = None,
+                       samples: int = 10, device: str | None = None, workers: int | None = None,
+                       make_plots: bool = True) -> dict:
+    """Stage two's :func:`~udaqa_pipeline.evaluate.evaluate` on a fine-tuned run: the test videos'
+    features are computed from their frames with the run's fine-tuned backbone (centre view)."""
+    from .evaluate import evaluate
+    from .train import load_run
+
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    if run.source_state is None:
+        raise FinetuneError(f"{run_dir} has no fine-tuned backbone; evaluate it with `udaqa-pipeline evaluate`")
+    cfg = run.config
+    stage = str(run.checkpoint.get("dataset") or cfg["dataset"].get("name", ""))
+    samples_, root_p = _load_samples(cfg, stage, root, None)
+    dev = torch.device(device) if device is not None else default_device()
+    from .backbone.i3d import I3D
+
+    i3d = I3D()
+    i3d.load_state_dict(i3d_state(run.source_state))
+    src = FrameSource(FrameData(stage, cfg, samples_, root_p, "eval"), build_backbone(cfg, dev, i3d),
+                      workers=workers if workers is not None else (min(8, os.cpu_count() or 1) if dev.type == "cuda"
+                                                                   else 0))
+    view = _LazyCache(src, run.cache_hash)
+    return evaluate(run_dir, cache=view, judges=judges, samples=samples, make_plots=make_plots)
+
+
+class _LazyCache:
+    """A cache look-alike whose ``features[rows, views]`` / ``video[rows]`` run the fine-tuned I3D."""
+
+    def __init__(self, src: FrameSource, config_hash: str) -> None:
+        self.manifest = {"config_hash": config_hash}
+        self.samples = src.data.samples
+        self.views = [{"flip": False, "shift": 0}]
+        self._src = src
+        self._last: tuple[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] | None = None
+        outer = self
+
+        class _F:
+            shape = src.data.features.shape
+
+            def __getitem__(self, key):
+                rows, _ = key
+                return outer._get(rows)[0].numpy()
+
+        class _V:
+            def __getitem__(self, rows):
+                return outer._get(rows)[1].numpy()
+
+        self.features = _F()
+        self.video = _V()
+
+    def _get(self, rows) -> tuple[torch.Tensor, torch.Tensor]:
+        key = tuple(int(r) for r in np.atleast_1d(rows))
+        if self._last is None or self._last[0] != key:
+            with torch.no_grad():
+                f, v = self._src.batch(np.asarray(key), np.zeros(len(key), int))
+            self._last = (key, (f.cpu(), v.cpu()))
+        return self._last[1]

@@ -1,0 +1,351 @@
+"""Score a user's own video with a trained run: sampled judge panels, final score, uncertainty.
+
+``score(path, run_dir)`` decodes ``path`` (a video file, a folder of frame images, or a folder of
+videos), samples the L-frame window and K clips exactly as the run's stage config says, computes
+the clip features and the downsampled video with stage one's own :func:`~udaqa_pipeline.cache.
+extract.featurize` (so a scored video sees the same numbers training saw), then draws S panels of T
+judges from the run's heads and applies the dataset's scoring rule.
+
+Design choices:
+
+- **Backbone**: the run's fine-tuned I3D when its checkpoint holds one (``finetune``), else the
+  cached Kinetics weights (``udaqa-pipeline weights fetch``), in inference mode; the GPU when
+  present. Fine-tuned runs trained under bf16 autocast are scored in bf16 on a GPU, fp32 on CPU.
+- **Stage config**: the checkpoint's resolved config; when the run's feature cache is found under
+  the cache root (by its hash), its manifest's frames/clips/preprocess/cache sections win, because
+  they are what the features were extracted with. The K clips go through I3D as one batch of K
+  (stage one pads its batches to a fixed size for bit-identical caches; here that would cost up to
+  16x for a short video), so features equal the cached ones to float rounding (~1e-6), and exactly
+  at the cache's batch size.
+- **Rule and T**: ``rule`` if given; FineDiving: the panel size picks the rule (T = 7 by default);
+  else the most common rule (and its panel size) of the run's cache; else the dataset's published
+  rule (MTL-AQA ``mtl_middle3`` x 7, JIGSAWS ``sum`` x 6, AQA-7 ``identity`` x 1; a folder dataset's
+  ``dataset.rule``). A rule that multiplies by the difficulty needs ``difficulty`` (clear error
+  otherwise). ``judges`` other than the rule's fixed panel size is refused (the rule could not be
+  applied); rules taking any count (sum, mean) accept any T.
+- **Output**: S = ``samples`` seeded prior draws (``seed``) of T judges; ``final_score`` is the mean
+  over S of the rule applied to each panel, ``final_std`` its spread, ``uncertainty`` the model's
+  mean predicted log-uncertainty u (the quantity ``evaluate`` reports).
+- **Batches**: a folder of videos gives one row per video; a video that cannot be read gets
+  ``status`` (missing / corrupt / too_short / error) and the message in its row, and the batch goes
+  on. Rows are written to a Parquet table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import cache_root as _cache_root
+
+VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv",
+                              ".gif", ".ts", ".3gp"})
+
+#: Published rule and panel size per dataset adapter, when the run's cache is not there to say.
+DATASET_RULES: dict[str, tuple[str, int]] = {"mtl": ("mtl_middle3", 7), "jigsaws": ("sum", 6), "aqa7": ("identity", 1)}
+
+
+class ScoreError(RuntimeError):
+    """Scoring cannot run as asked; the message names what to pass or fix."""
+
+
+@dataclass
+class Scorer:
+    """A loaded run ready to score videos (see :func:`load_scorer`)."""
+
+    run_dir: Path
+    model: Any
+    config: dict
+    i3d: torch.nn.Module
+    scaling: dict
+    dataset: str
+    finetuned: bool
+    batch_size: int | None  #: clips per I3D forward; None: the video's K clips in one batch
+    cache_rules: list[tuple[str, int]] = field(default_factory=list)
+
+
+def _find_run_cache(cache_hash: str, cache_root: Any) -> Path | None:
+    root = _cache_root(cache_root)
+    if not cache_hash or not root.is_dir():
+        return None
+    for d in sorted(root.glob(f"*-{cache_hash}")):
+        if (d / "manifest.json").is_file():
+            return d
+    return None
+
+
+def stage_config(run: Any, cache_root: Any = None) -> tuple[dict, int | None, list[tuple[str, int]]]:
+    """(config, extraction batch size or None, [(rule, panel size)] of the cache's ok samples)."""
+    import copy
+
+    cfg = copy.deepcopy(run.config)
+    d = _find_run_cache(str(run.cache_hash), cache_root)
+    if d is None:
+        return cfg, None, []
+    from .cache.manifest import read_manifest
+
+    try:
+        m = read_manifest(d)
+    except Exception:  # noqa: BLE001 - an unreadable cache only loses the refinements below
+        return cfg, None, []
+    for sec in ("frames", "clips", "preprocess", "cache"):
+        if sec in m.get("config", {}):
+            cfg[sec] = m["config"][sec]
+    rules: list[tuple[str, int]] = []
+    try:
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(d / "samples.parquet", columns=["rule", "judge_scores", "status"]).to_pydict()
+        rules = [(r, len(j) or 1) for r, j, s in zip(t["rule"], t["judge_scores"], t["status"]) if s == "ok"]
+    except Exception:  # noqa: BLE001
+        rules = []
+    return cfg, m.get("extraction", {}).get("batch_size"), rules
+
+
+def load_scorer(run_dir: str | Path, *, device: str | None = None, cache_root: Any = None,
+                dataset: str | None = None) -> Scorer:
+    """Load ``<run_dir>/checkpoint.pt`` (verified, ``weights_only=True``) and its backbone.
+
+    ``dataset``: refuse a run trained on another dataset (adapter name or stage name)."""
+    from .train import CHECKPOINT, CheckpointError, load_run
+
+    run_dir = Path(run_dir)
+    if not (run_dir / CHECKPOINT).is_file() and (run_dir / "groups.json").is_file():
+        groups = json.loads((run_dir / "groups.json").read_text())["groups"]
+        raise ScoreError(f"{run_dir} holds one model per group ({', '.join(groups)}): pass --run {run_dir}/<group>")
+    run = load_run(run_dir)
+    names = {str(run.checkpoint.get("dataset", "")), str(run.config.get("dataset", {}).get("name", ""))}
+    if dataset is not None and dataset not in names:
+        raise CheckpointError(f"{run_dir / CHECKPOINT} was trained on dataset {sorted(names - {''})[0]!r}, not "
+                              f"{dataset!r}; pass the run of that dataset")
+    cfg, _, rules = stage_config(run, cache_root)
+    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    finetuned = run.source_state is not None
+    if finetuned:
+        from .backbone.i3d import I3D
+        from .finetune import i3d_state
+
+        i3d = I3D()
+        try:
+            i3d.load_state_dict(i3d_state(run.source_state))
+        except RuntimeError as e:
+            raise CheckpointError(f"{run_dir}: the fine-tuned backbone does not fit this version's I3D ({e}); "
+                                  f"retrain the run") from e
+        i3d.to(dev)
+        amp = str(cfg.get("finetune", {}).get("amp", "auto")).lower()
+        cfg.setdefault("cache", {})["dtype"] = "bf16" if dev.type == "cuda" and amp in ("auto", "on", "true") else "fp32"
+    else:
+        from .backbone.weights import load_i3d
+
+        i3d = load_i3d(device=dev)
+    i3d.prepare_for_inference()
+    dataset = str(cfg.get("dataset", {}).get("name", ""))
+    return Scorer(run_dir, run.model, cfg, i3d, run.scaling, dataset, finetuned, None, rules)
+
+
+_SCORERS: dict[tuple, Scorer] = {}
+
+
+def _cached_scorer(run_dir: str | Path, **kw: Any) -> Scorer:
+    """:func:`load_scorer`, reusing the last two loaded runs while their checkpoint file is unchanged
+    (scoring many files in one process should not reload I3D each time)."""
+    from .train import CHECKPOINT
+
+    ck = Path(run_dir) / CHECKPOINT
+    st = ck.stat() if ck.is_file() else None
+    kw = {k: (str(Path(v).resolve()) if k == "cache_root" and v is not None else v) for k, v in kw.items()}
+    key = (str(ck.resolve()), st and (st.st_mtime_ns, st.st_size, st.st_ino), repr(sorted(kw.items())))
+    if st is None or key not in _SCORERS:
+        sc = load_scorer(run_dir, **kw)
+        if st is None:
+            return sc
+        while len(_SCORERS) >= 2:
+            _SCORERS.pop(next(iter(_SCORERS)))
+        _SCORERS[key] = sc
+    return _SCORERS[key]
+
+
+def resolve_rule(scorer: Scorer, judges: int | None = None, rule: str | None = None) -> tuple[str, int]:
+    """The rule and panel size T to score with (see the module docstring)."""
+    from .datasets.rules import RULE_JUDGES, check_rule, finediving_rule, judges_needed
+
+    observed: int | None = None
+    try:
+        if rule is not None:
+            r = check_rule(rule)
+        elif scorer.dataset == "finediving":
+            r = finediving_rule(judges or 7)
+        elif scorer.cache_rules:
+            r = Counter(x for x, _ in scorer.cache_rules).most_common(1)[0][0]
+            observed = Counter(n for x, n in scorer.cache_rules if x == r).most_common(1)[0][0]
+        elif scorer.dataset in DATASET_RULES:
+            r, observed = DATASET_RULES[scorer.dataset]
+        else:
+            r = str(scorer.config.get("dataset", {}).get("rule", "auto"))
+            if r == "auto":
+                raise ScoreError(f"the run's dataset {scorer.dataset!r} does not fix a scoring rule and its feature "
+                                 f"cache is not here to say; pass --rule (one of {', '.join(RULE_JUDGES)})")
+            check_rule(r)
+    except ValueError as e:
+        raise ScoreError(str(e)) from e
+    need = RULE_JUDGES[r]
+    if judges is not None:
+        if judges < 1:
+            raise ScoreError(f"--judges must be at least 1, got {judges}")
+        if need is not None and judges != need:
+            raise ScoreError(f"rule {r!r} takes exactly {need} judge scores, so --judges {judges} cannot give a final "
+                             f"score; leave --judges out (or pass --rule sum/mean to pool more judges)")
+        return r, int(judges)
+    try:
+        return r, judges_needed(r, observed)
+    except ValueError as e:
+        raise ScoreError(f"{e}; pass --judges T") from e
+
+
+def _group_index(scorer: Scorer, group: str | None) -> torch.Tensor:
+    sc = scorer.scaling
+    if sc.get("mode", "global") == "global":
+        return torch.zeros(1, dtype=torch.long)
+    if group not in sc["groups"]:
+        raise ScoreError(f"the run scales scores per group; pass --group, one of: {', '.join(sc['groups'])}")
+    return torch.tensor([sc["groups"].index(group)], dtype=torch.long)
+
+
+def score_video(scorer: Scorer, path: str | Path, *, judges: int | None = None, difficulty: float | None = None,
+                samples: int = 1, group: str | None = None, rule: str | None = None, seed: int = 0) -> dict:
+    """Score one video file or frame folder; raises on an unreadable video (see :func:`score`)."""
+    from .cache.extract import featurize, layout_of
+    from .datasets.base import Sample
+    from .datasets.frames import sample_frames
+    from .datasets.rules import DIFFICULTY_RULES, apply_rule
+
+    r, t = resolve_rule(scorer, judges, rule)
+    if r in DIFFICULTY_RULES and difficulty is None:
+        raise ScoreError(f"the run's rule {r!r} multiplies the judges by the degree of difficulty: pass "
+                         f"--difficulty D (e.g. --difficulty 3.0)")
+    if samples < 1:
+        raise ScoreError(f"--samples must be at least 1, got {samples}")
+    gi = _group_index(scorer, group)
+    path = Path(path)
+    sf = sample_frames(Sample(id=path.name, dataset="user", source=path, final_score=math.nan), scorer.config)
+    k = len(layout_of(scorer.config).starts)
+    feats, video = featurize(sf.frames, scorer.i3d, scorer.config, None, batch_size=scorer.batch_size or k)
+    gen = torch.Generator().manual_seed(int(seed))
+    dev = scorer.model.scale_lo.device
+    panels, u = scorer.model.predict_judges(torch.from_numpy(feats)[None].to(dev), torch.from_numpy(video)[None].to(dev),
+                                            t, samples, gi.to(dev), generator=gen)
+    panels = panels[0].cpu().numpy().astype(np.float64)  # (S, T)
+    finals = apply_rule(r, panels, difficulty if r in DIFFICULTY_RULES else None)
+    return {
+        "path": str(path), "status": "ok", "error": "", "rule": r, "judges": t, "samples": samples,
+        "difficulty": difficulty, "group": group, "judge_scores": panels[0].tolist(), "panels": panels.tolist(),
+        "final_score": float(finals.mean()), "final_scores": finals.tolist(),
+        "final_std": float(finals.std()), "uncertainty": float(u[0]),
+        "n_source_frames": int(sf.n_source_frames), "short": bool(sf.short),
+        "backbone": "finetuned" if scorer.finetuned else "kinetics-i3d", "run": str(scorer.run_dir),
+    }
+
+
+def list_inputs(path: str | Path) -> tuple[bool, list[Path]]:
+    """(is a batch, inputs): a video file or frame folder is one input; a folder without images
+    directly inside is a batch of its video files and frame-folder subfolders (sorted by name)."""
+    from .video.decode import IMAGE_EXTENSIONS
+
+    p = Path(path)
+    if not p.exists():
+        raise ScoreError(f"{p}: no such video file or folder")
+    if not p.is_dir():
+        return False, [p]
+    entries = sorted(p.iterdir(), key=lambda e: e.name)
+    if any(e.is_file() and e.suffix.lower() in IMAGE_EXTENSIONS for e in entries):
+        return False, [p]
+    items = [e for e in entries if not e.name.startswith(".") and
+             ((e.is_file() and e.suffix.lower() in VIDEO_EXTENSIONS) or
+              (e.is_dir() and any(f.suffix.lower() in IMAGE_EXTENSIONS for f in e.iterdir() if f.is_file())))]
+    if not items:
+        raise ScoreError(f"{p} holds no images, videos ({'/'.join(sorted(VIDEO_EXTENSIONS))}) or frame folders")
+    return True, items
+
+
+ROW_FIELDS = ("path", "status", "error", "rule", "judges", "samples", "difficulty", "group", "judge_scores", "panels",
+              "final_score", "final_scores", "final_std", "uncertainty", "n_source_frames", "short", "backbone", "run")
+
+
+def write_rows(rows: list[dict], out: str | Path) -> Path:
+    """Write score rows (one per video) as a Parquet table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("path", pa.string()), ("status", pa.string()), ("error", pa.string()),
+                        ("rule", pa.string()), ("judges", pa.int64()), ("samples", pa.int64()),
+                        ("difficulty", pa.float64()), ("group", pa.string()),
+                        ("judge_scores", pa.list_(pa.float64())), ("panels", pa.list_(pa.list_(pa.float64()))),
+                        ("final_score", pa.float64()), ("final_scores", pa.list_(pa.float64())),
+                        ("final_std", pa.float64()), ("uncertainty", pa.float64()),
+                        ("n_source_frames", pa.int64()), ("short", pa.bool_()), ("backbone", pa.string()),
+                        ("run", pa.string())])
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({k: [r.get(k) for r in rows] for k in ROW_FIELDS}, schema=schema), out)
+    return out
+
+
+def score(path: str | Path, run_dir: str | Path, *, judges: int | None = None, difficulty: float | None = None,
+          samples: int = 1, group: str | None = None, rule: str | None = None, seed: int = 0,
+          device: str | None = None, cache_root: Any = None, out: str | Path | None = None,
+          dataset: str | None = None) -> dict:
+    """Score ``path`` with the run in ``run_dir``.
+
+    Returns ``{"batch": False, "rows": [row]}`` for one video or frame folder, ``{"batch": True,
+    "rows": [...], "out": parquet path}`` for a folder of videos (``out`` default
+    ``./scores.parquet``); with ``out`` a single video's row is written too. Argument errors
+    (missing difficulty, wrong T, bad checkpoint, a run of another ``dataset`` than asked) raise
+    before any decoding; in a batch a video that cannot be read is reported in its row.
+    """
+    from .cache.extract import failure_status
+    from .datasets.rules import DIFFICULTY_RULES
+
+    batch, inputs = list_inputs(path)
+    scorer = _cached_scorer(run_dir, device=device, cache_root=cache_root, dataset=dataset)
+    r, t = resolve_rule(scorer, judges, rule)
+    if r in DIFFICULTY_RULES and difficulty is None:
+        raise ScoreError(f"the run's rule {r!r} multiplies the judges by the degree of difficulty: pass "
+                         f"--difficulty D (e.g. --difficulty 3.0)")
+    _group_index(scorer, group)
+    rows = []
+    for p in inputs:
+        try:
+            rows.append(score_video(scorer, p, judges=t, difficulty=difficulty, samples=samples, group=group,
+                                    rule=r, seed=seed))
+        except Exception as e:  # noqa: BLE001 - one bad video never kills a batch
+            if not batch:
+                raise
+            rows.append({"path": str(p), "status": failure_status(e), "error": f"{type(e).__name__}: {e}",
+                         "rule": r, "judges": t, "samples": samples, "difficulty": difficulty, "group": group,
+                         "run": str(scorer.run_dir), "backbone": "finetuned" if scorer.finetuned else "kinetics-i3d"})
+    res: dict[str, Any] = {"batch": batch, "rows": rows}
+    if batch or out is not None:
+        res["out"] = str(write_rows(rows, out if out is not None else Path(os.getcwd()) / "scores.parquet"))
+    return res
+
+
+def format_row(row: dict) -> str:
+    """Human-readable lines for one scored video."""
+    if row["status"] != "ok":
+        return f"{row['path']}: {row['status']}: {row['error']}"
+    d = f", difficulty {row['difficulty']:g}" if row.get("difficulty") is not None else ""
+    s = row["samples"]
+    lines = [f"{row['path']}",
+             f"  judges (T={row['judges']}, draw 1 of {s}): " + " ".join(f"{j:.2f}" for j in row["judge_scores"]),
+             f"  final score ({row['rule']}{d}): {row['final_score']:.2f}"
+             + (f" +- {row['final_std']:.2f} over {s} draws" if s > 1 else ""),
+             f"  uncertainty (predicted log-variance u): {row['uncertainty']:.3f}"]
+    return "\n".join(lines)
