@@ -19,6 +19,16 @@ SMALL = ["train.batch_size=8", "train.lr=1e-3", "train.wa_hidden=32", "train.vid
          "train.eval_samples=2", "train.dropout=0.0"]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread. On a shared, loaded 2-core machine two spinning OpenMP
+    threads made a tiny conv3d step ~50x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     return write_toy_cache(tmp_path_factory.mktemp("c") / "toy", n=48, n_views=2)
@@ -68,6 +78,7 @@ def test_same_seed_same_numbers_and_resume(toy, tmp_path):
     assert fr[0] == 1.0 and fr[1] == 0.4 and max(fr[2:]) > 0.4
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_checkpoint_refusals(toy, tmp_path):
     run = train("mtl", cache=toy, run_dir=tmp_path / "r", overrides=SMALL + ["train.epochs=1"],
                 progress=False)
@@ -159,3 +170,15 @@ def test_batch_slices_never_leave_a_single_sample():
     assert [(s.start, s.stop) for s in batch_slices(17, 8)] == [(0, 8), (8, 17)]
     assert [(s.start, s.stop) for s in batch_slices(16, 8)] == [(0, 8), (8, 16)]
     assert [(s.start, s.stop) for s in batch_slices(5, 8)] == [(0, 5)]
+
+
+@pytest.mark.gpu
+def test_trains_and_evaluates_on_cuda(toy, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    run = train("mtl", cache=toy, run_dir=tmp_path / "r", overrides=SMALL + ["train.epochs=2"],
+                progress=False, device="cuda")
+    ck = load_checkpoint(run / CHECKPOINT)
+    assert all(v.device.type == "cpu" for v in ck["model"].values())  # checkpoints load anywhere
+    m = evaluate(run, cache=toy, samples=2)
+    assert m["overall"]["n"] == 12

@@ -39,8 +39,9 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
 
 
-def _count_i3d_forwards():
-    """Install a global forward hook counting forwards of I3D modules; returns the counter dict."""
+def count_backbone_forwards():
+    """Install a global forward hook counting forwards of any module defined in
+    ``udaqa_pipeline.backbone`` (the I3D and its units). Returns (counter dict, hook handle)."""
     import torch
 
     counter = {"i3d_forwards": 0}
@@ -49,8 +50,7 @@ def _count_i3d_forwards():
         if type(module).__module__.startswith("udaqa_pipeline.backbone"):
             counter["i3d_forwards"] += 1
 
-    torch.nn.modules.module.register_module_forward_hook(hook)
-    return counter
+    return counter, torch.nn.modules.module.register_module_forward_hook(hook)
 
 
 def _run_row(name: str, dataset: str, fold: int, cache: Any, cache_root: Any, run_dir: Path,
@@ -61,10 +61,13 @@ def _run_row(name: str, dataset: str, fold: int, cache: Any, cache_root: Any, ru
     from .train import train
 
     torch.set_num_threads(threads)
-    counter = _count_i3d_forwards()
-    rd = train(dataset, fold=fold, cache=cache, cache_root=cache_root, run_dir=run_dir,
-               overrides=overrides, protocol=protocol, progress=False)
-    m = evaluate(rd, cache=cache, cache_root=cache_root, make_plots=False)
+    counter, handle = count_backbone_forwards()
+    try:
+        rd = train(dataset, fold=fold, cache=cache, cache_root=cache_root, run_dir=run_dir,
+                   overrides=overrides, protocol=protocol, progress=False)
+        m = evaluate(rd, cache=cache, cache_root=cache_root, make_plots=False)
+    finally:
+        handle.remove()
     res = {"row": name, "run": str(rd), "protocol": m["protocol"], "spearman": m["overall"]["spearman"],
            "rl2x100": m["overall"]["rl2x100"], "i3d_forwards": counter["i3d_forwards"]}
     if "fisher_z_spearman" in m:
@@ -82,8 +85,12 @@ def _store_stamp(cache: Any) -> dict | None:
 
 def ablate(dataset: str, *, fold: int = 0, cache: Any = None, cache_root: Any = None,
            run_dir: str | Path | None = None, jobs: int | None = None, protocol: str = "honest",
-           overrides: Iterable[str] = (), rows: list[str] | None = None) -> dict:
-    """Train and evaluate every ablation row; returns {"rows": [...], "i3d_forwards": 0, ...}."""
+           overrides: Iterable[str] = (), rows: list[str] | None = None,
+           threads: int | None = None) -> dict:
+    """Train and evaluate every ablation row; returns {"rows": [...], "i3d_forwards": 0, ...}.
+
+    ``jobs`` rows train at once (default: one per core); each gets ``threads`` torch threads
+    (default: cores // jobs)."""
     from joblib import Parallel, delayed
 
     from .train import open_dataset_cache
@@ -101,7 +108,7 @@ def ablate(dataset: str, *, fold: int = 0, cache: Any = None, cache_root: Any = 
     open_dataset_cache(dataset, cache, cache_root)  # fail early with the cache's own message
     cores = os.cpu_count() or 1
     jobs = max(1, min(jobs or cores, len(names)))
-    threads = max(1, cores // jobs)
+    threads = threads or max(1, cores // jobs)
     base = list(overrides)
     results = Parallel(n_jobs=jobs, backend="loky" if jobs > 1 else "sequential")(
         delayed(_run_row)(n, dataset, fold, cache, cache_root, parent / _slug(n), protocol,

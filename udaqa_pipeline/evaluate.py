@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from . import plots
 from .config import cache_root as _cache_root
-from .metrics import fisher_z_mean, panel_metrics, relative_l2, score_metrics
+from .metrics import fisher_z_mean, panel_metrics, score_metrics
 from .train import (LOG, CacheSource, CheckpointError, Labels, default_run_dir, load_run, predict)
 
 

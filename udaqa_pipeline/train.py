@@ -230,6 +230,7 @@ def predict(model: UDAQA, source: FeatureSource, labels: Labels, rows: np.ndarra
     """Sample S panels for ``rows`` (view 0) -> final (mean over S of the rule), panels (N, S, T)
     as an object array when T varies, u (N,). Seeded, so selection numbers are reproducible."""
     model.eval()
+    dev = model.scale_lo.device
     gen = torch.Generator().manual_seed(seed)
     gi_all = group_index(scaling, [labels.group[i] for i in rows])
     t_of = np.asarray([n_judges or labels.n_judges(i) for i in rows])
@@ -241,10 +242,10 @@ def predict(model: UDAQA, source: FeatureSource, labels: Labels, rows: np.ndarra
         for s in range(0, len(pos), batch_size):
             p = pos[s:s + batch_size]
             feats, vid = source.batch(rows[p], np.zeros(len(p), int))
-            j, uu = model.predict_judges(feats, vid, int(t), n_samples,
+            j, uu = model.predict_judges(feats.to(dev), vid.to(dev), int(t), n_samples,
                                          torch.from_numpy(gi_all[p]), generator=gen)
-            j = j.numpy().astype(np.float64)
-            u[p] = uu.numpy()
+            j = j.cpu().numpy().astype(np.float64)
+            u[p] = uu.cpu().numpy()
             for k, i in enumerate(p):
                 r = rows[i]
                 final[i] = float(apply_rule(labels.rule[r], j[k], labels.difficulty_of(r)).mean())
@@ -358,7 +359,8 @@ def _dist() -> tuple[int, int]:
 def train(dataset: str, *, fold: int = 0, cache: Any = None, cache_root: Any = None,
           run_dir: str | Path | None = None, overrides: Iterable[str] = (), protocol: str = "honest",
           cv: int | None = None, resume: bool = True, progress: bool = True,
-          source: FeatureSource | None = None, stop_after: int | None = None) -> Path:
+          source: FeatureSource | None = None, stop_after: int | None = None,
+          device: str | None = None) -> Path:
     """Train UD-AQA on ``dataset``'s cache for test fold ``fold``; returns the run directory.
 
     ``overrides``: ``section.key=value`` strings (e.g. ``train.epochs=20``). ``protocol``: "honest"
@@ -366,7 +368,8 @@ def train(dataset: str, *, fold: int = 0, cache: Any = None, cache_root: Any = N
     the cache's folds. ``resume``: continue from ``<run>/checkpoint.pt`` when present (refused when
     it belongs to another cache or config). ``source``: a feature source other than the cache (e.g.
     a fine-tuning wrapper). ``stop_after``: stop after that many epochs in this call, as a kill
-    would (tests, time-boxed jobs). With ``train.per_group`` one run per group goes in
+    would (tests, time-boxed jobs). ``device``: default CUDA when available (the rank's local
+    GPU under torchrun), else CPU; bit-for-bit determinism is promised on CPU only. With ``train.per_group`` one run per group goes in
     ``<run>/<group>/``.
     """
     if protocol not in PROTOCOLS:
@@ -384,12 +387,13 @@ def train(dataset: str, *, fold: int = 0, cache: Any = None, cache_root: Any = N
             te = np.asarray([i for i in test_rows if labels.group[i] == g], int)
             _train_one(cfg, cache_obj, labels, src, tr, te, run_dir / _safe(g), protocol=protocol,
                        fold=fold, cv=cv, resume=resume, progress=progress, stop_after=stop_after,
-                       group=g)
+                       group=g, device=device)
         (run_dir / "groups.json").parent.mkdir(parents=True, exist_ok=True)
         (run_dir / "groups.json").write_text(json.dumps({"groups": groups}, indent=1) + "\n")
         return run_dir
     return _train_one(cfg, cache_obj, labels, src, train_rows, test_rows, run_dir, protocol=protocol,
-                      fold=fold, cv=cv, resume=resume, progress=progress, stop_after=stop_after)
+                      fold=fold, cv=cv, resume=resume, progress=progress, stop_after=stop_after,
+                      device=device)
 
 
 def _safe(name: str) -> str:
@@ -398,8 +402,13 @@ def _safe(name: str) -> str:
 
 def _train_one(cfg: dict, cache_obj: Any, labels: Labels, src: FeatureSource, train_rows: np.ndarray,
                test_rows: np.ndarray, run_dir: Path, *, protocol: str, fold: int, cv: int | None,
-               resume: bool, progress: bool, stop_after: int | None, group: str | None = None) -> Path:
+               resume: bool, progress: bool, stop_after: int | None, group: str | None = None,
+               device: str | None = None) -> Path:
     rank, world = _dist()
+    if device is None:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
     tcfg = cfg["train"]
     seed = int(tcfg["seed"])
     cache_hash = cache_hash_of(cache_obj)
@@ -415,6 +424,9 @@ def _train_one(cfg: dict, cache_obj: Any, labels: Labels, src: FeatureSource, tr
     torch.manual_seed(seed + rank)  # dropout / latent noise; data order comes from `gen`
     model = UDAQA(mcfg)
     model.set_scaling(torch.tensor(scaling["lo"]), torch.tensor(scaling["hi"]))
+    model.to(device)
+    if src.module is not None:
+        src.module.to(device)
     params = list(model.parameters()) + (list(src.module.parameters()) if src.module is not None else [])
     opt = torch.optim.Adam(params, lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
     gen = torch.Generator().manual_seed(seed)
@@ -451,7 +463,8 @@ def _train_one(cfg: dict, cache_obj: Any, labels: Labels, src: FeatureSource, tr
 
     net: nn.Module = model
     if world > 1:
-        net = nn.parallel.DistributedDataParallel(model)
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[torch.device(device).index]
+                                                  if device.startswith("cuda") else None)
     epochs = int(tcfg["epochs"])
     bs = int(tcfg["batch_size"])
     done_here = 0
@@ -476,8 +489,9 @@ def _train_one(cfg: dict, cache_obj: Any, labels: Labels, src: FeatureSource, tr
                     continue  # only when the whole subset is smaller than 2 * world
                 b_rows, b_views, b_draw = b_rows[rank::world], b_views[rank::world], b_draw[rank::world]
             y, ym = _targets(labels, b_rows, b_draw, scaling)
+            y, ym = y.to(device), ym.to(device)
             feats, vid = src.batch(b_rows, b_views)
-            out = net(feats, vid, y)
+            out = net(feats.to(device), vid.to(device), y)
             terms = total_loss(out, y, alpha=float(tcfg["alpha"]), beta=float(tcfg["beta"]),
                                mean_target=ym)
             opt.zero_grad(set_to_none=True)
@@ -544,7 +558,7 @@ def _check_ranks_agree(model: nn.Module) -> None:
     """Raise if DDP ranks ended with different weights (gradient sync or buffer broadcast broken)."""
     total = torch.stack([p.detach().double().sum() for p in model.state_dict().values()
                          if p.is_floating_point()]).sum().reshape(1)
-    got = [torch.zeros(1, dtype=torch.float64) for _ in range(dist.get_world_size())]
+    got = [torch.zeros(1, dtype=torch.float64, device=total.device) for _ in range(dist.get_world_size())]
     dist.all_gather(got, total)
     if any(not torch.equal(g, got[0]) for g in got):
         raise RuntimeError(f"DDP ranks diverged: parameter checksums {[float(g) for g in got]}")
@@ -586,13 +600,15 @@ def _uncertainties(model: UDAQA, src: FeatureSource, rows: np.ndarray, bs: int =
     for s in range(0, len(rows), bs):
         r = rows[s:s + bs]
         feats, vid = src.batch(r, np.zeros(len(r), int))
-        out.append(model.uncertainty(feats, vid).numpy())
+        dev = model.scale_lo.device
+        out.append(model.uncertainty(feats.to(dev), vid.to(dev)).cpu().numpy())
     return np.concatenate(out).astype(np.float64)
 
 
 def _allreduce_sums(sums: dict[str, float], n: int) -> tuple[dict[str, float], int]:
     keys = sorted(sums)
-    t = torch.tensor([sums[k] for k in keys] + [float(n)], dtype=torch.float64)
+    dev = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([sums[k] for k in keys] + [float(n)], dtype=torch.float64, device=dev)
     dist.all_reduce(t)
     return {k: float(t[i]) for i, k in enumerate(keys)}, int(t[-1])
 

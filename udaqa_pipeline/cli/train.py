@@ -31,12 +31,14 @@ _SET = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VA
 @_SET
 @click.option("--resume/--no-resume", default=True, show_default=True)
 @click.option("--progress/--no-progress", default=True)
-def train_cmd(dataset, fold, cv, cache, cache_root, run_dir, protocol, overrides, resume, progress):
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
+def train_cmd(dataset, fold, cv, cache, cache_root, run_dir, protocol, overrides, resume, progress, device):
     """Train UD-AQA on DATASET's feature cache (no I3D forward)."""
     from ..train import train
 
     out = train(dataset, fold=fold, cv=cv, cache=cache, cache_root=cache_root, run_dir=run_dir,
-                overrides=overrides, protocol=protocol, resume=resume, progress=progress)
+                overrides=overrides, protocol=protocol, resume=resume, progress=progress,
+                device=device)
     click.echo(str(out))
 
 

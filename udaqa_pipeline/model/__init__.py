@@ -159,13 +159,13 @@ class UDAQA(nn.Module):
         b = f_v.shape[0]
         if x is None:
             y = self._head(f_v, None)["y_hat"]
-            return y.unsqueeze(1).expand(b, n).clone(), torch.zeros(b, n)
+            return y.unsqueeze(1).expand(b, n).clone(), torch.zeros(b, n, device=f_v.device)
         mu_p, logvar_p = self.prior(x)
         mu = mu_p.unsqueeze(1).expand(b, n, -1)
         lv = logvar_p.unsqueeze(1).expand(b, n, -1)
         z = reparameterize(mu, lv, generator)
         y = self._head(f_v, z)["y_hat"]
-        u = self.unc(z) if self.unc is not None else torch.zeros(b, n)
+        u = self.unc(z) if self.unc is not None else torch.zeros(b, n, device=f_v.device)
         return y, u
 
     @torch.no_grad()
@@ -174,7 +174,7 @@ class UDAQA(nn.Module):
         (needs no label, so it is the quantity the model would report at test time)."""
         f_v, x = self.encode(features, video)
         if x is None or self.unc is None:
-            return torch.zeros(f_v.shape[0])
+            return torch.zeros(f_v.shape[0], device=f_v.device)
         mu_p, _ = self.prior(x)
         return self.unc(mu_p)
 
@@ -186,7 +186,8 @@ class UDAQA(nn.Module):
                        ) -> torch.Tensor:
         """Undo the label scaling; ``group_index`` (B,) picks each sample's range (default 0)."""
         b = y_scaled.shape[0]
-        gi = torch.zeros(b, dtype=torch.long) if group_index is None else group_index.long()
+        gi = (torch.zeros(b, dtype=torch.long) if group_index is None else group_index.long()
+              ).to(self.scale_lo.device)
         shape = (b,) + (1,) * (y_scaled.dim() - 1)
         lo = self.scale_lo[gi].view(shape)
         hi = self.scale_hi[gi].view(shape)

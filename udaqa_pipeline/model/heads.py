@@ -119,6 +119,10 @@ class Regressor(nn.Module):
 
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
                    ) -> torch.Tensor:
-    """z = mu + sigma * eps with eps ~ N(0, I) (drawn from ``generator`` when given)."""
-    eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
+    """z = mu + sigma * eps with eps ~ N(0, I) (drawn from ``generator`` when given; a CPU generator
+    draws on the CPU and the noise is moved, so seeded sampling gives the same z on any device)."""
+    if generator is not None and generator.device != mu.device:
+        eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype).to(mu.device)
+    else:
+        eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
     return mu + torch.exp(0.5 * logvar) * eps
