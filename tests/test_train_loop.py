@@ -182,3 +182,31 @@ def test_trains_and_evaluates_on_cuda(toy, tmp_path):
     assert all(v.device.type == "cpu" for v in ck["model"].values())  # checkpoints load anywhere
     m = evaluate(run, cache=toy, samples=2)
     assert m["overall"]["n"] == 12
+
+
+class _AdaptedSource(CacheSource):
+    """A feature source with its own trainable part, as a backbone fine-tuning wrapper has."""
+
+    def __init__(self, cache):
+        super().__init__(cache)
+        self.module = torch.nn.Linear(1024, 1024)
+        torch.nn.init.eye_(self.module.weight)
+        torch.nn.init.zeros_(self.module.bias)
+
+    def batch(self, indices, views):
+        f, v = super().batch(indices, views)
+        return self.module(f), v
+
+
+def test_custom_feature_source_is_trained_and_checkpointed(toy, tmp_path):
+    from udaqa_pipeline.cache import open_cache
+
+    src = _AdaptedSource(open_cache(toy))
+    run = train("mtl", cache=toy, run_dir=tmp_path / "r", source=src, progress=False,
+                overrides=SMALL + ["train.epochs=2"])
+    r = load_run(run)
+    assert not torch.equal(r.source_state["weight"], torch.eye(1024))  # the source was optimised
+    src2 = _AdaptedSource(open_cache(toy))
+    src2.module.load_state_dict(r.source_state)
+    m = evaluate(run, cache=toy, source=src2, samples=2, make_plots=False)
+    assert m["overall"]["n"] == 12

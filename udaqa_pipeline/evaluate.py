@@ -57,10 +57,12 @@ def _run_dirs(run_dir: Path) -> list[Path]:
 
 def evaluate(run_dir: str | Path | None = None, *, dataset: str | None = None, fold: int | None = None,
              cv: int | None = None, cache: Any = None, cache_root: Any = None, judges: int | None = None,
-             samples: int = 10, seed: int = 0, make_plots: bool = True) -> dict:
+             samples: int = 10, seed: int = 0, make_plots: bool = True, source: Any = None) -> dict:
     """Evaluate the run in ``run_dir`` (default ``<runs>/<dataset>/fold<fold>``) on its test fold.
 
     ``judges``: number of sampled judges T per panel (default: the rule's); ``samples``: draws S.
+    ``source``: a feature source other than the cache (e.g. a fine-tuned backbone over frames; the
+    caller loads its weights from ``load_run(run).source_state``).
     Returns the metrics dict that is also written to ``<run>/eval/metrics.json``.
     """
     if run_dir is None:
@@ -88,7 +90,7 @@ def evaluate(run_dir: str | Path | None = None, *, dataset: str | None = None, f
         rows = np.asarray([pos[s] for s in test_ids], int)
         if len(rows) == 0:
             continue
-        p = predict(run.model, CacheSource(cache_obj), labels, rows, run.scaling, n_samples=samples,
+        p = predict(run.model, source or CacheSource(cache_obj), labels, rows, run.scaling, n_samples=samples,
                     n_judges=judges, seed=seed)
         for k, r in enumerate(rows):
             pan = p["panels"][k]
