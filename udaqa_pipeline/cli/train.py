@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import click
+
+
+def _clean_errors(fn):
+    """Known user-facing errors (missing cache, bad fold or override, unusable checkpoint) print
+    their message, which names the file and the fix, instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from ..cache import CacheError
+        from ..config import ConfigError
+        from ..train import CheckpointError
+
+        try:
+            return fn(*args, **kwargs)
+        except (CacheError, ConfigError, CheckpointError) as e:
+            raise click.ClickException(str(e)) from e
+
+    return wrapper
 
 
 def register(main: click.Group) -> None:
@@ -32,6 +51,7 @@ _SET = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VA
 @click.option("--resume/--no-resume", default=True, show_default=True)
 @click.option("--progress/--no-progress", default=True)
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
+@_clean_errors
 def train_cmd(dataset, fold, cv, cache, cache_root, run_dir, protocol, overrides, resume, progress, device):
     """Train UD-AQA on DATASET's feature cache (no I3D forward)."""
     from ..train import train
@@ -52,6 +72,7 @@ def train_cmd(dataset, fold, cv, cache, cache_root, run_dir, protocol, overrides
 @click.option("--judges", type=int, default=None, help="judges T per sampled panel (default: the rule's)")
 @click.option("--samples", type=int, default=10, show_default=True, help="panels S drawn per sample")
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON")
+@_clean_errors
 def evaluate_cmd(dataset, fold, cv, run_dir, cache, cache_root, judges, samples, as_json):
     """Score a trained run on its test fold; writes <run>/eval/{metrics.json,predictions.parquet,*.png}."""
     from ..evaluate import evaluate, format_metrics
@@ -72,6 +93,7 @@ def evaluate_cmd(dataset, fold, cv, run_dir, cache, cache_root, judges, samples,
 @click.option("--protocol", type=click.Choice(["honest", "paper"]), default="honest", show_default=True)
 @click.option("--rows", default=None, help="comma-separated subset of rows to run")
 @_SET
+@_clean_errors
 def ablate_cmd(dataset, fold, cache, cache_root, run_dir, jobs, protocol, rows, overrides):
     """Train the paper's ablation rows and design variants from one cache; print the table."""
     from ..ablate import ablate, format_table
