@@ -155,6 +155,7 @@ class Backbone(nn.Module):
         self.checkpointing = bool(checkpointing)
         self.amp = bool(amp)
         self._bns = [m for m in i3d.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.train(True)  # applies the freeze rules to the I3D's own mode from the start
         if self.freeze:
             i3d.requires_grad_(False)
             return

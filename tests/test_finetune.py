@@ -1,0 +1,218 @@
+"""Fine-tuning I3D end to end (issue 6): the in-backward Adam, augmentation, the frame source, the
+stage-two loop on frames, refusals. Real Kinetics weights at the smallest input I3D accepts
+(9 frames, 193 px, one clip per video) so each test stays a few seconds on CPU."""
+
+from __future__ import annotations
+
+import copy
+import math
+import tomllib
+
+import numpy as np
+import pytest
+import torch
+
+from test_score import TINY, make_synth
+from udaqa_pipeline.datasets.rules import apply_rule
+from udaqa_pipeline.finetune import (
+    Backbone,
+    FinetuneError,
+    adam_update,
+    augmentation,
+    estimate_epoch_seconds,
+    to_toml,
+)
+from udaqa_pipeline.train import CheckpointError
+
+FT_TRAIN = ("train.epochs=1", "train.batch_size=2", "train.val_fraction=0.34", "train.eval_samples=2",
+            "train.lr=1e-3")
+
+
+@pytest.fixture(scope="module")
+def i3d_state():
+    from udaqa_pipeline.backbone.weights import load_i3d
+
+    return copy.deepcopy(load_i3d().state_dict())
+
+
+def _i3d(state):
+    from udaqa_pipeline.backbone.i3d import I3D
+
+    m = I3D()
+    m.load_state_dict(state)
+    return m
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return make_synth(tmp_path_factory.mktemp("ft") / "data")
+
+
+def test_adam_update_matches_torch_adam():
+    torch.manual_seed(0)
+    p = torch.randn(5, 3)
+    q = p.clone().requires_grad_(True)
+    opt = torch.optim.Adam([q], lr=1e-2, weight_decay=1e-3)
+    m, v, step = torch.zeros_like(p), torch.zeros_like(p), torch.zeros((), dtype=torch.float64)
+    for _ in range(4):
+        g = torch.randn(5, 3)
+        q.grad = g.clone()
+        opt.step()
+        adam_update(p, g, m, v, step, lr=1e-2, weight_decay=1e-3)
+    assert int(step) == 4
+    assert torch.allclose(p, q.detach(), atol=1e-7, rtol=1e-6)
+
+
+def test_augmentation_and_estimate_are_pure():
+    a, b = augmentation(7, 3, True), augmentation(7, 3, True)
+    assert a[:2] == b[:2] and -3 <= a[0] <= 3
+    assert {augmentation(s, 3, True)[1] for s in range(20)} == {False, True}
+    assert augmentation(5, 0, False)[:2] == (0, False)
+    # 10 fit videos at batch 4 = 3 steps; selection 2 + curriculum pass 10 = 12 inference videos
+    e = estimate_epoch_seconds(2.0, 0.5, 0.1, n_fit=10, n_select=2, batch_size=4, workers=0, curriculum=True)
+    assert e == pytest.approx(3 * 2.0 + 12 * 0.5 + 0.1 * 22)
+    e = estimate_epoch_seconds(2.0, 0.5, 0.1, n_fit=10, n_select=2, batch_size=4, workers=4, curriculum=False)
+    assert e == pytest.approx(3 * 2.0 + 2 * 0.5)  # decoding hidden behind compute
+
+
+def test_stage_toml_round_trip():
+    from udaqa_pipeline.config import load_stage
+
+    cfg = load_stage("mtl")
+    assert tomllib.loads(to_toml(cfg)) == cfg
+
+
+def test_step_updates_backbone_and_frozen_does_not(i3d_state):
+    x = torch.rand(1, 3, 9, 193, 193, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    conv = "Mixed_4c.b1b.conv3d.weight"
+    bias = "Mixed_4c.b1b.bn.bias"
+    mean = "Mixed_4c.b1b.bn.running_mean"
+
+    def step(**kw):
+        bb = Backbone(_i3d(i3d_state), lr=1e-3, weight_decay=1e-5, **kw).train()
+        f = bb.features(x)
+        # the loop's heads optimizer also holds the backbone parameters: it must not step them
+        heads_opt = torch.optim.Adam(list(bb.parameters()), lr=1.0)
+        if f.requires_grad:
+            f.square().mean().backward()
+        heads_opt.step()
+        return bb, {k: v.detach().clone() for k, v in bb.i3d.state_dict().items()}
+
+    bb, a = step(checkpointing=True)
+    assert not torch.equal(a[conv], i3d_state[conv]) and not torch.equal(a[bias], i3d_state[bias])
+    # an Adam step of lr 1e-3 moves every weight by about lr at most (never by the heads' lr 1.0)
+    assert (a[conv] - i3d_state[conv]).abs().max() < 2e-3
+    assert not torch.equal(a[mean], i3d_state[mean])  # batch statistics were used and tracked
+    assert all(p.grad is None for p in bb.i3d.parameters())
+    assert float(getattr(bb, "adam_step__Mixed_4c__b1b__conv3d__weight")) == 1.0
+    assert torch.equal(a["logits.conv3d.weight"], i3d_state["logits.conv3d.weight"])  # not on the feature path
+    # frozen BatchNorm statistics: offsets still learn, running statistics stay
+    _, c = step(freeze_bn=True, checkpointing=False)
+    assert torch.equal(c[mean], i3d_state[mean]) and not torch.equal(c[bias], i3d_state[bias])
+    # frozen backbone: nothing changes, no gradient reaches it
+    bb, d = step(freeze=True)
+    assert all(torch.equal(d[k], i3d_state[k]) for k in i3d_state)
+    assert not any(p.requires_grad for p in bb.i3d.parameters())
+
+
+def test_frame_source_augments_training_steps_only(synth, tmp_path, i3d_state):
+    from udaqa_pipeline.cache.extract import featurize
+    from udaqa_pipeline.finetune import prepare
+
+    ov = TINY + FT_TRAIN + ("finetune.freeze_backbone=true",)  # frozen: no backward needed here
+    run, cfg, data, src = prepare("mtl", synth, run_dir=tmp_path / "run", overrides=ov, i3d=_i3d(i3d_state),
+                                  device="cpu", workers=0)
+    assert (run / "stage.toml").is_file() and cfg["finetune"]["lr_scale"] == 0.1
+    assert src.module.lr == pytest.approx(1e-4)  # 0.1 x the heads' lr
+    rows = np.array([1])
+    torch.manual_seed(0)
+    f1, v1 = src.batch(rows, np.zeros(1, int))
+    f2, v2 = src.batch(rows, np.zeros(1, int))
+    assert f1.shape == (1, 1, 1024) and v1.shape == (1, 9, 3, 8, 8) and v1.dtype == torch.uint8
+    assert not torch.equal(f1, f2)  # a fresh augmentation per step
+    with torch.no_grad():
+        e1, w1 = src.batch(rows, np.zeros(1, int))
+        e2, _ = src.batch(rows, np.zeros(1, int))
+    assert torch.equal(e1, e2)
+    # evaluation features are stage one's centre view through the same weights
+    from udaqa_pipeline.datasets.frames import sample_frames
+
+    ref_model = _i3d(i3d_state).eval()
+    feats, video = featurize(sample_frames(data.sample_list[1], cfg).frames, ref_model, cfg, None, batch_size=1)
+    assert np.abs(e1[0].numpy() - feats).max() < 1e-4 * max(1.0, float(np.abs(feats).max()))
+    assert np.array_equal(w1[0].numpy(), video)
+
+
+def test_finetune_run_scores_and_refuses_mismatches(synth, tmp_path, i3d_state):
+    from udaqa_pipeline.finetune import evaluate_finetuned, finetune
+    from udaqa_pipeline.score import score
+    from udaqa_pipeline.train import load_checkpoint
+
+    ov = TINY + FT_TRAIN + ("finetune.freeze_backbone=true", "train.use_curriculum=false")
+    run = finetune("mtl", synth, run_dir=tmp_path / "run", overrides=ov, force=True, progress=False, workers=1,
+                   device="cpu", i3d=_i3d(i3d_state))
+    ck = load_checkpoint(run / "checkpoint.pt")
+    assert ck["cache_hash"].startswith("ft-") and ck["dataset"] == "mtl"
+    assert ck["config"]["finetune"]["freeze_backbone"] is True
+    assert torch.equal(ck["source"]["i3d.Mixed_5c.b0.conv3d.weight"], i3d_state["Mixed_5c.b0.conv3d.weight"])
+    assert ck["scaling"]["lo"] == [0.0] and ck["scaling"]["hi"] == [10.0]
+    # scoring uses the run's own backbone
+    row = score(synth / "frames" / "01_01", run, difficulty=2.0, samples=2)["rows"][0]
+    assert row["backbone"] == "finetuned" and np.asarray(row["panels"]).shape == (2, 7)
+    assert row["final_score"] == pytest.approx(float(apply_rule("mtl_middle3", row["panels"], 2.0).mean()))
+    # stage two's evaluate would use frozen cached features: it refuses; evaluate_finetuned works
+    from udaqa_pipeline.evaluate import evaluate
+
+    with pytest.raises(Exception, match="cache"):
+        evaluate(run, cache_root=tmp_path / "nocache", make_plots=False)
+    m = evaluate_finetuned(run, synth, samples=2, make_plots=False)
+    assert m["overall"]["n"] == 2 and math.isfinite(m["overall"]["rl2x100"])
+    # resuming with other settings, or on other samples, is refused with the reason
+    with pytest.raises(CheckpointError, match="finetune.lr_scale"):
+        finetune("mtl", synth, run_dir=run, overrides=ov + ("finetune.lr_scale=0.5",), force=True,
+                 progress=False, device="cpu", i3d=_i3d(i3d_state))
+    with pytest.raises(CheckpointError, match="cache"):
+        finetune("mtl", synth, run_dir=run, overrides=ov, force=True, progress=False, device="cpu", limit=7,
+                 i3d=_i3d(i3d_state))
+
+
+def test_refuses_when_an_epoch_would_take_too_long(synth, tmp_path, i3d_state, capsys):
+    from udaqa_pipeline.finetune import finetune
+
+    with pytest.raises(FinetuneError, match=r"min per epoch.*--force"):
+        # a frozen backbone keeps the timing step cheap here; the estimate is computed the same way
+        finetune("mtl", synth, run_dir=tmp_path / "run", overrides=TINY + FT_TRAIN + ("finetune.freeze_backbone=true",),
+                 device="cpu",
+                 max_epoch_minutes=1e-6, progress=False, i3d=_i3d(i3d_state))
+    assert "s per step of 2 videos" in capsys.readouterr().out
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.slow
+def test_checkpointing_changes_nothing(i3d_state):
+    """Activation checkpointing: the same step, and BatchNorm statistics updated once, not twice."""
+    x = torch.rand(1, 3, 9, 193, 193, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    out = []
+    for ck in (True, False):
+        bb = Backbone(_i3d(i3d_state), lr=1e-3, checkpointing=ck).train()
+        bb.features(x).square().mean().backward()
+        out.append(bb.i3d.state_dict())
+    for k in out[0]:
+        assert torch.allclose(out[0][k], out[1][k], atol=1e-6, rtol=1e-5), k
+
+
+@pytest.mark.slow
+def test_unfrozen_resume_equals_uninterrupted(synth, tmp_path, i3d_state):
+    from udaqa_pipeline.finetune import finetune
+    from udaqa_pipeline.train import load_checkpoint
+
+    ov = TINY + FT_TRAIN + ("train.epochs=2",)
+    kw = dict(force=True, progress=False, device="cpu", workers=0)
+    a = finetune("mtl", synth, run_dir=tmp_path / "a", overrides=ov, i3d=_i3d(i3d_state), **kw)
+    finetune("mtl", synth, run_dir=tmp_path / "b", overrides=ov, i3d=_i3d(i3d_state), stop_after=1, **kw)
+    b = finetune("mtl", synth, run_dir=tmp_path / "b", overrides=ov, i3d=_i3d(i3d_state), **kw)
+    ca, cb = load_checkpoint(a / "checkpoint.pt"), load_checkpoint(b / "checkpoint.pt")
+    k = "i3d.Mixed_4c.b1b.conv3d.weight"
+    assert not torch.equal(ca["source"][k], i3d_state[k[4:]])
+    for part in ("model", "source"):
+        assert all(torch.equal(ca[part][n], cb[part][n]) for n in ca[part]), part
