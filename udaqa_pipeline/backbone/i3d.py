@@ -139,6 +139,14 @@ def _fused_conv_available() -> bool:
 _FUSED_CONV = _fused_conv_available()
 
 
+def _cpu_autocast_dtype() -> torch.dtype | None:
+    """The CPU autocast dtype when CPU autocast is on, else None (works on torch 2.1 .. 2.13)."""
+    try:
+        return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+    except (TypeError, AttributeError):  # before torch 2.4 the CPU variants had their own names
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+
+
 class Unit3D(nn.Module):
     """Conv3d (SAME padding, no bias) -> BatchNorm (offset only, eps 1e-3) -> ReLU.
 
@@ -165,7 +173,8 @@ class Unit3D(nn.Module):
             # affine=False then a learnable offset only: Sonnet's BatchNorm(scale=False).
             self.bn = nn.BatchNorm3d(out_channels, eps=BN_EPS, momentum=0.001, affine=False)
             self.bn.bias = nn.Parameter(torch.zeros(out_channels))
-        self._fused: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] | None = None
+        # folded (weight, bias) per (dtype, device): plain attributes, not buffers, so never saved
+        self._fused: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def fuse(self) -> None:
         """Fold BatchNorm (running statistics) into a conv weight/bias pair used in eval mode."""
@@ -176,18 +185,19 @@ class Unit3D(nn.Module):
             b = self.bn.bias.detach() - self.bn.running_mean.detach() * inv
         else:
             b = self.conv3d.bias.detach()
-        self._fused = {w.dtype: (w.contiguous(memory_format=torch.channels_last_3d), b.contiguous())}
+        self._fused = {(w.dtype, w.device): (w.contiguous(memory_format=torch.channels_last_3d), b.contiguous())}
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         self._fused = None  # derived from the old weights: stale after a load
         super()._load_from_state_dict(*args, **kwargs)
 
-    def _fused_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fused_weights(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         assert self._fused is not None
-        if dtype not in self._fused:
+        key = (dtype, device)
+        if key not in self._fused:  # e.g. bf16 autocast, or the model moved after prepare_for_inference
             w, b = next(iter(self._fused.values()))
-            self._fused[dtype] = (w.to(dtype), b.to(dtype))
-        return self._fused[dtype]
+            self._fused[key] = (w.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype))
+        return self._fused[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sym, extra = _split_same(x.shape, self.kernel, self.stride)
@@ -196,10 +206,8 @@ class Unit3D(nn.Module):
         if self._fused is None or self.training:
             x = F.conv3d(x, self.conv3d.weight, self.conv3d.bias, self.stride, sym)
             return F.relu(self.bn(x), inplace=True) if self.use_batch_norm else x
-        dtype = x.dtype
-        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            dtype = torch.get_autocast_dtype("cpu")  # the oneDNN op below is not autocast-aware
-        w, b = self._fused_weights(dtype)
+        dtype = _cpu_autocast_dtype() if x.device.type == "cpu" else None
+        w, b = self._fused_weights(dtype or x.dtype, x.device)  # the oneDNN op below is not autocast-aware
         if _FUSED_CONV and x.device.type == "cpu" and self.use_batch_norm:
             return torch.ops.mkldnn._convolution_pointwise(
                 x.to(w.dtype), w, b, sym, list(self.stride), [1, 1, 1], 1, "relu", [], ""
