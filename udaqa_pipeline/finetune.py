@@ -617,6 +617,7 @@ def evaluate_finetuned(run_dir: str | Path, root: str | Path | None = None, *, j
                        make_plots: bool = True) -> dict:
     """Stage two's :func:`~udaqa_pipeline.evaluate.evaluate` on a fine-tuned run: the test videos'
     features are computed from their frames with the run's fine-tuned backbone (centre view)."""
+    from .backbone.i3d import I3D
     from .evaluate import evaluate
     from .train import load_run
 
@@ -628,46 +629,15 @@ def evaluate_finetuned(run_dir: str | Path, root: str | Path | None = None, *, j
     stage = str(run.checkpoint.get("dataset") or cfg["dataset"].get("name", ""))
     samples_, root_p = _load_samples(cfg, stage, root, None)
     dev = torch.device(device) if device is not None else default_device()
-    from .backbone.i3d import I3D
-
     i3d = I3D()
     i3d.load_state_dict(i3d_state(run.source_state))
-    src = FrameSource(FrameData(stage, cfg, samples_, root_p, "eval"), build_backbone(cfg, dev, i3d),
-                      workers=workers if workers is not None else (min(8, os.cpu_count() or 1) if dev.type == "cuda"
-                                                                   else 0))
-    view = _LazyCache(src, run.cache_hash)
-    return evaluate(run_dir, cache=view, judges=judges, samples=samples, make_plots=make_plots)
-
-
-class _LazyCache:
-    """A cache look-alike whose ``features[rows, views]`` / ``video[rows]`` run the fine-tuned I3D."""
-
-    def __init__(self, src: FrameSource, config_hash: str) -> None:
-        self.manifest = {"config_hash": config_hash}
-        self.samples = src.data.samples
-        self.views = [{"flip": False, "shift": 0}]
-        self._src = src
-        self._last: tuple[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] | None = None
-        outer = self
-
-        class _F:
-            shape = src.data.features.shape
-
-            def __getitem__(self, key):
-                rows, _ = key
-                return outer._get(rows)[0].numpy()
-
-        class _V:
-            def __getitem__(self, rows):
-                return outer._get(rows)[1].numpy()
-
-        self.features = _F()
-        self.video = _V()
-
-    def _get(self, rows) -> tuple[torch.Tensor, torch.Tensor]:
-        key = tuple(int(r) for r in np.atleast_1d(rows))
-        if self._last is None or self._last[0] != key:
-            with torch.no_grad():
-                f, v = self._src.batch(np.asarray(key), np.zeros(len(key), int))
-            self._last = (key, (f.cpu(), v.cpu()))
-        return self._last[1]
+    data = FrameData(stage, cfg, samples_, root_p, "eval")
+    data.manifest["config_hash"] = run.cache_hash  # labels come from these samples, features from `src`
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1) if dev.type == "cuda" else 0
+    src = FrameSource(data, build_backbone(cfg, dev, i3d), workers=workers)
+    try:
+        with torch.no_grad():
+            return evaluate(run_dir, cache=data, source=src, judges=judges, samples=samples, make_plots=make_plots)
+    finally:
+        src.close()
