@@ -18,7 +18,6 @@ many) staged a sample does not change a byte of the result.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil

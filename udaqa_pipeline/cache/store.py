@@ -42,7 +42,6 @@ import pyarrow.parquet as pq
 from ..config import cache_root as _cache_root
 from .manifest import (
     FEATURE_DIM,
-    MANIFEST,
     SAMPLES,
     SCHEMA_VERSION,
     STORE_NAMES,
