@@ -229,3 +229,20 @@ def test_shards_on_separate_hosts_then_cache_merge(tmp_path, reference):
     res = CliRunner().invoke(main, ["cache", "merge", str(a), str(b)])
     assert res.exit_code == 0, res.output
     _same_cache(a, ref)
+
+
+def test_retry_failed_after_fixing_a_video(tmp_path):
+    from test_cache_util import write_video
+
+    root = make_dataset(tmp_path / "data", {"a": 14, "late": "missing"})
+    p = _extract(root, tmp_path / "cache")
+    before = open_cache(p)
+    assert before.samples.column("status").to_pylist() == ["ok", "missing"]
+    kept = before.features[0].copy()
+    write_video(root / "videos" / "late.mkv", 15, seed=9)  # the user fixes the file
+    stats: dict = {}
+    assert _extract(root, tmp_path / "cache", retry_failed=True, stats=stats) == p
+    after = open_cache(p)
+    assert stats["processed"] == 1 and after.samples.column("status").to_pylist() == ["ok", "ok"]
+    assert after.features[0].tobytes() == kept.tobytes()  # kept, not recomputed
+    assert np.isfinite(after.features[1]).all()

@@ -438,6 +438,7 @@ def extract_features(
     model: torch.nn.Module | None = None,
     progress: bool = True,
     merge: bool = True,
+    retry_failed: bool = False,
     stats: dict | None = None,
 ) -> Path:
     """Build (or finish, or reuse) the feature cache of ``dataset``; returns its directory.
@@ -449,7 +450,8 @@ def extract_features(
     ``workers`` decoding threads (default half the cores, 2 to 8). ``shard`` "i/n" extracts only samples ``i % n`` (under
     torchrun the rank/world size are used instead and rank 0 merges). ``limit`` keeps the first N
     samples (a separate cache). ``model`` replaces the cached Kinetics I3D (its state dict is hashed
-    instead of the weights file). ``stats``, if given, receives the run's throughput figures.
+    instead of the weights file). ``retry_failed``: extract again the samples recorded as failed (after
+    fixing their videos); the others are kept. ``stats``, if given, receives the run's throughput figures.
     """
     from ..datasets import load_dataset
 
@@ -480,6 +482,21 @@ def extract_features(
     sh = tr if tr is not None else (shard if isinstance(shard, Shard) else parse_shard(shard))
 
     manifest = read_manifest(cache_dir) if (cache_dir / "manifest.json").exists() else None
+    if retry_failed and manifest is not None and (tr is None or tr.index == 0):
+        from .merge import drop_failed_staged, unmerge_failed
+
+        n = unmerge_failed(cache_dir) if manifest.get("complete") else drop_failed_staged(cache_dir)
+        _log(f"retrying {n} failed samples of {cache_dir}")
+        manifest = read_manifest(cache_dir)
+    if tr is not None and retry_failed:
+        import datetime as _dt
+
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", timeout=_dt.timedelta(days=7))
+        dist.barrier()  # rank 0 has re-staged the cache before anyone reads its state
+        manifest = read_manifest(cache_dir) if (cache_dir / "manifest.json").exists() else None
     if manifest is not None and manifest.get("complete"):
         from .merge import _cleanup
 

@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .lock import CacheLock
-from .manifest import SAMPLES, STORE_NAMES, CacheError, read_manifest, write_manifest
+from .manifest import SAMPLES, STORE_NAMES, CacheError, atomic_write_bytes, read_manifest, write_manifest
 from .store import _now, _status_counts, samples_table, write_samples, write_store
 
 STAGING = "staging"
@@ -212,3 +213,52 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def drop_failed_staged(cache_dir: Path) -> int:
+    """Delete the staged records of failed samples (incomplete cache) so the next run retries them."""
+    n = 0
+    for f in staged_files(cache_dir).values():
+        record, _, _ = read_staged(f)
+        if record.get("status") != "ok":
+            f.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+def unmerge_failed(cache_dir: str | Path) -> int:
+    """Turn a complete cache back into staged samples minus its failed ones, so that rerunning the
+    extraction retries only those (e.g. after fixing a broken video). Returns how many will be retried.
+
+    Crash-safe in this order: stage every ok sample from the store, rewrite the base table, mark the
+    manifest incomplete (atomic), then delete the stores. Killed before the manifest write, the cache
+    is still complete (the next run removes the extra staging); after it, the staging is whole.
+    """
+    from .store import open_cache
+
+    cache_dir = Path(cache_dir)
+    with CacheLock(cache_dir / "merge.lock", "cache"):
+        cache = open_cache(cache_dir)
+        rows = cache.samples.to_pylist()
+        failed = [i for i, r in enumerate(rows) if r["status"] != "ok"]
+        if not failed:
+            return 0
+        out = shard_dir(cache_dir, "restaged")
+        for i, r in enumerate(rows):
+            if r["status"] == "ok":
+                arr = cache.read(i)
+                record = {k: r[k] for k in ("id", "status", "error", "n_source_frames", "short", "frame_indices")}
+                write_staged(out, i, record, arr["features"], arr["video"])
+        base = samples_table([{**r, "status": "pending", "error": ""} for r in rows])
+        sink = pa.BufferOutputStream()
+        pq.write_table(base, sink)
+        atomic_write_bytes(cache_dir / BASE_SAMPLES, sink.getvalue().to_pybytes())
+        manifest = read_manifest(cache_dir)
+        stores = manifest.get("stores", {})
+        manifest.update(complete=False, stores={})
+        write_manifest(cache_dir, manifest)
+        for name in stores.values():
+            p = cache_dir / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        (cache_dir / SAMPLES).unlink(missing_ok=True)
+    return len(failed)

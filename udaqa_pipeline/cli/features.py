@@ -31,9 +31,11 @@ import click
 @click.option("--device", default=None, help="torch device (default: cuda when present, else cpu).")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override a stage config value, e.g. --set clips.n_clips=5 (repeatable).")
+@click.option("--retry-failed", is_flag=True,
+              help="Extract again the videos recorded as failed (after fixing them); the others are kept.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def features_cmd(dataset, root, backend, views, batch_size, workers, dtype, shard, strict, limit, cache_root, device,
-                 overrides, no_progress) -> None:
+                 overrides, retry_failed, no_progress) -> None:
     """Stage one: decode DATASET's videos, run frozen I3D over K clips each, and write the feature cache
     <cache_root>/<DATASET>-<hash>/ (resumable: rerun the same command to continue a killed run).
 
@@ -47,7 +49,7 @@ def features_cmd(dataset, root, backend, views, batch_size, workers, dtype, shar
         path = extract_features(
             dataset, root, overrides=overrides, cache_root=cache_root, backend=backend, views=views,
             batch_size=batch_size, workers=workers, dtype=dtype, shard=shard, strict=strict, limit=limit,
-            device=device, progress=not no_progress,
+            device=device, progress=not no_progress, retry_failed=retry_failed,
         )
     except ExtractionError as e:
         click.echo(f"error: {e}", err=True)
