@@ -205,14 +205,18 @@ class Backbone(nn.Module):
     def _recompute(self):
         # Activation checkpointing re-runs each block's forward during backward; with momentum 0 the
         # BatchNorm running statistics are not updated a second time.
-        saved = [m.momentum for m in self._bns]
+        # num_batches_tracked is put back too, so the state equals an un-checkpointed step exactly.
+        saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+                 for m in self._bns]
         for m in self._bns:
             m.momentum = 0.0
         try:
             yield
         finally:
-            for m, s in zip(self._bns, saved):
-                m.momentum = s
+            for m, (mom, n) in zip(self._bns, saved):
+                m.momentum = mom
+                if n is not None:
+                    m.num_batches_tracked.copy_(n)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         from .backbone.i3d import check_input_shape
