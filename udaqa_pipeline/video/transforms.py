@@ -58,9 +58,14 @@ def _resize_chunks(frames: np.ndarray, size: tuple[int, int], box: tuple[int, in
     top, left, ch, cw = box
     out = torch.empty((frames.shape[0], 3, ch, cw), dtype=torch.float32)
     for start in range(0, frames.shape[0], CHUNK):
-        chunk = torch.from_numpy(np.ascontiguousarray(frames[start : start + CHUNK])).permute(0, 3, 1, 2).float()
-        if tuple(chunk.shape[2:]) != size:
-            chunk = F.interpolate(chunk, size=size, mode="bilinear", align_corners=False, antialias=True)
+        part = frames[start : start + CHUNK]
+        if tuple(part.shape[1:3]) == size:
+            # No resampling: crop while still uint8 so only the kept pixels are converted to float.
+            part = part[:, top : top + ch, left : left + cw]
+            out[start : start + CHUNK] = torch.from_numpy(np.ascontiguousarray(part)).permute(0, 3, 1, 2)
+            continue
+        chunk = torch.from_numpy(np.ascontiguousarray(part)).permute(0, 3, 1, 2).float()
+        chunk = F.interpolate(chunk, size=size, mode="bilinear", align_corners=False, antialias=True)
         out[start : start + CHUNK] = chunk[:, :, top : top + ch, left : left + cw]
     return out
 
