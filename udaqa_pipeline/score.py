@@ -347,5 +347,5 @@ def format_row(row: dict) -> str:
              f"  judges (T={row['judges']}, draw 1 of {s}): " + " ".join(f"{j:.2f}" for j in row["judge_scores"]),
              f"  final score ({row['rule']}{d}): {row['final_score']:.2f}"
              + (f" +- {row['final_std']:.2f} over {s} draws" if s > 1 else ""),
-             f"  uncertainty (predicted log-variance u): {row['uncertainty']:.3f}"]
+             f"  uncertainty (predicted log-uncertainty u): {row['uncertainty']:.3f}"]
     return "\n".join(lines)
