@@ -116,7 +116,7 @@ def estimate_epoch_seconds(step_s: float, infer_s: float, decode_s: float, *, n_
                            batch_size: int, workers: int, curriculum: bool) -> float:
     """Seconds for one full-data epoch: training steps + the selection pass (+ the curriculum's
     uncertainty pass over the fit rows) + decoding not hidden by ``workers`` processes."""
-    steps = math.ceil(n_fit / max(batch_size, 1))
+    steps = n_fit / max(batch_size, 1)  # per video: a last short batch costs its share only
     n_infer = n_select + (n_fit if curriculum else 0)
     decode = decode_s * (n_fit + n_infer) / max(workers, 1)
     compute = steps * step_s + n_infer * infer_s
