@@ -2,7 +2,8 @@
 
 - Fine-tuning step (batch 4): the real :class:`udaqa_pipeline.finetune.FrameSource` on generated
   synthetic dives (JPEG frame folders in the MTL-AQA layout): decode + augmentation (shift, flip,
-  random crop) + I3D forward with activation checkpointing (bf16 autocast on CUDA) + UD-AQA heads
+  random crop) + I3D forward (activation checkpointing and bf16 autocast: the "auto" settings, on
+  for CUDA, off on CPU) + UD-AQA heads
   + loss + backward, with the backbone's in-backward Adam and the heads' Adam step. Decoding runs in
   the main process (workers=0) so the figure is the whole step's cost on one process.
 - Cached-heads step (batch 4): the same heads, loss, backward and Adam step on in-memory features

@@ -29,10 +29,11 @@ Design choices:
   B x K clips of a step, as the published AQA code does).
 - ``finetune.freeze_backbone``: no gradient, I3D in eval mode (a frozen-feature baseline that still
   sees augmented frames). The weights never change.
-- **Memory**: bf16 autocast on CUDA (``finetune.amp = "auto"``; "on"/"off" force it) and activation
-  checkpointing of every I3D block (``finetune.checkpointing``), so batch 4 x 10 clips x 16 x 224 px
-  fits one GPU. During recomputation BatchNorm momentum is set to 0 so running statistics are
-  updated once per step, not twice.
+- **Memory**: bf16 autocast (``finetune.amp``) and activation checkpointing of every I3D block
+  (``finetune.checkpointing``), both ``"auto"`` = on for CUDA, off on CPU (where memory is not the
+  limit and recomputation would cost a third more); "on"/"off" force them. Batch 4 x 10 clips x 16
+  x 224 px then keeps only the 16 block inputs per clip. During recomputation BatchNorm momentum
+  is set to 0 (and its counter restored) so running statistics are updated once per step.
 - **Decoding** runs in ``workers`` persistent DataLoader worker processes (default: min(8, CPUs)
   on CUDA, 0 on CPU); inference passes overlap decoding with the I3D forward.
 - **Config**: the stage TOML plus a ``[finetune]`` section (:data:`FINETUNE_DEFAULTS`) is written to
@@ -68,7 +69,7 @@ from .config import ConfigError, load_stage, runs_root
 
 #: Defaults of the ``[finetune]`` section (see the module docstring).
 FINETUNE_DEFAULTS: dict[str, Any] = {
-    "lr_scale": 0.1, "freeze_backbone": False, "freeze_bn": False, "amp": "auto", "checkpointing": True,
+    "lr_scale": 0.1, "freeze_backbone": False, "freeze_bn": False, "amp": "auto", "checkpointing": "auto",
     "max_shift": 3, "flip": True, "random_crop": True,
 }
 
@@ -123,10 +124,11 @@ def estimate_epoch_seconds(step_s: float, infer_s: float, decode_s: float, *, n_
     return compute + (decode if workers == 0 else max(0.0, decode - compute))
 
 
-def _amp_on(setting: Any, device: torch.device) -> bool:
+def _auto_flag(setting: Any, device: torch.device, key: str) -> bool:
+    """``auto`` (on for CUDA, off on CPU), on/true or off/false."""
     s = str(setting).lower()
     if s not in ("auto", "on", "off", "true", "false"):
-        raise ConfigError(f"finetune.amp must be auto, on or off, not {setting!r}")
+        raise ConfigError(f"finetune.{key} must be auto, on or off, not {setting!r}")
     return device.type == "cuda" if s == "auto" else s in ("on", "true")
 
 
@@ -466,7 +468,8 @@ def build_backbone(cfg: dict, device: torch.device, i3d: nn.Module | None = None
     i3d.to(device)
     return Backbone(i3d, lr=float(t["lr"]) * float(f["lr_scale"]), weight_decay=float(t["weight_decay"]),
                     freeze=bool(f["freeze_backbone"]), freeze_bn=bool(f["freeze_bn"]),
-                    checkpointing=bool(f["checkpointing"]), amp=_amp_on(f["amp"], device))
+                    checkpointing=_auto_flag(f["checkpointing"], device, "checkpointing"),
+                    amp=_auto_flag(f["amp"], device, "amp"))
 
 
 def time_step(backbone: Backbone, cfg: dict, batch_size: int, *, n_videos: int | None = None,
