@@ -45,7 +45,7 @@ from ``(seed, vv)``, so the same seed gives byte-identical frames and pickles wh
 worker processes, and dive (vv, dd) is the same dive in a larger set of the same seed (as long as
 ``dives_per_video`` is unchanged).
 
-Run ``python -m udaqa_pipeline.synth OUT --n 72 --seed 0``.
+Run ``python -m udaqa_pipeline.synth OUT --n 60 --seed 0``.
 """
 
 from __future__ import annotations
@@ -894,7 +894,7 @@ def render_dive(spec: DiveSpec, event: Event, n_frames: int, size: tuple[int, in
 class SynthConfig:
     """Size and look of a generated set. ``n_dives`` split into videos of ``dives_per_video``."""
 
-    n_dives: int = 72
+    n_dives: int = 60
     seed: int = 0
     n_frames: int = 103
     width: int = 320

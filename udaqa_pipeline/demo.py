@@ -1,0 +1,261 @@
+"""``make demo``: the whole pipeline on the built-in synthetic diving set, on a CPU, in minutes.
+
+``python -m udaqa_pipeline.demo [--n N] [--seed S] [--epochs E] [--fresh]``
+
+1. Dataset: :mod:`udaqa_pipeline.synth` writes ``N`` dives in the MTL-AQA layout under
+   ``<cache root>/demo-data`` (reused when a complete set of the same size, seed and generator
+   version is there).
+2. Stage one: :func:`udaqa_pipeline.cache.extract.extract_features` with ``stages/demo.toml`` (the
+   MTL-AQA frame/clip/preprocess settings, the ``mtl`` adapter, the real Kinetics I3D); reused when
+   the cache for these settings is complete, and the output says so.
+3. Stage two: :func:`udaqa_pipeline.train.train` with the demo's short schedule (``[train]`` of
+   ``stages/demo.toml``) into ``<runs root>/demo/fold0``; a finished run of the same cache and config
+   is reused (the trainer resumes to its last epoch and has nothing left to do), a run left by
+   another cache or config is replaced.
+4. :func:`udaqa_pipeline.evaluate.evaluate` on the test split, then the printout: Spearman and
+   R-l2 x100 of the model, R-l2 x100 of the trivial baseline (predict the mean final score of the
+   training split), the execution-only Spearman (predicted vs real middle-3 sums, i.e. with the
+   known difficulty factored out, so the number cannot come from DD alone), one test dive's sampled
+   panel beside its real panel with the predicted uncertainty, and the paths of plots and
+   predictions.
+
+The default size (``DEFAULT_DIVES``) is set by the 10-minute budget of a fresh ``make demo`` on 2
+CPU cores, venv and weights included: stage one costs about 10 I3D clips per dive.
+Exit status: 0 when every stage ran (the success criterion is printed, not enforced), 1 when a stage
+failed (its error is printed with the stage's name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import cache_root as _cache_root, runs_root as _runs_root
+
+STAGE = "demo"
+DEFAULT_DIVES = 60
+DEFAULT_SEED = 0
+DATA_DIR = "demo-data"
+
+
+class StageFailed(RuntimeError):
+    def __init__(self, stage: str, exc: BaseException) -> None:
+        super().__init__(f"{stage} failed: {type(exc).__name__}: {exc}")
+        self.stage = stage
+
+
+def _say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def _stage(name: str, fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a failed stage of the demo is reported, not re-raised
+        raise StageFailed(name, exc) from exc
+
+
+def trivial_baseline(train_finals: np.ndarray, test_finals: np.ndarray) -> float:
+    """R-l2 x100 of predicting the training mean for every test dive (R-l2 with the test range)."""
+    from .metrics import relative_l2
+
+    pred = np.full(len(test_finals), float(np.mean(train_finals)))
+    return relative_l2(np.asarray(test_finals, float), pred)
+
+
+def execution_spearman(true_final: np.ndarray, pred_final: np.ndarray, difficulty: np.ndarray) -> float:
+    """Spearman of predicted vs real execution (final / DD = the middle-3 sum under the MTL rule)."""
+    from .metrics import spearman
+
+    d = np.asarray(difficulty, float)
+    return spearman(np.asarray(true_final, float) / d, np.asarray(pred_final, float) / d)
+
+
+def pick_dive(uncertainty: np.ndarray) -> int:
+    """The test dive to show: the one with the median predicted uncertainty (neither the model's
+    most confident nor its least: a typical case)."""
+    order = np.argsort(np.asarray(uncertainty, float), kind="stable")
+    return int(order[len(order) // 2])
+
+
+def _fmt_panel(p: list[float] | np.ndarray) -> str:
+    return " ".join(f"{x:4.1f}" for x in p)
+
+
+def _train_stage(cache_dir: Path, run_dir: Path, overrides: list[str], progress: bool) -> tuple[Path, bool]:
+    """Train (or reuse) the demo run; returns (run_dir, reused)."""
+    from .train import CHECKPOINT, CheckpointError, load_checkpoint, resolve_config, train
+
+    ckpt = run_dir / CHECKPOINT
+    epochs = int(resolve_config(STAGE, overrides)["train"]["epochs"])
+    before = None
+    if ckpt.exists():
+        try:
+            before = int(load_checkpoint(ckpt)["epoch"]) + 1
+        except Exception:  # noqa: BLE001 - an unreadable old checkpoint is replaced below
+            before = None
+    try:
+        train(STAGE, cache=cache_dir, run_dir=run_dir, overrides=overrides, progress=progress)
+    except CheckpointError as exc:
+        _say(f"stage two: the previous demo run in {run_dir} cannot be resumed ({exc}); starting a fresh one")
+        shutil.rmtree(run_dir)
+        before = None
+        train(STAGE, cache=cache_dir, run_dir=run_dir, overrides=overrides, progress=progress)
+    return run_dir, before is not None and before >= epochs
+
+
+def run_demo(*, n_dives: int = DEFAULT_DIVES, seed: int = DEFAULT_SEED, epochs: int | None = None,
+             fresh: bool = False, cache_root: str | Path | None = None, runs_root: str | Path | None = None,
+             progress: bool = True, samples: int = 10, overrides: tuple[str, ...] = (),
+             synth_config: Any = None) -> dict[str, Any]:
+    """Run the demo; returns a dict of what it printed (paths, metrics, timings, reuse flags).
+
+    ``overrides`` (``section.key=value``) go to both stages; ``synth_config`` (a
+    :class:`~udaqa_pipeline.synth.SynthConfig`) replaces the default set of ``n_dives``/``seed``
+    (the end-to-end test uses a short one). Raises :class:`StageFailed` naming the stage when one
+    fails.
+    """
+    from . import synth
+
+    t_all = time.perf_counter()
+    croot = _cache_root(cache_root).resolve()
+    rroot = _runs_root(runs_root).resolve()
+    data_dir = croot / DATA_DIR
+    run_dir = rroot / STAGE / "fold0"
+    ov = list(overrides) + ([f"train.epochs={int(epochs)}"] if epochs is not None else [])
+    timings: dict[str, float] = {}
+    res: dict[str, Any] = {"data": str(data_dir), "run": str(run_dir), "timings": timings}
+
+    # 1. dataset -------------------------------------------------------------------------------
+    t = time.perf_counter()
+    scfg = synth_config or synth.SynthConfig(n_dives=n_dives, seed=seed)
+    gen = _stage("dataset generation", synth.generate, data_dir, scfg, reuse=not fresh)
+    timings["dataset"] = time.perf_counter() - t
+    res["data_reused"] = bool(gen["reused"])
+    how = "reusing the existing set" if gen["reused"] else f"generated in {timings['dataset']:.1f} s"
+    _say(f"[1/4] dataset: {gen['n_dives']} synthetic dives ({gen['n_train']} train / {gen['n_test']} test) "
+         f"in the MTL-AQA layout at {data_dir} - {how}")
+
+    # 2. stage one -------------------------------------------------------------------------------
+    from .cache import open_cache
+    from .cache.extract import extract_features
+
+    t = time.perf_counter()
+    st: dict[str, Any] = {}
+    cache_dir = Path(_stage("stage one (features)", extract_features, STAGE, data_dir, overrides=ov,
+                            cache_root=croot, progress=progress, stats=st, strict=True))
+    timings["stage_one"] = time.perf_counter() - t
+    res["cache"] = str(cache_dir)
+    res["cache_reused"] = bool(st.get("reused"))
+    if res["cache_reused"]:
+        _say(f"[2/4] stage one: reusing the feature cache {cache_dir} (complete for these settings; "
+             f"nothing extracted)")
+    else:
+        per = timings["stage_one"] / max(gen["n_dives"], 1)
+        _say(f"[2/4] stage one: frozen I3D features of {gen['n_dives']} dives in {timings['stage_one']:.0f} s "
+             f"({per:.1f} s per dive) -> {cache_dir}")
+    cache = open_cache(cache_dir)
+
+    # 3. stage two -------------------------------------------------------------------------------
+    t = time.perf_counter()
+    _, train_reused = _stage("stage two (training)", _train_stage, cache_dir, run_dir, ov, progress)
+    timings["stage_two"] = time.perf_counter() - t
+    res["run_reused"] = train_reused
+    if train_reused:
+        _say(f"[3/4] stage two: reusing the finished run {run_dir} (same cache and config)")
+    else:
+        _say(f"[3/4] stage two: trained in {timings['stage_two']:.0f} s -> {run_dir}")
+
+    # 4. evaluation ------------------------------------------------------------------------------
+    from .evaluate import evaluate
+
+    t = time.perf_counter()
+    m = _stage("evaluation", evaluate, run_dir, cache=cache_dir, samples=samples)
+    timings["evaluate"] = time.perf_counter() - t
+    import pyarrow.parquet as pq
+
+    pred_path = run_dir / "eval" / "predictions.parquet"
+    pred = pq.read_table(pred_path).to_pylist()
+    tab = cache.samples.to_pylist()
+    by_id = {r["id"]: r for r in tab}
+    test_ids = [p["id"] for p in pred]
+    train_finals = np.array([r["final_score"] for r in tab if r["fold"] != 0 and r["status"] == "ok"])
+    y = np.array([p["true_final"] for p in pred])
+    yhat = np.array([p["pred_final"] for p in pred])
+    dd = np.array([by_id[i]["difficulty"] for i in test_ids])
+    base = trivial_baseline(train_finals, y)
+    rho, rl2 = float(m["overall"]["spearman"]), float(m["overall"]["rl2x100"])
+    exe = execution_spearman(y, yhat, dd)
+    res.update(spearman=rho, rl2x100=rl2, baseline_rl2x100=base, execution_spearman=exe,
+               n_test=len(pred), protocol=m["protocol"], metrics=m)
+    ok = rho > 0.5 and rl2 < base
+    res["criterion_met"] = ok
+
+    k = pick_dive(np.array([p["uncertainty"] for p in pred]))
+    d = pred[k]
+    res["dive"] = d
+    _say(f"[4/4] evaluation on the {len(pred)} test dives ({m['protocol']} protocol: epoch chosen on a "
+         f"validation split of the training dives)")
+    _say("")
+    _say(f"  Spearman                      {rho:7.4f}")
+    _say(f"  R-l2 x100                     {rl2:7.4f}")
+    _say(f"  R-l2 x100, trivial baseline   {base:7.4f}   (predict the training mean, {train_finals.mean():.2f})")
+    _say(f"  Spearman of execution only    {exe:7.4f}   (final / DD: what the model adds to the known DD)")
+    if "panel" in m:
+        for tname, pm in m["panel"].items():
+            _say(f"  panel {tname}: CRPS {pm['crps']:.3f}, coverage {pm['coverage']:.2f}, "
+                 f"rho(uncertainty, real judge spread) {pm['uncertainty_vs_spread_rho']:.3f}")
+    _say(f"  success criterion (Spearman > 0.5 and R-l2 below the baseline): {'met' if ok else 'NOT met'}")
+    _say("")
+    row = by_id[d["id"]]
+    _say(f"  test dive {d['id']} ({row['action']}, DD {row['difficulty']:.1f}):")
+    _say(f"    sampled panel  {_fmt_panel(d['pred_judges'])}   -> final {d['pred_final']:6.2f} "
+         f"+- {d['pred_final_std']:.2f} (sd over {samples} sampled panels)")
+    _say(f"    real panel     {_fmt_panel(d['real_judges'])}   -> final {d['true_final']:6.2f}")
+    _say(f"    uncertainty    {d['uncertainty']:.4f}")
+    _say("")
+    _say("  outputs:")
+    for p in m.get("plots", []):
+        _say(f"    plot         {p}")
+    _say(f"    predictions  {pred_path}")
+    _say(f"    metrics      {run_dir / 'eval' / 'metrics.json'}")
+    timings["total"] = time.perf_counter() - t_all
+    _say(f"  demo took {timings['total']:.0f} s (dataset {timings['dataset']:.0f}, stage one "
+         f"{timings['stage_one']:.0f}, stage two {timings['stage_two']:.0f}, evaluation {timings['evaluate']:.0f})")
+    (run_dir / "eval" / "demo.json").write_text(json.dumps(
+        {k_: v for k_, v in res.items() if k_ not in ("metrics", "dive")}, indent=1, default=float) + "\n")
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m udaqa_pipeline.demo", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=DEFAULT_DIVES, help=f"dives to generate (default {DEFAULT_DIVES})")
+    ap.add_argument("--seed", type=int, default=DEFAULT_SEED, help="generator seed")
+    ap.add_argument("--epochs", type=int, default=None, help="override train.epochs of stages/demo.toml")
+    ap.add_argument("--fresh", action="store_true", help="regenerate the dataset even if a matching one exists")
+    ap.add_argument("--cache-root", default=None, help="cache root (default <repo>/cache or $UDAQA_CACHE)")
+    ap.add_argument("--runs-root", default=None, help="runs root (default <repo>/runs or $UDAQA_RUNS)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument("-o", "--override", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="stage config override, e.g. train.lr=3e-4 (repeatable)")
+    a = ap.parse_args(argv)
+    try:
+        run_demo(n_dives=a.n, seed=a.seed, epochs=a.epochs, fresh=a.fresh, cache_root=a.cache_root,
+                 runs_root=a.runs_root, progress=not a.no_progress, overrides=tuple(a.override))
+    except StageFailed as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
