@@ -240,6 +240,18 @@ class Backbone(nn.Module):
         return x.float()
 
 
+def run_backbone_state(run: Any) -> dict | None:
+    """The fine-tuned backbone state of a loaded run that goes with ``run.model``, or None.
+
+    ``load_run`` gives the best epoch's backbone, but falls back to the last epoch's heads when no
+    epoch was ever selected (e.g. a NaN selection score); the backbone follows the heads here."""
+    if run.source_state is not None:
+        return run.source_state
+    if run.checkpoint.get("best", {}).get("model") is None:
+        return run.checkpoint.get("source")
+    return None
+
+
 def i3d_state(source_state: dict) -> dict:
     """The plain I3D state dict inside a :class:`Backbone` state dict (drops Adam buffers)."""
     out = {k[len("i3d."):]: v for k, v in source_state.items() if k.startswith("i3d.")}
@@ -630,14 +642,15 @@ def evaluate_finetuned(run_dir: str | Path, root: str | Path | None = None, *, j
 
     run_dir = Path(run_dir)
     run = load_run(run_dir)
-    if run.source_state is None:
+    state = run_backbone_state(run)
+    if state is None:
         raise FinetuneError(f"{run_dir} has no fine-tuned backbone; evaluate it with `udaqa-pipeline evaluate`")
     cfg = run.config
     stage = str(run.checkpoint.get("dataset") or cfg["dataset"].get("name", ""))
     samples_, root_p = _load_samples(cfg, stage, root, None)
     dev = torch.device(device) if device is not None else default_device()
     i3d = I3D()
-    i3d.load_state_dict(i3d_state(run.source_state))
+    i3d.load_state_dict(i3d_state(state))
     data = FrameData(stage, cfg, samples_, root_p, "eval")
     data.manifest["config_hash"] = run.cache_hash  # labels come from these samples, features from `src`
     if workers is None:

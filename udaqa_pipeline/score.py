@@ -128,14 +128,17 @@ def load_scorer(run_dir: str | Path, *, device: str | None = None, cache_root: A
                               f"{dataset!r}; pass the run of that dataset")
     cfg, _, rules = stage_config(run, cache_root)
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    finetuned = run.source_state is not None
+    from .finetune import run_backbone_state
+
+    state = run_backbone_state(run)
+    finetuned = state is not None
     if finetuned:
         from .backbone.i3d import I3D
         from .finetune import i3d_state
 
         i3d = I3D()
         try:
-            i3d.load_state_dict(i3d_state(run.source_state))
+            i3d.load_state_dict(i3d_state(state))
         except RuntimeError as e:
             raise CheckpointError(f"{run_dir}: the fine-tuned backbone does not fit this version's I3D ({e}); "
                                   f"retrain the run") from e

@@ -27,6 +27,7 @@ def register(main: click.Group) -> None:
     """Add this module's commands to ``main``."""
     main.add_command(score_cmd)
     main.add_command(finetune_cmd)
+    main.add_command(evaluate_finetuned_cmd)
 
 
 @click.command("score")
@@ -90,3 +91,21 @@ def finetune_cmd(dataset, root, fold, cv, run_dir, protocol, overrides, resume, 
                        resume=resume, progress=progress, force=force, workers=workers, device=device,
                        max_epoch_minutes=max_epoch_minutes, limit=limit)
     click.echo(str(out))
+
+
+@click.command("evaluate-finetuned")
+@click.argument("run_dir", type=click.Path())
+@click.option("--root", type=click.Path(), default=None, help="dataset folder (default: the stage's dataset.root)")
+@click.option("--judges", type=int, default=None, help="judges T per sampled panel (default: the rule's)")
+@click.option("--samples", type=int, default=10, show_default=True, help="panels S drawn per sample")
+@click.option("--device", default=None)
+@click.option("--workers", type=int, default=None)
+@click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON")
+def evaluate_finetuned_cmd(run_dir, root, judges, samples, device, workers, as_json):
+    """Evaluate a fine-tuned run on its test fold, features from its own backbone (writes <run>/eval/)."""
+    from ..evaluate import format_metrics
+    from ..finetune import evaluate_finetuned
+
+    with _clear_errors():
+        m = evaluate_finetuned(run_dir, root, judges=judges, samples=samples, device=device, workers=workers)
+    click.echo(json.dumps(m, indent=1, default=float) if as_json else format_metrics(m))
