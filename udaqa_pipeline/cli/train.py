@@ -16,11 +16,12 @@ def _clean_errors(fn):
     def wrapper(*args, **kwargs):
         from ..cache import CacheError
         from ..config import ConfigError
+        from ..finetune import FinetuneError
         from ..train import CheckpointError
 
         try:
             return fn(*args, **kwargs)
-        except (CacheError, ConfigError, CheckpointError) as e:
+        except (CacheError, ConfigError, CheckpointError, FinetuneError) as e:
             raise click.ClickException(str(e)) from e
 
     return wrapper
@@ -51,10 +52,22 @@ _SET = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VA
 @click.option("--resume/--no-resume", default=True, show_default=True)
 @click.option("--progress/--no-progress", default=True)
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
+@click.option("--finetune-backbone", is_flag=True,
+              help="unfreeze I3D: train from the dataset's frames, not the cache (udaqa_pipeline.finetune)")
+@click.option("--root", type=click.Path(), default=None, help="dataset folder (--finetune-backbone)")
+@click.option("--force", is_flag=True, help="--finetune-backbone even where an epoch is estimated too long")
 @_clean_errors
-def train_cmd(dataset, fold, cv, cache, cache_root, run_dir, protocol, overrides, resume, progress, device):
-    """Train UD-AQA on DATASET's feature cache (no I3D forward)."""
+def train_cmd(dataset, fold, cv, cache, cache_root, run_dir, protocol, overrides, resume, progress, device,
+              finetune_backbone, root, force):
+    """Train UD-AQA on DATASET's feature cache (no I3D forward), or end to end with --finetune-backbone."""
     from ..train import train
+
+    if finetune_backbone:
+        from ..finetune import finetune
+
+        click.echo(str(finetune(dataset, root, fold=fold, cv=cv, run_dir=run_dir, overrides=overrides,
+                                protocol=protocol, resume=resume, progress=progress, force=force, device=device)))
+        return
 
     out = train(dataset, fold=fold, cv=cv, cache=cache, cache_root=cache_root, run_dir=run_dir,
                 overrides=overrides, protocol=protocol, resume=resume, progress=progress,
