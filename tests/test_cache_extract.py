@@ -246,3 +246,22 @@ def test_retry_failed_after_fixing_a_video(tmp_path):
     assert stats["processed"] == 1 and after.samples.column("status").to_pylist() == ["ok", "ok"]
     assert after.features[0].tobytes() == kept.tobytes()  # kept, not recomputed
     assert np.isfinite(after.features[1]).all()
+
+
+def test_failure_status_follows_the_error_kind_not_its_wording(tmp_path):
+    from udaqa_pipeline.cache.extract import STATUS_OF_KIND, failure_status
+    from udaqa_pipeline.video.clips import ShortVideoError
+    from udaqa_pipeline.video.decode import VIDEO_ERROR_KINDS, VideoError
+
+    assert set(STATUS_OF_KIND) == set(VIDEO_ERROR_KINDS)  # every kind has a status
+    p = tmp_path / "v.mkv"
+    # wording that used to decide the status now does not: the kind does
+    assert failure_status(VideoError(p, "no such file or folder", kind="corrupt")) == "corrupt"
+    assert failure_status(VideoError(p, "frame 9 requested but only 3 frames", kind="bad_request")) == "error"
+    assert failure_status(VideoError(p, "anything", kind="missing")) == "missing"
+    assert failure_status(VideoError(p, "anything", kind="too_short")) == "too_short"
+    assert failure_status(VideoError(p, "anything", kind="empty")) == "corrupt"
+    assert failure_status(VideoError(p, "anything", kind="unreadable")) == "error"
+    assert failure_status(ShortVideoError("x")) == "too_short"
+    assert failure_status(FileNotFoundError("x")) == "missing"
+    assert failure_status(RuntimeError("x")) == "error"

@@ -76,3 +76,17 @@ def test_video_file_uniform(tmp_path):
 def test_missing_source(tmp_path):
     with pytest.raises(VideoError, match="no such file"):
         sample_frames(_sample(tmp_path / "gone"), _cfg(10, "first"))
+
+
+def test_error_kinds(tmp_path):
+    """frames.py sets VideoError.kind where it wraps ShortVideoError and window errors."""
+    _folder(tmp_path / "k", 12)
+    cases = [(_sample(tmp_path / "gone"), _cfg(4, "first"), "missing"),
+             (_sample(tmp_path / "k"), _cfg(20, "first", "error"), "too_short"),  # wrapped ShortVideoError
+             (_sample(tmp_path / "k", frame_end=13), _cfg(4, "auto"), "too_short"),  # span ends past the source
+             (_sample(tmp_path / "k", frame_start=6, frame_end=6), _cfg(4, "auto"), "bad_request"),  # empty span
+             (_sample(tmp_path / "k"), _cfg(4, "sideways"), "bad_request")]  # unknown window mode
+    for sample, cfg, kind in cases:
+        with pytest.raises(VideoError) as e:
+            sample_frames(sample, cfg)
+        assert e.value.kind == kind, (sample, cfg, str(e.value))

@@ -141,3 +141,46 @@ def test_lossy_containers(tmp_path, name, codec, pix_fmt):
     assert out.shape == frames.shape and count_frames(path) == 12
     assert np.abs(out.astype(int) - frames).mean() < 32  # unrelated frames differ by ~85
     np.testing.assert_array_equal(read_frames(path, indices=[11, 3]), out[[11, 3]])
+
+
+def test_error_kinds_are_machine_readable(tmp_path, mkv):
+    """Every failure carries a ``kind`` from VIDEO_ERROR_KINDS; code reads it, never the wording."""
+    from udaqa_pipeline.video.decode import VIDEO_ERROR_KINDS
+
+    def kind_of(fn, *a, **kw):
+        with pytest.raises(VideoError) as e:
+            fn(*a, **kw)
+        assert e.value.kind in VIDEO_ERROR_KINDS
+        return e.value.kind
+
+    src, _ = mkv
+    assert kind_of(read_frames, tmp_path / "nope.mp4") == "missing"
+    assert kind_of(count_frames, tmp_path / "nope") == "missing"
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    assert kind_of(count_frames, empty) == "empty"
+    d = tmp_path / "nofr"
+    d.mkdir()
+    assert kind_of(read_frames, d) == "empty"
+    junk = tmp_path / "junk.avi"
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    assert kind_of(read_frames, junk) in ("corrupt", "empty")  # FFmpeg may open junk and find no frames
+    assert kind_of(read_frames, src, indices=[0, 20]) == "too_short"  # 20 frames decoded
+    assert kind_of(read_frames, src, indices=[-1]) == "bad_request"
+    bad = tmp_path / "badfr"
+    bad.mkdir()
+    (bad / "0001.jpg").write_bytes(b"not a jpeg")
+    assert kind_of(read_frames, bad) == "corrupt"
+    sizes = tmp_path / "sizes"
+    sizes.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(sizes / "0.png")
+    Image.fromarray(np.zeros((8, 9, 3), np.uint8)).save(sizes / "1.png")
+    assert kind_of(read_frames, sizes) == "corrupt"
+    idx_folder = tmp_path / "fr"
+    idx_folder.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(idx_folder / "0.png")
+    assert kind_of(read_frames, idx_folder, indices=[1]) == "too_short"
+    # the default kind is the generic one, and an unknown kind is a programming error
+    assert VideoError(src, "x").kind == "corrupt"
+    with pytest.raises(ValueError, match="unknown VideoError kind"):
+        VideoError(src, "x", kind="broken")

@@ -29,8 +29,8 @@ Design choices:
   extra decoding. **Cost: V times the I3D work** (decoding is shared), V times the feature bytes.
   Stage two draws one view per sample per epoch to recover the augmentation a frozen cache loses.
 - Failure isolation: a missing, corrupt or too-short video (or any other error while reading one
-  sample) is staged with ``status`` = ``missing`` / ``corrupt`` / ``too_short`` / ``error`` and
-  the message; the run goes on and prints a summary. :class:`ExtractionError` is raised only with
+  sample) is staged with ``status`` = ``missing`` / ``corrupt`` / ``too_short`` / ``error`` (from
+  ``VideoError.kind``, see :data:`STATUS_OF_KIND`) and the message; the run goes on and prints a summary. :class:`ExtractionError` is raised only with
   ``strict=True`` (any failure) or when no sample succeeded.
 - Nothing lost: see :mod:`.merge` (atomic staged samples, merge by rename) and :mod:`.lock`.
 """
@@ -135,8 +135,16 @@ def _video_size(cfg: Mapping[str, Any]) -> tuple[int, int]:
     return int(h), int(w)
 
 
+#: Sample status of each :data:`~udaqa_pipeline.video.decode.VIDEO_ERROR_KINDS` value: a file that is
+#: there but cannot be decoded (empty or damaged) is ``corrupt``; an OS refusal or a request no file
+#: could meet is not the video's fault, so it is a plain ``error``.
+STATUS_OF_KIND: dict[str, str] = {"missing": "missing", "too_short": "too_short", "empty": "corrupt",
+                                  "corrupt": "corrupt", "unreadable": "error", "bad_request": "error"}
+
+
 def failure_status(exc: BaseException) -> str:
-    """Map an exception raised while reading a sample to its ``status`` in the sample table."""
+    """Map an exception raised while reading a sample to its ``status`` in the sample table
+    (a :class:`~udaqa_pipeline.video.decode.VideoError` by its ``kind``, see :data:`STATUS_OF_KIND`)."""
     from ..video.clips import ShortVideoError
     from ..video.decode import VideoError
 
@@ -145,14 +153,7 @@ def failure_status(exc: BaseException) -> str:
     if isinstance(exc, FileNotFoundError):
         return "missing"
     if isinstance(exc, VideoError):
-        reason = str(getattr(exc, "reason", exc)).lower()
-        if "no such file" in reason or "not found" in reason or "does not exist" in reason:
-            return "missing"
-        # datasets.frames wraps ShortVideoError as "too short: ..."; decode says "frame 102 requested but
-        # only 40 frames ..." when an annotation's range runs past the end of the video.
-        if "too short" in reason or ("requested but only" in reason and "frames" in reason):
-            return "too_short"
-        return "corrupt"
+        return STATUS_OF_KIND.get(getattr(exc, "kind", "corrupt"), "corrupt")
     return "error"
 
 

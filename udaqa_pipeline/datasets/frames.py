@@ -8,6 +8,10 @@
   CoRe MTL-AQA layout) and ``"first"`` otherwise (MUSDL trimmed folders). Default ``"first"``.
 - ``short_policy``: ``"pad_last"`` (default) or ``"error"``.
 
+Every failure raises :class:`~udaqa_pipeline.video.decode.VideoError` with its ``kind``: a span
+shorter than the window under ``"error"`` or ending past the source is ``too_short``, any other
+window problem (empty span, bad settings) ``bad_request``; decoding failures keep decode's kind.
+
 The window is taken inside the sample's span ``[frame_start, frame_end)`` (whole source when
 ``None``). Only the window's frames are decoded: a frame folder opens just those images, a video
 file decodes up to the last one. For a video file the length comes from a packet count (no
@@ -50,10 +54,15 @@ def _window(sample: Sample, n_source: int, cfg: dict):
             start=sample.frame_start, short_policy=fcfg.get("short_policy", "pad_last"),
         )
     except ShortVideoError as exc:
-        raise VideoError(sample.source, f"too short: {exc}", "set frames.short_policy=pad_last to pad it") from exc
+        raise VideoError(sample.source, f"too short: {exc}", "set frames.short_policy=pad_last to pad it",
+                         kind="too_short") from exc
     except ValueError as exc:
+        # A span ending past the source is a source shorter than its annotation (too_short); any other
+        # ValueError (empty span, bad window settings) no file could satisfy (bad_request).
+        past_end = sample.frame_end is not None and int(sample.frame_end) > n_source
         raise VideoError(sample.source, f"sample {sample.id}: {exc}",
-                         "check the annotation's frame range against the frames on disk") from exc
+                         "check the annotation's frame range against the frames on disk",
+                         kind="too_short" if past_end else "bad_request") from exc
 
 
 def sample_frames(sample: Sample, cfg: dict) -> SampledFrames:
@@ -70,7 +79,8 @@ def sample_frames(sample: Sample, cfg: dict) -> SampledFrames:
         try:
             frames = src.read(win.indices)
         except VideoError as exc:
-            if "could be decoded" not in exc.reason:
+            # too_short / empty here mean the decoder gave fewer frames than the packets promised
+            if exc.kind not in ("too_short", "empty"):
                 raise
             n = src.n_frames()  # container count was off: count by decoding and retry once
             win = _window(sample, n, cfg)

@@ -20,6 +20,7 @@ Design choices:
   :class:`VideoError`, because a window that silently shrinks would misalign clips.
 - Every failure (missing, empty, corrupt, unreadable, not a video) raises :class:`VideoError`, which
   names the file, the reason and what to do; PyAV / Pillow exceptions are wrapped, never leaked.
+  Its ``kind`` (:data:`VIDEO_ERROR_KINDS`) says the same for code, so callers never parse messages.
 """
 
 from __future__ import annotations
@@ -36,12 +37,32 @@ import numpy as np
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
 
-class VideoError(Exception):
-    """A video or frame folder that cannot be read; ``str()`` names the file, the reason and a fix."""
+#: ``VideoError.kind`` values: what went wrong, for code (the message is for people).
+VIDEO_ERROR_KINDS: dict[str, str] = {
+    "missing": "the file or folder does not exist",
+    "unreadable": "it exists but the OS refuses to read it (permissions, I/O error)",
+    "empty": "nothing to decode: a 0-byte file, no video stream, no decodable frame, a folder without images",
+    "corrupt": "damaged or not a video: FFmpeg cannot open or decode it, a frame image is unreadable or "
+               "differs in size from the others",
+    "too_short": "fewer frames than asked for: an index past the end, a span ending past the source, a span "
+                 "shorter than the window under frames.short_policy = \"error\"",
+    "bad_request": "no file could satisfy the request: a negative index, an empty annotation span, bad window "
+                   "settings",
+}
 
-    def __init__(self, path: str | os.PathLike, reason: str, fix: str = "") -> None:
+
+class VideoError(Exception):
+    """A video or frame folder that cannot be read; ``str()`` names the file, the reason and a fix.
+
+    ``kind`` is one of :data:`VIDEO_ERROR_KINDS` (machine-readable; stage one maps it to a sample's
+    status). It defaults to ``"corrupt"``, the generic "this cannot be decoded"."""
+
+    def __init__(self, path: str | os.PathLike, reason: str, fix: str = "", *, kind: str = "corrupt") -> None:
+        if kind not in VIDEO_ERROR_KINDS:
+            raise ValueError(f"unknown VideoError kind {kind!r}; use one of {', '.join(VIDEO_ERROR_KINDS)}")
         self.path = Path(path)
         self.reason = reason
+        self.kind = kind
         self.fix = fix or "check that the file is a complete video FFmpeg can play (try `ffprobe FILE`)"
         super().__init__(f"{self.path}: {self.reason}; {self.fix}")
 
@@ -61,7 +82,9 @@ def list_frame_files(folder: str | os.PathLike) -> list[Path]:
     try:
         mtime = folder.stat().st_mtime_ns
     except OSError as exc:
-        raise VideoError(folder, f"cannot read frame folder ({exc.strerror or exc})", "check the path and permissions") from exc
+        kind = "missing" if isinstance(exc, FileNotFoundError) else "unreadable"
+        raise VideoError(folder, f"cannot read frame folder ({exc.strerror or exc})", "check the path and permissions",
+                         kind=kind) from exc
     return list(_listing(str(folder), mtime))
 
 
@@ -74,7 +97,9 @@ def _listing(folder: str, mtime_ns: int) -> tuple[Path, ...]:
             if e.is_file() and not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
         ]
     except OSError as exc:
-        raise VideoError(folder, f"cannot list frame folder ({exc.strerror or exc})", "check permissions") from exc
+        kind = "missing" if isinstance(exc, FileNotFoundError) else "unreadable"
+        raise VideoError(folder, f"cannot list frame folder ({exc.strerror or exc})", "check permissions",
+                         kind=kind) from exc
     names.sort(key=natural_key)
     base = Path(folder)
     return tuple(base / n for n in names)
@@ -95,12 +120,14 @@ class VideoSource(Protocol):
 def _check_indices(path: Path, indices: Sequence[int], n: int | None = None) -> np.ndarray:
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     if idx.size and idx.min() < 0:
-        raise VideoError(path, f"negative frame index {int(idx.min())}", "pass 0-based frame indices")
+        raise VideoError(path, f"negative frame index {int(idx.min())}", "pass 0-based frame indices",
+                         kind="bad_request")
     if n is not None and idx.size and idx.max() >= n:
         raise VideoError(
             path,
             f"frame {int(idx.max())} requested but the source has only {n} frames",
             "check the annotation's frame range against the video, or use a shorter window",
+            kind="too_short",
         )
     return idx
 
@@ -116,6 +143,7 @@ class FrameFolder:
                 self.path,
                 "frame folder holds no images (" + "/".join(sorted(IMAGE_EXTENSIONS)) + ")",
                 "extract the frames into this folder or point --root at the right place",
+                kind="empty",
             )
 
     def n_frames(self) -> int:
@@ -133,13 +161,17 @@ class FrameFolder:
                 with Image.open(f) as im:
                     arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
             except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-                raise VideoError(f, f"cannot read frame image ({exc})", "replace or re-extract this frame") from exc
+                kind = "missing" if isinstance(exc, FileNotFoundError) else (
+                    "unreadable" if isinstance(exc, PermissionError) else "corrupt")
+                raise VideoError(f, f"cannot read frame image ({exc})", "replace or re-extract this frame",
+                                 kind=kind) from exc
             if shape is None:
                 shape = arr.shape
             elif arr.shape != shape:
                 raise VideoError(
                     f, f"frame size {arr.shape[1]}x{arr.shape[0]} differs from {shape[1]}x{shape[0]}",
                     "re-extract the folder so every frame has the same size",
+                    kind="corrupt",
                 )
             cache[i] = arr
         if not idx.size:
@@ -156,9 +188,10 @@ class VideoFile:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         if not self.path.exists():
-            raise VideoError(self.path, "no such file or folder", "check the path (and --root / the stage TOML)")
+            raise VideoError(self.path, "no such file or folder", "check the path (and --root / the stage TOML)",
+                              kind="missing")
         if self.path.stat().st_size == 0:
-            raise VideoError(self.path, "file is empty (0 bytes)", "re-download or re-export the video")
+            raise VideoError(self.path, "file is empty (0 bytes)", "re-download or re-export the video", kind="empty")
         self._container = self._open()
 
     def _open(self):
@@ -167,10 +200,13 @@ class VideoFile:
         try:
             container = av.open(str(self.path), mode="r")
         except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
-            raise VideoError(self.path, f"FFmpeg cannot open it ({_av_reason(exc)})") from exc
+            kind = ("missing" if isinstance(exc, FileNotFoundError) else
+                    "unreadable" if isinstance(exc, PermissionError) else "corrupt")
+            raise VideoError(self.path, f"FFmpeg cannot open it ({_av_reason(exc)})", kind=kind) from exc
         if not container.streams.video:
             container.close()
-            raise VideoError(self.path, "no video stream in the file", "pass a video file or a folder of frames")
+            raise VideoError(self.path, "no video stream in the file", "pass a video file or a folder of frames",
+                             kind="empty")
         return container
 
     def _stream(self):
@@ -190,7 +226,7 @@ class VideoFile:
             n += 1
         self._rewind()
         if n == 0:
-            raise VideoError(self.path, "no frames could be decoded", "re-export the video")
+            raise VideoError(self.path, "no frames could be decoded", "re-export the video", kind="empty")
         return n
 
     def n_frames_fast(self) -> int:
@@ -204,7 +240,7 @@ class VideoFile:
                 if pkt.size:
                     n += 1
         except av.FFmpegError as exc:
-            raise VideoError(self.path, f"corrupt data while demuxing ({_av_reason(exc)})") from exc
+            raise VideoError(self.path, f"corrupt data while demuxing ({_av_reason(exc)})", kind="corrupt") from exc
         finally:
             self._rewind()
         return n
@@ -216,7 +252,7 @@ class VideoFile:
             for frame in self._container.decode(self._stream()):
                 yield frame
         except av.FFmpegError as exc:
-            raise VideoError(self.path, f"corrupt data while decoding ({_av_reason(exc)})") from exc
+            raise VideoError(self.path, f"corrupt data while decoding ({_av_reason(exc)})", kind="corrupt") from exc
 
     def read(self, indices: Sequence[int]) -> np.ndarray:
         idx = _check_indices(self.path, indices)
@@ -234,13 +270,14 @@ class VideoFile:
                 break  # stop decoding as soon as the last needed frame is in
         self._rewind()
         if n == 0:
-            raise VideoError(self.path, "no frames could be decoded", "re-export the video")
+            raise VideoError(self.path, "no frames could be decoded", "re-export the video", kind="empty")
         if last >= n:
             raise VideoError(
                 self.path,
                 f"frame {last} requested but only {n} frames could be decoded",
                 "the video is shorter than the annotation/window expects, or truncated: check its frame range "
                 "or re-download it",
+                kind="too_short",
             )
         return np.stack([got[i] for i in idx.tolist()])
 
@@ -255,7 +292,7 @@ class VideoFile:
                 out.append(frame.to_ndarray(format="rgb24"))
         self._rewind()
         if n == 0 and stop != 0:
-            raise VideoError(self.path, "no frames could be decoded", "re-export the video")
+            raise VideoError(self.path, "no frames could be decoded", "re-export the video", kind="empty")
         if not out:
             return np.zeros((0, 0, 0, 3), np.uint8)
         return np.stack(out)
@@ -283,7 +320,8 @@ def open_video(source: str | os.PathLike) -> FrameFolder | VideoFile:
     if p.is_dir():
         return FrameFolder(p)
     if not p.exists():
-        raise VideoError(p, "no such file or folder", "check the path (and --root / the stage TOML)")
+        raise VideoError(p, "no such file or folder", "check the path (and --root / the stage TOML)",
+                              kind="missing")
     return VideoFile(p)
 
 
