@@ -210,3 +210,112 @@ def test_custom_feature_source_is_trained_and_checkpointed(toy, tmp_path):
     src2.module.load_state_dict(r.source_state)
     m = evaluate(run, cache=toy, source=src2, samples=2, make_plots=False)
     assert m["overall"]["n"] == 12
+
+
+def test_no_selected_epoch_falls_back_to_last_heads_and_source(toy, tmp_path):
+    """A one-sample validation split gives a NaN Spearman every epoch, so no epoch is selected:
+    load_run falls back to the last epoch's heads AND the last epoch's source state."""
+    from udaqa_pipeline.cache import open_cache
+
+    src = _AdaptedSource(open_cache(toy))
+    run = train("mtl", cache=toy, run_dir=tmp_path / "r", source=src, progress=False,
+                overrides=SMALL + ["train.epochs=2", "train.val_fraction=0.01"])
+    ck = load_checkpoint(run / CHECKPOINT)
+    assert ck["best"]["model"] is None and ck["best"]["source"] is None
+    r = load_run(run)
+    assert r.source_state is not None
+    for k, v in ck["source"].items():
+        assert torch.equal(r.source_state[k], v), k
+    for k, v in r.model.state_dict().items():
+        assert torch.equal(v, ck["model"][k]), k
+    assert not torch.equal(r.source_state["weight"], torch.eye(1024))  # the trained, not the initial, state
+
+
+def test_checkpoint_carries_feature_config_and_scoring_rules(tmp_path):
+    """What scoring needs without the cache: the manifest's frames/clips/preprocess/cache sections and
+    {rule: panel size}, in the checkpoint and in config.json."""
+    from udaqa_pipeline.cache import open_cache, write_cache
+    from udaqa_pipeline.model.toy import toy_arrays
+    from udaqa_pipeline.train import Labels, feature_config, scoring_rules
+
+    a = toy_arrays(n=24)
+    a["rows"][0].update(judge_scores=[], rule="sum")  # a single-label sample: identity over its final score
+    sections = {"frames": {"n_frames": 16, "mode": "first"}, "clips": {"n_clips": 10, "clip_len": 16},
+                "preprocess": {"resize": 256, "crop": 224}, "cache": {"video_size": [64, 64]}}
+    cache = write_cache(tmp_path / "c", features=a["features"], video=a["video"], samples=a["rows"],
+                        clip_starts=a["clip_starts"], views=a["views"], dataset="toy",
+                        config={**sections, "toy": {"n": 24}})
+    labels = Labels.from_table(open_cache(cache).samples)
+    assert scoring_rules(labels, range(24)) == {"mtl_middle3": 7, "identity": 1}
+    assert list(scoring_rules(labels, range(24))) == ["mtl_middle3", "identity"]  # most common first
+    assert feature_config(open_cache(cache)) == sections
+    run = train("mtl", cache=cache, run_dir=tmp_path / "r", progress=False, overrides=SMALL + ["train.epochs=1"])
+    ck = load_checkpoint(run / CHECKPOINT)
+    assert ck["feature_config"] == sections
+    assert ck["scoring_rules"] == {"mtl_middle3": 7, "identity": 1}
+    conf = json.loads((run / "config.json").read_text())
+    assert conf["feature_config"] == sections and conf["scoring_rules"] == {"mtl_middle3": 7, "identity": 1}
+    assert load_run(run).checkpoint["scoring_rules"] == ck["scoring_rules"]
+
+
+_DDP_SCRIPT = '''
+import os, sys
+import torch
+from udaqa_pipeline.cache import open_cache
+from udaqa_pipeline.train import CacheSource, train
+
+
+class Source(CacheSource):
+    """A trainable source with parameters and BatchNorm buffers, as a fine-tuned I3D has."""
+
+    def __init__(self, cache):
+        super().__init__(cache)
+        lin = torch.nn.Linear(1024, 1024)
+        torch.nn.init.eye_(lin.weight)
+        torch.nn.init.zeros_(lin.bias)
+        self.module = torch.nn.Sequential(lin, torch.nn.BatchNorm1d(1024))
+
+    def batch(self, indices, views):
+        f, v = super().batch(indices, views)
+        b, k, m = f.shape
+        return self.module(f.reshape(b * k, m)).reshape(b, k, m), v
+
+
+cache, run = sys.argv[1], sys.argv[2]
+src = Source(open_cache(cache))
+train("mtl", cache=cache, run_dir=run, source=src, progress=False,
+      overrides=["train.epochs=2", "train.batch_size=8", "train.wa_hidden=16", "train.video_channels=[4,4,8,8]",
+                 "train.eval_samples=2", "train.use_curriculum=false"])
+torch.save(src.module.state_dict(), os.path.join(run, "rank%s.pt" % os.environ["RANK"]))
+'''
+
+
+@pytest.mark.slow  # ~11 s: three Python processes importing torch
+def test_ddp_trainable_source_buffers_and_weights_agree_across_ranks(tmp_path):
+    """2 gloo ranks see different samples, so a source's BatchNorm statistics differ per rank unless
+    broadcast after each epoch, and its weights unless its gradients are averaged (DDP wraps the heads
+    only); train() itself raises if the ranks' heads or source diverged."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    cache = write_toy_cache(tmp_path / "c", n=24)
+    script = tmp_path / "ddp_source.py"
+    script.write_text(_DDP_SCRIPT)
+    run = tmp_path / "run"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), str(script), str(cache), str(run)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    s0 = torch.load(run / "rank0.pt", weights_only=True)
+    s1 = torch.load(run / "rank1.pt", weights_only=True)
+    assert s0["1.running_mean"].abs().sum() > 0 and s0["1.num_batches_tracked"] > 0  # BN statistics were updated
+    assert not torch.equal(s0["0.weight"], torch.eye(1024))  # and the source trained
+    for k in s0:
+        assert torch.equal(s0[k], s1[k]), k
+    ck = load_checkpoint(run / CHECKPOINT)
+    assert torch.equal(ck["source"]["1.running_var"], s0["1.running_var"])

@@ -23,8 +23,14 @@ One loop, read top to bottom (nanoGPT style). Policies, fixed here:
 - Checkpoint: ONE file ``<run>/checkpoint.pt`` rewritten atomically after every epoch; see
   :func:`save_checkpoint`. ``log.jsonl`` gets one JSON line per epoch.
 - DDP: under ``torchrun`` (WORLD_SIZE > 1) each global batch is split across ranks (gloo on CPU,
-  nccl on CUDA); losses are all-reduced so every rank takes the same curriculum decisions; rank 0
-  writes the checkpoint and the log.
+  nccl on CUDA); losses are all-reduced so every rank takes the same curriculum decisions; after
+  each epoch rank 0's buffers (BatchNorm statistics) of the heads and of the trainable source are
+  broadcast; a trainable source's gradients are averaged across ranks (DDP wraps the heads only);
+  rank 0 writes the checkpoint and the log.
+- What scoring needs without the cache: the checkpoint (and ``config.json``) carry
+  ``feature_config``, the cache manifest's frames/clips/preprocess/cache sections the features
+  were extracted with, and ``scoring_rules``, {rule: panel size} of the run's samples, most common
+  rule first (see :func:`scoring_rules`).
 
 Feature sources: the loop reads inputs through an object with ``n_views`` and
 ``batch(indices, views) -> (features (B, K, M), video (B, L, 3, h, w))`` and an optional trainable
@@ -339,6 +345,31 @@ def cache_hash_of(cache: Any) -> str:
     return str(cache.manifest["config_hash"])
 
 
+#: Stage-one config sections that decide the features (stored with the run for scoring).
+FEATURE_SECTIONS = ("frames", "clips", "preprocess", "cache")
+
+
+def feature_config(cache: Any) -> dict:
+    """The cache manifest's :data:`FEATURE_SECTIONS` (those it has; {} for a cache without a config)."""
+    conf = (getattr(cache, "manifest", None) or {}).get("config") or {}
+    return {k: copy.deepcopy(conf[k]) for k in FEATURE_SECTIONS if isinstance(conf.get(k), dict)}
+
+
+def scoring_rules(labels: Labels, rows: Iterable[int]) -> dict[str, int]:
+    """{rule: panel size} of ``rows`` as training saw them (a sample without judges is ``identity``
+    over its final score, T = 1): each rule's most common panel size, the rules ordered by how many
+    samples use them (ties by name), so the first is the run's rule."""
+    from collections import Counter
+
+    rows = list(rows)
+    count = Counter(labels.rule[i] for i in rows)
+    out: dict[str, int] = {}
+    for r, _ in sorted(count.items(), key=lambda x: (-x[1], x[0])):
+        sizes = Counter(len(labels.judges[i]) for i in rows if labels.rule[i] == r)
+        out[r] = int(sorted(sizes.items(), key=lambda x: (-x[1], x[0]))[0][0])
+    return out
+
+
 def default_run_dir(dataset: str, fold: int, cv: int | None = None, root: Any = None) -> Path:
     return runs_root(root) / dataset / (f"fold{fold}" if cv is None else f"cv{cv}-fold{fold}")
 
@@ -438,7 +469,9 @@ def _train_one(cfg: dict, cache_obj: Any, labels: Labels, src: FeatureSource, tr
     start_epoch = 0
     ckpt_path = run_dir / CHECKPOINT
     run_meta = {"protocol": protocol, "fold": fold, "cv": cv, "group": group,
-                "dataset": cfg["dataset"].get("name", ""), "cache_hash": cache_hash}
+                "dataset": cfg["dataset"].get("name", ""), "cache_hash": cache_hash,
+                "feature_config": feature_config(cache_obj),
+                "scoring_rules": scoring_rules(labels, np.concatenate([train_rows, test_rows]))}
 
     if resume and ckpt_path.exists():
         ck = load_checkpoint(ckpt_path)
@@ -465,6 +498,10 @@ def _train_one(cfg: dict, cache_obj: Any, labels: Labels, src: FeatureSource, tr
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[torch.device(device).index]
                                                   if device.startswith("cuda") else None)
+        if src.module is not None:  # DDP broadcast the heads from rank 0; the source starts equal too
+            with torch.no_grad():
+                for t in list(src.module.parameters()) + _buffers(src.module):
+                    dist.broadcast(t.data, 0)
     epochs = int(tcfg["epochs"])
     bs = int(tcfg["batch_size"])
     done_here = 0
@@ -496,13 +533,17 @@ def _train_one(cfg: dict, cache_obj: Any, labels: Labels, src: FeatureSource, tr
                                mean_target=ym)
             opt.zero_grad(set_to_none=True)
             terms["loss"].backward()
+            if world > 1 and src.module is not None:
+                _allreduce_grads(src.module, world)  # DDP wraps the heads only
             opt.step()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(b_rows)
             n_seen += len(b_rows)
         if world > 1:
             sums, n_seen = _allreduce_sums(sums, n_seen)
-            for b in model.buffers():  # BN running stats differ per rank: rank 0's are the model's
+            # BN running stats differ per rank: rank 0's are the model's (the trainable source's too,
+            # e.g. a fine-tuned I3D's BatchNorm statistics)
+            for b in _buffers(model, src.module):
                 dist.broadcast(b, 0)
         means = {k: v / max(n_seen, 1) for k, v in sums.items()}
 
@@ -549,14 +590,29 @@ def _train_one(cfg: dict, cache_obj: Any, labels: Labels, src: FeatureSource, tr
     if bar is not None:
         bar.close()
     if world > 1:
-        _check_ranks_agree(model)
+        _check_ranks_agree(model, src.module)
         dist.barrier()
     return run_dir
 
 
-def _check_ranks_agree(model: nn.Module) -> None:
-    """Raise if DDP ranks ended with different weights (gradient sync or buffer broadcast broken)."""
-    total = torch.stack([p.detach().double().sum() for p in model.state_dict().values()
+def _buffers(*modules: nn.Module | None) -> list[torch.Tensor]:
+    return [b for m in modules if m is not None for b in m.buffers()]
+
+
+def _allreduce_grads(module: nn.Module, world: int) -> None:
+    """Average the gradients of a trainable source across ranks (DDP only syncs the heads). A source
+    that steps inside backward and clears its gradients (finetune's Backbone) leaves nothing here."""
+    for p in module.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad.div_(world)
+
+
+def _check_ranks_agree(model: nn.Module, source: nn.Module | None = None) -> None:
+    """Raise if DDP ranks ended with different weights or buffers, heads and trainable source alike
+    (gradient sync or buffer broadcast broken)."""
+    states = [model.state_dict()] + ([source.state_dict()] if source is not None else [])
+    total = torch.stack([p.detach().double().sum() for sd in states for p in sd.values()
                          if p.is_floating_point()]).sum().reshape(1)
     got = [torch.zeros(1, dtype=torch.float64, device=total.device) for _ in range(dist.get_world_size())]
     dist.all_gather(got, total)
@@ -681,7 +737,10 @@ class Run:
 def load_run(run_dir: str | Path, *, which: str = "best") -> Run:
     """Load ``<run_dir>/checkpoint.pt`` -> Run(model, config, cache_hash, scaling, checkpoint, ...).
 
-    ``which="best"`` gives the selected model (the protocol's best epoch), ``"last"`` the latest.
+    ``which="best"`` gives the selected model (the protocol's best epoch), ``"last"`` the latest;
+    when no epoch was ever selected (every selection score NaN) "best" falls back to the latest.
+    ``source_state`` (the trainable feature source's state, e.g. a fine-tuned I3D, or None) is
+    always the one of the same epoch as the heads.
     The architecture is rebuilt from the checkpoint's model config, never from flags. The model is
     in eval mode; ``model.predict_judges(features, video, T, S)`` samples judge panels.
     """
@@ -689,12 +748,13 @@ def load_run(run_dir: str | Path, *, which: str = "best") -> Run:
     ck = load_checkpoint(path)
     try:
         model = UDAQA(ModelConfig.from_dict(ck["model_config"]))
-        state = ck["best"]["model"] if which == "best" and ck["best"]["model"] is not None else ck["model"]
-        model.load_state_dict(state)
+        best = which == "best" and ck["best"]["model"] is not None
+        model.load_state_dict(ck["best"]["model"] if best else ck["model"])
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path} does not match this version's model ({e}); retrain the run") from e
     model.eval()
-    src_state = ck["best"].get("source") if which == "best" else ck.get("source")
+    # The source (e.g. a fine-tuned backbone) always comes from the same epoch as the heads.
+    src_state = ck["best"].get("source") if best else ck.get("source")
     return Run(model, ck["config"], ck["cache_hash"], ck["scaling"], ck, src_state)
 
 
