@@ -240,18 +240,6 @@ class Backbone(nn.Module):
         return x.float()
 
 
-def run_backbone_state(run: Any) -> dict | None:
-    """The fine-tuned backbone state of a loaded run that goes with ``run.model``, or None.
-
-    ``load_run`` gives the best epoch's backbone, but falls back to the last epoch's heads when no
-    epoch was ever selected (e.g. a NaN selection score); the backbone follows the heads here."""
-    if run.source_state is not None:
-        return run.source_state
-    if run.checkpoint.get("best", {}).get("model") is None:
-        return run.checkpoint.get("source")
-    return None
-
-
 def i3d_state(source_state: dict) -> dict:
     """The plain I3D state dict inside a :class:`Backbone` state dict (drops Adam buffers)."""
     out = {k[len("i3d."):]: v for k, v in source_state.items() if k.startswith("i3d.")}
@@ -642,7 +630,7 @@ def evaluate_finetuned(run_dir: str | Path, root: str | Path | None = None, *, j
 
     run_dir = Path(run_dir)
     run = load_run(run_dir)
-    state = run_backbone_state(run)
+    state = run.source_state  # load_run keeps it with the heads' epoch
     if state is None:
         raise FinetuneError(f"{run_dir} has no fine-tuned backbone; evaluate it with `udaqa-pipeline evaluate`")
     cfg = run.config
