@@ -192,3 +192,55 @@ def test_cli_score_json(trained):
     r = CliRunner().invoke(main, ["score", str(folder), "--run", str(run), "--difficulty", "2",
                                   "--cache-root", str(cache_root)])
     assert r.exit_code == 0 and "final score (mtl_middle3, difficulty 2)" in r.output
+
+
+def _rewrite_checkpoint(src_run: Path, dst_run: Path, edit) -> Path:
+    """A copy of a run whose checkpoint payload ``edit(ck)`` changed (re-sealed, so it stays valid)."""
+    from udaqa_pipeline.train import CHECKPOINT, load_checkpoint, save_checkpoint
+
+    shutil.copytree(src_run, dst_run)
+    ck = load_checkpoint(dst_run / CHECKPOINT)
+    edit(ck)
+    save_checkpoint(dst_run / CHECKPOINT, ck)
+    return dst_run
+
+
+def test_checkpoint_carries_what_scoring_needs(trained, tmp_path):
+    """The checkpoint's feature_config / scoring_rules come first (no cache needed); an older
+    checkpoint without them still scores through the cache manifest."""
+    from udaqa_pipeline.cache.manifest import read_manifest
+    from udaqa_pipeline.score import score
+    from udaqa_pipeline.train import load_run
+
+    root, cache_root, run = trained
+    folder = root / "frames" / "01_01"
+    ck = load_run(run).checkpoint
+    manifest = read_manifest(next(cache_root.glob(f"*-{ck['cache_hash']}")))
+    assert ck["feature_config"] == {k: manifest["config"][k] for k in ("frames", "clips", "preprocess", "cache")}
+    assert ck["scoring_rules"] == {"mtl_middle3": 7}
+    ref = score(folder, run, difficulty=3.0, samples=2, cache_root=cache_root)["rows"][0]
+    no_cache = tmp_path / "no-cache"
+    no_cache.mkdir()
+
+    def stale_config(c):  # the run's own config no longer says what the features were extracted with
+        c["config"]["frames"]["n_frames"] = 40
+        c["config"]["clips"]["n_clips"] = 3
+
+    new = _rewrite_checkpoint(run, tmp_path / "new", stale_config)
+    row = score(folder, new, difficulty=3.0, samples=2, cache_root=no_cache)["rows"][0]
+    assert row["rule"] == "mtl_middle3" and np.allclose(row["panels"], ref["panels"], atol=1e-5)
+
+    def old_format(c):
+        stale_config(c)
+        del c["feature_config"], c["scoring_rules"]
+
+    old = _rewrite_checkpoint(run, tmp_path / "old", old_format)
+    row = score(folder, old, difficulty=3.0, samples=2, cache_root=cache_root)["rows"][0]  # via the manifest
+    assert np.allclose(row["panels"], ref["panels"], atol=1e-5)
+
+    def other_rule(c):
+        c["scoring_rules"] = {"mean": 5, "mtl_middle3": 7}
+
+    row = score(folder, _rewrite_checkpoint(run, tmp_path / "rule", other_rule), samples=1,
+                cache_root=cache_root)["rows"][0]
+    assert row["rule"] == "mean" and row["judges"] == 5  # the checkpoint's rule wins over the cache's

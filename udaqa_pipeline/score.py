@@ -11,14 +11,16 @@ Design choices:
 - **Backbone**: the run's fine-tuned I3D when its checkpoint holds one (``finetune``), else the
   cached Kinetics weights (``udaqa-pipeline weights fetch``), in inference mode; the GPU when
   present. Fine-tuned runs trained under bf16 autocast are scored in bf16 on a GPU, fp32 on CPU.
-- **Stage config**: the checkpoint's resolved config; when the run's feature cache is found under
-  the cache root (by its hash), its manifest's frames/clips/preprocess/cache sections win, because
-  they are what the features were extracted with. The K clips go through I3D as one batch of K
+- **Stage config**: the checkpoint's resolved config, with the frames/clips/preprocess/cache
+  sections the features were extracted with: the checkpoint's ``feature_config`` (stored by
+  training from the cache manifest, so no cache is needed), else, for older checkpoints, the
+  manifest of the run's feature cache when it is found under the cache root (by its hash). The K clips go through I3D as one batch of K
   (stage one pads its batches to a fixed size for bit-identical caches; here that would cost up to
   16x for a short video), so features equal the cached ones to float rounding (~1e-6), and exactly
   at the cache's batch size.
 - **Rule and T**: ``rule`` if given; FineDiving: the panel size picks the rule (T = 7 by default);
-  else the most common rule (and its panel size) of the run's cache; else the dataset's published
+  else the run's most common rule and its panel size: the checkpoint's ``scoring_rules`` (first
+  entry), else, for older checkpoints, counted in the run's cache; else the dataset's published
   rule (MTL-AQA ``mtl_middle3`` x 7, JIGSAWS ``sum`` x 6, AQA-7 ``identity`` x 1; a folder dataset's
   ``dataset.rule``). A rule that multiplies by the difficulty needs ``difficulty`` (clear error
   otherwise). ``judges`` other than the rule's fixed panel size is refused (the rule could not be
@@ -69,7 +71,8 @@ class Scorer:
     dataset: str
     finetuned: bool
     batch_size: int | None  #: clips per I3D forward; None: the video's K clips in one batch
-    cache_rules: list[tuple[str, int]] = field(default_factory=list)
+    cache_rules: list[tuple[str, int]] = field(default_factory=list)  #: (rule, T) per cached sample (old runs)
+    rules: dict[str, int] = field(default_factory=dict)  #: the checkpoint's {rule: T}, most common first
 
 
 def _find_run_cache(cache_hash: str, cache_root: Any) -> Path | None:
@@ -83,10 +86,20 @@ def _find_run_cache(cache_hash: str, cache_root: Any) -> Path | None:
 
 
 def stage_config(run: Any, cache_root: Any = None) -> tuple[dict, int | None, list[tuple[str, int]]]:
-    """(config, extraction batch size or None, [(rule, panel size)] of the cache's ok samples)."""
+    """(config, extraction batch size or None, [(rule, panel size)] of the cache's ok samples).
+
+    The checkpoint's ``feature_config`` sections are applied first; the run's cache (found by its
+    hash) is read only for what the checkpoint lacks (runs trained before it stored them): its
+    manifest's sections, and its samples' rules unless the checkpoint has ``scoring_rules``."""
     import copy
 
     cfg = copy.deepcopy(run.config)
+    ck = getattr(run, "checkpoint", None) or {}
+    stored = ck.get("feature_config") or {}
+    for sec, body in stored.items():
+        cfg[sec] = copy.deepcopy(body)
+    if stored and ck.get("scoring_rules"):
+        return cfg, None, []  # everything scoring needs came with the checkpoint
     d = _find_run_cache(str(run.cache_hash), cache_root)
     if d is None:
         return cfg, None, []
@@ -96,10 +109,13 @@ def stage_config(run: Any, cache_root: Any = None) -> tuple[dict, int | None, li
         m = read_manifest(d)
     except Exception:  # noqa: BLE001 - an unreadable cache only loses the refinements below
         return cfg, None, []
-    for sec in ("frames", "clips", "preprocess", "cache"):
-        if sec in m.get("config", {}):
-            cfg[sec] = m["config"][sec]
+    if not stored:
+        for sec in ("frames", "clips", "preprocess", "cache"):
+            if sec in m.get("config", {}):
+                cfg[sec] = m["config"][sec]
     rules: list[tuple[str, int]] = []
+    if ck.get("scoring_rules"):
+        return cfg, m.get("extraction", {}).get("batch_size"), rules
     try:
         import pyarrow.parquet as pq
 
@@ -127,10 +143,9 @@ def load_scorer(run_dir: str | Path, *, device: str | None = None, cache_root: A
         raise CheckpointError(f"{run_dir / CHECKPOINT} was trained on dataset {sorted(names - {''})[0]!r}, not "
                               f"{dataset!r}; pass the run of that dataset")
     cfg, _, rules = stage_config(run, cache_root)
+    stored_rules = {str(r): int(n) for r, n in (run.checkpoint.get("scoring_rules") or {}).items()}
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    from .finetune import run_backbone_state
-
-    state = run_backbone_state(run)
+    state = run.source_state  # the fine-tuned backbone of the heads' epoch, or None
     finetuned = state is not None
     if finetuned:
         from .backbone.i3d import I3D
@@ -151,7 +166,7 @@ def load_scorer(run_dir: str | Path, *, device: str | None = None, cache_root: A
         i3d = load_i3d(device=dev)
     i3d.prepare_for_inference()
     dataset = str(cfg.get("dataset", {}).get("name", ""))
-    return Scorer(run_dir, run.model, cfg, i3d, run.scaling, dataset, finetuned, None, rules)
+    return Scorer(run_dir, run.model, cfg, i3d, run.scaling, dataset, finetuned, None, rules, stored_rules)
 
 
 _SCORERS: dict[tuple, Scorer] = {}
@@ -186,6 +201,8 @@ def resolve_rule(scorer: Scorer, judges: int | None = None, rule: str | None = N
             r = check_rule(rule)
         elif scorer.dataset == "finediving":
             r = finediving_rule(judges or 7)
+        elif scorer.rules:
+            r, observed = next(iter(scorer.rules.items()))
         elif scorer.cache_rules:
             r = Counter(x for x, _ in scorer.cache_rules).most_common(1)[0][0]
             observed = Counter(n for x, n in scorer.cache_rules if x == r).most_common(1)[0][0]
