@@ -40,7 +40,7 @@ import numpy as np
 from .config import cache_root as _cache_root, runs_root as _runs_root
 
 STAGE = "demo"
-DEFAULT_DIVES = 60
+DEFAULT_DIVES = 72
 DEFAULT_SEED = 0
 DATA_DIR = "demo-data"
 

@@ -45,7 +45,7 @@ from ``(seed, vv)``, so the same seed gives byte-identical frames and pickles wh
 worker processes, and dive (vv, dd) is the same dive in a larger set of the same seed (as long as
 ``dives_per_video`` is unchanged).
 
-Run ``python -m udaqa_pipeline.synth OUT --n 60 --seed 0``.
+Run ``python -m udaqa_pipeline.synth OUT --n 72 --seed 0``.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ import os
 import pickle
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -894,7 +894,7 @@ def render_dive(spec: DiveSpec, event: Event, n_frames: int, size: tuple[int, in
 class SynthConfig:
     """Size and look of a generated set. ``n_dives`` split into videos of ``dives_per_video``."""
 
-    n_dives: int = 60
+    n_dives: int = 72
     seed: int = 0
     n_frames: int = 103
     width: int = 320
@@ -927,7 +927,7 @@ def split_keys(keys: list[tuple[int, int]], test_fraction: float, seed: int) -> 
     return train, test
 
 
-def _annotation(spec: DiveSpec, judges: np.ndarray, vv: int, dd: int, n_frames: int, event: Event) -> dict:
+def _annotation(spec: DiveSpec, judges: np.ndarray, dd: int, n_frames: int) -> dict:
     start = 1000 * dd + 17  # frame numbers in the (imaginary) untrimmed source video
     return {
         "primary_view": 0,
@@ -1020,7 +1020,7 @@ def generate(out: str | Path, cfg: SynthConfig = SynthConfig(), *, workers: int 
         spec = draw_dive(cfg.seed, vv, dd, event)
         jrng = np.random.default_rng(np.random.SeedSequence((cfg.seed, vv, dd, 0x1D6E)))
         judges = panel.score(spec.factors, jrng)
-        annotations[(vv, dd)] = _annotation(spec, judges, vv, dd, cfg.n_frames, event)
+        annotations[(vv, dd)] = _annotation(spec, judges, dd, cfg.n_frames)
         meta[(vv, dd)]["judge_scores"] = judges.tolist()
         meta[(vv, dd)]["final_score"] = float(annotations[(vv, dd)]["final_score"])
     train, test = split_keys(keys, cfg.test_fraction, cfg.seed)
