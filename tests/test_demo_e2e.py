@@ -55,6 +55,11 @@ def test_demo_end_to_end_and_reuse(tmp_path: Path, capsys) -> None:
         assert needle in out, needle
     for p in res["metrics"]["plots"]:
         assert Path(p).is_file()
+    # the run finds its cache by the stage's dataset name (demo-<hash>), as `udaqa-pipeline evaluate demo` does
+    from udaqa_pipeline.evaluate import evaluate
+
+    m = evaluate(res["run"], cache_root=tmp_path / "cache", samples=4, make_plots=False)
+    assert Path(res["cache"]).name.startswith("demo-") and m["overall"]["n"] == 2
 
     # second run: dataset, cache and run are all reused, and the output says so
     again = demo.run_demo(**kw)
