@@ -319,3 +319,20 @@ def test_ddp_trainable_source_buffers_and_weights_agree_across_ranks(tmp_path):
         assert torch.equal(s0[k], s1[k]), k
     ck = load_checkpoint(run / CHECKPOINT)
     assert torch.equal(ck["source"]["1.running_var"], s0["1.running_var"])
+
+
+def test_evaluate_finds_the_run_cache_by_hash_whatever_the_stage_name(tmp_path):
+    # Stage one names a cache <stage>-<hash>; a stage may read another adapter (stages/demo.toml
+    # reads the mtl adapter), so evaluate must not look the cache up by dataset.name.
+    from udaqa_pipeline.cache import open_cache
+    from udaqa_pipeline.evaluate import evaluate
+    from udaqa_pipeline.train import train
+
+    probe = write_toy_cache(tmp_path / "probe", n=24)
+    h = open_cache(probe).manifest["config_hash"]
+    root = tmp_path / "cache_root"
+    cache = write_toy_cache(root / f"somestage-{h}", n=24)
+    run = train("mtl", cache=cache, run_dir=tmp_path / "run", overrides=SMALL + ["train.epochs=1"],
+                protocol="paper", progress=False)
+    m = evaluate(run, cache_root=root, samples=2, make_plots=False)
+    assert m["overall"]["n"] > 0

@@ -37,8 +37,10 @@ def _open_cache_for(run, cache: Any, cache_root: Any):
     elif cache is not None:
         obj = open_cache(cache)
     else:
-        direct = _cache_root(cache_root) / f"{name}-{want}"
-        obj = open_cache(direct if direct.exists() else find_cache(name, cache_root))
+        # Caches are named <stage>-<hash> and the stage name need not be the adapter's
+        # dataset.name (stages/demo.toml reads the mtl adapter): find the run's cache by its hash.
+        direct = sorted(_cache_root(cache_root).glob(f"*-{want}"))
+        obj = open_cache(direct[0] if direct else find_cache(name, cache_root))
     if str(obj.manifest["config_hash"]) != want:
         raise CheckpointError(f"the run was trained on cache {name}-{want}, but the cache found is "
                               f"{obj.manifest['config_hash']}; pass --cache with the training cache or retrain")
