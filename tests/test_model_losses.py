@@ -15,14 +15,7 @@ from udaqa_pipeline.model.losses import kl_gaussian, raqa_loss, total_loss, unce
 SMALL = dict(wa_hidden=16, video_channels=(4, 4, 8, 8))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread. On a shared, loaded 2-core machine two spinning OpenMP
-    threads made a tiny conv3d step ~50x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_raqa_loss_hand_computed():

@@ -10,14 +10,7 @@ SMALL = ["train.batch_size=8", "train.wa_hidden=16", "train.video_channels=[4,4,
          "train.eval_samples=2", "train.epochs=2"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread. On a shared, loaded 2-core machine two spinning OpenMP
-    threads made a tiny conv3d step ~50x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_backbone_forward_counter_counts():

@@ -19,14 +19,7 @@ SMALL = ["train.batch_size=8", "train.lr=1e-3", "train.wa_hidden=32", "train.vid
          "train.eval_samples=2", "train.dropout=0.0"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread. On a shared, loaded 2-core machine two spinning OpenMP
-    threads made a tiny conv3d step ~50x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

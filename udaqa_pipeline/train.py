@@ -670,7 +670,7 @@ def _allreduce_sums(sums: dict[str, float], n: int) -> tuple[dict[str, float], i
 
 
 def _check_resumable(ck: dict, cfg: dict, meta: dict, path: Path) -> None:
-    fix = f"train with --no-resume to start over, or pass another --run directory"
+    fix = "train with --no-resume to start over, or pass another --run directory"
     if ck.get("cache_hash") != meta["cache_hash"]:
         raise CheckpointError(f"{path} was trained on cache {ck.get('cache_hash')}, the current cache is "
                               f"{meta['cache_hash']}; {fix}")

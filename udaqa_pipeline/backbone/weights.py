@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from ..config import cache_root as _cache_root
+from ..config import file_sha256
 from ..safe_pickle import UnsafePickleError, safe_load
 from .i3d import BN_EPS, I3D
 
@@ -81,14 +82,6 @@ def weights_path(cache_root: str | Path | None = None) -> Path:
 
 def _sha_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def weights_sha256(cache_root: str | Path | None = None) -> str:

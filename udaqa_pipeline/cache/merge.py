@@ -17,7 +17,6 @@ many) staged a sample does not change a byte of the result.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .lock import CacheLock
+from ..config import file_sha256
 from .manifest import SAMPLES, STORE_NAMES, CacheError, atomic_write_bytes, read_manifest, write_manifest
 from .store import _now, _status_counts, samples_table, write_samples, write_store
 
@@ -195,7 +195,7 @@ def merge_cache(cache_dir: str | Path, sources: Iterable[str | Path] = (), backe
             stores={**manifest.get("stores", {}), backend: STORE_NAMES[backend]},
             counts=_status_counts(table),
             finished=_now(),
-            files_sha256={SAMPLES: _sha256(cache_dir / SAMPLES)},
+            files_sha256={SAMPLES: file_sha256(cache_dir / SAMPLES)},
         )
         write_manifest(cache_dir, manifest)
     _cleanup(cache_dir)
@@ -205,14 +205,6 @@ def merge_cache(cache_dir: str | Path, sources: Iterable[str | Path] = (), backe
 def _cleanup(cache_dir: Path) -> None:
     shutil.rmtree(cache_dir / STAGING, ignore_errors=True)
     (cache_dir / BASE_SAMPLES).unlink(missing_ok=True)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def drop_failed_staged(cache_dir: Path) -> int:

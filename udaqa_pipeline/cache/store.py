@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..config import cache_root as _cache_root
+from ..config import file_sha256
 from .manifest import (
     FEATURE_DIM,
     SAMPLES,
@@ -468,9 +469,8 @@ def write_cache(
         attrs={"schema_version": SCHEMA_VERSION, "config_hash": manifest["config_hash"]},
     )
     write_samples(path, table)
-    from .merge import _sha256
-
-    manifest.update(complete=True, stores={backend: STORE_NAMES[backend]}, files_sha256={SAMPLES: _sha256(path / SAMPLES)})
+    manifest.update(complete=True, stores={backend: STORE_NAMES[backend]},
+                    files_sha256={SAMPLES: file_sha256(path / SAMPLES)})
     manifest.setdefault("finished", _now())
     write_manifest(path, manifest)
     return path

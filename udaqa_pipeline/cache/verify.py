@@ -13,22 +13,14 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
+from ..config import file_sha256
 from .manifest import MANIFEST, SAMPLES, CacheError, key_hash, read_manifest
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _dir_bytes(p: Path) -> int:
@@ -93,7 +85,7 @@ def verify_cache(path: str | Path) -> dict[str, Any]:
     if not sp.exists():
         problems.append(f"{SAMPLES}: missing")
     else:
-        if want and _sha256(sp) != want:
+        if want and file_sha256(sp) != want:
             problems.append(f"{SAMPLES}: sha256 differs from the one recorded in the manifest (file changed or damaged)")
         try:
             t = pq.read_table(sp, page_checksum_verification=True)
