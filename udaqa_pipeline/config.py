@@ -73,15 +73,6 @@ def config_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes, read in 1 MiB blocks (weights, sample tables, checkpoints)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def cache_root(explicit: str | Path | None = None) -> Path:
     """Cache root: the explicit argument, else ``$UDAQA_CACHE``, else ``<repo>/cache``."""
     if explicit is not None:

@@ -60,6 +60,7 @@ from torch import nn
 from .config import ConfigError, apply_overrides, load_stage, runs_root
 from .curriculum import Curriculum, select
 from .datasets.rules import apply_rule, judges_needed
+from .fileutil import atomic_write_bytes
 from .metrics import spearman
 from .model import UDAQA, ModelConfig
 from .model.losses import total_loss
@@ -276,9 +277,9 @@ def save_checkpoint(path: Path, ckpt: dict) -> None:
     outer = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
              "sha256": hashlib.sha256(raw).hexdigest(),
              "payload": torch.frombuffer(bytearray(raw), dtype=torch.uint8)}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(outer, tmp)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    torch.save(outer, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_checkpoint(path: str | Path) -> dict:

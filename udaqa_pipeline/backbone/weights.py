@@ -32,7 +32,6 @@ import functools
 import hashlib
 import importlib.metadata
 import io
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +41,7 @@ import numpy as np
 import torch
 
 from ..config import cache_root as _cache_root
-from ..config import file_sha256
+from ..fileutil import atomic_write_bytes, file_sha256
 from ..safe_pickle import UnsafePickleError, safe_load
 from .i3d import BN_EPS, I3D
 
@@ -377,12 +376,7 @@ def save_weights(state_dict: Mapping[str, torch.Tensor], path: Path) -> str:
     data = buf.getvalue()
     digest = hashlib.sha256(data).hexdigest()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)  # readers never see a half-written file
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_bytes(path, data)  # readers never see a half-written file
     _sha_path(path).write_text(f"{digest}  {path.name}\n")
     return digest
 

@@ -14,12 +14,11 @@ leaves the previous manifest or the new one, never half of one.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..config import config_hash
+from ..fileutil import atomic_write_bytes
 
 #: Bumped whenever the on-disk layout changes; readers refuse other versions.
 SCHEMA_VERSION = 1
@@ -32,24 +31,6 @@ FEATURE_DIM = 1024
 
 class CacheError(RuntimeError):
     """A cache that cannot be used as asked; the message names the directory and the fix."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers (and a rerun after kill -9) see old or new, never partial."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def write_manifest(cache_dir: Path, manifest: dict[str, Any]) -> None:

@@ -17,10 +17,10 @@ many) staged a sample does not change a byte of the result.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -28,9 +28,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..fileutil import atomic_write_bytes, file_sha256
 from .lock import CacheLock
-from ..config import file_sha256
-from .manifest import SAMPLES, STORE_NAMES, CacheError, atomic_write_bytes, read_manifest, write_manifest
+from .manifest import SAMPLES, STORE_NAMES, CacheError, read_manifest, write_manifest
 from .store import _now, _status_counts, samples_table, write_samples, write_store
 
 STAGING = "staging"
@@ -56,19 +56,9 @@ def write_staged(
     if video is not None:
         arrays["video"] = np.asarray(video, dtype=np.uint8)
     final = directory / f"{index:07d}.npz"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{index:07d}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())  # survive a machine crash too, not only kill -9
-        os.replace(tmp, final)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(final, buf.getvalue())  # the rename is what marks the sample done
     return final
 
 

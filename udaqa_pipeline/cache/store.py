@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..config import cache_root as _cache_root
-from ..config import file_sha256
+from ..fileutil import file_sha256
 from .manifest import (
     FEATURE_DIM,
     SAMPLES,

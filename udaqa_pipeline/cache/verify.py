@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from ..config import file_sha256
+from ..fileutil import file_sha256
 from .manifest import MANIFEST, SAMPLES, CacheError, key_hash, read_manifest
 
 
