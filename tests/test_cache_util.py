@@ -12,6 +12,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+from fixtures.videos import encode_video
 import torch
 
 #: Stage overrides for mechanics tests: L = 12 frames, 2 clips of 9 (starts 0, 3), 193 px crops.
@@ -28,23 +29,14 @@ TINY = (
 
 def write_video(path: Path, n_frames: int, seed: int = 0, size: tuple[int, int] = (24, 32)) -> Path:
     """A lossless (FFV1) RGB video of moving gradients + noise, deterministic in ``seed``."""
-    import av
-
     rng = np.random.default_rng(seed)
     h, w = size
     yy, xx = np.mgrid[0:h, 0:w]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as out:
-        st = out.add_stream("ffv1", rate=25)
-        st.width, st.height, st.pix_fmt = w, h, "bgr0"
-        for t in range(n_frames):
-            base = (xx * 7 + yy * 3 + t * (5 + seed)) % 256
-            img = np.stack([base, (base + 85 * seed) % 256, rng.integers(0, 256, (h, w))], -1).astype(np.uint8)
-            for pkt in st.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(pkt)
-        for pkt in st.encode():
-            out.mux(pkt)
-    return path
+    frames = []
+    for t in range(n_frames):
+        base = (xx * 7 + yy * 3 + t * (5 + seed)) % 256
+        frames.append(np.stack([base, (base + 85 * seed) % 256, rng.integers(0, 256, (h, w))], -1).astype(np.uint8))
+    return encode_video(path, np.stack(frames))
 
 
 def make_dataset(root: Path, videos: dict[str, int | str], split_every: int = 3) -> Path:

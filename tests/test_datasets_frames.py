@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
 
+from fixtures.videos import encode_video
 from udaqa_pipeline.datasets.base import Sample
 from udaqa_pipeline.datasets.frames import sample_frames
 from udaqa_pipeline.video.decode import VideoError
@@ -58,13 +58,7 @@ def test_short_folder_padded_and_flagged(tmp_path):
 def test_video_file_uniform(tmp_path):
     frames = np.random.default_rng(1).integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
     path = tmp_path / "v.mkv"
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("ffv1", rate=30)
-        s.width = s.height = 16
-        s.pix_fmt = "bgr0"
-        for f in frames:
-            c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
-        c.mux(s.encode())
+    encode_video(path, frames, rate=30)
     out = sample_frames(_sample(path), _cfg(10, "uniform"))
     expect = np.floor(np.linspace(0, 39, 10)).astype(int)
     assert out.indices.tolist() == expect.tolist() and out.n_source_frames == 40 and not out.short

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from fixtures.videos import encode_video
 from udaqa_pipeline.datasets.rules import apply_rule
 from udaqa_pipeline.train import CheckpointError
 
@@ -34,20 +35,10 @@ def make_synth(out: Path) -> Path:
 
 def write_mp4(frames_dir: Path, path: Path) -> Path:
     """A video file made from a frame folder (lossless FFV1 in Matroska)."""
-    import av
     from PIL import Image
 
-    imgs = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(frames_dir.iterdir())]
-    h, w = imgs[0].shape[:2]
-    with av.open(str(path), "w") as out:
-        st = out.add_stream("ffv1", rate=25)
-        st.width, st.height, st.pix_fmt = w, h, "bgr0"
-        for im in imgs:
-            for pkt in st.encode(av.VideoFrame.from_ndarray(im, format="rgb24")):
-                out.mux(pkt)
-        for pkt in st.encode():
-            out.mux(pkt)
-    return path
+    imgs = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(frames_dir.iterdir())])
+    return encode_video(path, imgs)
 
 
 @pytest.fixture(scope="module")

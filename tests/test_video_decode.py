@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
 
+from fixtures.videos import encode_video
 from udaqa_pipeline.video.decode import VideoError, count_frames, natural_key, read_frames
 
 
@@ -17,25 +17,10 @@ def _frames(n: int, h: int = 48, w: int = 64) -> np.ndarray:
     return rng.integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
 
 
-def write_video(path: Path, frames: np.ndarray, codec: str = "ffv1", pix_fmt: str = "bgr0", options=None) -> Path:
-    with av.open(str(path), mode="w") as c:
-        s = c.add_stream(codec, rate=25)
-        s.width, s.height = frames.shape[2], frames.shape[1]
-        s.pix_fmt = pix_fmt
-        if options:
-            s.options = options
-        for f in frames:
-            for pkt in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                c.mux(pkt)
-        for pkt in s.encode():
-            c.mux(pkt)
-    return path
-
-
 @pytest.fixture(scope="module")
 def mkv(tmp_path_factory) -> tuple[Path, np.ndarray]:
     frames = _frames(20)
-    return write_video(tmp_path_factory.mktemp("v") / "clip.mkv", frames), frames
+    return encode_video(tmp_path_factory.mktemp("v") / "clip.mkv", frames), frames
 
 
 def test_lossless_mkv_exact(mkv):
@@ -59,7 +44,7 @@ def test_range_and_indices(mkv):
 
 def test_x264rgb_lossless_mp4(tmp_path):
     frames = _frames(12)
-    path = write_video(tmp_path / "c.mp4", frames, "libx264rgb", "rgb24", {"qp": "0", "preset": "ultrafast"})
+    path = encode_video(tmp_path / "c.mp4", frames, "libx264rgb", "rgb24", {"qp": "0", "preset": "ultrafast"})
     np.testing.assert_array_equal(read_frames(path), frames)
     np.testing.assert_array_equal(read_frames(path, indices=[11, 0]), frames[[11, 0]])
 
@@ -136,7 +121,7 @@ def test_lossy_containers(tmp_path, name, codec, pix_fmt):
     y, x = np.mgrid[0:32, 0:48]
     frames = np.stack([np.stack([(x * 5 + t * 8) % 256, (y * 7) % 256, np.full_like(x, 128)], -1)
                        for t in range(12)]).astype(np.uint8)
-    path = write_video(tmp_path / name, frames, codec, pix_fmt)
+    path = encode_video(tmp_path / name, frames, codec, pix_fmt)
     out = read_frames(path)
     assert out.shape == frames.shape and count_frames(path) == 12
     assert np.abs(out.astype(int) - frames).mean() < 32  # unrelated frames differ by ~85

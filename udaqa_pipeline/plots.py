@@ -17,6 +17,13 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)  # pyplot keeps every open figure alive otherwise
+    return path
+
+
 def pred_vs_true(path: Path, y: np.ndarray, pred: np.ndarray, pred_std: np.ndarray, title: str) -> Path:
     """Predicted vs true final score; error bars = std of the final score over the S draws."""
     plt = _plt()
@@ -27,10 +34,7 @@ def pred_vs_true(path: Path, y: np.ndarray, pred: np.ndarray, pred_std: np.ndarr
     ax.set_xlabel("true final score")
     ax.set_ylabel("predicted final score (mean of draws)")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def error_vs_uncertainty(path: Path, err: np.ndarray, u: np.ndarray, title: str) -> Path:
@@ -40,10 +44,7 @@ def error_vs_uncertainty(path: Path, err: np.ndarray, u: np.ndarray, title: str)
     ax.set_xlabel("predicted log-uncertainty u")
     ax.set_ylabel("|predicted - true| final score")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def curriculum_share(path: Path, log_files: list[Path], title: str) -> Path:
@@ -61,7 +62,4 @@ def curriculum_share(path: Path, log_files: list[Path], title: str) -> Path:
     ax.set_title(title, fontsize=9)
     if len(log_files) > 1:
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
