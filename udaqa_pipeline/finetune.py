@@ -540,12 +540,9 @@ def _check_time(src: FrameSource, cfg: dict, n_fit: int, n_sel: int, workers: in
 
 
 def _load_samples(cfg: dict, stage: str, root: str | Path | None, limit: int | None) -> tuple[list, Path]:
-    from .datasets import load_dataset
+    from .datasets import load_stage_samples
 
-    root_p = Path(root if root is not None else cfg.get("dataset", {}).get("root", "."))
-    samples = list(load_dataset(cfg.get("dataset", {}).get("name", stage), root_p, cfg))
-    if limit is not None:
-        samples = samples[: int(limit)]
+    samples, root_p = load_stage_samples(cfg, stage, root, limit)
     if not samples:
         raise FinetuneError(f"dataset {stage!r} under {root_p} has no samples; check --root and the annotations")
     return samples, root_p

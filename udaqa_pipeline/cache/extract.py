@@ -454,15 +454,12 @@ def extract_features(
     instead of the weights file). ``retry_failed``: extract again the samples recorded as failed (after
     fixing their videos); the others are kept. ``stats``, if given, receives the run's throughput figures.
     """
-    from ..datasets import load_dataset
+    from ..datasets import load_stage_samples
 
     cfg = resolve_config(dataset, overrides, backend=backend, views=views, dtype=dtype)
     stage = stage_name(dataset)
     c = cfg["cache"]
-    root = Path(root if root is not None else cfg.get("dataset", {}).get("root", "."))
-    samples = list(load_dataset(cfg.get("dataset", {}).get("name", stage), root, cfg))
-    if limit is not None:
-        samples = samples[: int(limit)]
+    samples, root = load_stage_samples(cfg, stage, root, limit)
     if not samples:
         raise CacheError(f"dataset {stage!r} under {root} has no samples; check --root and the annotation files")
     view_list = make_views(int(c["views"]), int(c["view_shift"]))

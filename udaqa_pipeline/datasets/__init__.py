@@ -60,6 +60,16 @@ def load_dataset(name: str, root: str | Path | None = None, cfg: dict | None = N
     return read_index(name, root, cfg).samples
 
 
+def load_stage_samples(cfg: dict, stage: str, root: str | Path | None = None, limit: int | None = None
+                       ) -> tuple[list[Sample], Path]:
+    """The samples a resolved stage config names (adapter ``dataset.name``, default the stage name),
+    under ``root`` (default ``dataset.root``), the first ``limit`` only when given; and the root used."""
+    ds = cfg.get("dataset", {})
+    root_p = Path(root if root is not None else ds.get("root", "."))
+    samples = list(load_dataset(ds.get("name", stage), root_p, cfg))
+    return (samples if limit is None else samples[: int(limit)]), root_p
+
+
 def _folds(samples: list[Sample], per_group: bool) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     groups = sorted({s.group for s in samples}, key=[s.group for s in samples].index) if per_group else [None]
