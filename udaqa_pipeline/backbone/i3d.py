@@ -139,6 +139,19 @@ def _fused_conv_available() -> bool:
 _FUSED_CONV = _fused_conv_available()
 
 
+def bf16_supported(device: str | torch.device = "cpu") -> bool:
+    """Whether bfloat16 convolutions run on ``device``: any CUDA device with bf16 support, or a CPU
+    whose oneDNN has a bf16 path (AVX512-BW/VL/DQ, AVX-NE-CONVERT or AMX); older CPUs raise inside
+    the convolution, so callers check this first and say so."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _cpu_autocast_dtype() -> torch.dtype | None:
     """The CPU autocast dtype when CPU autocast is on, else None (works on torch 2.1 .. 2.13)."""
     try:

@@ -510,6 +510,12 @@ def extract_features(
     cache_dir.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device) if device is not None else (
         torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if torch.cuda.is_available() else torch.device("cpu"))
+    if c["dtype"] == "bf16":
+        from ..backbone import bf16_supported
+
+        if not bf16_supported(dev):
+            raise CacheError(f"--dtype bf16: {dev} cannot run bfloat16 convolutions (a CPU needs AVX512-BW/VL/DQ, "
+                             f"AVX-NE-CONVERT or AMX); extract with --dtype fp32 or on a GPU")
     if model is None:
         from ..backbone.weights import load_i3d
 
