@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -62,4 +63,39 @@ def curriculum_share(path: Path, log_files: list[Path], title: str) -> Path:
     ax.set_title(title, fontsize=9)
     if len(log_files) > 1:
         ax.legend(fontsize=7)
+    return _save(plt, fig, path)
+
+
+def reliability(path: Path, curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+                title: str) -> Path:
+    """Reliability diagram of central intervals: nominal vs observed coverage, 5 x 5 in at 100 dpi.
+
+    curves: label -> (nominal levels (L,), observed coverage (L,)), both in [0, 1], e.g.
+    ``metrics.interval_coverage`` of the real judges in the sampled judges' intervals and of the true
+    final score in the sampled finals' intervals (levels 0.1..0.9), or one curve per method. The
+    dashed diagonal is perfect calibration; a curve below it means intervals too narrow.
+    Raises ValueError when there is no curve, or a curve's two sequences differ in length or leave [0, 1].
+    """
+    if not curves:
+        raise ValueError("reliability plot: no curves given")
+    checked = {}
+    for label, (nominal, observed) in curves.items():
+        x, y = np.asarray(nominal, float).ravel(), np.asarray(observed, float).ravel()
+        if x.shape != y.shape or len(x) == 0:
+            raise ValueError(f"reliability curve {label!r}: {len(x)} nominal levels but {len(y)} observed values")
+        if np.any((x < 0) | (x > 1)) or np.any((y < 0) | (y > 1)):
+            raise ValueError(f"reliability curve {label!r}: coverages must lie in [0, 1]")
+        checked[label] = (x, y)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="calibrated")
+    for label, (x, y) in checked.items():
+        ax.plot(x, y, "o-", ms=4, lw=1.2, label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_xlabel("nominal coverage of the central interval")
+    ax.set_ylabel("observed coverage")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
     return _save(plt, fig, path)
