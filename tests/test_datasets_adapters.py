@@ -78,13 +78,18 @@ def test_mtl_trimmed_folder_wins(roots, tmp_path):
         (roots["core"] / "frames" / "01_03").rmdir()
 
 
-def test_mtl_musdl_typo_reported_not_fixed(roots):
+def test_mtl_musdl_typo_reported_and_corrected_for_training(roots):
     index = read_index("mtl", roots["musdl"])
     s = {x.id: x for x in index.samples}["05_12"]
-    assert 45.0 in s.judge_scores  # kept as published
-    assert any("45" in w and "05_12" in w for w in index.warnings)
-    # the typo sits at the top of the sorted panel, so the rule still holds for this dive
+    # training gets 4.5 (on the scale, and the rule then gives the stored score); the file's value is kept aside
+    assert 45.0 not in s.judge_scores and s.judge_scores.count(4.5) == 1
+    assert 45.0 in s.extra["published_judges"]
+    assert any("45 -> 4.5" in w and "05_12" in w for w in index.warnings)
+    assert index.judge_outliers == [{"id": "05_12", "file": "augmented_final_annotations_dict.pkl", "judge": 1,
+                                     "value": 45.0, "used": 4.5}]
     assert apply_rule(s.rule, s.judge_scores, s.difficulty) == pytest.approx(s.final_score)
+    # the CoRe copy of the same dive has no typo: nothing reported
+    assert read_index("mtl", roots["core"]).judge_outliers == []
 
 
 def test_mtl_original_is_judge_less(roots):
@@ -141,7 +146,7 @@ def test_finediving_inspect_counts(roots):
 def test_finediving_samples(roots):
     samples = load_dataset("finediving", roots["fd"])
     rule_of = {7: "mtl_middle3", 3: "sum_dd", 5: "sum_dd_0.6"}
-    assert all(s.rule == rule_of[len(s.judge_scores)] for s in samples)
+    assert all(s.rule == rule_of[len(s.extra.get("published_judges", s.judge_scores))] for s in samples)
     s = samples[0]
     event, index = s.id.split("/")
     assert s.source == roots["fd"] / "FINADiving_MTL_256s" / event / index

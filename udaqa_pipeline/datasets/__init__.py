@@ -7,10 +7,15 @@ dataset's name) picks the module, so a new stage can reuse an adapter under anot
 
 :func:`inspect_dataset` needs only the annotation files and returns the summary of
 ``udaqa-pipeline datasets inspect --json``.
+
+Every adapter reads its labels through :class:`~.common.LabelCheck`: a NaN/inf score is refused
+when the file is read (naming the rows), and a judge value off the dataset's judge scale is
+corrected or dropped by one policy (:mod:`.common`), so training never sees it as written.
 """
 
 from __future__ import annotations
 
+import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 from types import ModuleType
@@ -66,7 +71,12 @@ def load_stage_samples(cfg: dict, stage: str, root: str | Path | None = None, li
     under ``root`` (default ``dataset.root``), the first ``limit`` only when given; and the root used."""
     ds = cfg.get("dataset", {})
     root_p = Path(root if root is not None else ds.get("root", "."))
-    samples = list(load_dataset(ds.get("name", stage), root_p, cfg))
+    index = read_index(ds.get("name", stage), root_p, cfg)
+    if index.judge_outliers:
+        # What training gets differs from the file here: say so where the cache is built, not only in inspect.
+        print(f"labels: {len(index.judge_outliers)} judge value(s) off the judge scale were corrected or dropped "
+              f"(`udaqa-pipeline datasets inspect {stage} --root {root_p}` lists them)", file=sys.stderr, flush=True)
+    samples = list(index.samples)
     return (samples if limit is None else samples[: int(limit)]), root_p
 
 
@@ -81,14 +91,20 @@ def _folds(samples: list[Sample], per_group: bool) -> dict[str, dict[str, int]]:
     return out
 
 
+def published_judges(s: Sample) -> tuple[float, ...]:
+    """The panel as the annotation file has it (before the judge policy corrected or dropped a value)."""
+    return tuple(s.extra.get("published_judges", s.judge_scores))
+
+
 def rule_mismatches(samples: list[Sample], atol: float = RULE_ATOL) -> list[str]:
-    """Ids of samples whose stored final score differs from their rule applied to their judges."""
+    """Ids of samples whose stored final score differs from their rule applied to their judges as
+    published (a fact about the file, comparable with REFERENCE's counts)."""
     by_key: dict[tuple[str, int], list[Sample]] = defaultdict(list)
     for s in samples:
-        by_key[(s.rule, len(s.judge_scores))].append(s)
+        by_key[(s.rule, len(published_judges(s)))].append(s)
     bad: list[str] = []
     for (rule, _), group in by_key.items():
-        judges = np.array([s.judge_scores for s in group], dtype=np.float64)
+        judges = np.array([published_judges(s) for s in group], dtype=np.float64)
         dd = np.array([np.nan if s.difficulty is None else s.difficulty for s in group])
         pred = apply_rule(rule, judges, dd)
         final = np.array([s.final_score for s in group])
@@ -101,9 +117,13 @@ def inspect_dataset(name: str, root: str | Path | None = None, cfg: dict | None 
 
     Keys: ``dataset``, ``n_samples``, ``folds`` (``{"k": {"train", "test"}}``; JIGSAWS
     ``"<Task>/<k>"``, counted within the task), ``judges_per_sample`` (panel size -> count),
-    ``rule_mismatches`` (stored final score != rule(judges), within ``dataset.rule_atol``),
-    ``score_range`` (group -> [min, max] final score); extra: ``rules``, ``warnings``,
-    ``rule_mismatch_examples``, ``annotation_files``.
+    ``rule_mismatches`` (stored final score != rule(judges), within ``dataset.rule_atol``), both
+    over the panels as published; ``score_range`` (group -> [min, max] final score);
+    ``judge_outliers`` (judge values off the judge scale: ``{"id", "file", "judge", "value",
+    "used"}``, ``used`` null = dropped); extra: ``rules``, ``warnings``, ``rule_mismatch_examples``,
+    ``annotation_files``.
+
+    Raises :class:`AnnotationError` for a missing or malformed file and for non-finite scores.
     """
     module, root_path, cfg = _resolve(name, root, cfg)
     index = module.read(root_path, cfg)
@@ -114,7 +134,7 @@ def inspect_dataset(name: str, root: str | Path | None = None, cfg: dict | None 
     for s in samples:
         lo, hi = ranges.get(s.group, [s.final_score, s.final_score])
         ranges[s.group] = [min(lo, s.final_score), max(hi, s.final_score)]
-    judges = Counter(len(s.judge_scores) for s in samples)
+    judges = Counter(len(published_judges(s)) for s in samples)
     return {
         "dataset": cfg.get("dataset", {}).get("name", name),
         "n_samples": len(samples),
@@ -122,6 +142,7 @@ def inspect_dataset(name: str, root: str | Path | None = None, cfg: dict | None 
         "judges_per_sample": {str(k): judges[k] for k in sorted(judges)},
         "rule_mismatches": len(bad),
         "score_range": {g: [round(lo, 6), round(hi, 6)] for g, (lo, hi) in ranges.items()},
+        "judge_outliers": index.judge_outliers,
         "rules": dict(Counter(s.rule for s in samples)),
         "rule_mismatch_examples": bad[:10],
         "warnings": index.warnings,

@@ -11,6 +11,15 @@ relative to the root), ``final_score``; optional ``judge_scores`` (semicolon-sep
   :mod:`~udaqa_pipeline.datasets.rules` forces that rule for every row (its judge count and
   difficulty are then checked row by row).
 - ``group`` is the dataset name (one model); ``action`` is kept as given.
+- Refused, naming the file and rows: a column outside the list above (a typo such as
+  ``judge_score`` would otherwise be ignored and lose the judges), a row with more fields than the
+  header, and NaN/inf in ``final_score``, ``judge_scores`` or ``difficulty`` (Python reads "nan" and
+  "inf" as numbers; one of them makes every training loss NaN).
+- Judge scale: ``dataset.judge_scale = [lo, hi]`` and ``dataset.judge_step`` (default ``[]``: none,
+  only finiteness is checked). When set, each row's panel (a row without judges: its final score,
+  the one judge of ``identity``) goes through the judge policy of :mod:`.common`: a value off the
+  scale is used divided by 10 when that is on the scale and the rule then gives the row's final
+  score, else it is dropped (a row left without judges is left out); all reported by id.
 """
 
 from __future__ import annotations
@@ -19,10 +28,11 @@ import csv
 from pathlib import Path
 
 from .base import TRAIN_ONLY, Sample
-from .common import AnnotationError, DatasetIndex, dataset_cfg, need_file
+from .common import AnnotationError, DatasetIndex, LabelCheck, dataset_cfg, judge_scale, need_file
 from .rules import DIFFICULTY_RULES, RULE_JUDGES, check_rule
 
 REQUIRED = ("id", "path", "final_score")
+OPTIONAL = ("judge_scores", "difficulty", "action", "split")
 
 
 def _float(text: str, path: Path, row: int, col: str) -> float:
@@ -32,7 +42,25 @@ def _float(text: str, path: Path, row: int, col: str) -> float:
         raise AnnotationError(path, f"row {row}: {col} {text!r} is not a number", "fix the CSV") from None
 
 
+def _columns(path: Path, cols: list[str]) -> None:
+    """Refuse a header that is not the published one: missing required or unknown columns."""
+    expected = "id,path,final_score[," + ",".join(OPTIONAL) + "]"
+    missing = [c for c in REQUIRED if c not in cols]
+    if missing:
+        hint = ""
+        if len(cols) == 1 and any(sep in cols[0] for sep in ";\t"):
+            hint = " (the header is one column: the file is not comma-separated)"
+        raise AnnotationError(path, f"missing column(s) {', '.join(missing)} (found {cols}){hint}",
+                              f"the header needs {expected}, separated by commas")
+    unknown = [c for c in cols if c not in REQUIRED + OPTIONAL]
+    if unknown:
+        raise AnnotationError(path, f"unknown column(s) {', '.join(unknown)} (found {cols})",
+                              f"rename or remove them: the columns are {expected}")
+
+
 def read(root: str | Path, cfg: dict) -> DatasetIndex:
+    """Samples of ``annotations.csv`` (module docstring). Raises :class:`AnnotationError` naming the
+    row for a malformed file or row, or non-finite scores."""
     root = Path(root)
     dcfg = dataset_cfg(cfg)
     name = dcfg.get("name", "folder")
@@ -43,13 +71,16 @@ def read(root: str | Path, cfg: dict) -> DatasetIndex:
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         cols = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in REQUIRED if c not in cols]
-        if missing:
-            raise AnnotationError(path, f"missing column(s) {', '.join(missing)} (found {cols})",
-                                  "the header needs id,path,final_score[,judge_scores,difficulty,action,split]")
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+        _columns(path, cols)
+        rows = []
+        for n, r in enumerate(reader, 2):
+            if None in r:  # DictReader files the fields past the header under the key None
+                raise AnnotationError(path, f"row {n} has {len(cols) + len(r[None])} fields, the header {len(cols)}",
+                                      "quote values that hold commas, or fix the row")
+            rows.append({k.strip(): (v or "").strip() for k, v in r.items()})
     if not rows:
         raise AnnotationError(path, "no rows", "add one row per video")
+    check = LabelCheck(path, judge_scale(dcfg, None, name))
     samples: list[Sample] = []
     seen: set[str] = set()
     for n, r in enumerate(rows, 2):  # row numbers as a spreadsheet shows them (header = 1)
@@ -65,6 +96,8 @@ def read(root: str | Path, cfg: dict) -> DatasetIndex:
             rule = "mean" if len(judges) > 1 else "identity"
         else:
             rule = rule_cfg
+        if not check.finite(f"row {n} (id {sid})", final_score=final, judge_scores=judges, difficulty=difficulty):
+            continue
         if not judges:
             judges = (final,)
         need = RULE_JUDGES[rule]
@@ -84,8 +117,12 @@ def read(root: str | Path, cfg: dict) -> DatasetIndex:
             raise AnnotationError(path, f"row {n}: split {split!r}", "use train, test or a fold number")
         if not r["path"]:
             raise AnnotationError(path, f"row {n}: empty path", "give the video file or frame folder, relative to the root")
+        judges, extra = check.judges(sid, rule, judges, difficulty, final)
+        if judges is None:
+            continue
         samples.append(Sample(
             id=sid, dataset=name, source=root / r["path"], final_score=final, judge_scores=judges,
-            difficulty=difficulty, rule=rule, action=r.get("action", ""), group=name, fold=fold,
+            difficulty=difficulty, rule=rule, action=r.get("action", ""), group=name, fold=fold, extra=extra,
         ))
-    return DatasetIndex(samples, [], {"annotations": str(path)})
+    warnings = check.report()
+    return DatasetIndex(samples, warnings, {"annotations": str(path)}, check.outliers())

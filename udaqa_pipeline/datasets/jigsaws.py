@@ -15,6 +15,14 @@ Folds (4 per task, ``Sample.fold = k`` = the fold that tests the trial, ``group`
   surgeons sorted by letter, surgeon ``i`` -> fold ``i % 4``. These are NOT MUSDL's folds, and
   ``inspect`` says so.
 
+Labels (:class:`~.common.LabelCheck`): a NaN/inf score refuses the file, naming the trials; items are
+held against ``dataset.judge_scale`` / ``judge_step`` (default GRS items: integers 1..5). By the judge
+policy of :mod:`.common` an item off the scale is used divided by 10 when that is on the scale and the
+items then sum to the published GRS (meta files), else dropped; ``label.pkl`` publishes no GRS (it is
+the items' sum), so a trial with an item off the scale is left out there. A label of other than 6
+items (or one GRS total), a meta line of other than 9 fields or a split of other than 4 folds per
+task is refused with what was found.
+
 Source: the frame folder ``frames/<trial>_capture1/`` when it exists, else the video
 ``<Task>/video/<trial>_capture1.avi``; the window is 160 frames spread uniformly over it.
 """
@@ -27,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import Sample
-from .common import AnnotationError, DatasetIndex, dataset_cfg, load_pickle, resolve, to_floats
+from .common import GRS_ITEM_SCALE, AnnotationError, DatasetIndex, LabelCheck, dataset_cfg, judge_scale, load_pickle, resolve, to_floats
 
 #: ``datasets inspect`` keys the folds "<Task>/<k>": each task has its own 4-fold CV.
 FOLDS_PER_GROUP = True
@@ -49,8 +57,8 @@ def _read_meta(path: Path) -> dict[str, tuple[tuple[float, ...], float, str]]:
         parts = line.split()
         if not parts:
             continue
-        if len(parts) < 9:
-            raise AnnotationError(path, f"line {n} has {len(parts)} fields, expected trial, skill, GRS and 6 items",
+        if len(parts) != 9:
+            raise AnnotationError(path, f"line {n} has {len(parts)} fields, expected 9: trial, skill, GRS and 6 items",
                                   "use the official meta file")
         try:
             total = float(parts[2])
@@ -68,6 +76,9 @@ def _split_folds(obj, path: Path, tasks: list[str]) -> dict[str, int]:
     for task, folds in obj.items():
         if isinstance(folds, dict):
             folds = [folds[k] for k in sorted(folds)]
+        if len(folds) != N_FOLDS:
+            raise AnnotationError(path, f"task {task!r} has {len(folds)} folds, expected {N_FOLDS} lists of trial names",
+                                  "use MUSDL's splits.pkl")
         for k, trials in enumerate(folds):
             for t in np.asarray(trials).reshape(-1).tolist():
                 fold_of[str(t.decode() if isinstance(t, bytes) else t)] = k
@@ -82,15 +93,26 @@ def read(root: str | Path, cfg: dict) -> DatasetIndex:
     warnings: list[str] = []
     labels_path = resolve(root, dcfg["labels"])
     labels: dict[str, tuple[tuple[float, ...], float, str, str]] = {}  # trial -> judges, final, rule, skill
+    notes: dict[str, dict] = {}  # trial -> Sample.extra from the judge policy
+    scale = judge_scale(dcfg, GRS_ITEM_SCALE, name)
+    checks: list[LabelCheck] = []
     if labels_path.is_file():
         raw = load_pickle(labels_path, "JIGSAWS label file")
         if not isinstance(raw, dict):
             raise AnnotationError(labels_path, "expected a dict trial -> 6 GRS items", "use MUSDL's label.pkl")
+        checks.append(check := LabelCheck(labels_path, scale))
         for trial, val in raw.items():
             items = to_floats(val)
+            if len(items) not in (1, 6):
+                raise AnnotationError(labels_path, f"trial {trial!r} has {len(items)} values, expected 6 GRS items "
+                                      "(or one GRS total)", "use MUSDL's label.pkl")
+            if not check.finite(f"trial {trial}", label=items):
+                continue
             if len(items) == 1:
                 labels[str(trial)] = (items, items[0], "identity", "")
-            else:
+                continue
+            items, notes[str(trial)] = check.judges(str(trial), "sum", items, None, None)
+            if items is not None:
                 labels[str(trial)] = (items, float(sum(items)), "sum", "")
         source_file = str(labels_path)
     else:
@@ -106,8 +128,13 @@ def read(root: str | Path, cfg: dict) -> DatasetIndex:
             if not p.is_file():
                 warnings.append(f"no meta file for task {t} ({p}); task skipped")
         for _, p in found:
+            checks.append(check := LabelCheck(p, scale))
             for trial, (items, total, skill) in _read_meta(p).items():
-                labels[trial] = (items, total, "sum", skill)
+                if not check.finite(f"trial {trial}", GRS=total, items=items):
+                    continue
+                used, notes[trial] = check.judges(trial, "sum", items, None, total)
+                if used is not None:
+                    labels[trial] = (used, total, "sum", skill)
         source_file = ", ".join(str(p) for _, p in found)
 
     splits_path = resolve(root, dcfg["splits"])
@@ -140,7 +167,7 @@ def read(root: str | Path, cfg: dict) -> DatasetIndex:
         samples.append(Sample(
             id=trial, dataset=name, source=frames if frames.is_dir() else video, final_score=final,
             judge_scores=judges, difficulty=None, rule=rule, action=task, group=task, fold=fold_of[trial],
-            extra={"skill": skill} if skill else {},
+            extra={**notes.get(trial, {}), **({"skill": skill} if skill else {})},
         ))
     if no_task:
         warnings.append(f"{len(no_task)} trials match none of the tasks {tasks} (e.g. {no_task[0]}); left out")
@@ -149,5 +176,7 @@ def read(root: str | Path, cfg: dict) -> DatasetIndex:
     stray = [t for t in fold_of if t not in labels]
     if stray and splits_path.is_file():
         warnings.append(f"{len(stray)} trials in {splits_path.name} have no label (e.g. {stray[0]}); skipped")
+    for check in checks:
+        warnings += check.report()
     samples.sort(key=lambda s: (tasks.index(s.group), s.id))
-    return DatasetIndex(samples, warnings, {"labels": source_file})
+    return DatasetIndex(samples, warnings, {"labels": source_file}, [o for c in checks for o in c.outliers()])
