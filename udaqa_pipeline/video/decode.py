@@ -365,3 +365,60 @@ def count_frames(source: str | os.PathLike, *, exact: bool = True) -> int:
         return src.n_frames()
     finally:
         src.close()
+
+
+def iter_frames(source: str | os.PathLike, chunk: int = 64, stop: int | None = None) -> Iterable[np.ndarray]:
+    """Frames ``0:stop`` of a video file or frame folder, ``chunk`` at a time, as ``uint8 (t, H, W, 3)`` RGB.
+
+    The streaming form of :func:`read_frames` for callers that must not hold a whole video (a minute
+    of 1080p60 is ~22 GB of RGB): every array holds ``chunk`` consecutive frames except possibly the
+    last, and concatenated they equal ``read_frames(source, stop=stop)``. The file is decoded once,
+    front to back; errors are the same :class:`VideoError` as ``read_frames``, plus ``corrupt`` for a
+    frame whose size differs from the first (``read_frames`` cannot stack those either).
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk={chunk}: need at least 1 frame per chunk")
+    if stop is not None and stop < 0:
+        raise ValueError(f"bad frame range stop={stop}: need stop >= 0")
+    src = open_video(source)
+    try:
+        if isinstance(src, FrameFolder):
+            n = src.n_frames() if stop is None else min(src.n_frames(), stop)
+            first = None
+            for a in range(0, n, chunk):
+                part = src.read(range(a, min(n, a + chunk)))
+                first = part.shape[1:] if first is None else first
+                if part.shape[1:] != first:
+                    # read() checks sizes within one chunk; across chunks the odd one is the chunk's first.
+                    raise VideoError(
+                        src.files[a], f"frame size {part.shape[2]}x{part.shape[1]} differs from {first[1]}x{first[0]}",
+                        "re-extract the folder so every frame has the same size", kind="corrupt",
+                    )
+                yield part
+            return
+        if stop == 0:
+            return
+        out, k, n = None, 0, 0
+        for frame in src._frames():
+            arr = frame.to_ndarray(format="rgb24")
+            if out is None:
+                shape = arr.shape
+                out = np.empty((chunk, *shape), np.uint8)  # filled in place: no list + stack double copy
+            elif arr.shape != shape:
+                raise VideoError(
+                    src.path, f"frame {n} is {arr.shape[1]}x{arr.shape[0]} but the first is {shape[1]}x{shape[0]}",
+                    "re-encode the video at one resolution (e.g. ffmpeg -i IN -vf scale=W:H OUT)", kind="corrupt",
+                )
+            out[k] = arr
+            k, n = k + 1, n + 1
+            if k == chunk:
+                yield out
+                out, k = np.empty_like(out), 0
+            if stop is not None and n >= stop:
+                break
+        if n == 0:
+            raise VideoError(src.path, "no frames could be decoded", "re-export the video", kind="empty")
+        if k:
+            yield out[:k]
+    finally:
+        src.close()
