@@ -51,22 +51,33 @@ def verify_cmd(cache_root: Path | None) -> None:
 @click.argument("video", type=click.Path(path_type=Path))
 @click.option("--frames", type=int, default=None, help="Use only the first N frames (default: the whole clip).")
 @click.option("--top", type=int, default=5, show_default=True, help="How many labels to show.")
-@click.option("--json", "as_json", is_flag=True, help='Print {"frames", "logits" (400), "top"} as one JSON object.')
+# 64 = backbone.classify.WINDOW, written out so `--help` does not import torch (a test keeps them equal).
+@click.option("--window", type=int, default=64, show_default=True,
+              help="Frames per I3D pass; bounds memory whatever the video's length (a shorter tail joins "
+                   "the last window).")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"frames", "windows", "logits" (400), "top"} as one JSON object.')
 @click.option("--cache-root", type=click.Path(path_type=Path), default=None, help="Cache root holding the weights.")
-def classify_cmd(video: Path, frames: int | None, top: int, as_json: bool, cache_root: Path | None) -> None:
-    """Classify VIDEO (file or frame folder) with I3D into Kinetics-400 classes."""
+def classify_cmd(video: Path, frames: int | None, top: int, window: int, as_json: bool, cache_root: Path | None) -> None:
+    """Classify VIDEO (file or frame folder) with I3D into Kinetics-400 classes.
+
+    The video is streamed: decoded a few frames at a time and run through I3D in windows of --window
+    frames, so peak memory stays bounded however long it is. The logits are the average over every
+    temporal position of every window (each window weighted by its positions); a video that fits
+    one window gets exactly the one-pass result, a longer one differs only at window boundaries.
+    """
     from ..backbone.classify import classify_video
     from ..backbone.weights import WeightsError
     from ..video.decode import VideoError
 
     try:
-        result = classify_video(video, frames=frames, top=top, cache_root=cache_root)
+        result = classify_video(video, frames=frames, top=top, window=window, cache_root=cache_root)
     except (WeightsError, VideoError, ValueError) as e:
         raise _fail(e) from None
     if as_json:
         click.echo(json.dumps(result))
         return
-    click.echo(f"{video}: {result['frames']} frames")
+    click.echo(f"{video}: {result['frames']} frames in {result['windows']} I3D pass(es)")
     for row in result["top"]:
         click.echo(f"{row['prob']:8.4f}  {row['logit']:8.3f}  {row['label']}")
 
