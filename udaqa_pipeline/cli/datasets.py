@@ -33,6 +33,10 @@ def _human(info: dict) -> str:
     lines.append("rules            " + ", ".join(f"{k}: {v}" for k, v in info["rules"].items()))
     ex = f" (e.g. {', '.join(info['rule_mismatch_examples'][:5])})" if info["rule_mismatches"] else ""
     lines.append(f"rule mismatches  {info['rule_mismatches']}{ex}")
+    odd = info.get("judge_outliers", [])
+    fixes = ", ".join(f"{o['id']} judge {o['judge']}: {o['value']:g} -> {'dropped' if o['used'] is None else format(o['used'], 'g')}"
+                      for o in odd[:3])
+    lines.append(f"judge outliers   {len(odd)}" + (f" ({fixes}{', ...' if len(odd) > 3 else ''})" if odd else ""))
     for g, (lo, hi) in info["score_range"].items():
         lines.append(f"scores {g:<9} {lo:g} .. {hi:g}")
     lines += [f"warning: {w}" for w in info["warnings"]]
@@ -46,10 +50,12 @@ def _human(info: dict) -> str:
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override a stage config value, e.g. --set dataset.train_split=other.pkl (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (dataset, n_samples, folds, "
-              "judges_per_sample, rule_mismatches, score_range, ...).")
+              "judges_per_sample, rule_mismatches, score_range, judge_outliers, ...).")
 def inspect_cmd(dataset, root, overrides, as_json) -> None:
     """Summarise DATASET's annotation files (no frames needed): samples, folds, judge panels, samples
-    whose final score breaks the scoring rule, score ranges, and warnings about the files.
+    whose final score breaks the scoring rule, judge values off the judge scale (and what training
+    gets instead: value/10 or the judge dropped), score ranges, and warnings about the files. A file
+    with NaN/inf scores or a shape other than the published one is refused, naming it.
 
     DATASET is a stage name (mtl, finediving, jigsaws, aqa7, folder) or a stage TOML path.
     """
