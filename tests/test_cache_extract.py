@@ -265,3 +265,82 @@ def test_failure_status_follows_the_error_kind_not_its_wording(tmp_path):
     assert failure_status(ShortVideoError("x")) == "too_short"
     assert failure_status(FileNotFoundError("x")) == "missing"
     assert failure_status(RuntimeError("x")) == "error"
+
+
+def test_bad_input_kinds_in_one_run(tmp_path, capsys):
+    """Issue 10 items 1-3 through stage one: a phone video stored on its side equals its upright twin
+    (frames, features, small video); a cut download is a failure naming both counts, never a padded
+    sample; a short complete video is padded and counted apart from ok in the summary and cache info;
+    a frame folder with a gap fails naming the missing numbers."""
+    import csv
+
+    from PIL import Image
+
+    from fixtures.videos import cut, encode_video, stored_for_display
+    from test_cache_util import write_video
+    from udaqa_pipeline.cache.verify import cache_info
+
+    root = tmp_path / "data"
+    shown = np.random.default_rng(5).integers(0, 256, (14, 40, 24, 3), dtype=np.uint8)
+    encode_video(root / "v" / "upright.mkv", shown)
+    encode_video(root / "v" / "phone.mp4", stored_for_display(shown, -90), "libx264rgb", "rgb24",
+                 {"qp": "0", "preset": "ultrafast"}, rotation=-90)
+    web = encode_video(tmp_path / "web.mp4", np.repeat(shown, 9, axis=0)[:120], "libx264", "yuv420p",
+                       container_options={"movflags": "faststart"})
+    cut(web, 0.6, root / "v" / "download.mp4")
+    write_video(root / "v" / "short.mkv", 7, seed=3)
+    write_video(root / "v" / "shorter.mkv", 5, seed=4)
+    gap = root / "v" / "gapped"
+    gap.mkdir()
+    for k in [k for k in range(20) if k not in (4, 5)]:
+        Image.fromarray(shown[k % 14]).save(gap / f"{k:05d}.png")
+    rows = [("upright", "v/upright.mkv"), ("phone", "v/phone.mp4"), ("download", "v/download.mp4"),
+            ("short", "v/short.mkv"), ("shorter", "v/shorter.mkv"), ("gapped", "v/gapped")]
+    with (root / "annotations.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "path", "final_score"])
+        w.writerows([(sid, rel, 10 + i) for i, (sid, rel) in enumerate(rows)])
+
+    p = _extract(root, tmp_path / "cache")
+    c = open_cache(p)
+    by = {r["id"]: (i, r) for i, r in enumerate(c.samples.to_pylist())}
+    up, ph = by["upright"][0], by["phone"][0]
+    assert by["phone"][1]["status"] == "ok" and not by["phone"][1]["short"]
+    assert c.features[ph].tobytes() == c.features[up].tobytes()  # same frames in, same features out
+    np.testing.assert_array_equal(c.video[ph], c.video[up])
+    dl = by["download"][1]
+    assert dl["status"] == "corrupt" and "truncated" in dl["error"] and "120 frames" in dl["error"]
+    assert "download.mp4" in dl["error"]
+    gapped = by["gapped"][1]  # the uniform window samples frame 5 (not 4): it names what it needs
+    assert gapped["status"] == "corrupt" and "number 5 needed" in gapped["error"] and "00003.png -> 00006.png" in gapped["error"]
+    assert by["short"][1]["short"] and by["shorter"][1]["n_source_frames"] == 5
+    err = capsys.readouterr().err
+    assert "2 of 6 samples ok, 2 short (padded to 12 frames; shortest 5 frames: shorter), 2 failed" in err
+    info = cache_info(p)
+    assert info["counts"]["ok"] == 4
+    assert info["padded"] == {"short": 2, "shortest_frames": 5, "shortest_id": "shorter", "window_frames": 12,
+                              "filled": 0}
+
+
+def test_gap_policy_nearest_is_counted_apart(tmp_path, capsys):
+    from PIL import Image
+
+    from udaqa_pipeline.cache.verify import cache_info
+
+    root = tmp_path / "data"
+    rng = np.random.default_rng(1)
+    for sid, missing in (("whole", ()), ("holed", (3,))):
+        d = root / "f" / sid
+        d.mkdir(parents=True)
+        for k in range(1, 17):
+            if k not in missing:
+                Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(d / f"img_{k:05d}.png")
+    (root / "annotations.csv").write_text("id,path,final_score\nwhole,f/whole,1\nholed,f/holed,2\n")
+    p = _extract(root, tmp_path / "cache", TINY + ("frames.gap_policy=nearest",))
+    rows = {r["id"]: r for r in open_cache(p).samples.to_pylist()}
+    assert rows["holed"]["status"] == "ok" and rows["holed"]["error"].startswith("filled: frame numbers 3 ")
+    window = np.floor(np.linspace(0, 15, 12)).astype(int).tolist()  # folder stage: uniform, L = 12
+    assert rows["holed"]["frame_indices"] == [1 if i == 2 else i for i in window]  # frame 3 shows frame 2 (tie: earlier)
+    assert rows["whole"]["frame_indices"] == window
+    assert "1 of 2 samples ok, 1 with frame-folder gaps filled from the nearest frame" in capsys.readouterr().err
+    assert cache_info(p)["padded"]["filled"] == 1

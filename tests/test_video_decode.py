@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import av
 from PIL import Image
 
 from fixtures.videos import encode_video
@@ -169,3 +170,174 @@ def test_error_kinds_are_machine_readable(tmp_path, mkv):
     assert VideoError(src, "x").kind == "corrupt"
     with pytest.raises(ValueError, match="unknown VideoError kind"):
         VideoError(src, "x", kind="broken")
+
+
+# ----------------------------------------------------------------------------- display rotation
+
+
+def _portrait(n: int = 6) -> np.ndarray:
+    """What a player shows: 40 wide, 56 tall, content with no symmetry a rotation could hide."""
+    return np.random.default_rng(7).integers(0, 256, size=(n, 56, 40, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("rotation", [90, -90, 180, 270])
+@pytest.mark.parametrize("name,codec,pix_fmt,options", [
+    ("c.mp4", "libx264rgb", "rgb24", {"qp": "0", "preset": "ultrafast"}),
+    ("c.mov", "libx264rgb", "rgb24", {"qp": "0", "preset": "ultrafast"}),
+    ("c.mkv", "ffv1", "bgr0", None),
+])
+def test_rotated_twin_decodes_to_the_upright_frames(tmp_path, rotation, name, codec, pix_fmt, options):
+    from fixtures.videos import stored_for_display
+    from udaqa_pipeline.video.decode import iter_frames
+
+    shown = _portrait()
+    upright = encode_video(tmp_path / ("up_" + name), shown, codec, pix_fmt, options)
+    stored = stored_for_display(shown, rotation)
+    assert stored.shape[1:3] != shown.shape[1:3] or rotation % 180 == 0  # really stored on its side
+    rotated = encode_video(tmp_path / name, stored, codec, pix_fmt, options, rotation=rotation)
+    with av.open(str(rotated)) as c:  # the file carries the matrix players rotate by
+        assert next(c.decode(video=0)).rotation % 360 == rotation % 360
+    np.testing.assert_array_equal(read_frames(upright), shown)
+    np.testing.assert_array_equal(read_frames(rotated), shown)
+    np.testing.assert_array_equal(read_frames(rotated, indices=[5, 0, 0]), shown[[5, 0, 0]])
+    np.testing.assert_array_equal(read_frames(rotated, start=2, stop=4), shown[2:4])
+    np.testing.assert_array_equal(np.concatenate(list(iter_frames(rotated, chunk=4))), shown)
+
+
+@pytest.mark.parametrize("rotation", [0, 90, 180, -90])
+def test_mirrored_display_matrix(tmp_path, rotation):
+    """Rotation plus mirror (the other four of the eight orientations a display matrix can hold)."""
+    from fixtures.videos import stored_for_display
+
+    shown = _portrait(3)
+    p = encode_video(tmp_path / "m.mkv", stored_for_display(shown, rotation, hflip=True), rotation=rotation, hflip=True)
+    np.testing.assert_array_equal(read_frames(p), shown)
+
+
+def test_rotation_off_the_right_angles_is_refused(tmp_path):
+    p = encode_video(tmp_path / "tilted.mp4", _portrait(2), "libx264rgb", "rgb24", {"qp": "0"}, rotation=30)
+    with pytest.raises(VideoError, match="not a multiple of 90") as e:
+        read_frames(p)
+    assert e.value.kind == "unsupported" and "tilted.mp4" in str(e.value) and "upright" in e.value.fix
+
+
+def test_display_transform_follows_ffmpeg_for_raw_matrices():
+    """The 16.16 matrices FFmpeg writes for the pure rotations and mirrors, and the operation each needs."""
+    from udaqa_pipeline.video.decode import apply_display_transform, display_transform
+
+    one = 1 << 16
+    cases = {  # av_display_rotation_set(-deg) (counter-clockwise deg), av_display_matrix_flip
+        (0, 0): [one, 0, 0, 0, one, 0, 0, 0, 1 << 30],
+        (90, 0): [0, -one, 0, one, 0, 0, 0, 0, 1 << 30],
+        (-90, 0): [0, one, 0, -one, 0, 0, 0, 0, 1 << 30],
+        (180, 0): [-one, 0, 0, 0, -one, 0, 0, 0, 1 << 30],
+        (0, 1): [-one, 0, 0, 0, one, 0, 0, 0, 1 << 30],  # mirrored left-right
+    }
+    a = np.arange(6).reshape(2, 3, 1)
+    expect = {(0, 0): a, (90, 0): np.rot90(a, 1), (-90, 0): np.rot90(a, -1), (180, 0): a[::-1, ::-1],
+              (0, 1): a[:, ::-1]}
+    for key, m in cases.items():
+        np.testing.assert_array_equal(apply_display_transform(a, display_transform(m)), expect[key], err_msg=str(key))
+    assert display_transform(None) == ()
+    with pytest.raises(ValueError, match="9 entries"):
+        display_transform([1, 2, 3])
+
+
+# ----------------------------------------------------------------------------- truncated files
+
+
+def _moving(n: int, h: int = 48, w: int = 64) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    rng = np.random.default_rng(3)
+    base = np.stack([np.stack([(x * 4 + t * 6) % 256, (y * 5 + t * 3) % 256, (x + y + 2 * t) % 256], -1)
+                     for t in range(n)])
+    return np.clip(base + rng.integers(-20, 21, base.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def web_mp4(tmp_path_factory) -> Path:
+    """120 frames of H.264 in mp4 with the index first (``faststart``), as downloads are."""
+    return encode_video(tmp_path_factory.mktemp("w") / "dl.mp4", _moving(120), "libx264", "yuv420p",
+                        container_options={"movflags": "faststart"})
+
+
+@pytest.mark.parametrize("fraction", [0.6, 0.25])
+def test_cut_download_is_truncated_naming_both_counts(tmp_path, web_mp4, fraction):
+    from fixtures.videos import cut
+    from udaqa_pipeline.video.decode import VideoFile
+
+    part = cut(web_mp4, fraction, tmp_path / "part.mp4")
+    with VideoFile(part) as v:
+        count = v.container_count()
+    assert count.header == 120 and count.truncated and not count.trusted
+    for call in (lambda: read_frames(part), lambda: read_frames(part, indices=[0, 119]),
+                 lambda: count_frames(part)):
+        with pytest.raises(VideoError) as e:
+            call()
+        assert e.value.kind == "truncated", str(e.value)
+        assert "part.mp4" in str(e.value) and "120 frames" in e.value.reason
+        decoded = int(e.value.reason.split("stops after ")[1].split()[0])
+        assert 0 < decoded < 120 * fraction  # the second count: what really decodes
+        assert "again" in e.value.fix
+    # frames before the cut still read: nothing that was fine is lost
+    np.testing.assert_array_equal(read_frames(part, indices=[0, 1]), read_frames(web_mp4, indices=[0, 1]))
+
+
+def test_avi_cut_before_its_index_is_truncated(tmp_path):
+    from fixtures.videos import cut
+
+    whole = encode_video(tmp_path / "v.avi", _moving(90), "mpeg4", "yuv420p")
+    assert count_frames(whole) == 90
+    part = cut(whole, 0.5, tmp_path / "half.avi")
+    with pytest.raises(VideoError, match="states 90 frames") as e:
+        read_frames(part)
+    assert e.value.kind == "truncated"
+
+
+def test_complete_files_are_not_truncated(tmp_path, web_mp4):
+    from udaqa_pipeline.video.decode import VideoFile
+
+    for p in (web_mp4, encode_video(tmp_path / "v.avi", _moving(30), "mpeg4", "yuv420p"),
+              encode_video(tmp_path / "v.mkv", _moving(30))):
+        with VideoFile(p) as v:
+            count = v.container_count()
+        assert not count.truncated and count.frames == count_frames(p)
+        assert count.trusted == (p.suffix != ".mkv")  # Matroska states no frame count: packets alone
+        with pytest.raises(VideoError) as e:
+            read_frames(p, indices=[count.frames])
+        assert e.value.kind == "too_short"  # a window past the end of a complete file is only too long
+
+
+# ----------------------------------------------------------------------------- one pass, B-frames skipped
+
+
+@pytest.mark.parametrize("name,codec", [("b.avi", "mpeg4"), ("b.mp4", "mpeg4"), ("b.mkv", "mpeg2video"),
+                                        ("b.mpg", "mpeg1video")])
+def test_skipping_unneeded_b_frames_gives_the_exact_frames(tmp_path, name, codec):
+    from udaqa_pipeline.video.decode import VideoFile
+
+    p = encode_video(tmp_path / name, _moving(150), codec, "yuv420p", max_b_frames=2, gop=40)
+    every = read_frames(p)  # every frame, in order: the reference
+    idx = np.floor(np.linspace(0, 149, 17)).astype(int)
+    with VideoFile(p) as v:
+        count = v.container_count()
+        assert count.frames == 150 and v._skip_worthwhile(idx, 150)
+        got = v._read_skipping(idx, 150)
+        assert got is not None, "the one-pass model should hold for this stream"
+        # the skipping pass placed every frame where decoding in order does
+        for i in idx.tolist():
+            np.testing.assert_array_equal(got[i], every[i])
+        np.testing.assert_array_equal(v.read(idx, count=count), every[idx])
+        assert v._read_skipping(idx, 151) is None  # a count the stream does not have: refused, not guessed
+
+
+def test_read_with_a_count_decodes_to_the_end_and_reports_the_exact_count(tmp_path):
+    from udaqa_pipeline.video.decode import VideoFile
+
+    p = encode_video(tmp_path / "v.mkv", _frames(20))
+    with VideoFile(p) as v:
+        count = v.container_count()
+        v.read([0, 5], count=count)
+        assert v.decoded_frames is None  # the window stopped early: nothing learnt about the end
+        v.read([0, 19], count=count)
+        assert v.decoded_frames == 20

@@ -69,6 +69,7 @@ from .manifest import (
 from .merge import BASE_SAMPLES, merge_cache, missing_indices, shard_dir, staged_files, write_staged
 from .shard import Shard, parse_shard, shard_indices, torchrun_env
 from .store import add_backend, samples_table
+from .verify import FILLED_NOTE, padding_summary
 
 DEFAULT_VIEW_SHIFT = 3
 DTYPES = ("fp32", "bf16")
@@ -138,8 +139,11 @@ def _video_size(cfg: Mapping[str, Any]) -> tuple[int, int]:
 #: Sample status of each :data:`~udaqa_pipeline.video.decode.VIDEO_ERROR_KINDS` value: a file that is
 #: there but cannot be decoded (empty or damaged) is ``corrupt``; an OS refusal or a request no file
 #: could meet is not the video's fault, so it is a plain ``error``.
+#: A truncated file and a frame folder with a gap in the window are damaged sources (``corrupt``); a
+#: rotation that cannot be applied is not the file's fault (``error``).
 STATUS_OF_KIND: dict[str, str] = {"missing": "missing", "too_short": "too_short", "empty": "corrupt",
-                                  "corrupt": "corrupt", "unreadable": "error", "bad_request": "error"}
+                                  "corrupt": "corrupt", "truncated": "corrupt", "gap": "corrupt",
+                                  "unsupported": "error", "unreadable": "error", "bad_request": "error"}
 
 
 def failure_status(exc: BaseException) -> str:
@@ -155,6 +159,16 @@ def failure_status(exc: BaseException) -> str:
     if isinstance(exc, VideoError):
         return STATUS_OF_KIND.get(getattr(exc, "kind", "corrupt"), "corrupt")
     return "error"
+
+
+def filled_note(filled) -> str:
+    """The sample-table note for frame numbers filled from a neighbour ("" when none were)."""
+    if not filled:
+        return ""
+    from ..video.decode import _ranges
+
+    return (f"{FILLED_NOTE} frame numbers {_ranges(filled)} missing from the folder, each taken from its nearest "
+            f"frame (frames.gap_policy = \"nearest\")")
 
 
 def default_workers() -> int:
@@ -321,8 +335,9 @@ def _prepare(sample: Any, cfg: Mapping[str, Any], views: Sequence[Mapping[str, A
             raise ValueError(f"sample_frames returned {frames.shape[0]} frames, the config asks for {L}")
         xs = [view_input(frames, cfg, v) for v in views]
         video = downsample_video(frames, _video_size(cfg))
-        record = {"id": str(sample.id), "status": "ok", "error": "", "n_source_frames": int(sf.n_source_frames),
-                  "short": bool(sf.short), "frame_indices": [int(i) for i in np.asarray(sf.indices).tolist()]}
+        record = {"id": str(sample.id), "status": "ok", "error": filled_note(sf.filled),
+                  "n_source_frames": int(sf.n_source_frames), "short": bool(sf.short),
+                  "frame_indices": [int(i) for i in np.asarray(sf.indices).tolist()]}
         return record, xs, video
     except Exception as e:  # noqa: BLE001 - one bad video must never stop the run; recorded below
         return {"id": str(sample.id), "status": failure_status(e), "error": f"{type(e).__name__}: {e}"}, None, None
@@ -610,6 +625,19 @@ def summarize(cache_dir: Path) -> tuple[dict[str, int], list[tuple[str, str, str
     return dict(m.get("counts", {})), failed
 
 
+def summary_line(n: int, ok: int, failed: int, pad: Mapping[str, Any]) -> str:
+    """``"30 of 40 samples ok, 3 short (padded to 160 frames; shortest 57 frames: S003), 7 failed"``:
+    ``ok`` samples split into plain, short and gap-filled, so padded ones never pass as plain."""
+    plain = ok - pad["short"] - pad["filled"]
+    line = f"{plain} of {n} samples ok"
+    if pad["short"]:
+        line += (f", {pad['short']} short (padded to {pad['window_frames']} frames; shortest "
+                 f"{pad['shortest_frames']} frames: {pad['shortest_id']})")
+    if pad["filled"]:
+        line += f", {pad['filled']} with frame-folder gaps filled from the nearest frame"
+    return line + (f", {failed} failed" if failed else "")
+
+
 def _finish(cache_dir: Path, strict: bool, quiet: bool = False) -> Path:
     m = read_manifest(cache_dir)
     if not m.get("complete"):
@@ -617,7 +645,7 @@ def _finish(cache_dir: Path, strict: bool, quiet: bool = False) -> Path:
     counts, failed = summarize(cache_dir)
     n = sum(counts.values())
     ok = counts.get("ok", 0)
-    lines = [f"{cache_dir}: {ok} of {n} samples ok" + (f", {len(failed)} failed" if failed else "")]
+    lines = [f"{cache_dir}: {summary_line(n, ok, len(failed), padding_summary(cache_dir))}"]
     for sid, status, err in failed[:20]:
         lines.append(f"  {sid}: {status}: {err}")
     if len(failed) > 20:

@@ -23,6 +23,29 @@ from ..fileutil import file_sha256
 from .manifest import MANIFEST, SAMPLES, CacheError, key_hash, read_manifest
 
 
+#: Start of the ``error`` text of an ``ok`` sample whose frame folder had missing frames filled from a
+#: neighbour (``frames.gap_policy = "nearest"``): the sample table has no column of its own for it.
+FILLED_NOTE = "filled:"
+
+
+def padding_summary(cache_dir: Path) -> dict[str, Any]:
+    """The ``ok`` samples that are not plain, counted apart: ``short`` (fewer source frames than the
+    window, padded with the last frame) and ``filled`` (not short, frame-folder gaps filled under
+    ``frames.gap_policy = "nearest"``).
+
+    Returns ``{"short": k, "shortest_frames": m or None, "shortest_id": id or None,
+    "window_frames": L, "filled": j}``.
+    """
+    m = read_manifest(cache_dir)
+    cols = ["id", "status", "error", "short", "n_source_frames"]
+    t = [r for r in pq.read_table(cache_dir / SAMPLES, columns=cols).to_pylist() if r["status"] == "ok"]
+    short = [r for r in t if r["short"]]
+    low = min(short, key=lambda r: r["n_source_frames"]) if short else None
+    return {"short": len(short), "shortest_frames": None if low is None else int(low["n_source_frames"]),
+            "shortest_id": None if low is None else low["id"], "window_frames": m.get("n_frames"),
+            "filled": sum(1 for r in t if not r["short"] and str(r["error"] or "").startswith(FILLED_NOTE))}
+
+
 def _dir_bytes(p: Path) -> int:
     if p.is_file():
         return p.stat().st_size
@@ -56,6 +79,8 @@ def cache_info(path: str | Path) -> dict[str, Any]:
         from .merge import staged_files
 
         info["staged"] = len(staged_files(path))
+    elif (path / SAMPLES).exists():
+        info["padded"] = padding_summary(path)  # ok samples that are short (padded) or gap-filled, counted apart
     total = sum(s["bytes"] for s in info["stores"].values())
     if info["stores"] and m.get("n_samples"):
         info["bytes_per_sample"] = round(total / len(info["stores"]) / m["n_samples"])

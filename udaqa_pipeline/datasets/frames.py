@@ -7,16 +7,27 @@
   ``"auto"`` = ``"last"`` when the sample sits inside an untrimmed source (``frame_end`` set: the
   CoRe MTL-AQA layout) and ``"first"`` otherwise (MUSDL trimmed folders). Default ``"first"``.
 - ``short_policy``: ``"pad_last"`` (default) or ``"error"``.
+- ``gap_policy`` (numbered frame folders): ``"error"`` (default) refuses a window over a missing
+  frame number, naming the numbers; ``"nearest"`` takes each missing frame from its nearest
+  existing neighbour and records the filled numbers in :attr:`SampledFrames.filled`.
 
 Every failure raises :class:`~udaqa_pipeline.video.decode.VideoError` with its ``kind``: a span
 shorter than the window under ``"error"`` or ending past the source is ``too_short``, any other
-window problem (empty span, bad settings) ``bad_request``; decoding failures keep decode's kind.
+window problem (empty span, bad settings) ``bad_request``; decoding failures keep decode's kind
+(``truncated``, ``gap``, ``corrupt``, ...).
 
 The window is taken inside the sample's span ``[frame_start, frame_end)`` (whole source when
-``None``). Only the window's frames are decoded: a frame folder opens just those images, a video
-file decodes up to the last one. For a video file the length comes from a packet count (no
-decoding); if the decoder then yields fewer frames, the exact count is taken and the window
-recomputed once.
+``None``). In a frame folder whose names carry frame numbers, index ``i`` is frame number
+``first + i`` (``first`` = the folder's lowest number), so a missing file is a gap, never a shift.
+
+Only the window's frames are decoded, in one pass: a frame folder opens just those images; a video
+file's length is what its container states (:meth:`~udaqa_pipeline.video.decode.VideoFile.container_count`:
+header cross-checked with the index or packets, no decoding) and the window is decoded once, the
+MPEG-1/2/4 family skipping B-frames no window frame needs. When decoding shows the container's
+count was wrong (a window reaching the end decodes to the end, so the exact count is then known),
+the window is laid out again on the exact count and decoded a second time: the frames are always
+those of ``floor(linspace(0, n - 1, L))`` (or the mode's rule) over the exactly decoded ``n``. A
+file the container says is longer than what decodes is ``truncated``, never a padded short video.
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..video.clips import ShortVideoError, window_indices
-from ..video.decode import FrameFolder, VideoError, VideoFile, open_video
+from ..video.decode import GAP_POLICIES, FrameFolder, VideoError, VideoFile, open_video
 from .base import Sample
 
 
@@ -34,9 +45,10 @@ class SampledFrames(NamedTuple):
     """Decoded window of one sample."""
 
     frames: np.ndarray  #: uint8 (L, H, W, 3) RGB
-    indices: np.ndarray  #: int64 (L,) source-frame index of each window frame (repeats when padded)
-    n_source_frames: int  #: frames in the source (whole file / folder)
+    indices: np.ndarray  #: int64 (L,) source-frame index of each window frame (repeats when padded or filled)
+    n_source_frames: int  #: frames in the source (whole file / folder span)
     short: bool  #: the span had fewer than L frames and was padded (short_policy "pad_last")
+    filled: tuple[int, ...] = ()  #: frame numbers missing from a folder, filled from a neighbour (gap_policy "nearest")
 
 
 def window_mode(sample: Sample, cfg: dict) -> str:
@@ -70,21 +82,51 @@ def sample_frames(sample: Sample, cfg: dict) -> SampledFrames:
     src = open_video(sample.source)
     try:
         if isinstance(src, FrameFolder):
-            n = src.n_frames()
-            win = _window(sample, n, cfg)
-            return SampledFrames(src.read(win.indices), win.indices, n, win.short)
+            return _folder_frames(src, sample, cfg)
         assert isinstance(src, VideoFile)
-        n = src.n_frames_fast()
-        win = _window(sample, n, cfg)
-        try:
-            frames = src.read(win.indices)
-        except VideoError as exc:
-            # too_short / empty here mean the decoder gave fewer frames than the packets promised
-            if exc.kind not in ("too_short", "empty"):
-                raise
-            n = src.n_frames()  # container count was off: count by decoding and retry once
-            win = _window(sample, n, cfg)
-            frames = src.read(win.indices)
-        return SampledFrames(frames, win.indices, n, win.short)
+        return _video_frames(src, sample, cfg)
     finally:
         src.close()
+
+
+def _gap_policy(sample: Sample, cfg: dict) -> str:
+    policy = cfg.get("frames", {}).get("gap_policy", "error")
+    if policy not in GAP_POLICIES:
+        raise VideoError(sample.source, f"frames.gap_policy = {policy!r} is not a gap policy",
+                         f"set frames.gap_policy to one of {', '.join(GAP_POLICIES)}", kind="bad_request")
+    return policy
+
+
+def _folder_frames(src: FrameFolder, sample: Sample, cfg: dict) -> SampledFrames:
+    n = src.n_frames()
+    win = _window(sample, n, cfg)
+    frames = src.read(win.indices, gap_policy=_gap_policy(sample, cfg))
+    indices = win.indices
+    if src.filled:  # record the frame each window position really shows
+        pos, _ = src.locate(win.indices, "nearest")
+        indices = np.asarray(src.numbers, np.int64)[pos] - src.first_number
+    return SampledFrames(frames, indices, n, win.short, src.filled)
+
+
+def _video_frames(src: VideoFile, sample: Sample, cfg: dict) -> SampledFrames:
+    count = src.container_count()
+    if count.frames == 0:  # the container says nothing usable: count by decoding (raises empty if nothing decodes)
+        n = src.n_frames()
+        win = _window(sample, n, cfg)
+        return SampledFrames(src.read(win.indices), win.indices, n, win.short)
+    exact: int | None = None
+    try:
+        win = _window(sample, count.frames, cfg)
+        frames = src.read(win.indices, count=count)
+        if src.decoded_frames is None or src.decoded_frames == count.frames:
+            return SampledFrames(frames, win.indices, count.frames, win.short)
+        exact = src.decoded_frames  # the window reached the end and the container's count was off
+    except VideoError as exc:
+        # too_short / empty here mean the container promised more frames than decode, or an untrusted
+        # count made the span look short; truncated and corrupt files never get here.
+        if exc.kind not in ("too_short", "empty") or (count.trusted and src.decoded_frames is None):
+            raise
+        exact = src.decoded_frames
+    n = exact if exact is not None else src.n_frames()  # count by decoding only when no pass has yet
+    win = _window(sample, n, cfg)
+    return SampledFrames(src.read(win.indices), win.indices, n, win.short)

@@ -1,9 +1,9 @@
 """Video input shared by every stage: a video file (PyAV) or a folder of frame images (Pillow).
 
 Small interface in the pytorchvideo spirit: :func:`open_video` returns a backend object with
-``n_frames()``, ``read(indices)`` and ``close()``; :func:`read_frames` and :func:`count_frames` are
-the one-call forms everything else uses. Frames come back as ``uint8`` arrays of shape
-``(T, H, W, 3)`` in RGB order.
+``n_frames()``, ``read(indices)`` and ``close()``; :func:`read_frames`, :func:`iter_frames` and
+:func:`count_frames` are the one-call forms everything else uses. Frames come back as ``uint8``
+arrays of shape ``(T, H, W, 3)`` in RGB order, **as players show them**.
 
 Design choices:
 
@@ -12,9 +12,33 @@ Design choices:
   frame and stops at the last frame requested: frame-accurate seeking is unreliable across codecs
   and containers, and the AQA windows (first 103 frames, or frames spread over a short clip) need
   the early part anyway. Frames that are not requested are decoded but never converted to RGB.
+- Display rotation: a stream whose display matrix rotates (phones store a portrait video landscape
+  with a -90 / 90 / 180 matrix) or mirrors it comes back the way players show it, with FFmpeg's own
+  rule (``ffmpeg``'s autorotate: ``transpose`` / ``hflip`` / ``vflip`` from the matrix, see
+  :func:`display_transform`). The matrix is read from the first decoded frame's side data and
+  applied to every frame. A rotation that is not a multiple of 90 degrees is refused
+  (``unsupported``): resampling it would invent pixels.
+- Frame counts (:meth:`VideoFile.container_count`): the stream header's frame count, cross-checked
+  with the container's packet index (or, where the index is missing or disagrees, with a count of
+  demuxed packets; no decoding either way). A count the two sources agree on is *trusted*:
+  :meth:`VideoFile.read` then decodes once and, for the MPEG-1/2/4 family, skips the B-frames
+  nobody asked for (see :data:`SKIP_SAFE_CODECS`). An untrusted count is checked by decoding: when
+  a window reaches the end of the file, decoding continues to the end and
+  :attr:`VideoFile.decoded_frames` holds the exact count the caller compares with its own.
+- Truncated files: when the container states ``N`` frames and decoding ends at ``M < N`` frames
+  with a decode error, or the container's index points past the end of the file, or its trailer
+  (index) is gone with packets missing, reading a frame past ``M`` raises ``truncated`` naming both
+  counts. A complete file with fewer frames than a window is not an error here: the caller's
+  short-video policy pads it (:mod:`udaqa_pipeline.video.clips`).
 - Frame folders: every file with an image extension, *naturally* sorted by name (``img_2`` before
   ``img_10``), so both zero-padded and unpadded numbering work. Only requested images are opened.
-  Greyscale / RGBA / palette images are converted to RGB; all frames must share one size.
+  Greyscale / RGBA / palette images are converted to RGB; all frames must share one size. When
+  every name carries a frame number (its last run of digits, increasing in name order), the folder
+  is addressed **by number**: index ``i`` is frame number ``first + i`` and ``n_frames()`` spans
+  ``first..last``, so a missing file is a gap, never a silent shift of every later frame. Reading
+  a gap raises ``gap`` naming the missing numbers, or with ``gap_policy="nearest"`` takes the
+  nearest existing frame (earlier on a tie) and records the numbers it filled. Names without
+  numbers keep plain name order. A gap before the first file cannot be seen.
 - ``start``/``stop`` follow Python slice rules (a ``stop`` past the end gives fewer frames, the
   caller sees it in ``len``). ``indices`` are strict: an index past the end raises
   :class:`VideoError`, because a window that silently shrinks would misalign clips.
@@ -26,16 +50,28 @@ Design choices:
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence
+from typing import Iterable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
 #: File extensions read as frames of a frame folder (lower case).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
+#: Frame-folder gap policies (``frames.gap_policy``): refuse a window over a missing frame number,
+#: or fill it from the nearest existing frame (and report which numbers were filled).
+GAP_POLICIES = ("error", "nearest")
+
+#: Decoders that output a B-frame (never a reference) at the packet step that decodes it and hold
+#: every reference frame back by a fixed delay. Skipping an unneeded B-frame (``skip_frame =
+#: NONREF``) then removes only that frame and leaves every other frame at the packet step where a
+#: full decode outputs it, so a frame's position is its packet step minus the delay: exact frames
+#: from one pass that decodes only what the wanted frames depend on. H.264/HEVC reorder through a
+#: picture buffer whose output timing can change when frames are skipped; they decode every frame.
+SKIP_SAFE_CODECS = frozenset({"mpeg4", "mpeg1video", "mpeg2video"})
 
 #: ``VideoError.kind`` values: what went wrong, for code (the message is for people).
 VIDEO_ERROR_KINDS: dict[str, str] = {
@@ -44,6 +80,11 @@ VIDEO_ERROR_KINDS: dict[str, str] = {
     "empty": "nothing to decode: a 0-byte file, no video stream, no decodable frame, a folder without images",
     "corrupt": "damaged or not a video: FFmpeg cannot open or decode it, a frame image is unreadable or "
                "differs in size from the others",
+    "truncated": "cut short: the container states N frames but decoding ends at M < N with a decode error, "
+                 "or its index points past the end of the file (an interrupted download or copy)",
+    "gap": "a numbered frame folder lacks frame numbers inside the window (frames.gap_policy = \"error\")",
+    "unsupported": "a valid video the pipeline cannot read faithfully: a display rotation that is not a "
+                   "multiple of 90 degrees",
     "too_short": "fewer frames than asked for: an index past the end, a span ending past the source, a span "
                  "shorter than the window under frames.short_policy = \"error\"",
     "bad_request": "no file could satisfy the request: a negative index, an empty annotation span, bad window "
@@ -72,12 +113,34 @@ def natural_key(name: str) -> list:
     return [int(tok) if tok.isdigit() else tok.lower() for tok in re.split(r"(\d+)", name)]
 
 
+_LAST_NUMBER = re.compile(r"(\d+)\D*$")
+
+
 def list_frame_files(folder: str | os.PathLike) -> list[Path]:
     """The image files of a frame folder, naturally sorted by name (hidden files skipped).
 
     Listings are cached by (folder, modification time): an untrimmed MTL-AQA folder holds ~15k
     frames shared by ~90 dives, and listing + sorting it costs ~0.3 s each time.
     """
+    return list(_cached_listing(folder)[0])
+
+
+def frame_numbers(names: Sequence[str | os.PathLike]) -> tuple[int, ...] | None:
+    """The frame number of each name (the last run of digits of its stem), or ``None`` when the names
+    do not number the frames: a name without digits, or numbers that do not strictly increase in
+    the given (natural) order, i.e. repeated numbers or several numbering schemes mixed."""
+    nums = []
+    for name in names:
+        m = _LAST_NUMBER.search(Path(name).stem)
+        if m is None:
+            return None
+        nums.append(int(m.group(1)))
+    if any(b <= a for a, b in zip(nums, nums[1:])):
+        return None
+    return tuple(nums)
+
+
+def _cached_listing(folder: str | os.PathLike) -> tuple[tuple[Path, ...], tuple[int, ...] | None]:
     folder = Path(folder)
     try:
         mtime = folder.stat().st_mtime_ns
@@ -85,11 +148,11 @@ def list_frame_files(folder: str | os.PathLike) -> list[Path]:
         kind = "missing" if isinstance(exc, FileNotFoundError) else "unreadable"
         raise VideoError(folder, f"cannot read frame folder ({exc.strerror or exc})", "check the path and permissions",
                          kind=kind) from exc
-    return list(_listing(str(folder), mtime))
+    return _listing(str(folder), mtime)
 
 
 @functools.lru_cache(maxsize=16)
-def _listing(folder: str, mtime_ns: int) -> tuple[Path, ...]:
+def _listing(folder: str, mtime_ns: int) -> tuple[tuple[Path, ...], tuple[int, ...] | None]:
     try:
         names = [
             e.name
@@ -102,7 +165,7 @@ def _listing(folder: str, mtime_ns: int) -> tuple[Path, ...]:
                          kind=kind) from exc
     names.sort(key=natural_key)
     base = Path(folder)
-    return tuple(base / n for n in names)
+    return tuple(base / n for n in names), frame_numbers(names)
 
 
 class VideoSource(Protocol):
@@ -132,12 +195,34 @@ def _check_indices(path: Path, indices: Sequence[int], n: int | None = None) -> 
     return idx
 
 
+def _ranges(numbers: Iterable[int]) -> str:
+    """``[100, 101, 102, 150]`` -> ``"100-102, 150"`` (sorted, unique)."""
+    out: list[str] = []
+    nums = sorted(set(int(n) for n in numbers))
+    i = 0
+    while i < len(nums):
+        j = i
+        while j + 1 < len(nums) and nums[j + 1] == nums[j] + 1:
+            j += 1
+        out.append(str(nums[i]) if i == j else f"{nums[i]}-{nums[j]}")
+        i = j + 1
+    return ", ".join(out)
+
+
 class FrameFolder:
-    """A folder of frame images (one image per frame, order = natural sort of the names)."""
+    """A folder of frame images, addressed by frame number when every name carries one (see the module
+    docstring), else by natural name order.
+
+    ``filled`` holds the frame numbers the last :meth:`read` took from a neighbour under
+    ``gap_policy="nearest"`` (empty otherwise).
+    """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self.files = list_frame_files(self.path)
+        files, numbers = _cached_listing(self.path)
+        self.files = list(files)
+        self.numbers = numbers
+        self.filled: tuple[int, ...] = ()
         if not self.files:
             raise VideoError(
                 self.path,
@@ -146,16 +231,59 @@ class FrameFolder:
                 kind="empty",
             )
 
-    def n_frames(self) -> int:
-        return len(self.files)
+    @property
+    def first_number(self) -> int | None:
+        """Frame number of index 0, or ``None`` for a folder ordered by name alone."""
+        return None if self.numbers is None else self.numbers[0]
 
-    def read(self, indices: Sequence[int]) -> np.ndarray:
+    def n_frames(self) -> int:
+        """Frames the folder spans: ``last - first + 1`` by number (gaps included), else the image count."""
+        if self.numbers is None:
+            return len(self.files)
+        return self.numbers[-1] - self.numbers[0] + 1
+
+    def locate(self, indices: Sequence[int], gap_policy: str = "error") -> tuple[np.ndarray, tuple[int, ...]]:
+        """File positions (into ``files``) of frame indices, and the frame numbers filled from a neighbour.
+
+        Raises ``gap`` when an index falls on a missing frame number under ``gap_policy="error"``.
+        """
+        if gap_policy not in GAP_POLICIES:
+            raise ValueError(f"unknown gap_policy {gap_policy!r}; use one of {', '.join(GAP_POLICIES)}")
+        idx = _check_indices(self.path, indices, self.n_frames())
+        if self.numbers is None:
+            return idx, ()
+        nums = np.asarray(self.numbers, np.int64)
+        want = nums[0] + idx
+        pos = np.searchsorted(nums, want)  # first file numbered >= want; equal unless want is missing
+        missing = nums[np.minimum(pos, len(nums) - 1)] != want
+        if not missing.any():
+            return pos, ()
+        gone = sorted(set(want[missing].tolist()))
+        if gap_policy == "error":
+            jumps = dict.fromkeys(
+                f"{self.files[int(j) - 1].name} -> {self.files[int(j)].name}" for j in np.searchsorted(nums, gone))
+            many = len(gone) > 1
+            raise VideoError(
+                self.path,
+                f"frame number{'s' if many else ''} {_ranges(gone)} needed by the window {int(want.min())}-"
+                f"{int(want.max())} {'are' if many else 'is'} missing (the files jump {', '.join(jumps)})",
+                "re-extract the frames of this folder, or set frames.gap_policy = \"nearest\" to take each missing "
+                "frame from its nearest neighbour (the sample is flagged in the table)",
+                kind="gap",
+            )
+        # nearest existing number; the earlier one on a tie (it is what a player would still show)
+        after = np.minimum(pos, len(nums) - 1)
+        before = np.maximum(pos - 1, 0)
+        take_before = np.abs(want - nums[before]) <= np.abs(nums[after] - want)
+        return np.where(missing & take_before, before, after), tuple(gone)
+
+    def read(self, indices: Sequence[int], gap_policy: str = "error") -> np.ndarray:
         from PIL import Image, UnidentifiedImageError
 
-        idx = _check_indices(self.path, indices, len(self.files))
+        pos, self.filled = self.locate(indices, gap_policy)
         cache: dict[int, np.ndarray] = {}
         shape = None
-        for i in dict.fromkeys(idx.tolist()):  # each needed image opened once, even if repeated
+        for i in dict.fromkeys(pos.tolist()):  # each needed image opened once, even if repeated
             f = self.files[i]
             try:
                 with Image.open(f) as im:
@@ -174,16 +302,105 @@ class FrameFolder:
                     kind="corrupt",
                 )
             cache[i] = arr
-        if not idx.size:
+        if not pos.size:
             return np.zeros((0, 0, 0, 3), np.uint8)
-        return np.stack([cache[i] for i in idx.tolist()])
+        return np.stack([cache[i] for i in pos.tolist()])
 
     def close(self) -> None:
         pass
 
 
+# ----------------------------------------------------------------------------- display rotation
+
+
+def _rotation_degrees(m: np.ndarray) -> float:
+    """FFmpeg's ``av_display_rotation_get``: the counter-clockwise angle of a 16.16 display matrix."""
+    sx, sy = math.hypot(m[0], m[3]), math.hypot(m[1], m[4])
+    if sx == 0 or sy == 0:
+        return float("nan")
+    return -math.degrees(math.atan2(m[1] / sy, m[0] / sx))
+
+
+def display_transform(matrix: Sequence[int] | None) -> tuple[str, ...]:
+    """The operations that turn a decoded frame into the displayed one, for a 3x3 display matrix
+    (FFmpeg's ``AV_FRAME_DATA_DISPLAYMATRIX``: 9 int32, 16.16 fixed point; ``None`` = none).
+
+    Returns a tuple of ``"clock"``, ``"cclock"``, ``"transpose"``, ``"antitranspose"``, ``"hflip"``,
+    ``"vflip"``, applied in order by :func:`apply_display_transform`; ``()`` when nothing changes.
+    The choice is the one the ``ffmpeg`` tool makes when it autorotates (fftools ``get_rotation``
+    and its ``transpose``/``hflip``/``vflip`` filters), so frames match what players show.
+    Raises ``ValueError`` for an angle that is not a multiple of 90 degrees.
+    """
+    if matrix is None:
+        return ()
+    m = np.asarray(matrix, np.float64).reshape(-1)
+    if m.size != 9:
+        raise ValueError(f"a display matrix has 9 entries, got {m.size}")
+    rot = _rotation_degrees(m)
+    if math.isnan(rot):
+        raise ValueError("degenerate display matrix (zero scale)")
+    theta = -round(rot)  # fftools get_rotation: clockwise degrees in [0, 360)
+    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
+    if abs(theta - 90) < 1:
+        return ("transpose",) if m[3] > 0 else ("clock",)
+    if abs(theta - 180) < 1:
+        return (("hflip",) if m[0] < 0 else ()) + (("vflip",) if m[4] < 0 else ())
+    if abs(theta - 270) < 1:
+        return ("antitranspose",) if m[3] < 0 else ("cclock",)
+    if abs(theta) < 1 or abs(theta - 360) < 1:
+        return ("vflip",) if m[4] < 0 else ()
+    raise ValueError(f"display rotation of {theta:g} degrees is not a multiple of 90")
+
+
+def apply_display_transform(frame: np.ndarray, ops: Sequence[str]) -> np.ndarray:
+    """Apply :func:`display_transform` operations to an ``(H, W, C)`` frame (returns a view)."""
+    for op in ops:
+        if op == "clock":
+            frame = np.rot90(frame, -1)
+        elif op == "cclock":
+            frame = np.rot90(frame, 1)
+        elif op == "transpose":  # ffmpeg transpose=cclock_flip: out[i, j] = in[j, i]
+            frame = frame.swapaxes(0, 1)
+        elif op == "antitranspose":  # ffmpeg transpose=clock_flip: out[i, j] = in[H-1-j, W-1-i]
+            frame = frame[::-1, ::-1].swapaxes(0, 1)
+        elif op == "hflip":
+            frame = frame[:, ::-1]
+        elif op == "vflip":
+            frame = frame[::-1]
+        else:
+            raise ValueError(f"unknown display operation {op!r}")
+    return frame
+
+
+def frame_display_matrix(frame) -> np.ndarray | None:
+    """The display matrix (9 int32) of a decoded PyAV frame, or ``None`` when it carries none."""
+    sd = frame.side_data.get("DISPLAYMATRIX")
+    if sd is None:
+        return None
+    return np.frombuffer(bytes(sd), dtype=np.int32)[:9].copy()
+
+
+# ----------------------------------------------------------------------------- video files
+
+
+class ContainerCount(NamedTuple):
+    """What a video container states about its frame count, without decoding (see ``container_count``)."""
+
+    frames: int  #: the count a window is laid out on (0: the container says nothing usable)
+    header: int  #: frames in the stream header (0: not stated, e.g. Matroska)
+    index: int  #: entries of the container's packet index loaded at open (0: none)
+    packets: int | None  #: non-empty packets demuxed (None: header and index agreed, no demuxing needed)
+    trusted: bool  #: two independent sources agree: decode once, verify nothing more
+    truncated: bool  #: the index points past the end of the file, or it is gone and packets are missing
+
+
 class VideoFile:
-    """A video file decoded with PyAV (threaded), first frame to the last one needed."""
+    """A video file decoded with PyAV (threaded), first frame to the last one needed.
+
+    ``decoded_frames`` is the exact frame count once a :meth:`read` decoded to the end of the file
+    (it does when a window reaches the last frame the container states, or when frames run out);
+    ``None`` until then.
+    """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -193,6 +410,9 @@ class VideoFile:
         if self.path.stat().st_size == 0:
             raise VideoError(self.path, "file is empty (0 bytes)", "re-download or re-export the video", kind="empty")
         self._container = self._open()
+        self._ops: tuple[str, ...] | None = None  # display transform, known after the first decoded frame
+        self._count: ContainerCount | None = None
+        self.decoded_frames: int | None = None
 
     def _open(self):
         import av
@@ -219,31 +439,85 @@ class VideoFile:
         self._container.close()
         self._container = self._open()
 
-    def n_frames(self) -> int:
-        """Exact count, by decoding (container headers are often missing or wrong, e.g. in mkv)."""
-        n = 0
-        for _ in self._frames():
-            n += 1
-        self._rewind()
-        if n == 0:
-            raise VideoError(self.path, "no frames could be decoded", "re-export the video", kind="empty")
-        return n
+    # -- counting
 
-    def n_frames_fast(self) -> int:
-        """Count by demuxing packets without decoding; may differ from decoding for odd codecs."""
+    def container_count(self) -> ContainerCount:
+        """The frame count the container states, cross-checked, without decoding (cached).
+
+        Trusted when the stream header's count equals the packet index's entries (all non-empty and
+        inside the file), else when it equals a count of demuxed packets. Without a header count
+        (Matroska/WebM) the packet count is used untrusted. ``truncated`` marks a file whose index
+        points past its end, or whose header states more frames than there are packets while the
+        index is incomplete (an AVI cut before its trailing index).
+        """
+        if self._count is not None:
+            return self._count
+        stream = self._container.streams.video[0]
+        header = max(int(stream.frames or 0), 0)
+        entries = stream.index_entries
+        n_index = len(entries)
+        size = self.path.stat().st_size
+        sizes_ok, index_end = True, 0
+        for e in entries:
+            sizes_ok = sizes_ok and e.size > 0 and not e.is_discard  # dropped / edit-list frames decode to nothing
+            index_end = max(index_end, e.pos + e.size)
+        past_eof = n_index > 0 and index_end > size
+        if header and n_index == header and sizes_ok and not past_eof:
+            self._count = ContainerCount(header, header, n_index, None, True, False)
+            return self._count
+        packets = self._packet_count()
+        truncated = bool(header) and (past_eof or (n_index < header and packets < header))
+        if truncated:  # lay the window out on what the container promised; decoding will show the cut
+            count = ContainerCount(header, header, n_index, packets, False, True)
+        elif header and packets == header:
+            count = ContainerCount(header, header, n_index, packets, True, False)
+        else:
+            count = ContainerCount(packets, header, n_index, packets, False, False)
+        self._count = count
+        return count
+
+    def _packet_count(self) -> int:
+        # Its own handle, so counting works whatever state the decoding container is in.
         import av
 
-        stream = self._container.streams.video[0]
+        container = self._open()
         n = 0
         try:
-            for pkt in self._container.demux(stream):
+            for pkt in container.demux(container.streams.video[0]):
                 if pkt.size:
                     n += 1
         except av.FFmpegError as exc:
             raise VideoError(self.path, f"corrupt data while demuxing ({_av_reason(exc)})", kind="corrupt") from exc
         finally:
-            self._rewind()
+            container.close()
         return n
+
+    def n_frames(self) -> int:
+        """Exact count, by decoding (container headers are often missing or wrong, e.g. in mkv).
+
+        A file the container says is longer than what decodes (see :meth:`container_count`) raises
+        ``truncated``; a decode error elsewhere ``corrupt``."""
+        n, err = 0, None
+        try:
+            for _ in self._frames():
+                n += 1
+        except VideoError as exc:
+            err = exc
+        finally:
+            self._rewind()
+        if err is not None or self._cut_short(n):
+            raise self._stopped_error(n, err)
+        if n == 0:
+            raise VideoError(self.path, "no frames could be decoded", "re-export the video", kind="empty")
+        self.decoded_frames = n
+        return n
+
+    def n_frames_fast(self) -> int:
+        """The container's own count (:meth:`container_count`): no decoding, equal to decoding for the
+        usual files, not guaranteed for every file (``count_frames(exact=True)`` is)."""
+        return self.container_count().frames
+
+    # -- decoding
 
     def _frames(self) -> Iterable:
         import av
@@ -254,43 +528,180 @@ class VideoFile:
         except av.FFmpegError as exc:
             raise VideoError(self.path, f"corrupt data while decoding ({_av_reason(exc)})", kind="corrupt") from exc
 
-    def read(self, indices: Sequence[int]) -> np.ndarray:
+    def to_rgb(self, frame) -> np.ndarray:
+        """One decoded PyAV frame as ``uint8 (H, W, 3)`` RGB, turned the way players show it."""
+        if self._ops is None:
+            try:
+                self._ops = display_transform(frame_display_matrix(frame))
+            except ValueError as exc:
+                raise VideoError(self.path, f"cannot apply its display matrix: {exc}",
+                                 "re-encode it upright (ffmpeg applies the rotation: ffmpeg -i IN OUT.mp4)",
+                                 kind="unsupported") from exc
+        arr = frame.to_ndarray(format="rgb24")
+        return apply_display_transform(arr, self._ops) if self._ops else arr
+
+    def _header_frames(self) -> int:
+        return max(int(self._container.streams.video[0].frames or 0), 0)
+
+    def _cut_short(self, n: int) -> bool:
+        """The container states more than ``n`` frames and its index shows the file was cut."""
+        return self._header_frames() > n and self.container_count().truncated
+
+    def _stopped_error(self, n: int, err: VideoError | None) -> VideoError:
+        """The error for decoding that ended (EOF or ``err``) after ``n`` frames, short of what was needed."""
+        header = self._header_frames()
+        if header > n and (err is not None or self._cut_short(n)):
+            count = self.container_count()
+            why = err.reason if err is not None else (
+                "its index points past the end of the file" if count.index >= count.header
+                else "its index is gone and packets are missing")
+            return VideoError(
+                self.path,
+                f"truncated: the container states {header} frames but decoding stops after {n} ({why})",
+                "the file is cut short (an interrupted download or copy): fetch or copy it again",
+                kind="truncated",
+            )
+        if err is not None:
+            return err
+        return VideoError(self.path, "no frames could be decoded", "re-export the video", kind="empty")
+
+    def read(self, indices: Sequence[int], *, count: ContainerCount | None = None) -> np.ndarray:
+        """Frames at ``indices`` (0-based, any order, repeats allowed) as ``uint8 (T, H, W, 3)``.
+
+        ``count``: the :meth:`container_count` the indices were laid out on. With it, a read whose
+        last index is the last frame the container states decodes to the end of the file and sets
+        :attr:`decoded_frames` (the caller compares it with ``count.frames``), and a trusted count
+        of a :data:`SKIP_SAFE_CODECS` stream skips the B-frames no index needs. Raises
+        ``too_short`` for an index past the end (``decoded_frames`` then holds the exact count),
+        ``truncated`` when the container promised the missing frames, ``corrupt`` / ``empty``.
+        """
         idx = _check_indices(self.path, indices)
         if not idx.size:
             return np.zeros((0, 0, 0, 3), np.uint8)
+        got = None
+        if count is not None and count.trusted and self._skip_worthwhile(idx, count.frames):
+            got = self._read_skipping(idx, count.frames)
+        if got is None:
+            got = self._read_in_order(idx, None if count is None else count.frames)
+        return np.stack([got[i] for i in idx.tolist()])
+
+    def _skip_worthwhile(self, idx: np.ndarray, n: int) -> bool:
+        codec = self._container.streams.video[0].codec_context.name
+        return codec in SKIP_SAFE_CODECS and int(idx.max()) < n and len(_decode_steps(idx, n)) < 0.75 * n
+
+    def _read_in_order(self, idx: np.ndarray, expect: int | None) -> dict[int, np.ndarray]:
         wanted = set(idx.tolist())
         last = int(idx.max())
+        to_end = expect is not None and last >= expect - 1
         got: dict[int, np.ndarray] = {}
-        n = 0
-        for i, frame in enumerate(self._frames()):
-            n = i + 1
-            if i in wanted:
-                got[i] = frame.to_ndarray(format="rgb24")
-            if i >= last:
-                break  # stop decoding as soon as the last needed frame is in
-        self._rewind()
-        if n == 0:
-            raise VideoError(self.path, "no frames could be decoded", "re-export the video", kind="empty")
-        if last >= n:
+        n, err = 0, None
+        try:
+            for i, frame in enumerate(self._frames()):
+                n = i + 1
+                if i in wanted:
+                    got[i] = self.to_rgb(frame)
+                if i >= last and not to_end:
+                    break  # stop decoding as soon as the last needed frame is in
+        except VideoError as exc:
+            if exc.kind != "corrupt":
+                raise
+            err = exc  # a decode error; whether it matters depends on what was still needed
+        finally:
+            self._rewind()
+        if err is None and to_end:
+            self.decoded_frames = n
+        if last >= n or (err is not None and not (to_end and n == expect)):
+            if err is not None or n == 0 or self._cut_short(n):
+                raise self._stopped_error(n, err)
+            self.decoded_frames = n
             raise VideoError(
                 self.path,
                 f"frame {last} requested but only {n} frames could be decoded",
-                "the video is shorter than the annotation/window expects, or truncated: check its frame range "
-                "or re-download it",
+                "the video is shorter than the annotation/window expects: check its frame range",
                 kind="too_short",
             )
-        return np.stack([got[i] for i in idx.tolist()])
+        return got
+
+    def _read_skipping(self, idx: np.ndarray, n: int) -> dict[int, np.ndarray] | None:
+        """One pass that skips unneeded B-frames (see :data:`SKIP_SAFE_CODECS`); ``None`` when anything
+        disagrees with that model (the caller then decodes every frame in order)."""
+        import av
+
+        wanted = set(idx.tolist())
+        full = _decode_steps(idx, n)  # packet steps decoded in full: every frame there is output
+        stream = self._stream()
+        ctx = stream.codec_context
+        step_of: dict[int, int] = {}  # packet dts -> packet step
+        got: dict[int, np.ndarray] = {}
+        emitted: set[int] = set()
+        flushed: list = []
+        delay, prev, k, current = None, -1, 0, None
+        try:
+            for pkt in self._container.demux(stream):
+                if pkt.size:
+                    if pkt.dts is None or pkt.dts in step_of or pkt.is_discard or pkt.is_corrupt:
+                        return None  # no packet clock to place frames by, or a packet that outputs nothing
+                    step_of[pkt.dts] = k
+                    mode = "DEFAULT" if k in full else "NONREF"
+                    if mode != current:
+                        ctx.skip_frame = current = mode
+                    k += 1
+                for frame in stream.decode(pkt):  # the final empty packet flushes the decoder
+                    if frame.dts is None:
+                        flushed.append(frame)
+                        continue
+                    s = step_of.get(frame.dts)
+                    if s is None or (delay is None and not frame.key_frame):
+                        return None
+                    delay = s if delay is None else delay
+                    i = s - delay
+                    if i <= prev:
+                        return None
+                    prev = i
+                    emitted.add(s)
+                    if i in wanted:
+                        got[i] = self.to_rgb(frame)
+        except av.FFmpegError:
+            return None  # decoding in order classifies the damage
+        finally:
+            self._rewind()
+        if k != n or delay is None or len(flushed) != delay:
+            return None
+        for j, frame in enumerate(flushed):  # the last `delay` frames, held back until the flush
+            i = n - delay + j
+            if i <= prev:
+                return None
+            prev = i
+            if i in wanted:
+                got[i] = self.to_rgb(frame)
+        # inside the fully decoded steps nothing was skipped, so each step past the delay output a frame
+        if any(delay <= s < n and s not in emitted for s in full) or not wanted <= got.keys():
+            return None
+        return got
 
     def read_range(self, start: int, stop: int | None) -> np.ndarray:
+        """Frames ``start:stop`` (slice rules on a complete file: a ``stop`` past the end gives fewer).
+        A range that runs into the cut of a truncated file raises ``truncated``."""
         out = []
-        n = 0
-        for i, frame in enumerate(self._frames()):
-            if stop is not None and i >= stop:
-                break
-            n = i + 1
-            if i >= start:
-                out.append(frame.to_ndarray(format="rgb24"))
-        self._rewind()
+        n, err, reached_stop = 0, None, False
+        try:
+            for i, frame in enumerate(self._frames()):
+                if stop is not None and i >= stop:
+                    reached_stop = True
+                    break
+                n = i + 1
+                if i >= start:
+                    out.append(self.to_rgb(frame))
+        except VideoError as exc:
+            if exc.kind != "corrupt":
+                raise
+            err = exc
+        finally:
+            self._rewind()
+        if not reached_stop and (stop is None or n < stop):  # decoding ended before the range did
+            if err is not None or self._cut_short(n):
+                raise self._stopped_error(n, err)
+            self.decoded_frames = n
         if n == 0 and stop != 0:
             raise VideoError(self.path, "no frames could be decoded", "re-export the video", kind="empty")
         if not out:
@@ -305,6 +716,16 @@ class VideoFile:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _decode_steps(idx: np.ndarray, n: int) -> set[int]:
+    """Packet steps decoded in full when skipping: around each wanted frame ``w``, steps ``w-1..w+2``
+    (a B-frame is decoded at step ``w + delay``, delay 0 or 1 for :data:`SKIP_SAFE_CODECS`, one step
+    of margin either side), and the first two (the first key frame and the delay)."""
+    steps = {0, 1}
+    for w in set(idx.tolist()):
+        steps.update(range(max(0, w - 1), min(n, w + 3)))
+    return {s for s in steps if s < n}
 
 
 def _av_reason(exc: BaseException) -> str:
@@ -355,8 +776,9 @@ def count_frames(source: str | os.PathLike, *, exact: bool = True) -> int:
     """Number of frames: images in a folder, or frames of a video file.
 
     ``exact=True`` (default) decodes the whole file, the only count that always agrees with
-    :func:`read_frames`; ``exact=False`` counts demuxed packets (no decoding, several times faster,
-    equal for the usual intra/P-frame codecs but not guaranteed for every file).
+    :func:`read_frames` (a truncated file raises ``truncated``); ``exact=False`` is what the
+    container states (header cross-checked with its index or packets, no decoding: equal for the
+    usual files, not guaranteed for every file). A numbered frame folder counts ``last - first + 1``.
     """
     src = open_video(source)
     try:
@@ -400,7 +822,7 @@ def iter_frames(source: str | os.PathLike, chunk: int = 64, stop: int | None = N
             return
         out, k, n = None, 0, 0
         for frame in src._frames():
-            arr = frame.to_ndarray(format="rgb24")
+            arr = src.to_rgb(frame)
             if out is None:
                 shape = arr.shape
                 out = np.empty((chunk, *shape), np.uint8)  # filled in place: no list + stack double copy
@@ -416,6 +838,9 @@ def iter_frames(source: str | os.PathLike, chunk: int = 64, stop: int | None = N
                 out, k = np.empty_like(out), 0
             if stop is not None and n >= stop:
                 break
+        else:
+            if src._cut_short(n):  # decoding ran out where the container promised more frames
+                raise src._stopped_error(n, None)
         if n == 0:
             raise VideoError(src.path, "no frames could be decoded", "re-export the video", kind="empty")
         if k:
