@@ -11,8 +11,11 @@ as I3D input and about 1.6 MB of activations), so :func:`classify_video` streams
   ``window + MIN_FRAMES - 1`` frames;
 - window logits are averaged weighted by their number of temporal positions, i.e. the result is
   the mean over every position of every window, the same average the one-pass model takes. A video
-  that fits one window is exactly one forward pass, unchanged from the whole-clip result; a longer
-  one differs only in that no position sees across a window boundary.
+  that fits one window is exactly one forward pass, unchanged from the whole-clip result. A longer
+  one is classified as consecutive clips: no position sees across a window boundary, and since a
+  Mixed_5c position's temporal receptive field (~107 frames) exceeds a 64-frame window, every
+  position of a window sees some zero padding where one pass would show it neighbouring frames, so
+  the average can differ from one pass over the whole video (``bench_classify`` measures how much).
 
 :func:`classify_frames` is the one-pass form for frames already in memory.
 """

@@ -61,10 +61,12 @@ def verify_cmd(cache_root: Path | None) -> None:
 def classify_cmd(video: Path, frames: int | None, top: int, window: int, as_json: bool, cache_root: Path | None) -> None:
     """Classify VIDEO (file or frame folder) with I3D into Kinetics-400 classes.
 
-    The video is streamed: decoded a few frames at a time and run through I3D in windows of --window
-    frames, so peak memory stays bounded however long it is. The logits are the average over every
-    temporal position of every window (each window weighted by its positions); a video that fits
-    one window gets exactly the one-pass result, a longer one differs only at window boundaries.
+    The video is streamed: decoded a few frames at a time and run through I3D in windows of
+    --window frames, so peak memory stays bounded however long it is. The logits are the average
+    over every temporal position of every window (each window weighted by its positions). A video
+    that fits one window gets exactly the one-pass result; a longer one is classified as
+    consecutive clips, which can differ from one pass over the whole video (each I3D position sees
+    ~100 frames): a larger --window is closer to it and costs more memory.
     """
     from ..backbone.classify import classify_video
     from ..backbone.weights import WeightsError
