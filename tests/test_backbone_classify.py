@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from fixtures.videos import encode_video
+from fixtures.videos import encode_video, stored_for_display
 from udaqa_pipeline.backbone import classify as classify_mod
 from udaqa_pipeline.backbone.classify import READ_CHUNK, WINDOW, classify_frames, classify_video
 from udaqa_pipeline.backbone.i3d import I3D, MIN_FRAMES
@@ -132,6 +132,11 @@ def test_iter_frames_chunks_concatenate_to_read_frames(tmp_path: Path) -> None:
             assert [p.shape[0] for p in parts] == [chunk] * (m // chunk) + ([m % chunk] if m % chunk else [])
             if m:
                 np.testing.assert_array_equal(np.concatenate(parts), want)
+    # A phone video stored on its side streams upright, as read_frames gives it (issue 10 item 1).
+    upright = read_frames(video)
+    for rotation in (90, -90):
+        turned = encode_video(tmp_path / f"r{rotation}.mkv", stored_for_display(upright, rotation), rotation=rotation)
+        np.testing.assert_array_equal(np.concatenate(list(iter_frames(turned, chunk=16))), upright)
     # A frame of another size in a later chunk is a corrupt source naming that frame, not a numpy error.
     Image.fromarray(np.zeros((30, 24, 3), np.uint8)).save(folder / "img_17.png")
     with pytest.raises(VideoError, match="img_17.png.*differs") as err:
