@@ -58,7 +58,9 @@ def verify_cmd(cache_root: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True,
               help='Print {"frames", "windows", "logits" (400), "top"} as one JSON object.')
 @click.option("--cache-root", type=click.Path(path_type=Path), default=None, help="Cache root holding the weights.")
-def classify_cmd(video: Path, frames: int | None, top: int, window: int, as_json: bool, cache_root: Path | None) -> None:
+def classify_cmd(
+    video: Path, frames: int | None, top: int, window: int, as_json: bool, cache_root: Path | None
+) -> None:
     """Classify VIDEO (file or frame folder) with I3D into Kinetics-400 classes.
 
     The video is streamed: decoded a few frames at a time and run through I3D in windows of
