@@ -341,3 +341,19 @@ def test_read_with_a_count_decodes_to_the_end_and_reports_the_exact_count(tmp_pa
         assert v.decoded_frames is None  # the window stopped early: nothing learnt about the end
         v.read([0, 19], count=count)
         assert v.decoded_frames == 20
+
+
+def test_mpeg4_packing_rule_for_skipping():
+    """DivX packed B-frames (P+B in one packet, a not-coded N-VOP next) keep frames at their steps;
+    a packed packet followed by a coded one, or an N-VOP with nothing packed before it, do not."""
+    from udaqa_pipeline.video.decode import _mpeg4_step_safe
+
+    vop = b"\x00\x00\x01\xb6"
+    p_and_b = vop + b"\x50" * 300 + vop + b"\x90" * 200
+    n_vop = vop + b"\x40\x00\x00\x7f"
+    coded = vop + b"\x50" * 300
+    assert _mpeg4_step_safe(p_and_b, packed_before=False)
+    assert _mpeg4_step_safe(n_vop, packed_before=True)  # the placeholder FFmpeg fills with the held B-VOP
+    assert _mpeg4_step_safe(coded, packed_before=False)
+    assert not _mpeg4_step_safe(coded, packed_before=True)  # B-VOPs would decode one packet late
+    assert not _mpeg4_step_safe(n_vop, packed_before=False)  # a dropped frame: decodes to nothing

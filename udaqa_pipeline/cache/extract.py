@@ -28,10 +28,15 @@ Design choices:
   sampled frames by s with the edge frame repeated (the clip layout stays the same), so it needs no
   extra decoding. **Cost: V times the I3D work** (decoding is shared), V times the feature bytes.
   Stage two draws one view per sample per epoch to recover the augmentation a frozen cache loses.
-- Failure isolation: a missing, corrupt or too-short video (or any other error while reading one
-  sample) is staged with ``status`` = ``missing`` / ``corrupt`` / ``too_short`` / ``error`` (from
-  ``VideoError.kind``, see :data:`STATUS_OF_KIND`) and the message; the run goes on and prints a summary. :class:`ExtractionError` is raised only with
+- Failure isolation: a missing, corrupt, truncated or too-short video, a frame folder with a gap in
+  the window (or any other error while reading one sample) is staged with ``status`` = ``missing`` /
+  ``corrupt`` / ``too_short`` / ``error`` (from ``VideoError.kind``, see :data:`STATUS_OF_KIND`) and
+  the message; the run goes on and prints a summary. :class:`ExtractionError` is raised only with
   ``strict=True`` (any failure) or when no sample succeeded.
+- The summary counts plain ``ok`` samples apart from ``short`` ones (padded with their last frame;
+  the shortest is named with its length) and gap-filled ones (``frames.gap_policy = "nearest"``,
+  noted in the ``error`` column of an ``ok`` row as ``filled: ...``); ``cache info`` shows the same
+  under ``padded`` (:func:`~.verify.padding_summary`).
 - Nothing lost: see :mod:`.merge` (atomic staged samples, merge by rename) and :mod:`.lock`.
 """
 

@@ -1,5 +1,9 @@
 """``cache info`` and ``cache verify``: describe a cache, and re-read every byte of it.
 
+:func:`cache_info` gives shapes, settings, sizes, status counts and, for a complete cache, the ``ok``
+samples that are not plain (``padded``: short videos padded with their last frame, with the
+shortest length, and frame folders whose gaps were filled from the nearest frame).
+
 :func:`verify_cache` checks, and reports every problem it finds (it does not stop at the first):
 
 - the manifest parses, has this schema version, says ``complete`` and its ``config_hash`` equals

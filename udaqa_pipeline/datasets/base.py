@@ -15,8 +15,9 @@ class Sample:
     """One scored performance.
 
     ``source`` is a video file or a folder of frame images. For a dive inside an untrimmed frame
-    folder, ``frame_start``/``frame_end`` (0-based, end exclusive, in sorted-frame order) select
-    its frames; ``None`` means the whole source.
+    folder, ``frame_start``/``frame_end`` (0-based, end exclusive, in sorted-frame order; in a folder
+    whose names carry frame numbers, counted from its first number, so a missing file is a gap and
+    not a shift) select its frames; ``None`` means the whole source.
 
     ``judge_scores`` are the raw panel (may hold one value when a dataset has a single label);
     ``rule`` names the pure scoring function in :mod:`udaqa_pipeline.datasets.rules` that maps the
