@@ -7,8 +7,7 @@ faster of each pair counts, so a load spike on a shared machine does not decide 
 
 - ``before``: the pre-issue-10 ``sample_frames``: demux to count packets, then decode in order up to
   the last window frame (here the last frame), recounting by decoding when the decoder gave fewer
-  frames than packets. Rebuilt here from ``VideoFile``'s own primitives (``_packet_count``, ``read``
-  without a count: the in-order read), so it exercises the same decoder settings.
+  frames than packets. A frozen copy of that code (PyAV calls only), same decoder settings.
 - ``now``: ``datasets.frames.sample_frames`` as stage one calls it.
 
 ``ratio`` = total seconds now / before (target <= 0.55); ``ratio_median`` the median of per-video
@@ -37,24 +36,43 @@ DEFAULT_DIR = REPO.parent / "shared" / "data" / "jigsaws-suturing-capture2" / "S
 CFG = {"frames": {"n_frames": 160, "mode": "uniform", "short_policy": "pad_last"}}
 
 
+def _old_read(path: Path, idx: np.ndarray):
+    """The pre-issue-10 ``VideoFile.read``, frozen: decode in order (frame threads), convert the
+    wanted frames with ``to_ndarray``, stop at the last one; ``None`` when the file has fewer."""
+    import av
+
+    wanted, last, got, n = set(idx.tolist()), int(idx.max()), {}, 0
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        stream.thread_type = "AUTO"
+        for i, frame in enumerate(c.decode(stream)):
+            n = i + 1
+            if i in wanted:
+                got[i] = frame.to_ndarray(format="rgb24")
+            if i >= last:
+                break
+    return np.stack([got[i] for i in idx.tolist()]) if last < n else None
+
+
 def before_issue_10(source: Path, cfg: dict):
-    """The pre-issue-10 ``sample_frames`` for a video file: packet count, in-order read, recount on a miss."""
+    """The pre-issue-10 ``sample_frames`` for a video file, frozen here so the comparison stays
+    honest whatever ``video/decode.py`` becomes: count demuxed packets, decode in order up to the
+    last window frame, and when the decoder gave fewer frames, count by decoding and read again."""
+    import av
+
     from udaqa_pipeline.datasets.base import Sample
     from udaqa_pipeline.datasets.frames import _window
-    from udaqa_pipeline.video.decode import VideoError, VideoFile
 
     sample = Sample(id=source.stem, dataset="bench", source=source, final_score=0.0)
-    with VideoFile(source) as src:
-        n = src._packet_count()
+    with av.open(str(source)) as c:
+        n = sum(1 for pkt in c.demux(c.streams.video[0]) if pkt.size)
+    win = _window(sample, n, cfg)
+    frames = _old_read(source, win.indices)
+    if frames is None:
+        with av.open(str(source)) as c:
+            n = sum(1 for _ in c.decode(video=0))
         win = _window(sample, n, cfg)
-        try:
-            frames = src.read(win.indices)
-        except VideoError as exc:
-            if exc.kind not in ("too_short", "empty"):
-                raise
-            n = src.n_frames()
-            win = _window(sample, n, cfg)
-            frames = src.read(win.indices)
+        frames = _old_read(source, win.indices)
     return frames, win.indices, n
 
 

@@ -410,6 +410,9 @@ class VideoFile:
         if self.path.stat().st_size == 0:
             raise VideoError(self.path, "file is empty (0 bytes)", "re-download or re-export the video", kind="empty")
         self._container = self._open()
+        from av.video.reformatter import VideoReformatter
+
+        self._rgb = VideoReformatter()
         self._ops: tuple[str, ...] | None = None  # display transform, known after the first decoded frame
         self._count: ContainerCount | None = None
         self.decoded_frames: int | None = None
@@ -537,7 +540,8 @@ class VideoFile:
                 raise VideoError(self.path, f"cannot apply its display matrix: {exc}",
                                  "re-encode it upright (ffmpeg applies the rotation: ffmpeg -i IN OUT.mp4)",
                                  kind="unsupported") from exc
-        arr = frame.to_ndarray(format="rgb24")
+        # One converter per file: frame.to_ndarray(format=...) builds a new swscale context per frame.
+        arr = self._rgb.reformat(frame, format="rgb24").to_ndarray()
         return apply_display_transform(arr, self._ops) if self._ops else arr
 
     def _header_frames(self) -> int:
@@ -636,16 +640,17 @@ class VideoFile:
         emitted: set[int] = set()
         flushed: list = []
         delay, prev, k, current = None, -1, 0, None
-        packed_before = False
+        packed_before, is_mpeg4 = False, ctx.name == "mpeg4"
         try:
             for pkt in self._container.demux(stream):
                 if pkt.size:
                     if pkt.dts is None or pkt.dts in step_of or pkt.is_discard or pkt.is_corrupt:
                         return None  # no packet clock to place frames by, or a packet that outputs nothing
-                    if ctx.name == "mpeg4":
-                        if not _mpeg4_step_safe(bytes(pkt), packed_before):
+                    if is_mpeg4:
+                        data = bytes(pkt)
+                        if not _mpeg4_step_safe(data, packed_before):
                             return None
-                        packed_before = bytes(pkt).count(_MPEG4_VOP) >= 2
+                        packed_before = data.count(_MPEG4_VOP) >= 2
                     step_of[pkt.dts] = k
                     mode = "DEFAULT" if k in full else "NONREF"
                     if mode != current:
