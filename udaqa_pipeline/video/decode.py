@@ -69,8 +69,10 @@ GAP_POLICIES = ("error", "nearest")
 #: every reference frame back by a fixed delay. Skipping an unneeded B-frame (``skip_frame =
 #: NONREF``) then removes only that frame and leaves every other frame at the packet step where a
 #: full decode outputs it, so a frame's position is its packet step minus the delay: exact frames
-#: from one pass that decodes only what the wanted frames depend on. H.264/HEVC reorder through a
-#: picture buffer whose output timing can change when frames are skipped; they decode every frame.
+#: from one pass that decodes only what the wanted frames depend on. DivX files whose packed
+#: B-frames make FFmpeg decode them a packet late, or with dropped (not-coded) frames, are refused
+#: packet by packet (:func:`_mpeg4_step_safe`). H.264/HEVC reorder through a picture buffer whose
+#: output timing can change when frames are skipped; they decode every frame.
 SKIP_SAFE_CODECS = frozenset({"mpeg4", "mpeg1video", "mpeg2video"})
 
 #: ``VideoError.kind`` values: what went wrong, for code (the message is for people).
@@ -684,13 +686,12 @@ class VideoFile:
             prev = i
             if i in wanted:
                 got[i] = self.to_rgb(frame)
-        # Inside the fully decoded steps nothing was skipped, so each step past the delay outputs a frame,
-        # except where that frame is a B-frame decoded one step earlier, outside the run (some DivX files
-        # output a B-frame one step after decoding it): a silent step there is a packet that decodes to
-        # nothing (a dropped frame), which would shift every later frame. Outside the runs such a
-        # packet cannot be told from a skipped B-frame; index entries of size 0 (how AVI marks dropped
-        # frames) keep the count untrusted, so this path never runs on them.
-        if any(delay < s < n and s - 1 in full and s not in emitted for s in full) or not wanted <= got.keys():
+        # Inside the fully decoded steps nothing was skipped, so each step past the delay output a frame;
+        # a silent one is a packet that decodes to nothing (a dropped frame), which would shift every
+        # later frame. Outside them such a packet cannot be told from a skipped B-frame: AVI marks
+        # dropped frames with empty index entries (the count is then untrusted and this path never
+        # runs) and MPEG-4 not-coded VOPs are refused packet by packet (_mpeg4_step_safe).
+        if any(delay <= s < n and s not in emitted for s in full) or not wanted <= got.keys():
             return None
         return got
 
