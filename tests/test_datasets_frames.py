@@ -129,9 +129,10 @@ def test_gap_policy_nearest_fills_and_flags(tmp_path):
     assert (out.indices + 1).tolist() == used
     np.testing.assert_array_equal(out.frames, np.stack([frames[k] for k in used]))
     cfg["frames"]["gap_policy"] = "skip"
-    with pytest.raises(VideoError, match="gap_policy") as e:
-        sample_frames(_sample(tmp_path / "g"), cfg)
-    assert e.value.kind == "bad_request"
+    for source in (tmp_path / "g", encode_video(tmp_path / "v.mkv", frames[1][None].repeat(3, 0))):
+        with pytest.raises(VideoError, match="gap_policy") as e:
+            sample_frames(_sample(source), cfg)
+        assert e.value.kind == "bad_request"
 
 
 def test_complete_numbered_folder_reads_as_before(tmp_path):

@@ -79,6 +79,7 @@ def _window(sample: Sample, n_source: int, cfg: dict):
 
 def sample_frames(sample: Sample, cfg: dict) -> SampledFrames:
     """Decode the ``cfg["frames"]`` window of ``sample`` (raises :class:`VideoError` on any failure)."""
+    _gap_policy(sample, cfg)  # a mistyped policy is refused for video files too, not only where it applies
     src = open_video(sample.source)
     try:
         if isinstance(src, FrameFolder):
