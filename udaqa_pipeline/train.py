@@ -11,17 +11,37 @@ One loop, read top to bottom (nanoGPT style). Policies, fixed here:
 - Folds: ``fold K`` trains on every fold but K (and on train-only rows, fold -1) and tests on K.
   ``cv=N`` replaces the cache's folds by a seeded N-fold split of all samples. ``train.per_group``
   trains one model per group (JIGSAWS task) in ``<run>/<group>/``.
-- Protocols: ``honest`` (default) carves a seeded ``train.val_fraction`` validation split out of the
-  training samples and keeps the epoch with the best validation Spearman; test is never looked at
-  here. ``paper`` keeps the epoch with the best test Spearman, as the published code does. The
-  protocol is stored with the run and tags every reported number.
-- Selection Spearman uses the predicted final score = mean over ``train.eval_samples`` seeded prior
+- Splits: ``split="official"`` uses the folds the annotation files give (the cache's ``fold``
+  column); ``split="louo"`` makes one fold per subject (JIGSAWS surgeon: leave-one-user-out, fold k
+  = the k-th surgeon by letter), so no surgeon is in train and test of one fold.
+- Protocols: ``honest`` (default) never looks at the test fold; how it picks the model is
+  ``train.select``:
+  * ``"val"``: carve a seeded ``train.val_fraction`` validation split out of the training samples
+    and keep the epoch with the best validation ``train.select_metric`` (Spearman, or CRPS of the
+    sampled final scores);
+  * ``"inner_cv"``: ``train.inner_folds``-fold cross-validation inside the training samples picks the
+    epoch count (the best out-of-fold ``select_metric`` of every epoch, pooled over the inner folds,
+    smoothed over ``train.inner_smooth`` epochs), then the model is refit on every training sample
+    for that many epochs and the end of that fit is kept;
+  * ``"last"``: train every training sample for ``train.epochs`` and keep the end.
+  With ``"inner_cv"`` and ``"last"`` the kept model is the uniform average of the heads' weights
+  at the end of the last ``train.average_last`` epochs (0: the last weights; a trainable source such
+  as a fine-tuned I3D keeps its last weights).
+  ``paper`` keeps the epoch with the best test Spearman, as the published code does. The protocol
+  is stored with the run and tags every reported number.
+- Selection scores use the predicted final score = mean over ``train.eval_samples`` seeded prior
   draws of the rule applied to T sampled judges.
+- Optimisation: Adam (``train.optimizer = "adam"``, L2 weight decay as in the paper) or AdamW
+  (decoupled decay); learning rate constant or ``train.lr_schedule = "cosine"`` (per epoch, from
+  ``lr`` to 0 over ``train.epochs``: :func:`learning_rate`). A non-finite loss stops the run with a
+  :class:`TrainingError` naming the epoch, the batch and its samples.
 - Determinism: one seed; the data order, judge and view draws come from a ``torch.Generator`` and
   dropout / latent noise from torch's global RNG; both states are checkpointed every epoch, so a
   killed run resumes to the same numbers as an uninterrupted one (CPU).
-- Checkpoint: ONE file ``<run>/checkpoint.pt`` rewritten atomically after every epoch; see
-  :func:`save_checkpoint`. ``log.jsonl`` gets one JSON line per epoch.
+- Checkpoint: ONE file ``<run>/checkpoint.pt`` rewritten atomically after every
+  ``train.checkpoint_every`` epochs (default 1) and after the last; see :func:`save_checkpoint`.
+  ``log.jsonl`` gets one JSON line per epoch, written after the checkpoint that covers it, so a
+  killed run resumes from its last checkpoint and its log never runs ahead.
 - DDP: under ``torchrun`` (WORLD_SIZE > 1) each global batch is split across ranks (gloo on CPU,
   nccl on CUDA); losses are all-reduced so every rank takes the same curriculum decisions; after
   each epoch rank 0's buffers (BatchNorm statistics) of the heads and of the trainable source are
@@ -72,7 +92,7 @@ CHECKPOINT_VERSION = 1
 PROTOCOLS = ("honest", "paper")
 
 #: [train] keys that may change when a run resumes (everything else must match the checkpoint).
-RESUMABLE_KEYS = frozenset({"epochs"})
+RESUMABLE_KEYS = frozenset({"epochs", "checkpoint_every"})
 
 #: Defaults for [train] keys a stage file may leave out (model switches, eval sampling).
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -82,11 +102,21 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "use_wa": True, "use_cvae": True, "use_uncertainty": True, "use_curriculum": True,
     "latent_input": "video", "regressors": 1, "wa_hidden": 256, "dropout": 0.3,
     "video_channels": [16, 32, 64, 128], "eval_samples": 8,
+    "select": "val", "select_metric": "spearman", "inner_folds": 3, "inner_smooth": 5, "average_last": 0,
+    "optimizer": "adam", "lr_schedule": "constant", "feature_norm": False, "feature_dropout": 0.0,
+    "regressor_hidden": [256, 64], "checkpoint_every": 1,
 }
+SELECTIONS = ("val", "inner_cv", "last")
+SELECT_METRICS = ("spearman", "crps")
+SPLITS = ("official", "louo")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message names the file and the fix."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss); the message names the run, epoch, batch and fix."""
 
 
 # --------------------------------------------------------------------------- data
@@ -196,10 +226,37 @@ def group_index(scaling: dict, groups: Iterable[str]) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
-def split_folds(labels: Labels, fold: int, cv: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train rows, test rows) among the ok samples, by the cache's folds or a seeded ``cv`` split."""
+def subject_folds(labels: Labels) -> tuple[np.ndarray, list[str]]:
+    """Leave-one-subject-out folds: (fold of every row, subject names); fold k = the k-th subject in
+    sorted order. Subjects are JIGSAWS surgeons (the letter in ``Suturing_B001``); a row whose id
+    names no subject raises :class:`ConfigError`."""
+    from .datasets.jigsaws import surgeon_of
+
+    subj = [surgeon_of(i) for i in labels.ids]
+    bad = [i for i, s in zip(labels.ids, subj) if s is None]
+    if bad:
+        raise ConfigError(f"split 'louo' needs a subject in every sample id (JIGSAWS <Task>_<surgeon><trial>); "
+                          f"{len(bad)} ids have none (e.g. {bad[0]}): use split 'official'")
+    names = sorted(set(subj))  # type: ignore[arg-type]
+    return np.asarray([names.index(s) for s in subj], int), names
+
+
+def split_folds(labels: Labels, fold: int, cv: int | None, seed: int, split: str = "official"
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, test rows) among the ok samples, by the cache's folds (``split="official"``), one
+    fold per subject (``"louo"``, :func:`subject_folds`) or a seeded ``cv``-fold split."""
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {SPLITS}, not {split!r}")
     ok = np.flatnonzero(labels.ok)
-    if cv is not None:
+    if split == "louo":
+        if cv is not None:
+            raise ConfigError("--cv K and --split louo both choose the folds: pass one of them")
+        folds, names = subject_folds(labels)
+        if not 0 <= fold < len(names):
+            raise ConfigError(f"--fold {fold} is out of range for --split louo: {len(names)} subjects "
+                              f"({', '.join(names)}), folds 0..{len(names) - 1}")
+        f = folds[ok]
+    elif cv is not None:
         if cv < 2:
             raise ConfigError(f"--cv needs at least 2 folds, got {cv}")
         if not 0 <= fold < cv:
@@ -234,14 +291,16 @@ def carve_validation(train_idx: np.ndarray, fraction: float, seed: int) -> tuple
 def predict(model: UDAQA, source: FeatureSource, labels: Labels, rows: np.ndarray, scaling: dict,
             *, n_samples: int = 8, n_judges: int | None = None, seed: int = 0,
             batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Sample S panels for ``rows`` (view 0) -> final (mean over S of the rule), panels (N, S, T)
-    as an object array when T varies, u (N,). Seeded, so selection numbers are reproducible."""
+    """Sample S panels for ``rows`` (view 0) -> final (N,) (mean over S of the rule), finals (N, S)
+    (the rule on each drawn panel), panels (N entries of (S, T); T may vary), u (N,). Seeded, so
+    selection numbers are reproducible."""
     model.eval()
     dev = model.scale_lo.device
     gen = torch.Generator().manual_seed(seed)
     gi_all = group_index(scaling, [labels.group[i] for i in rows])
     t_of = np.asarray([n_judges or labels.n_judges(i) for i in rows])
     final = np.zeros(len(rows))
+    finals = np.zeros((len(rows), n_samples))
     u = np.zeros(len(rows))
     panels: list[np.ndarray] = [None] * len(rows)  # type: ignore[list-item]
     for t in sorted(set(t_of.tolist())):
@@ -255,9 +314,10 @@ def predict(model: UDAQA, source: FeatureSource, labels: Labels, rows: np.ndarra
             u[p] = uu.cpu().numpy()
             for k, i in enumerate(p):
                 r = rows[i]
-                final[i] = float(apply_rule(labels.rule[r], j[k], labels.difficulty_of(r)).mean())
+                finals[i] = apply_rule(labels.rule[r], j[k], labels.difficulty_of(r))
+                final[i] = float(finals[i].mean())
                 panels[i] = j[k]
-    return {"final": final, "panels": panels, "u": u}
+    return {"final": final, "finals": finals, "panels": panels, "u": u}
 
 
 # --------------------------------------------------------------------------- checkpoint
@@ -317,8 +377,15 @@ def resolve_config(dataset: str, overrides: Iterable[str] = ()) -> dict:
     for k, v in TRAIN_DEFAULTS.items():
         cfg["train"].setdefault(k, v)
     cfg = apply_overrides(cfg, overrides)
-    if cfg["train"]["regressors"] not in (1, 2):
+    t = cfg["train"]
+    if t["regressors"] not in (1, 2):
         raise ConfigError("train.regressors must be 1 or 2")
+    for key, allowed in (("select", SELECTIONS), ("select_metric", SELECT_METRICS),
+                         ("optimizer", ("adam", "adamw")), ("lr_schedule", ("constant", "cosine"))):
+        if t[key] not in allowed:
+            raise ConfigError(f"train.{key} must be one of {allowed}, not {t[key]!r}")
+    if int(t["inner_folds"]) < 2:
+        raise ConfigError(f"train.inner_folds must be at least 2, not {t['inner_folds']}")
     return cfg
 
 
@@ -328,7 +395,8 @@ def model_config(tcfg: dict, n_groups: int, feat_dim: int = 1024) -> ModelConfig
                        dropout=float(tcfg["dropout"]), use_wa=bool(tcfg["use_wa"]),
                        use_cvae=bool(tcfg["use_cvae"]), use_uncertainty=bool(tcfg["use_uncertainty"]),
                        latent_input=str(tcfg["latent_input"]), regressors=int(tcfg["regressors"]),
-                       n_groups=n_groups)
+                       n_groups=n_groups, regressor_hidden=tuple(tcfg["regressor_hidden"]),
+                       feature_norm=bool(tcfg["feature_norm"]), feature_dropout=float(tcfg["feature_dropout"]))
 
 
 def open_dataset_cache(dataset: str, cache: Any = None, cache_root: Any = None) -> Any:
@@ -371,8 +439,10 @@ def scoring_rules(labels: Labels, rows: Iterable[int]) -> dict[str, int]:
     return out
 
 
-def default_run_dir(dataset: str, fold: int, cv: int | None = None, root: Any = None) -> Path:
-    return runs_root(root) / dataset / (f"fold{fold}" if cv is None else f"cv{cv}-fold{fold}")
+def default_run_dir(dataset: str, fold: int, cv: int | None = None, root: Any = None,
+                    split: str = "official") -> Path:
+    name = f"fold{fold}" if cv is None else f"cv{cv}-fold{fold}"
+    return runs_root(root) / dataset / (name if split == "official" else f"{split}-{name}")
 
 
 def _dist() -> tuple[int, int]:
@@ -390,111 +460,123 @@ def _dist() -> tuple[int, int]:
 
 def train(dataset: str, *, fold: int = 0, cache: Any = None, cache_root: Any = None,
           run_dir: str | Path | None = None, overrides: Iterable[str] = (), protocol: str = "honest",
-          cv: int | None = None, resume: bool = True, progress: bool = True,
+          cv: int | None = None, split: str = "official", resume: bool = True, progress: bool = True,
           source: FeatureSource | None = None, stop_after: int | None = None,
           device: str | None = None) -> Path:
     """Train UD-AQA on ``dataset``'s cache for test fold ``fold``; returns the run directory.
 
     ``overrides``: ``section.key=value`` strings (e.g. ``train.epochs=20``). ``protocol``: "honest"
-    or "paper" (see module doc). ``cv``: K-fold cross-validation over the whole dataset instead of
-    the cache's folds. ``resume``: continue from ``<run>/checkpoint.pt`` when present (refused when
-    it belongs to another cache or config). ``source``: a feature source other than the cache (e.g.
-    a fine-tuning wrapper). ``stop_after``: stop after that many epochs in this call, as a kill
-    would (tests, time-boxed jobs). ``device``: default CUDA when available (the rank's local
-    GPU under torchrun), else CPU; bit-for-bit determinism is promised on CPU only. With ``train.per_group`` one run per group goes in
-    ``<run>/<group>/``.
+    or "paper" (see module doc). ``split``: "official" (the annotation files' folds) or "louo" (one
+    fold per surgeon). ``cv``: seeded K-fold cross-validation over the whole dataset instead.
+    ``resume``: continue from ``<run>/checkpoint.pt`` when present (refused when it belongs to
+    another cache or config). ``source``: a feature source other than the cache (e.g. a fine-tuning
+    wrapper). ``stop_after``: stop after that many epochs in this call, as a kill would (tests,
+    time-boxed jobs). ``device``: default CUDA when available (the rank's local GPU under torchrun),
+    else CPU; bit-for-bit determinism is promised on CPU only. With ``train.per_group`` one run per
+    group goes in ``<run>/<group>/``. Raises :class:`ConfigError` (bad settings, fold or split),
+    :class:`CheckpointError` (a checkpoint that cannot be resumed), :class:`TrainingError`.
     """
     if protocol not in PROTOCOLS:
         raise ConfigError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
     cfg = resolve_config(dataset, overrides)
     cache_obj = open_dataset_cache(dataset, cache, cache_root)
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(dataset, fold, cv)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(dataset, fold, cv, split=split)
     labels = Labels.from_table(cache_obj.samples)
-    train_rows, test_rows = split_folds(labels, fold, cv, int(cfg["train"]["seed"]))
+    train_rows, test_rows = split_folds(labels, fold, cv, int(cfg["train"]["seed"]), split)
     src = source or CacheSource(cache_obj)
+    job = dict(protocol=protocol, fold=fold, cv=cv, split=split, resume=resume, progress=progress,
+               stop_after=stop_after, device=device)
     if cfg["train"]["per_group"]:
         groups = sorted({labels.group[i] for i in train_rows})
         for g in groups:
             tr = np.asarray([i for i in train_rows if labels.group[i] == g], int)
             te = np.asarray([i for i in test_rows if labels.group[i] == g], int)
-            _train_one(cfg, cache_obj, labels, src, tr, te, run_dir / _safe(g), protocol=protocol,
-                       fold=fold, cv=cv, resume=resume, progress=progress, stop_after=stop_after,
-                       group=g, device=device)
+            _train_one(cfg, cache_obj, labels, src, tr, te, run_dir / _safe(g), group=g, **job)
         (run_dir / "groups.json").parent.mkdir(parents=True, exist_ok=True)
         (run_dir / "groups.json").write_text(json.dumps({"groups": groups}, indent=1) + "\n")
         return run_dir
-    return _train_one(cfg, cache_obj, labels, src, train_rows, test_rows, run_dir, protocol=protocol,
-                      fold=fold, cv=cv, resume=resume, progress=progress, stop_after=stop_after,
-                      device=device)
+    return _train_one(cfg, cache_obj, labels, src, train_rows, test_rows, run_dir, **job)
 
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "all"
 
 
-def _train_one(cfg: dict, cache_obj: Any, labels: Labels, src: FeatureSource, train_rows: np.ndarray,
-               test_rows: np.ndarray, run_dir: Path, *, protocol: str, fold: int, cv: int | None,
-               resume: bool, progress: bool, stop_after: int | None, group: str | None = None,
-               device: str | None = None) -> Path:
-    rank, world = _dist()
-    if device is None:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(device))
+def learning_rate(epoch: int, tcfg: dict) -> float:
+    """The learning rate of epoch ``epoch`` (0-based): ``lr``, or with ``lr_schedule = "cosine"``
+    lr * (1 + cos(pi * epoch / epochs)) / 2, from lr at the first epoch towards 0 at the end."""
+    lr = float(tcfg["lr"])
+    if tcfg.get("lr_schedule", "constant") == "cosine":
+        return lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, int(tcfg["epochs"]))))
+    return lr
+
+
+def average_weights(avg: dict | None, state: dict, n: int) -> dict:
+    """Running uniform average of state dicts: ``avg`` holds the mean of ``n - 1`` states, the
+    result the mean of ``n`` (integer buffers, e.g. BatchNorm's counter, take the newest value)."""
+    if avg is None or n <= 1:
+        return _state_to_cpu(state)
+    out = {}
+    for k, v in state.items():
+        v = v.detach().cpu()
+        out[k] = avg[k] + (v - avg[k]) / n if v.is_floating_point() else v.clone()
+    return out
+
+
+@dataclass
+class Fit:
+    """What one training fit carries from epoch to epoch (see :func:`build_fit`)."""
+
+    model: UDAQA
+    opt: torch.optim.Optimizer
+    gen: torch.Generator  # data order, view and judge draws
+    cur: Curriculum
+    unc: np.ndarray  # latest predicted uncertainty of every fit row (curriculum order)
+    rows: np.ndarray  # the rows it trains on
+    scaling: dict
+    tcfg: dict
+    device: str
+    net: nn.Module  # the model, or its DDP wrapper
+    rank: int = 0
+    world: int = 1
+
+
+def feature_stats(src: FeatureSource, rows: np.ndarray, bs: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and sd (M,) of the clip features of ``rows`` over every view and clip
+    (read from the cache's array when the source has one, else through ``src.batch`` on view 0)."""
+    feats = getattr(src, "features", None)
+    if feats is not None:
+        x = torch.from_numpy(np.ascontiguousarray(feats[np.sort(rows)])).double()
+        x = x.reshape(-1, x.shape[-1])
+    else:
+        parts = [src.batch(rows[s:s + bs], np.zeros(len(rows[s:s + bs]), int))[0].double()
+                 for s in range(0, len(rows), bs)]
+        x = torch.cat(parts).reshape(-1, parts[0].shape[-1])
+    return x.mean(0).float(), x.std(0).float()
+
+
+def build_fit(cfg: dict, labels: Labels, src: FeatureSource, rows: np.ndarray, *, device: str,
+              rank: int = 0, world: int = 1, n_features: int = 1024) -> Fit:
+    """Model (label scaling and feature statistics from ``rows``), optimiser, data generator and
+    curriculum of one fit, seeded by ``train.seed`` (+ rank for dropout and latent noise)."""
     tcfg = cfg["train"]
     seed = int(tcfg["seed"])
-    cache_hash = cache_hash_of(cache_obj)
-    if protocol == "honest":
-        fit_rows, sel_rows = carve_validation(train_rows, float(tcfg["val_fraction"]), seed)
-    else:
-        fit_rows, sel_rows = train_rows, test_rows
-    if len(sel_rows) == 0:
-        raise ConfigError(f"fold {fold} has no samples to select the epoch on")
-    scaling = label_scaling(labels, fit_rows, tcfg)
-    mcfg = model_config(tcfg, len(scaling["groups"]), int(cache_obj.features.shape[-1]))
-
+    scaling = label_scaling(labels, rows, tcfg)
+    mcfg = model_config(tcfg, len(scaling["groups"]), n_features)
     torch.manual_seed(seed + rank)  # dropout / latent noise; data order comes from `gen`
     model = UDAQA(mcfg)
     model.set_scaling(torch.tensor(scaling["lo"]), torch.tensor(scaling["hi"]))
+    if mcfg.feature_norm:
+        model.set_feature_norm(*feature_stats(src, rows))
     model.to(device)
     if src.module is not None:
         src.module.to(device)
     params = list(model.parameters()) + (list(src.module.parameters()) if src.module is not None else [])
-    opt = torch.optim.Adam(params, lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
-    gen = torch.Generator().manual_seed(seed)
+    adam = torch.optim.AdamW if tcfg["optimizer"] == "adamw" else torch.optim.Adam
+    opt = adam(params, lr=learning_rate(0, tcfg), weight_decay=float(tcfg["weight_decay"]))
     cur = Curriculum(start=float(tcfg["curriculum_start"]), step=float(tcfg["curriculum_step"]),
                      patience=int(tcfg["curriculum_patience"]),
                      enabled=bool(tcfg["use_curriculum"]) and mcfg.use_uncertainty)
-    unc = np.zeros(len(fit_rows))
-    best = {"epoch": -1, "score": -math.inf, "model": None, "source": None}
-    start_epoch = 0
-    ckpt_path = run_dir / CHECKPOINT
-    run_meta = {"protocol": protocol, "fold": fold, "cv": cv, "group": group,
-                "dataset": cfg["dataset"].get("name", ""), "cache_hash": cache_hash,
-                "feature_config": feature_config(cache_obj),
-                "scoring_rules": scoring_rules(labels, np.concatenate([train_rows, test_rows]))}
-
-    if resume and ckpt_path.exists():
-        ck = load_checkpoint(ckpt_path)
-        _check_resumable(ck, cfg, run_meta, ckpt_path)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        if src.module is not None and ck.get("source") is not None:
-            src.module.load_state_dict(ck["source"])
-        gen.set_state(ck["rng"]["data"])
-        torch.set_rng_state(ck["rng"]["torch"])
-        cur = Curriculum.from_state(ck["curriculum"])
-        unc = ck["uncertainty"].numpy()
-        best = dict(ck["best"])
-        start_epoch = int(ck["epoch"]) + 1
-    elif rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / LOG).write_text("")
-    if rank == 0:
-        _truncate_log(run_dir / LOG, start_epoch)
-        (run_dir / "config.json").write_text(json.dumps({"config": cfg, **run_meta}, indent=1,
-                                                        default=str) + "\n")
-
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[torch.device(device).index]
@@ -503,95 +585,240 @@ def _train_one(cfg: dict, cache_obj: Any, labels: Labels, src: FeatureSource, tr
             with torch.no_grad():
                 for t in list(src.module.parameters()) + _buffers(src.module):
                     dist.broadcast(t.data, 0)
+    return Fit(model, opt, torch.Generator().manual_seed(seed), cur, np.zeros(len(rows)), rows, scaling,
+               tcfg, device, net, rank, world)
+
+
+def run_epoch(fit: Fit, labels: Labels, src: FeatureSource, epoch: int, where: str = "") -> dict:
+    """Train one epoch on the curriculum's share of the fit rows; returns the mean loss terms plus
+    ``fraction`` (the share used), ``n_train`` and ``next_fraction``. Raises :class:`TrainingError`
+    on a non-finite loss (``where`` names the run in the message)."""
+    model, tcfg, rank, world = fit.model, fit.tcfg, fit.rank, fit.world
+    for g in fit.opt.param_groups:
+        g["lr"] = learning_rate(epoch, tcfg)
+    frac = 1.0 if epoch == 0 else fit.cur.fraction
+    subset = fit.rows if frac >= 1.0 else fit.rows[select(fit.unc, frac)]
+    order = subset[torch.randperm(len(subset), generator=fit.gen).numpy()]
+    views = torch.randint(0, src.n_views, (len(order),), generator=fit.gen).numpy()
+    draws = torch.rand(len(order), generator=fit.gen).numpy()  # which judge each sample uses
+    model.train()
+    if src.module is not None:
+        src.module.train()
+    sums: dict[str, float] = {}
+    n_seen = 0
+    for b, sl in enumerate(batch_slices(len(order), int(tcfg["batch_size"]), min_size=2 * world)):
+        b_rows, b_views, b_draw = order[sl], views[sl], draws[sl]
+        if world > 1:  # split the global batch over ranks (>= 2 samples each, see batch_slices)
+            if len(b_rows) < 2 * world:
+                continue  # only when the whole subset is smaller than 2 * world
+            b_rows, b_views, b_draw = b_rows[rank::world], b_views[rank::world], b_draw[rank::world]
+        y, ym = _targets(labels, b_rows, b_draw, fit.scaling)
+        y, ym = y.to(fit.device), ym.to(fit.device)
+        feats, vid = src.batch(b_rows, b_views)
+        out = fit.net(feats.to(fit.device), vid.to(fit.device), y)
+        terms = total_loss(out, y, alpha=float(tcfg["alpha"]), beta=float(tcfg["beta"]), mean_target=ym)
+        if not torch.isfinite(terms["loss"]):
+            ids = ", ".join(labels.ids[i] for i in b_rows[:8])
+            raise TrainingError(f"{where}: the loss became {float(terms['loss'].detach())} at epoch {epoch + 1}, batch {b + 1} "
+                                f"(samples {ids}); check those samples' labels and features "
+                                f"(`udaqa-pipeline datasets inspect`, `cache verify`) or lower train.lr")
+        fit.opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        if world > 1 and src.module is not None:
+            _allreduce_grads(src.module, world)  # DDP wraps the heads only
+        fit.opt.step()
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(b_rows)
+        n_seen += len(b_rows)
+    if world > 1:
+        sums, n_seen = _allreduce_sums(sums, n_seen)
+        # BN running stats differ per rank: rank 0's are the model's (the trainable source's too,
+        # e.g. a fine-tuned I3D's BatchNorm statistics)
+        for buf in _buffers(model, src.module):
+            dist.broadcast(buf, 0)
+    means = {k: v / max(n_seen, 1) for k, v in sums.items()}
+    # re-sort by the latest predicted uncertainty; decide the next epoch's share
+    if fit.cur.enabled:
+        fit.unc = _uncertainties(model, src, fit.rows)
+    next_frac = fit.cur.end_epoch(means.get("loss", math.inf))
+    return {**means, "fraction": frac, "next_fraction": next_frac, "n_train": int(len(subset))}
+
+
+def selection_score(labels: Labels, rows: np.ndarray, pred: dict, metric: str) -> float:
+    """Higher is better: Spearman of the predicted final scores, or minus the mean CRPS of the
+    sampled final scores (score units) against the true ones; NaN when undefined."""
+    if metric == "crps":
+        from .metrics import crps_ensemble
+
+        return -float(crps_ensemble(pred["finals"], labels.final[rows][:, None]).mean())
+    return spearman(labels.final[rows], pred["final"])
+
+
+def inner_cv_epochs(cfg: dict, labels: Labels, src: FeatureSource, rows: np.ndarray, *, device: str
+                    ) -> dict:
+    """Choose the epoch count by ``train.inner_folds``-fold CV inside ``rows`` (the training rows
+    only): each inner fold trains ``train.epochs`` epochs on the others and predicts its own rows
+    after every epoch; per epoch the out-of-fold predictions of every row are pooled and scored
+    (``train.select_metric``); the curve is smoothed by a centred ``train.inner_smooth``-epoch mean
+    and its best epoch is the count. Returns {"epochs", "curve" (raw), "smoothed", "folds"}."""
+    tcfg = cfg["train"]
+    k, epochs, seed = int(tcfg["inner_folds"]), int(tcfg["epochs"]), int(tcfg["seed"])
+    if len(rows) < 2 * k:
+        raise ConfigError(f"{len(rows)} training samples are too few for {k} inner folds (train.inner_folds)")
+    perm = np.random.default_rng(seed + 2).permutation(rows)
+    preds: dict[int, dict[int, dict]] = {}  # epoch -> inner fold -> predict() output
+    folds = []
+    for i in range(k):
+        val = np.sort(perm[i::k])
+        fit = build_fit(cfg, labels, src, np.setdiff1d(rows, val), device=device,
+                        n_features=_n_features(src))
+        folds.append(val)
+        for e in range(epochs):
+            run_epoch(fit, labels, src, e, where=f"inner fold {i + 1}/{k}")
+            preds.setdefault(e, {})[i] = predict(fit.model, src, labels, val, fit.scaling,
+                                                 n_samples=int(tcfg["eval_samples"]), seed=seed)
+    every = np.concatenate(folds)
+    curve = []
+    for e in range(epochs):
+        pooled = {key: np.concatenate([preds[e][i][key] for i in range(k)]) for key in ("final", "finals")}
+        curve.append(selection_score(labels, every, pooled, str(tcfg["select_metric"])))
+    c = np.asarray(curve, float)
+    w = max(1, int(tcfg["inner_smooth"]))
+    smooth = np.asarray([np.nanmean(c[max(0, e - w // 2): e + w // 2 + 1]) for e in range(epochs)])
+    best = int(np.nanargmax(smooth)) + 1 if np.isfinite(smooth).any() else epochs
+    return {"epochs": best, "curve": c.tolist(), "smoothed": smooth.tolist(), "folds": k}
+
+
+def _n_features(src: FeatureSource) -> int:
+    feats = getattr(src, "features", None)
+    return int(feats.shape[-1]) if feats is not None else 1024
+
+
+def _device(device: str | None) -> str:
+    if device is None:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    return device
+
+
+def _train_one(cfg: dict, cache_obj: Any, labels: Labels, src: FeatureSource, train_rows: np.ndarray,
+               test_rows: np.ndarray, run_dir: Path, *, protocol: str, fold: int, cv: int | None,
+               split: str, resume: bool, progress: bool, stop_after: int | None, group: str | None = None,
+               device: str | None = None) -> Path:
+    rank, world = _dist()
+    device = _device(device)
+    tcfg = cfg["train"]
+    seed = int(tcfg["seed"])
+    # -- what the model trains on and how it is kept (see the module doc)
+    mode = "paper" if protocol == "paper" else str(tcfg["select"])
+    if mode == "val":
+        fit_rows, sel_rows = carve_validation(train_rows, float(tcfg["val_fraction"]), seed)
+    elif mode == "paper":
+        fit_rows, sel_rows = train_rows, test_rows
+    else:
+        fit_rows, sel_rows = train_rows, train_rows[:0]
+    if mode in ("val", "paper") and len(sel_rows) == 0:
+        raise ConfigError(f"fold {fold} has no samples to select the epoch on")
+    ckpt_path = run_dir / CHECKPOINT
+    run_meta = {"protocol": protocol, "fold": fold, "cv": cv, "split_name": split, "group": group,
+                "select": mode, "dataset": cfg["dataset"].get("name", ""), "cache_hash": cache_hash_of(cache_obj),
+                "feature_config": feature_config(cache_obj),
+                "scoring_rules": scoring_rules(labels, np.concatenate([train_rows, test_rows]))}
+    ck = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
+    if ck is not None:
+        _check_resumable(ck, cfg, run_meta, ckpt_path)
     epochs = int(tcfg["epochs"])
-    bs = int(tcfg["batch_size"])
+    inner = None
+    if mode == "inner_cv":  # the epoch count, from the training rows alone (kept for a resume)
+        inner = ck["inner_cv"] if ck is not None else inner_cv_epochs(cfg, labels, src, fit_rows, device=device)
+        epochs = int(inner["epochs"])
+    run_meta["epochs_planned"] = epochs
+    fit = build_fit(cfg, labels, src, fit_rows, device=device, rank=rank, world=world,
+                    n_features=int(cache_obj.features.shape[-1]))
+    n_avg = int(tcfg["average_last"]) if mode in ("inner_cv", "last") else 0
+    best = {"epoch": -1, "score": -math.inf, "model": None, "source": None}
+    avg: dict = {"n": 0, "state": None}
+    start_epoch = 0
+    if ck is not None:
+        fit.model.load_state_dict(ck["model"])
+        fit.opt.load_state_dict(ck["optimizer"])
+        if src.module is not None and ck.get("source") is not None:
+            src.module.load_state_dict(ck["source"])
+        fit.gen.set_state(ck["rng"]["data"])
+        torch.set_rng_state(ck["rng"]["torch"])
+        fit.cur = Curriculum.from_state(ck["curriculum"])
+        fit.unc = ck["uncertainty"].numpy()
+        best = dict(ck["best"])
+        avg = dict(ck.get("average") or avg)
+        start_epoch = int(ck["epoch"]) + 1
+    elif rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / LOG).write_text("")
+    if rank == 0:
+        _truncate_log(run_dir / LOG, start_epoch)
+        (run_dir / "config.json").write_text(json.dumps({"config": cfg, **run_meta}, indent=1,
+                                                        default=str) + "\n")
+    sel_name = {"val": "val", "paper": "test"}.get(mode)
+    every = max(1, int(tcfg["checkpoint_every"]))
+    log_lines: list[str] = []
     done_here = 0
     bar = _bar(progress and rank == 0, start_epoch, epochs, run_dir)
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
-        # -- which samples this epoch: all in epoch 1, then the curriculum's lowest-uncertainty share
-        frac = 1.0 if epoch == 0 else cur.fraction
-        subset = fit_rows if frac >= 1.0 else fit_rows[select(unc, frac)]
-        order = subset[torch.randperm(len(subset), generator=gen).numpy()]
-        views = torch.randint(0, src.n_views, (len(order),), generator=gen).numpy()
-        draws = torch.rand(len(order), generator=gen).numpy()  # which judge each sample uses
-        model.train()
-        if src.module is not None:
-            src.module.train()
-        sums: dict[str, float] = {}
-        n_seen = 0
-        for sl in batch_slices(len(order), bs, min_size=2 * world):
-            b_rows, b_views, b_draw = order[sl], views[sl], draws[sl]
-            if world > 1:  # split the global batch over ranks (>= 2 samples each, see batch_slices)
-                if len(b_rows) < 2 * world:
-                    continue  # only when the whole subset is smaller than 2 * world
-                b_rows, b_views, b_draw = b_rows[rank::world], b_views[rank::world], b_draw[rank::world]
-            y, ym = _targets(labels, b_rows, b_draw, scaling)
-            y, ym = y.to(device), ym.to(device)
-            feats, vid = src.batch(b_rows, b_views)
-            out = net(feats.to(device), vid.to(device), y)
-            terms = total_loss(out, y, alpha=float(tcfg["alpha"]), beta=float(tcfg["beta"]),
-                               mean_target=ym)
-            opt.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            if world > 1 and src.module is not None:
-                _allreduce_grads(src.module, world)  # DDP wraps the heads only
-            opt.step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(b_rows)
-            n_seen += len(b_rows)
-        if world > 1:
-            sums, n_seen = _allreduce_sums(sums, n_seen)
-            # BN running stats differ per rank: rank 0's are the model's (the trainable source's too,
-            # e.g. a fine-tuned I3D's BatchNorm statistics)
-            for b in _buffers(model, src.module):
-                dist.broadcast(b, 0)
-        means = {k: v / max(n_seen, 1) for k, v in sums.items()}
-
-        # -- re-sort by the latest predicted uncertainty; decide the next epoch's share
-        if cur.enabled:
-            unc = _uncertainties(model, src, fit_rows)
-        next_frac = cur.end_epoch(means.get("loss", math.inf))
-
-        # -- selection (validation for honest, test for paper)
-        pred = predict(model, src, labels, sel_rows, scaling, n_samples=int(tcfg["eval_samples"]),
-                       seed=seed)
-        rho = spearman(labels.final[sel_rows], pred["final"])
-        score = -math.inf if math.isnan(rho) else rho
-        improved = score > best["score"]
-        if improved:
-            best = {"epoch": epoch, "score": score, "model": _state_to_cpu(model.state_dict()),
+        means = run_epoch(fit, labels, src, epoch, where=str(run_dir))
+        record = {"epoch": epoch + 1, "protocol": protocol, "selected_on": sel_name or mode,
+                  "train_fraction": round(means.pop("fraction"), 6),
+                  "next_fraction": round(means.pop("next_fraction"), 6), "n_train": means.pop("n_train"),
+                  **{f"train_{k}": v for k, v in means.items()}}
+        # -- select: the best epoch on val/test, or the (averaged) end of training
+        if sel_name is not None:
+            pred = predict(fit.model, src, labels, sel_rows, fit.scaling, n_samples=int(tcfg["eval_samples"]),
+                           seed=seed)
+            rho = selection_score(labels, sel_rows, pred, str(tcfg["select_metric"]) if mode == "val" else "spearman")
+            record[f"{sel_name}_{tcfg['select_metric'] if mode == 'val' else 'spearman'}"] = rho
+            score = -math.inf if math.isnan(rho) else rho
+            if score > best["score"]:
+                best = {"epoch": epoch, "score": score, "model": _state_to_cpu(fit.model.state_dict()),
+                        "source": _state_to_cpu(src.module.state_dict()) if src.module is not None else None}
+        else:
+            rho = float("nan")
+            state = fit.model.state_dict()
+            if n_avg and epoch >= epochs - n_avg:
+                avg = {"n": avg["n"] + 1, "state": average_weights(avg["state"], state, avg["n"] + 1)}
+            best = {"epoch": epoch, "score": rho, "averaged": avg["n"],
+                    "model": avg["state"] if avg["n"] else _state_to_cpu(state),
                     "source": _state_to_cpu(src.module.state_dict()) if src.module is not None else None}
-        record = {"epoch": epoch + 1, "protocol": protocol, "selected_on": _sel_name(protocol),
-                  "train_fraction": round(frac, 6), "next_fraction": round(next_frac, 6),
-                  "n_train": int(len(subset)), **{f"train_{k}": v for k, v in means.items()},
-                  f"{_sel_name(protocol)}_spearman": rho, "best_epoch": best["epoch"] + 1,
-                  "seconds": round(time.perf_counter() - t0, 3)}
-        if rank == 0:
-            ck = {"model": _state_to_cpu(model.state_dict()), "optimizer": opt.state_dict(),
+        record.update(best_epoch=best["epoch"] + 1, seconds=round(time.perf_counter() - t0, 3))
+        log_lines.append(json.dumps(record))
+        done_here += 1
+        stopping = epoch == epochs - 1 or (stop_after is not None and done_here >= stop_after)
+        if rank == 0 and ((epoch + 1) % every == 0 or stopping):
+            ck = {"model": _state_to_cpu(fit.model.state_dict()), "optimizer": fit.opt.state_dict(),
                   "source": _state_to_cpu(src.module.state_dict()) if src.module is not None else None,
-                  "epoch": epoch, "best": best, "config": cfg, "model_config": mcfg.to_dict(),
-                  "scaling": scaling, "curriculum": cur.state_dict(),
-                  "uncertainty": torch.from_numpy(unc.astype(np.float32)).clone(),
-                  "rng": {"data": gen.get_state(), "torch": torch.get_rng_state()},
+                  "epoch": epoch, "best": best, "average": avg, "inner_cv": inner, "config": cfg,
+                  "model_config": fit.model.cfg.to_dict(), "scaling": fit.scaling,
+                  "curriculum": fit.cur.state_dict(),
+                  "uncertainty": torch.from_numpy(fit.unc.astype(np.float32)).clone(),
+                  "rng": {"data": fit.gen.get_state(), "torch": torch.get_rng_state()},
                   "split": {"fit": [labels.ids[i] for i in fit_rows],
                             "select": [labels.ids[i] for i in sel_rows],
                             "test": [labels.ids[i] for i in test_rows]},
                   **run_meta}
-            save_checkpoint(ckpt_path, ck)  # checkpoint before the log line: the log never runs ahead
+            save_checkpoint(ckpt_path, ck)  # checkpoint before the log lines: the log never runs ahead
             with (run_dir / LOG).open("a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write("".join(ln + "\n" for ln in log_lines))
+            log_lines = []
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}", rho=f"{rho:.3f}",
-                            frac=f"{frac:.1f}")
-        done_here += 1
-        if stop_after is not None and done_here >= stop_after:
+            bar.set_postfix(loss=f"{record.get('train_loss', float('nan')):.4f}", rho=f"{rho:.3f}",
+                            frac=f"{record['train_fraction']:.1f}")
+        if stopping:
             break
     if bar is not None:
         bar.close()
     if world > 1:
-        _check_ranks_agree(model, src.module)
+        _check_ranks_agree(fit.model, src.module)
         dist.barrier()
     return run_dir
 
@@ -629,10 +856,6 @@ def batch_slices(n: int, bs: int, min_size: int = 2) -> list[slice]:
     if len(cuts) > 2 and cuts[-1] - cuts[-2] < min_size:
         del cuts[-2]
     return [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:])]
-
-
-def _sel_name(protocol: str) -> str:
-    return "val" if protocol == "honest" else "test"
 
 
 def _targets(labels: Labels, rows: np.ndarray, draws: np.ndarray, scaling: dict
@@ -675,7 +898,7 @@ def _check_resumable(ck: dict, cfg: dict, meta: dict, path: Path) -> None:
     if ck.get("cache_hash") != meta["cache_hash"]:
         raise CheckpointError(f"{path} was trained on cache {ck.get('cache_hash')}, the current cache is "
                               f"{meta['cache_hash']}; {fix}")
-    for k in ("protocol", "fold", "cv", "group"):
+    for k in ("protocol", "fold", "cv", "split_name", "group", "select"):
         if ck.get(k) != meta[k]:
             raise CheckpointError(f"{path} has {k}={ck.get(k)!r}, this run asks for {meta[k]!r}; {fix}")
     a = copy.deepcopy(ck["config"])

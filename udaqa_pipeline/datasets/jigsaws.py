@@ -43,6 +43,13 @@ N_FOLDS = 4
 _SURGEON = re.compile(r"_([A-Za-z])\d+$")
 
 
+def surgeon_of(trial: str) -> str | None:
+    """The surgeon (subject) letter of a JIGSAWS trial name, upper case (``Suturing_B001`` -> ``B``),
+    or None when the name does not end in ``_<letter><digits>``."""
+    m = _SURGEON.search(str(trial))
+    return m.group(1).upper() if m else None
+
+
 def _task_of(trial: str, tasks: list[str]) -> str | None:
     # Longest match first so a task name that prefixes another cannot steal its trials.
     for t in sorted(tasks, key=len, reverse=True):
@@ -144,11 +151,11 @@ def read(root: str | Path, cfg: dict) -> DatasetIndex:
         fold_of = {}
         for t in tasks:
             trials = sorted(tr for tr in labels if _task_of(tr, tasks) == t)
-            surgeons = sorted({m.group(1).upper() for tr in trials if (m := _SURGEON.search(tr))})
+            surgeons = sorted({s for tr in trials if (s := surgeon_of(tr))})
             rank = {s: i % N_FOLDS for i, s in enumerate(surgeons)}
             for i, tr in enumerate(trials):
-                m = _SURGEON.search(tr)
-                fold_of[tr] = rank[m.group(1).upper()] if m else i % N_FOLDS
+                s = surgeon_of(tr)
+                fold_of[tr] = rank[s] if s else i % N_FOLDS
         warnings.append(f"no {splits_path.name}: 4 folds per task made by surgeon (surgeon i -> fold i % 4); "
                         "these are not MUSDL's folds")
 

@@ -12,6 +12,12 @@ branch: a deterministic I3D+MLP), ``use_uncertainty`` (exp(-u) re-weighting; nee
 ``latent_input`` ("video": the paper's own input through the conv encoder; "feature": the shared
 video feature f_v), ``regressors`` (1: one head on concat(f_v, z); 2: a deterministic head on f_v
 for the judge mean + a latent head on concat(f_v, z) for the sampled judge's offset from the mean).
+
+Small-data switches (not in the paper; off by default, on in ``stages/jigsaws.toml``):
+``feature_norm`` standardises every clip feature dimension with the training rows' mean and sd
+(buffers ``feat_mean`` / ``feat_std``, set by :meth:`UDAQA.set_feature_norm` and saved with the
+weights, so scoring applies the same shift); ``feature_dropout`` drops clip-feature entries with that
+probability while training; ``wa_hidden`` and ``regressor_hidden`` size the heads.
 """
 
 from __future__ import annotations
@@ -43,9 +49,15 @@ class ModelConfig:
     latent_input: str = "video"  # "video" | "feature"
     regressors: int = 1  # 1 | 2
     n_groups: int = 1  # label-scaling groups (AQA-7 per-action ranges)
+    regressor_hidden: tuple[int, ...] = (256, 64)
+    feature_norm: bool = False
+    feature_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         self.video_channels = tuple(int(c) for c in self.video_channels)
+        self.regressor_hidden = tuple(int(c) for c in self.regressor_hidden)
+        if not 0.0 <= self.feature_dropout < 1.0:
+            raise ValueError(f"feature_dropout must be in [0, 1), not {self.feature_dropout!r}")
         if self.latent_input not in ("video", "feature"):
             raise ValueError(f"latent_input must be 'video' or 'feature', not {self.latent_input!r}")
         if self.regressors not in (1, 2):
@@ -58,6 +70,7 @@ class ModelConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["video_channels"] = list(self.video_channels)
+        d["regressor_hidden"] = list(self.regressor_hidden)
         return d
 
     @classmethod
@@ -71,6 +84,10 @@ class UDAQA(nn.Module):
         super().__init__()
         self.cfg = cfg
         m, d = cfg.feat_dim, cfg.latent_dim
+        if cfg.feature_norm:
+            self.register_buffer("feat_mean", torch.zeros(m))
+            self.register_buffer("feat_std", torch.ones(m))
+        self.feature_drop = nn.Dropout(cfg.feature_dropout) if cfg.feature_dropout > 0 else nn.Identity()
         self.fusion = WeightAttention(m, cfg.wa_hidden) if cfg.use_wa else MeanPool()
         if cfg.use_cvae:
             if cfg.latent_input == "video":
@@ -81,12 +98,12 @@ class UDAQA(nn.Module):
                 x_dim = m
             self.prior = GaussianNet(x_dim, d, dropout=cfg.dropout)
             self.posterior = GaussianNet(x_dim + 1, d, dropout=cfg.dropout)
-            self.regressor = Regressor(m + d)
+            self.regressor = Regressor(m + d, cfg.regressor_hidden)
         else:
             self.encoder = None
-            self.regressor = Regressor(m)
+            self.regressor = Regressor(m, cfg.regressor_hidden)
         self.unc = UncertaintyHead(d) if cfg.use_uncertainty else None
-        self.mean_head = Regressor(m) if cfg.regressors == 2 else None
+        self.mean_head = Regressor(m, cfg.regressor_hidden) if cfg.regressors == 2 else None
         self.register_buffer("scale_lo", torch.zeros(cfg.n_groups))
         self.register_buffer("scale_hi", torch.ones(cfg.n_groups))
 
@@ -94,7 +111,10 @@ class UDAQA(nn.Module):
     def encode(self, features: torch.Tensor, video: torch.Tensor | None
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """-> (f_v (B, M), X (B, x_dim) or None). The expensive part; sampling reuses it."""
-        f_v = self.fusion(features.float())
+        features = features.float()
+        if self.cfg.feature_norm:
+            features = (features - self.feat_mean) / self.feat_std
+        f_v = self.fusion(self.feature_drop(features))
         if not self.cfg.use_cvae:
             return f_v, None
         if self.encoder is None:
@@ -177,6 +197,15 @@ class UDAQA(nn.Module):
             return torch.zeros(f_v.shape[0], device=f_v.device)
         mu_p, _ = self.prior(x)
         return self.unc(mu_p)
+
+    def set_feature_norm(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-dimension shift and scale of the clip features (M,), from the training rows; a sd
+        below 1e-6 (a dimension constant over the training rows) is taken as 1."""
+        if not self.cfg.feature_norm:
+            raise ValueError("this model has feature_norm off: it keeps no feature statistics")
+        std = torch.as_tensor(std, dtype=torch.float32)
+        self.feat_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.feat_std.copy_(torch.where(std < 1e-6, torch.ones_like(std), std))
 
     def set_scaling(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
         self.scale_lo.copy_(torch.as_tensor(lo, dtype=torch.float32))

@@ -15,7 +15,8 @@ Design choices the paper leaves open, fixed here and documented once:
   X concatenated with the scaled judge score y.
 - Uncertainty head: 2 linear layers ``D -> 32 -> 1`` with a ReLU between; the output is
   u = log-uncertainty (unbounded, so exp(-u) is always a positive weight).
-- Regressor: 3 linear layers ``M + D -> 256 -> 64 -> 1`` with ReLU between.
+- Regressor: 3 linear layers ``M + D -> 256 -> 64 -> 1`` with ReLU between (``hidden`` sets the two
+  inner widths; one width gives 2 layers).
 """
 
 from __future__ import annotations
@@ -105,13 +106,13 @@ class UncertaintyHead(nn.Module):
 class Regressor(nn.Module):
     """concat(f_v, z) (..., M + D) -> score (...,) in scaled units."""
 
-    def __init__(self, in_dim: int, hidden: tuple[int, int] = (256, 64)) -> None:
+    def __init__(self, in_dim: int, hidden: tuple[int, ...] = (256, 64)) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden[0]), nn.ReLU(),
-            nn.Linear(hidden[0], hidden[1]), nn.ReLU(),
-            nn.Linear(hidden[1], 1),
-        )
+        layers: list[nn.Module] = []
+        for h in hidden:
+            layers += [nn.Linear(in_dim, h), nn.ReLU()]
+            in_dim = h
+        self.net = nn.Sequential(*layers, nn.Linear(in_dim, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(-1)
