@@ -17,11 +17,11 @@ def _clean_errors(fn):
         from ..cache import CacheError
         from ..config import ConfigError
         from ..finetune import FinetuneError
-        from ..train import CheckpointError
+        from ..train import CheckpointError, TrainingError
 
         try:
             return fn(*args, **kwargs)
-        except (CacheError, ConfigError, CheckpointError, FinetuneError) as e:
+        except (CacheError, ConfigError, CheckpointError, FinetuneError, TrainingError) as e:
             raise click.ClickException(str(e)) from e
 
     return wrapper
@@ -32,6 +32,7 @@ def register(main: click.Group) -> None:
     main.add_command(train_cmd)
     main.add_command(evaluate_cmd)
     main.add_command(ablate_cmd)
+    main.add_command(cv_cmd)
 
 
 _SET = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
@@ -47,7 +48,9 @@ _SET = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VA
 @click.option("--run", "--run-dir", "run_dir", type=click.Path(), default=None,
               help="run directory (default: runs/<dataset>/fold<k>); under torchrun spell it --run-dir")
 @click.option("--protocol", type=click.Choice(["honest", "paper"]), default="honest", show_default=True,
-              help="honest: epoch chosen on a validation split; paper: best epoch on test")
+              help="honest: model chosen without the test fold (train.select); paper: best epoch on test")
+@click.option("--split", type=click.Choice(["official", "louo"]), default="official", show_default=True,
+              help="official: the annotation files' folds; louo: leave one surgeon out (JIGSAWS)")
 @_SET
 @click.option("--resume/--no-resume", default=True, show_default=True)
 @click.option("--progress/--no-progress", default=True)
@@ -57,7 +60,7 @@ _SET = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VA
 @click.option("--root", type=click.Path(), default=None, help="dataset folder (--finetune-backbone)")
 @click.option("--force", is_flag=True, help="--finetune-backbone even where an epoch is estimated too long")
 @_clean_errors
-def train_cmd(dataset, fold, cv, cache, cache_root, run_dir, protocol, overrides, resume, progress, device,
+def train_cmd(dataset, fold, cv, cache, cache_root, run_dir, protocol, split, overrides, resume, progress, device,
               finetune_backbone, root, force):
     """Train UD-AQA on DATASET's feature cache (no I3D forward), or end to end with --finetune-backbone."""
     from ..train import train
@@ -70,7 +73,7 @@ def train_cmd(dataset, fold, cv, cache, cache_root, run_dir, protocol, overrides
         return
 
     out = train(dataset, fold=fold, cv=cv, cache=cache, cache_root=cache_root, run_dir=run_dir,
-                overrides=overrides, protocol=protocol, resume=resume, progress=progress,
+                overrides=overrides, protocol=protocol, split=split, resume=resume, progress=progress,
                 device=device)
     click.echo(str(out))
 
@@ -114,3 +117,38 @@ def ablate_cmd(dataset, fold, cache, cache_root, run_dir, jobs, protocol, rows, 
     res = ablate(dataset, fold=fold, cache=cache, cache_root=cache_root, run_dir=run_dir, jobs=jobs,
                  protocol=protocol, overrides=overrides, rows=rows.split(",") if rows else None)
     click.echo(format_table(res))
+
+
+@click.command("cv")
+@click.argument("dataset")
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="dataset folder for stage one (run only when its cache is missing)")
+@click.option("--cache", type=click.Path(), default=None, help="use this cache (skips stage one)")
+@click.option("--cache-root", type=click.Path(), default=None)
+@click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True, help="seeds 0..N-1 per fold")
+@click.option("--protocol", type=click.Choice(["honest", "paper", "both"]), default="honest", show_default=True,
+              help="both: the honest number and the published-style one (best epoch on test) side by side")
+@click.option("--split", type=click.Choice(["official", "louo"]), default="official", show_default=True,
+              help="official: the annotation files' folds; louo: leave one surgeon out (JIGSAWS)")
+@click.option("--methods", default="udaqa,i3d+mlp,ridge", show_default=True,
+              help="comma-separated: udaqa (the stage's recipe), i3d+mlp (ablation baseline), ridge")
+@click.option("--jobs", type=int, default=None, help="runs in parallel (default: CPU cores)")
+@click.option("--samples", type=click.IntRange(min=1), default=50, show_default=True,
+              help="prior draws per test sample")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="output folder (default: runs/<dataset>/cv-<split>)")
+@_SET
+@click.option("--progress/--no-progress", default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON (keys: see udaqa_pipeline.cv)")
+@_clean_errors
+def cv_cmd(dataset, root, cache, cache_root, seeds, protocol, split, methods, jobs, samples, out, overrides,
+           progress, as_json):
+    """Cross-validate DATASET: every fold x seed trained and evaluated, baselines on the same cache and
+    folds, one table (mean +- sd over seeds, tagged with the protocol); writes cv.json and
+    predictions.parquet."""
+    from ..cv import cross_validate, format_table
+
+    res = cross_validate(dataset, root=root, cache=cache, cache_root=cache_root, overrides=overrides, seeds=seeds,
+                         protocol=protocol, split=split, methods=[m.strip() for m in methods.split(",") if m.strip()],
+                         jobs=jobs, out=out, samples=samples, progress=progress)
+    click.echo(json.dumps(res, indent=1, default=float) if as_json else format_table(res))

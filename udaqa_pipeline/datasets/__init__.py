@@ -76,8 +76,24 @@ def load_stage_samples(cfg: dict, stage: str, root: str | Path | None = None, li
         # What training gets differs from the file here: say so where the cache is built, not only in inspect.
         print(f"labels: {len(index.judge_outliers)} judge value(s) off the judge scale were corrected or dropped "
               f"(`udaqa-pipeline datasets inspect {stage} --root {root_p}` lists them)", file=sys.stderr, flush=True)
-    samples = list(index.samples)
+    samples = skip_absent_groups(list(index.samples), stage, root_p)
     return (samples if limit is None else samples[: int(limit)]), root_p
+
+
+def skip_absent_groups(samples: list[Sample], stage: str, root: Path) -> list[Sample]:
+    """Drop the groups (JIGSAWS tasks, AQA-7 actions) of which no sample has its video or frame
+    folder on disk, with one line on stderr naming them: having downloaded one task of several is
+    the common case, and listing every trial of the others as missing hides real failures. Samples
+    of a group with at least one source present are kept (their missing files are reported by
+    stage one); a dataset with nothing on disk keeps everything, so each sample is reported."""
+    groups = Counter(s.group for s in samples if s.group)
+    present = {s.group for s in samples if s.group and Path(s.source).exists()}
+    absent = [g for g in groups if g not in present]
+    if not absent or not present:
+        return samples
+    print(f"{stage}: no video or frames under {root} for {', '.join(f'{g} ({groups[g]} samples)' for g in absent)}: "
+          f"skipped (dataset.tasks / the annotation files still list them)", file=sys.stderr, flush=True)
+    return [s for s in samples if s.group not in absent]
 
 
 def _folds(samples: list[Sample], per_group: bool) -> dict[str, dict[str, int]]:
