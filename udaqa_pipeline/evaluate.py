@@ -1,19 +1,29 @@
 """Score a trained run on its test fold: metrics JSON, predictions Parquet, PNG plots.
 
 - Predicted final score = mean over S prior draws of the scoring rule applied to T sampled judges
-  (T = the rule's panel size, or ``judges``). The Parquet keeps the T judges of the first draw.
-- Spearman and R-l2 x100 overall and per group (JIGSAWS task / AQA-7 action; R-l2 with that group's
-  true min/max), Fisher-z average of the per-group rho when there are several groups.
-- Panel measures (CRPS, coverage, uncertainty vs real spread) on samples whose real panel has more
-  than one judge and as many judges as were sampled.
-- Every number is tagged with the run's protocol ("honest": epoch chosen on validation, test scored
-  here once; "paper": epoch chosen on test).
+  (T = the rule's panel size, or ``judges``); the S sampled final scores give its spread and its
+  central intervals. The Parquet keeps the T judges of the first draw and the 80% interval.
+- Headline: Spearman's rho over the test set; with several groups (JIGSAWS tasks, AQA-7 actions)
+  the Fisher-z average of the per-group rho, because a rho pooled over groups mostly measures how
+  well the groups' score ranges are told apart (a model predicting each group's mean gets a high
+  pooled rho). The pooled value is kept, labelled ``pooled over groups``; a group whose rho is
+  undefined (constant labels or predictions) is named in ``undefined_groups``, never averaged in
+  silently.
+- Panel calibration (:func:`udaqa_pipeline.metrics.calibration_metrics`) on samples whose real panel
+  has more than one judge and as many judges as were sampled: CRPS, panel coverage with its nominal
+  (T-1)/(T+1), spread error, KDE negative log-likelihood, central-interval coverage of the judges.
+- Final-score calibration (every dataset, S >= 50 draws): coverage of the central 10..90% intervals
+  of the S sampled final scores against the true final score
+  (:func:`udaqa_pipeline.metrics.final_score_calibration`) and a reliability plot.
+- Every number is tagged with the run's protocol ("honest": model chosen without the test fold,
+  test scored here once; "paper": epoch chosen on test).
 Outputs go to ``<run>/eval/`` (``metrics.json``, ``predictions.parquet``, ``*.png``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +33,7 @@ import pyarrow.parquet as pq
 
 from . import plots
 from .config import cache_root as _cache_root
-from .metrics import fisher_z_mean, panel_metrics, score_metrics
+from .metrics import calibration_metrics, final_score_calibration, fisher_z_mean, score_metrics, spearman
 from .train import (LOG, CacheSource, CheckpointError, Labels, default_run_dir, load_run, predict)
 
 
@@ -47,7 +57,8 @@ def _open_cache_for(run, cache: Any, cache_root: Any):
     return obj
 
 
-def _run_dirs(run_dir: Path) -> list[Path]:
+def run_dirs(run_dir: Path) -> list[Path]:
+    """The single-model run directories of a run: itself, or one per group (``groups.json``)."""
     gj = run_dir / "groups.json"
     if gj.exists():
         groups = json.loads(gj.read_text())["groups"]
@@ -58,24 +69,28 @@ def _run_dirs(run_dir: Path) -> list[Path]:
 
 
 def evaluate(run_dir: str | Path | None = None, *, dataset: str | None = None, fold: int | None = None,
-             cv: int | None = None, cache: Any = None, cache_root: Any = None, judges: int | None = None,
-             samples: int = 10, seed: int = 0, make_plots: bool = True, source: Any = None) -> dict:
+             cv: int | None = None, split: str = "official", cache: Any = None, cache_root: Any = None,
+             judges: int | None = None, samples: int = 50, seed: int = 0, make_plots: bool = True,
+             source: Any = None) -> dict:
     """Evaluate the run in ``run_dir`` (default ``<runs>/<dataset>/fold<fold>``) on its test fold.
 
-    ``judges``: number of sampled judges T per panel (default: the rule's); ``samples``: draws S.
-    ``source``: a feature source other than the cache (e.g. a fine-tuned backbone over frames; the
-    caller loads its weights from ``load_run(run).source_state``).
-    Returns the metrics dict that is also written to ``<run>/eval/metrics.json``.
+    ``judges``: number of sampled judges T per panel (default: the rule's); ``samples``: draws S
+    (final-score intervals need S >= 50; with fewer they are left out and ``final_calibration``
+    says why). ``source``: a feature source other than the cache (e.g. a fine-tuned backbone over
+    frames; the caller loads its weights from ``load_run(run).source_state``).
+    Returns the metrics dict that is also written to ``<run>/eval/metrics.json``: ``headline``
+    {metric, label, value, protocol, undefined_groups}, ``overall`` (pooled), ``groups``,
+    ``fisher_z_spearman``, ``panel`` {"T<t>": calibration measures}, ``final_calibration``, ``runs``.
     """
     if run_dir is None:
         if dataset is None:
             raise ValueError("pass run_dir or dataset")
-        run_dir = default_run_dir(dataset, fold or 0, cv)
+        run_dir = default_run_dir(dataset, fold or 0, cv, split=split)
     run_dir = Path(run_dir)
-    ids, group, y, pred, pred_std, u, panel1, real, rows_meta = [], [], [], [], [], [], [], [], []
+    ids, group, y, finals, u, panels, real = [], [], [], [], [], [], []
     meta: dict[str, Any] = {}
     cache_obj = None
-    for rd in _run_dirs(run_dir):
+    for rd in run_dirs(run_dir):
         run = load_run(rd)
         ck = run.checkpoint
         if fold is not None and ck["fold"] != fold:
@@ -95,52 +110,45 @@ def evaluate(run_dir: str | Path | None = None, *, dataset: str | None = None, f
         p = predict(run.model, source or CacheSource(cache_obj), labels, rows, run.scaling, n_samples=samples,
                     n_judges=judges, seed=seed)
         for k, r in enumerate(rows):
-            pan = p["panels"][k]
-            finals = np.asarray([_rule(labels, r, pan[s]) for s in range(pan.shape[0])])
             ids.append(labels.ids[r])
             group.append(labels.group[r])
             y.append(labels.final[r])
-            pred.append(p["final"][k])
-            pred_std.append(float(finals.std()))
+            finals.append(p["finals"][k])
             u.append(p["u"][k])
-            panel1.append(pan[0].tolist())
+            panels.append(p["panels"][k])
             real.append(labels.judges[r])
-            rows_meta.append(pan)
         meta[rd.name] = {"protocol": ck["protocol"], "selected_epoch": ck["best"]["epoch"] + 1,
-                         "selected_on": "val" if ck["protocol"] == "honest" else "test",
-                         "selection_spearman": ck["best"]["score"], "epochs_trained": ck["epoch"] + 1}
+                         "selected_on": ck.get("select", "val" if ck["protocol"] == "honest" else "test")
+                         .replace("paper", "test"),
+                         "selection_score": ck["best"]["score"], "epochs_trained": ck["epoch"] + 1}
     if not ids:
         raise CheckpointError(f"{run_dir}: the test fold is empty")
-    y_a, p_a, s_a, u_a = map(np.asarray, (y, pred, pred_std, u))
+    y_a, u_a, fin = np.asarray(y, float), np.asarray(u, float), np.stack(finals)
+    p_a, s_a = fin.mean(axis=1), fin.std(axis=1)
     protocols = sorted({m["protocol"] for m in meta.values()})
     protocol = protocols[0] if len(protocols) == 1 else "mixed"
     out: dict[str, Any] = {"protocol": protocol, "run": str(run_dir), "samples": samples,
                            "judges": judges, "runs": meta,
                            "overall": {**score_metrics(y_a, p_a), "protocol": protocol}}
-    names = sorted(set(group))
-    if len(names) > 1:
-        per = {}
-        for g in names:
-            m = np.asarray([x == g for x in group])
-            per[g] = {**score_metrics(y_a[m], p_a[m]), "protocol": protocol}
-        out["groups"] = per
-        out["fisher_z_spearman"] = {"value": fisher_z_mean([v["spearman"] for v in per.values()]),
-                                    "protocol": protocol}
-        out["mean_rl2x100"] = {"value": float(np.nanmean([v["rl2x100"] for v in per.values()])),
-                               "protocol": protocol}
-    # panel measures where real panels exist and match the sampled panel size
-    sel = [k for k in range(len(ids)) if len(real[k]) > 1 and len(real[k]) == rows_meta[k].shape[1]]
-    if sel:
-        by_t: dict[int, list[int]] = {}
-        for k in sel:
-            by_t.setdefault(len(real[k]), []).append(k)
-        out["panel"] = {f"T{t}": {**panel_metrics(np.stack([rows_meta[k] for k in ks]),
-                                                  np.stack([real[k] for k in ks]), u_a[ks]),
-                                  "protocol": protocol} for t, ks in by_t.items()}
+    out.update(headline_metrics(y_a, p_a, group, protocol))
+    panel_rows = [k for k in range(len(ids)) if len(real[k]) > 1 and len(real[k]) == panels[k].shape[1]]
+    by_t: dict[int, list[int]] = {}
+    for k in panel_rows:
+        by_t.setdefault(len(real[k]), []).append(k)
+    if by_t:
+        out["panel"] = {f"T{t}": {**calibration_metrics(np.stack([panels[k] for k in ks]),
+                                                        np.stack([real[k] for k in ks]), u_a[ks]),
+                                  "protocol": protocol} for t, ks in sorted(by_t.items())}
+    if samples >= FINAL_MIN_SAMPLES:
+        out["final_calibration"] = {**final_score_calibration(fin, y_a), "protocol": protocol}
+    else:
+        out["final_calibration"] = {"skipped": f"final-score intervals need --samples >= {FINAL_MIN_SAMPLES}"}
+    lo80, hi80 = np.quantile(fin, [0.1, 0.9], axis=1, method="weibull")
     ev = run_dir / "eval"
     ev.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table({"id": ids, "group": group, "true_final": y_a, "pred_final": p_a,
-                             "pred_final_std": s_a, "pred_judges": panel1,
+                             "pred_final_std": s_a, "pred_final_lo80": lo80, "pred_final_hi80": hi80,
+                             "pred_judges": [pn[0].tolist() for pn in panels],
                              "real_judges": [r.tolist() for r in real], "uncertainty": u_a}),
                    ev / "predictions.parquet")
     if make_plots:
@@ -149,30 +157,77 @@ def evaluate(run_dir: str | Path | None = None, *, dataset: str | None = None, f
                         str(plots.error_vs_uncertainty(ev / "error_vs_uncertainty.png",
                                                        np.abs(p_a - y_a), u_a, tag)),
                         str(plots.curriculum_share(ev / "curriculum_share.png",
-                                                   [d / LOG for d in _run_dirs(run_dir)], tag))]
+                                                   [d / LOG for d in run_dirs(run_dir)], tag))]
+        curves = {f"judges {t}": _curve(v["interval_coverage"]) for t, v in out.get("panel", {}).items()}
+        if "interval_coverage" in out["final_calibration"]:
+            curves["final score"] = _curve(out["final_calibration"]["interval_coverage"])
+        if curves:
+            out["plots"].append(str(plots.reliability(ev / "reliability.png", curves, tag)))
     (ev / "metrics.json").write_text(json.dumps(out, indent=1, default=float) + "\n")
     return out
 
 
-def _rule(labels: Labels, r: int, panel: np.ndarray) -> float:
-    from .datasets.rules import apply_rule
+#: Fewest prior draws per sample for final-score intervals (their quantiles are too coarse below).
+FINAL_MIN_SAMPLES = 50
 
-    return float(apply_rule(labels.rule[r], panel, labels.difficulty_of(r)))
+
+def _curve(cov: dict[str, float]) -> tuple[list[float], list[float]]:
+    return [float(k) for k in cov], [float(v) for v in cov.values()]
+
+
+def headline_metrics(y: np.ndarray, pred: np.ndarray, group: list[str], protocol: str) -> dict:
+    """``headline`` (plus ``groups``, ``fisher_z_spearman``, ``mean_rl2x100`` with several groups):
+    one group -> Spearman over the test set; several -> Fisher-z average of the per-group Spearman,
+    groups whose rho is undefined listed in ``undefined_groups`` (the average is over the others)."""
+    names = sorted(set(group))
+    if len(names) <= 1:
+        return {"headline": {"metric": "spearman", "label": "Spearman", "value": spearman(y, pred),
+                             "protocol": protocol, "undefined_groups": []}}
+    per = {}
+    for g in names:
+        m = np.asarray([x == g for x in group])
+        per[g] = {**score_metrics(y[m], pred[m]), "protocol": protocol}
+    undefined = [g for g, v in per.items() if math.isnan(v["spearman"])]
+    fz = fisher_z_mean([v["spearman"] for v in per.values()])
+    return {"headline": {"metric": "fisher_z_spearman", "value": fz, "protocol": protocol,
+                         "label": f"Fisher-z average Spearman over {len(names) - len(undefined)} groups",
+                         "undefined_groups": undefined},
+            "groups": per, "fisher_z_spearman": {"value": fz, "protocol": protocol},
+            "mean_rl2x100": {"value": float(np.nanmean([v["rl2x100"] for v in per.values()])), "protocol": protocol}}
+
+
+_KEPT = {"last": "train.select = last", "inner_cv": "epoch count by inner cross-validation"}
 
 
 def format_metrics(m: dict) -> str:
     """Human-readable summary of :func:`evaluate`'s dict (every line names the protocol)."""
     p = m["protocol"]
-    lines = [f"[{p} protocol] overall: Spearman {m['overall']['spearman']:.4f}  "
-             f"R-l2x100 {m['overall']['rl2x100']:.4f}  (n={m['overall']['n']})"]
+    h = m.get("headline") or {"label": "Spearman", "value": m["overall"]["spearman"], "undefined_groups": []}
+    several = "groups" in m
+    lines = [f"[{p} protocol] {h['label']}: {h['value']:.4f}"
+             + ("" if several else f"  R-l2x100 {m['overall']['rl2x100']:.4f}  (n={m['overall']['n']})")]
+    if h["undefined_groups"]:
+        lines.append(f"[{p}] Spearman undefined (constant labels or predictions), left out of the average: "
+                     + ", ".join(h["undefined_groups"]))
     for g, v in m.get("groups", {}).items():
         lines.append(f"[{p}] {g:<20s} Spearman {v['spearman']:.4f}  R-l2x100 {v['rl2x100']:.4f}  (n={v['n']})")
-    if "fisher_z_spearman" in m:
-        lines.append(f"[{p}] Fisher-z average Spearman {m['fisher_z_spearman']['value']:.4f}")
+    if several:
+        lines.append(f"[{p}] pooled over groups: Spearman {m['overall']['spearman']:.4f}  R-l2x100 "
+                     f"{m['overall']['rl2x100']:.4f}  (n={m['overall']['n']}; mostly tells the groups apart)")
     for t, v in m.get("panel", {}).items():
-        lines.append(f"[{p}] panel {t}: CRPS {v['crps']:.4f}  coverage {v['coverage']:.3f}  "
-                     f"rho(u, real spread) {v['uncertainty_vs_spread_rho']:.3f}  (n={v['n']})")
+        lines.append(f"[{p}] panel {t}: CRPS {v['crps']:.4f}  coverage {v['coverage']:.3f} (nominal "
+                     f"{v['coverage_nominal']:.3f})  sd sampled/real {v['sampled_sd']:.3f}/{v['real_sd']:.3f}  "
+                     f"rho(u, real spread) {v['uncertainty_vs_spread_rho']:.3f}  NLL {v['nll']:.3f}  (n={v['n']})")
+    fc = m.get("final_calibration") or {}
+    if "interval_coverage" in fc:
+        cov = fc["interval_coverage"]
+        lines.append(f"[{p}] final-score intervals: coverage " + "  ".join(
+            f"{int(round(float(k) * 100))}% {cov[k]:.2f}" for k in ("0.5", "0.8", "0.9") if k in cov)
+            + f"  (S={fc['samples']})")
     for name, r in m["runs"].items():
-        lines.append(f"[{p}] {name}: epoch {r['selected_epoch']}/{r['epochs_trained']} selected on "
-                     f"{r['selected_on']} (Spearman {r['selection_spearman']:.4f})")
+        sc = r["selection_score"]
+        how = (f"selected on {r['selected_on']}" if r["selected_on"] in ("val", "test") else
+               f"the end of training ({_KEPT.get(r['selected_on'], r['selected_on'])})")
+        lines.append(f"[{p}] {name}: epoch {r['selected_epoch']}/{r['epochs_trained']} {how}"
+                     + ("" if sc is None or math.isnan(sc) else f" (score {sc:.4f})"))
     return "\n".join(lines)
