@@ -45,7 +45,7 @@ def _i3d_clip_fwd_bwd(reps: int) -> float:
 
 
 def run(quick: bool = False) -> dict:
-    from udaqa_pipeline.model.toy import MemoryCache
+    from udaqa_pipeline.testing import MemoryCache
     from udaqa_pipeline.train import train
 
     n_train = 128 if quick else N_TRAIN

@@ -15,7 +15,7 @@ from udaqa_pipeline.cache import open_cache, write_cache
 from udaqa_pipeline.cli import main as cli
 from udaqa_pipeline.config import ConfigError
 from udaqa_pipeline.cv import cross_validate, ridge_predict, seed_statistics, summarize
-from udaqa_pipeline.model.toy import toy_arrays
+from udaqa_pipeline.testing import toy_arrays
 from udaqa_pipeline.train import (CHECKPOINT, CacheSource, Labels, TrainingError, average_weights,
                                   learning_rate, load_checkpoint, load_run, predict, split_folds,
                                   subject_folds, train)

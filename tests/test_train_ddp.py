@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 
-from udaqa_pipeline.model.toy import write_toy_cache
+from udaqa_pipeline.testing import write_toy_cache
 from udaqa_pipeline.train import CHECKPOINT, load_run
 
 

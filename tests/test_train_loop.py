@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from udaqa_pipeline.cli import main as cli
 from udaqa_pipeline.config import ConfigError
 from udaqa_pipeline.evaluate import evaluate
-from udaqa_pipeline.model.toy import write_toy_cache
+from udaqa_pipeline.testing import write_toy_cache
 from udaqa_pipeline.train import (CHECKPOINT, CacheSource, CheckpointError, Labels, load_checkpoint,
                                   load_run, predict, save_checkpoint, train)
 
@@ -228,7 +228,7 @@ def test_checkpoint_carries_feature_config_and_scoring_rules(tmp_path):
     """What scoring needs without the cache: the manifest's frames/clips/preprocess/cache sections and
     {rule: panel size}, in the checkpoint and in config.json."""
     from udaqa_pipeline.cache import open_cache, write_cache
-    from udaqa_pipeline.model.toy import toy_arrays
+    from udaqa_pipeline.testing import toy_arrays
     from udaqa_pipeline.train import Labels, feature_config, scoring_rules
 
     a = toy_arrays(n=24)

@@ -6,6 +6,9 @@ the MTL-AQA rule (middle three x DD). Clip features carry q along a fixed random
 noise), the video's brightness carries the judges' disagreement, so both branches have something
 real to learn. Arrays follow the cache schema (features (N, V, K, 1024) float32, video
 (N, L, 3, h, w) uint8).
+
+A fixture, not part of the model: it sits in the package rather than under ``tests/`` because
+``bench/`` builds its MTL-sized cache with :meth:`MemoryCache.toy` from the installed package.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..datasets.rules import apply_rule
+from .datasets.rules import apply_rule
 
 
 def toy_arrays(n: int = 48, *, n_views: int = 1, n_clips: int = 10, n_frames: int = 16,
@@ -62,7 +65,7 @@ def toy_arrays(n: int = 48, *, n_views: int = 1, n_clips: int = 10, n_frames: in
 
 def write_toy_cache(path: str | Path, **kw: Any) -> Path:
     """Write a toy cache directory with stage one's writer (:func:`udaqa_pipeline.cache.write_cache`)."""
-    from ..cache import write_cache
+    from .cache import write_cache
 
     a = toy_arrays(**kw)
     return write_cache(path, features=a["features"], video=a["video"], samples=a["rows"],
@@ -85,8 +88,8 @@ class MemoryCache:
 
     @classmethod
     def toy(cls, **kw: Any) -> "MemoryCache":
-        from ..cache import samples_table
-        from ..config import config_hash
+        from .cache import samples_table
+        from .config import config_hash
 
         a = toy_arrays(**kw)
         return cls(features=a["features"], video=a["video"], samples=samples_table(a["rows"]),
