@@ -53,4 +53,7 @@ def test_features_cli_real_weights_info_verify(tmp_path):
         fh.write(bytes([b[0] ^ 0x80]))
     r = CliRunner().invoke(main, ["cache", "verify", str(path), "--json"])
     assert r.exit_code == 1
-    assert any("video: sample 0 (good)" in p for p in json.loads(r.stdout)["problems"])
+    report = json.loads(r.stdout)
+    assert len(report["problems"]) == 1, report["problems"]  # the flipped chunk, nothing else
+    assert report["problems"][0].startswith("features.h5/video: sample 0 (good): chunk checksum")
+    assert report["checked"]["features.h5"] == {"samples": 2, "bad_chunks": 1}

@@ -114,7 +114,10 @@ def test_verify_catches_flipped_byte_hdf5(tmp_path):
     _flip_byte(p / "features.h5", info.byte_offset + 100)
     report = verify_cache(p)
     assert not report["ok"]
-    assert any("features: sample 3 (s3)" in x for x in report["problems"]), report["problems"]
+    # only the damaged chunk is reported, by sample and id
+    assert len(report["problems"]) == 1, report["problems"]
+    assert report["problems"][0].startswith("features.h5/features: sample 3 (s3): chunk checksum")
+    assert report["checked"]["features.h5"] == {"samples": 4, "bad_chunks": 1}
     with pytest.raises(CacheError, match="cache verify"):
         open_cache(p).features
 
@@ -127,14 +130,20 @@ def test_verify_catches_flipped_byte_zarr(tmp_path):
     _flip_byte(chunk, 17)
     report = verify_cache(p)
     assert not report["ok"]
-    assert any("video: sample 1 (s1)" in x for x in report["problems"]), report["problems"]
+    assert len(report["problems"]) == 1, report["problems"]
+    assert report["problems"][0].startswith("features.zarr/video: sample 1 (s1): chunk checksum")
+    assert report["checked"]["features.zarr"] == {"samples": 4, "bad_chunks": 1}
 
 
 def test_verify_catches_changed_samples_table(tmp_path):
     feats, video, rows = _arrays()
     p = write_cache(tmp_path / "c", features=feats, video=video, samples=rows, clip_starts=[0, 1, 2])
     _flip_byte(p / "samples.parquet", 40)
-    assert any("samples.parquet" in x for x in verify_cache(p)["problems"])
+    report = verify_cache(p)
+    assert not report["ok"] and all(x.startswith("samples.parquet: ") for x in report["problems"])
+    assert ("samples.parquet: sha256 differs from the one recorded in the manifest (file changed or damaged)"
+            in report["problems"])
+    assert report["checked"]["features.h5"] == {"samples": 4, "bad_chunks": 0}  # the stores are intact
 
 
 def test_cache_info(tmp_path):

@@ -17,6 +17,8 @@ import pytest
 from udaqa_pipeline import demo, synth
 from udaqa_pipeline.backbone.weights import weights_path
 from udaqa_pipeline.cache import open_cache
+from udaqa_pipeline.datasets.rules import apply_rule
+from udaqa_pipeline.safe_pickle import safe_load
 
 pytestmark = pytest.mark.skipif(
     not weights_path().is_file(),
@@ -48,7 +50,22 @@ def test_demo_end_to_end_and_reuse(tmp_path: Path, capsys) -> None:
     for p in pred:
         assert len(p["pred_judges"]) == 7 and len(p["real_judges"]) == 7
         assert 0 < p["pred_final"] < 10 * 3 * 4.1 and math.isfinite(p["uncertainty"])
-    assert math.isfinite(res["rl2x100"]) and math.isfinite(res["baseline_rl2x100"])
+    # ... are the generated test split, labelled as the generator wrote them (ids are "vv_dd")
+    info = Path(res["data"]) / "info"
+    ann = safe_load(info / synth.ANNOTATION_FILE)
+    keys = [tuple(int(x) for x in p["id"].split("_")) for p in pred]
+    assert sorted(keys) == sorted(safe_load(info / "test_split_0.pkl"))
+    for p, k in zip(pred, keys):
+        assert p["real_judges"] == ann[k]["judge_scores"].tolist()
+        assert p["true_final"] == float(ann[k]["final_score"])
+        rule = float(apply_rule("mtl_middle3", p["real_judges"], ann[k]["difficulty"]))
+        assert p["true_final"] == pytest.approx(rule)
+    # R-l2 x100 over the test range, for the model and for predicting the mean of the 6 training finals
+    y, yhat = np.array([p["true_final"] for p in pred]), np.array([p["pred_final"] for p in pred])
+    span = y.max() - y.min()
+    train_mean = np.mean([float(ann[k]["final_score"]) for k in safe_load(info / "train_split_0.pkl")])
+    assert res["rl2x100"] == pytest.approx(100 * np.mean(((y - yhat) / span) ** 2))
+    assert res["baseline_rl2x100"] == pytest.approx(100 * np.mean(((y - train_mean) / span) ** 2))
     # the printout names every number and path the issue asks for
     for needle in ("Spearman", "R-l2 x100, trivial baseline", "sampled panel", "real panel", "uncertainty",
                    "predictions.parquet", "pred_vs_true.png", "success criterion"):
