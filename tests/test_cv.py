@@ -69,6 +69,21 @@ def test_louo_folds_keep_each_surgeon_on_one_side(cache):
         subject_folds(lab)
 
 
+def test_dev_split_scores_inside_the_official_training_sets_only(cache):
+    lab = _labels(cache)
+    for outer in range(4):
+        test_rows = set(np.flatnonzero(lab.fold == outer).tolist())
+        seen = []
+        for i in range(3):
+            tr, te = split_folds(lab, 3 * outer + i, None, 0, "dev")
+            assert not (set(tr) | set(te)) & test_rows  # the official test fold is never read
+            assert not set(tr) & set(te)
+            seen += te.tolist()
+        assert sorted(seen) == sorted(set(range(len(lab.ids))) - test_rows)
+    with pytest.raises(ConfigError, match="0..11"):
+        split_folds(lab, 12, None, 0, "dev")
+
+
 def test_learning_rate_and_weight_average():
     t = {"lr": 1.0, "epochs": 4, "lr_schedule": "cosine"}
     assert [round(learning_rate(e, t), 6) for e in range(4)] == [1.0, 0.853553, 0.5, 0.146447]

@@ -15,7 +15,9 @@ Methods (``methods``):
 
 Protocols (``protocols``): ``honest`` (model picked without the test fold, ``train.select``) and
 ``paper`` (best epoch on the test fold, as the published code does); every number is tagged.
-Splits: ``official`` (the annotation files' folds) or ``louo`` (leave one surgeon out).
+Splits: ``official`` (the annotation files' folds), ``louo`` (leave one surgeon out) or ``dev``
+(3 inner folds inside each official training set, the test folds never read: the split to compare
+recipes on, see ``train.dev_fold``).
 
 Per (method, protocol, group) and seed, over that seed's test folds:
 
@@ -86,10 +88,12 @@ def ridge_predict(features: np.ndarray, y: np.ndarray, train_rows: np.ndarray, t
 def fold_ids(labels: Any, split: str) -> list[int]:
     """The test folds of ``split`` among the ok samples (official: the cache's folds; louo: one per
     surgeon)."""
-    from .train import subject_folds
+    from .train import DEV_INNER, subject_folds
 
     if split == "louo":
         return list(range(len(subject_folds(labels)[1])))
+    if split == "dev":
+        return list(range(DEV_INNER * len(fold_ids(labels, "official"))))
     ok = labels.ok
     return sorted(set(labels.fold[ok].tolist()) - {-1})
 

@@ -71,13 +71,18 @@ def run_dirs(run_dir: Path) -> list[Path]:
 def evaluate(run_dir: str | Path | None = None, *, dataset: str | None = None, fold: int | None = None,
              cv: int | None = None, split: str = "official", cache: Any = None, cache_root: Any = None,
              judges: int | None = None, samples: int = 50, seed: int = 0, make_plots: bool = True,
-             source: Any = None) -> dict:
+             source: Any = None, sampler: str = "calibrated", out_dir: str | Path | None = None) -> dict:
     """Evaluate the run in ``run_dir`` (default ``<runs>/<dataset>/fold<fold>``) on its test fold.
 
     ``judges``: number of sampled judges T per panel (default: the rule's); ``samples``: draws S
     (final-score intervals need S >= 50; with fewer they are left out and ``final_calibration``
     says why). ``source``: a feature source other than the cache (e.g. a fine-tuned backbone over
-    frames; the caller loads its weights from ``load_run(run).source_state``).
+    frames; the caller loads its weights from ``load_run(run).source_state``). ``sampler``:
+    "calibrated" (the run's fitted calibration, :mod:`udaqa_pipeline.calibration`; the paper's
+    sampler when the run has none), "paper" (the prior draws as the paper samples them), or
+    "residual" (baseline: the model's predicted judge mean plus residuals drawn from the training
+    rows' residuals, no per-video disagreement). ``out_dir``: where the outputs go (default
+    ``<run>/eval``, ``<run>/eval-<sampler>`` for the other samplers).
     Returns the metrics dict that is also written to ``<run>/eval/metrics.json``: ``headline``
     {metric, label, value, protocol, undefined_groups}, ``overall`` (pooled), ``groups``,
     ``fisher_z_spearman``, ``panel`` {"T<t>": calibration measures}, ``final_calibration``, ``runs``.
@@ -107,8 +112,13 @@ def evaluate(run_dir: str | Path | None = None, *, dataset: str | None = None, f
         rows = np.asarray([pos[s] for s in test_ids], int)
         if len(rows) == 0:
             continue
-        p = predict(run.model, source or CacheSource(cache_obj), labels, rows, run.scaling, n_samples=samples,
-                    n_judges=judges, seed=seed)
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, not {sampler!r}")
+        src = source or CacheSource(cache_obj)
+        p = predict(run.model, src, labels, rows, run.scaling, n_samples=samples, n_judges=judges, seed=seed,
+                    calibrated=sampler == "calibrated")
+        if sampler == "residual":
+            p = residual_prediction(run, src, labels, rows, p, pos, samples, seed)
         for k, r in enumerate(rows):
             ids.append(labels.ids[r])
             group.append(labels.group[r])
@@ -120,7 +130,10 @@ def evaluate(run_dir: str | Path | None = None, *, dataset: str | None = None, f
         meta[rd.name] = {"protocol": ck["protocol"], "selected_epoch": ck["best"]["epoch"] + 1,
                          "selected_on": ck.get("select", "val" if ck["protocol"] == "honest" else "test")
                          .replace("paper", "test"),
-                         "selection_score": ck["best"]["score"], "epochs_trained": ck["epoch"] + 1}
+                         "selection_score": ck["best"]["score"], "epochs_trained": ck["epoch"] + 1,
+                         "sampler": sampler if sampler != "calibrated" or ck.get("calibration") else "paper",
+                         "calibration": {k: ck["calibration"][k] for k in ("tau", "sigma", "fitted_on")}
+                         if ck.get("calibration") and sampler == "calibrated" else None}
     if not ids:
         raise CheckpointError(f"{run_dir}: the test fold is empty")
     y_a, u_a, fin = np.asarray(y, float), np.asarray(u, float), np.stack(finals)
@@ -144,7 +157,7 @@ def evaluate(run_dir: str | Path | None = None, *, dataset: str | None = None, f
     else:
         out["final_calibration"] = {"skipped": f"final-score intervals need --samples >= {FINAL_MIN_SAMPLES}"}
     lo80, hi80 = np.quantile(fin, [0.1, 0.9], axis=1, method="weibull")
-    ev = run_dir / "eval"
+    ev = Path(out_dir) if out_dir is not None else run_dir / ("eval" if sampler == "calibrated" else f"eval-{sampler}")
     ev.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table({"id": ids, "group": group, "true_final": y_a, "pred_final": p_a,
                              "pred_final_std": s_a, "pred_final_lo80": lo80, "pred_final_hi80": hi80,
@@ -164,6 +177,31 @@ def evaluate(run_dir: str | Path | None = None, *, dataset: str | None = None, f
         if curves:
             out["plots"].append(str(plots.reliability(ev / "reliability.png", curves, tag)))
     (ev / "metrics.json").write_text(json.dumps(out, indent=1, default=float) + "\n")
+    return out
+
+
+SAMPLERS = ("calibrated", "paper", "residual")
+
+
+def residual_prediction(run: Any, src: Any, labels: Labels, rows: np.ndarray, p: dict, pos: dict,
+                        samples: int, seed: int) -> dict:
+    """Baseline (b) of the calibration table: the model's predicted judge mean (mean over the paper
+    sampler's draws) plus residuals drawn from the pool of the training rows' residuals (real judge
+    minus predicted judge mean), each judge independently; ``p`` (:func:`predict` of ``rows``) gets
+    its panels, finals and final replaced."""
+    from .calibration import residual_panels
+    from .datasets.rules import apply_rule
+
+    fit = np.asarray([pos[s] for s in run.checkpoint["split"]["fit"] if s in pos], int)
+    pf = predict(run.model, src, labels, fit, run.scaling, n_samples=samples, seed=seed, calibrated=False)
+    pool = np.concatenate([labels.judges[r] - pf["panels"][k].mean() for k, r in enumerate(fit)])
+    out = dict(p, panels=list(p["panels"]), finals=np.empty_like(p["finals"]), final=np.empty_like(p["final"]))
+    for k, r in enumerate(rows):
+        s_, t = p["panels"][k].shape
+        pan = residual_panels(np.asarray([p["panels"][k].mean()]), pool, t, s_, seed=seed + k)[0]
+        out["panels"][k] = pan
+        out["finals"][k] = apply_rule(labels.rule[r], pan, labels.difficulty_of(r))
+        out["final"][k] = out["finals"][k].mean()
     return out
 
 
@@ -230,4 +268,8 @@ def format_metrics(m: dict) -> str:
                f"the end of training ({_KEPT.get(r['selected_on'], r['selected_on'])})")
         lines.append(f"[{p}] {name}: epoch {r['selected_epoch']}/{r['epochs_trained']} {how}"
                      + ("" if sc is None or math.isnan(sc) else f" (score {sc:.4f})"))
+        cal = r.get("calibration")
+        lines.append(f"[{p}] {name}: sampler {r.get('sampler', 'paper')}" + (
+            f" (judge noise tau {cal['tau']:.3g} x exp(u), panel offset sd {cal['sigma']:.3g} of the label range; "
+            f"fitted on the {cal['fitted_on']})" if cal else ""))
     return "\n".join(lines)

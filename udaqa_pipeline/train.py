@@ -13,7 +13,9 @@ One loop, read top to bottom (nanoGPT style). Policies, fixed here:
   trains one model per group (JIGSAWS task) in ``<run>/<group>/``.
 - Splits: ``split="official"`` uses the folds the annotation files give (the cache's ``fold``
   column); ``split="louo"`` makes one fold per subject (JIGSAWS surgeon: leave-one-user-out, fold k
-  = the k-th surgeon by letter), so no surgeon is in train and test of one fold.
+  = the k-th surgeon by letter), so no surgeon is in train and test of one fold; ``split="dev"``
+  scores a recipe on the official training sets only (:func:`dev_fold`), so recipes can be chosen
+  without ever reading a test fold.
 - Protocols: ``honest`` (default) never looks at the test fold; how it picks the model is
   ``train.select``:
   * ``"val"``: carve a seeded ``train.val_fraction`` validation split out of the training samples
@@ -104,11 +106,14 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "video_channels": [16, 32, 64, 128], "eval_samples": 8,
     "select": "val", "select_metric": "spearman", "inner_folds": 3, "inner_smooth": 5, "average_last": 0,
     "optimizer": "adam", "lr_schedule": "constant", "feature_norm": False, "feature_dropout": 0.0,
-    "regressor_hidden": [256, 64], "checkpoint_every": 1,
+    "regressor_hidden": [256, 64], "checkpoint_every": 1, "clip_l2": False, "pool_std": False,
+    "calibrate": "heldout",
 }
 SELECTIONS = ("val", "inner_cv", "last")
 SELECT_METRICS = ("spearman", "crps")
-SPLITS = ("official", "louo")
+SPLITS = ("official", "louo", "dev")
+#: Inner folds per outer training set under ``split="dev"``.
+DEV_INNER = 3
 
 
 class CheckpointError(RuntimeError):
@@ -248,6 +253,8 @@ def split_folds(labels: Labels, fold: int, cv: int | None, seed: int, split: str
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {SPLITS}, not {split!r}")
     ok = np.flatnonzero(labels.ok)
+    if split == "dev":
+        return dev_fold(labels, fold)
     if split == "louo":
         if cv is not None:
             raise ConfigError("--cv K and --split louo both choose the folds: pass one of them")
@@ -275,6 +282,22 @@ def split_folds(labels: Labels, fold: int, cv: int | None, seed: int, split: str
     return ok[f != fold], ok[f == fold]
 
 
+def dev_fold(labels: Labels, fold: int) -> tuple[np.ndarray, np.ndarray]:
+    """``split="dev"``, for choosing a recipe without any test fold: dev fold f = inner fold
+    f % 3 of the training rows of official fold f // 3 (a seeded 3-way split of them, the same for
+    every recipe); the official fold's test rows are left out entirely."""
+    ok = np.flatnonzero(labels.ok)
+    outer = sorted(set(labels.fold[ok].tolist()) - {-1})
+    n = len(outer) * DEV_INNER
+    if not 0 <= fold < n:
+        raise ConfigError(f"--fold {fold} is out of range for --split dev: folds 0..{n - 1} "
+                          f"({DEV_INNER} inner folds in each of the {len(outer)} official training sets)")
+    k, i = outer[fold // DEV_INNER], fold % DEV_INNER
+    rows = ok[labels.fold[ok] != k]
+    inner = np.sort(np.random.default_rng(1000 + k).permutation(rows)[i::DEV_INNER])
+    return np.setdiff1d(rows, inner), inner
+
+
 def carve_validation(train_idx: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded (train, val) split of the training rows; val holds round(fraction*n) >= 1 rows."""
     n_val = max(1, int(round(fraction * len(train_idx))))
@@ -290,10 +313,11 @@ def carve_validation(train_idx: np.ndarray, fraction: float, seed: int) -> tuple
 @torch.no_grad()
 def predict(model: UDAQA, source: FeatureSource, labels: Labels, rows: np.ndarray, scaling: dict,
             *, n_samples: int = 8, n_judges: int | None = None, seed: int = 0,
-            batch_size: int = 64) -> dict[str, np.ndarray]:
+            batch_size: int = 64, calibrated: bool = True) -> dict[str, np.ndarray]:
     """Sample S panels for ``rows`` (view 0) -> final (N,) (mean over S of the rule), finals (N, S)
     (the rule on each drawn panel), panels (N entries of (S, T); T may vary), u (N,). Seeded, so
-    selection numbers are reproducible."""
+    selection numbers are reproducible. ``calibrated=False`` draws with the paper's sampler even
+    when the model carries a fitted calibration."""
     model.eval()
     dev = model.scale_lo.device
     gen = torch.Generator().manual_seed(seed)
@@ -309,7 +333,7 @@ def predict(model: UDAQA, source: FeatureSource, labels: Labels, rows: np.ndarra
             p = pos[s:s + batch_size]
             feats, vid = source.batch(rows[p], np.zeros(len(p), int))
             j, uu = model.predict_judges(feats.to(dev), vid.to(dev), int(t), n_samples,
-                                         torch.from_numpy(gi_all[p]), generator=gen)
+                                         torch.from_numpy(gi_all[p]), generator=gen, calibrated=calibrated)
             j = j.cpu().numpy().astype(np.float64)
             u[p] = uu.cpu().numpy()
             for k, i in enumerate(p):
@@ -381,7 +405,8 @@ def resolve_config(dataset: str, overrides: Iterable[str] = ()) -> dict:
     if t["regressors"] not in (1, 2):
         raise ConfigError("train.regressors must be 1 or 2")
     for key, allowed in (("select", SELECTIONS), ("select_metric", SELECT_METRICS),
-                         ("optimizer", ("adam", "adamw")), ("lr_schedule", ("constant", "cosine"))):
+                         ("optimizer", ("adam", "adamw")), ("lr_schedule", ("constant", "cosine")),
+                         ("calibrate", ("heldout", "none"))):
         if t[key] not in allowed:
             raise ConfigError(f"train.{key} must be one of {allowed}, not {t[key]!r}")
     if int(t["inner_folds"]) < 2:
@@ -396,7 +421,8 @@ def model_config(tcfg: dict, n_groups: int, feat_dim: int = 1024) -> ModelConfig
                        use_cvae=bool(tcfg["use_cvae"]), use_uncertainty=bool(tcfg["use_uncertainty"]),
                        latent_input=str(tcfg["latent_input"]), regressors=int(tcfg["regressors"]),
                        n_groups=n_groups, regressor_hidden=tuple(tcfg["regressor_hidden"]),
-                       feature_norm=bool(tcfg["feature_norm"]), feature_dropout=float(tcfg["feature_dropout"]))
+                       feature_norm=bool(tcfg["feature_norm"]), feature_dropout=float(tcfg["feature_dropout"]),
+                       clip_l2=bool(tcfg["clip_l2"]), pool_std=bool(tcfg["pool_std"]))
 
 
 def open_dataset_cache(dataset: str, cache: Any = None, cache_root: Any = None) -> Any:
@@ -541,17 +567,22 @@ class Fit:
     world: int = 1
 
 
-def feature_stats(src: FeatureSource, rows: np.ndarray, bs: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def feature_stats(src: FeatureSource, rows: np.ndarray, *, l2: bool = False, bs: int = 64
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-dimension mean and sd (M,) of the clip features of ``rows`` over every view and clip
-    (read from the cache's array when the source has one, else through ``src.batch`` on view 0)."""
+    (read from the cache's array when the source has one, else through ``src.batch`` on view 0),
+    after :func:`~udaqa_pipeline.model.clip_l2` when ``l2``."""
+    from .model import clip_l2
+
     feats = getattr(src, "features", None)
     if feats is not None:
         x = torch.from_numpy(np.ascontiguousarray(feats[np.sort(rows)])).double()
-        x = x.reshape(-1, x.shape[-1])
     else:
-        parts = [src.batch(rows[s:s + bs], np.zeros(len(rows[s:s + bs]), int))[0].double()
-                 for s in range(0, len(rows), bs)]
-        x = torch.cat(parts).reshape(-1, parts[0].shape[-1])
+        x = torch.cat([src.batch(rows[s:s + bs], np.zeros(len(rows[s:s + bs]), int))[0].double()
+                       for s in range(0, len(rows), bs)])
+    if l2:
+        x = clip_l2(x)
+    x = x.reshape(-1, x.shape[-1])
     return x.mean(0).float(), x.std(0).float()
 
 
@@ -567,7 +598,7 @@ def build_fit(cfg: dict, labels: Labels, src: FeatureSource, rows: np.ndarray, *
     model = UDAQA(mcfg)
     model.set_scaling(torch.tensor(scaling["lo"]), torch.tensor(scaling["hi"]))
     if mcfg.feature_norm:
-        model.set_feature_norm(*feature_stats(src, rows))
+        model.set_feature_norm(*feature_stats(src, rows, l2=mcfg.clip_l2))
     model.to(device)
     if src.module is not None:
         src.module.to(device)
@@ -654,39 +685,84 @@ def selection_score(labels: Labels, rows: np.ndarray, pred: dict, metric: str) -
     return spearman(labels.final[rows], pred["final"])
 
 
-def inner_cv_epochs(cfg: dict, labels: Labels, src: FeatureSource, rows: np.ndarray, *, device: str
-                    ) -> dict:
-    """Choose the epoch count by ``train.inner_folds``-fold CV inside ``rows`` (the training rows
-    only): each inner fold trains ``train.epochs`` epochs on the others and predicts its own rows
-    after every epoch; per epoch the out-of-fold predictions of every row are pooled and scored
-    (``train.select_metric``); the curve is smoothed by a centred ``train.inner_smooth``-epoch mean
-    and its best epoch is the count. Returns {"epochs", "curve" (raw), "smoothed", "folds"}."""
+def inner_folds(cfg: dict, labels: Labels, src: FeatureSource, rows: np.ndarray, *, device: str,
+                epochs: int, keep: Iterable[int] = ()) -> tuple[list[float], dict[int, Any]]:
+    """``train.inner_folds``-fold CV inside ``rows`` (training rows only): each inner fold trains
+    ``epochs`` epochs on the others and predicts its own rows after every epoch. Returns the curve
+    (per epoch, the ``train.select_metric`` of the out-of-fold predictions of every row, pooled)
+    and, for the 0-based epochs in ``keep``, the out-of-fold sampler draws of every row
+    (:class:`~udaqa_pipeline.calibration.HeldOut`, for calibration)."""
     tcfg = cfg["train"]
-    k, epochs, seed = int(tcfg["inner_folds"]), int(tcfg["epochs"]), int(tcfg["seed"])
+    k, seed, s = int(tcfg["inner_folds"]), int(tcfg["seed"]), int(tcfg["eval_samples"])
     if len(rows) < 2 * k:
         raise ConfigError(f"{len(rows)} training samples are too few for {k} inner folds (train.inner_folds)")
+    keep = set(keep)
     perm = np.random.default_rng(seed + 2).permutation(rows)
-    preds: dict[int, dict[int, dict]] = {}  # epoch -> inner fold -> predict() output
+    preds: dict[int, list[dict]] = {e: [] for e in range(epochs)}
+    draws: dict[int, list] = {e: [] for e in keep}
     folds = []
     for i in range(k):
         val = np.sort(perm[i::k])
-        fit = build_fit(cfg, labels, src, np.setdiff1d(rows, val), device=device,
-                        n_features=_n_features(src))
+        fit = build_fit(cfg, labels, src, np.setdiff1d(rows, val), device=device, n_features=_n_features(src))
         folds.append(val)
         for e in range(epochs):
             run_epoch(fit, labels, src, e, where=f"inner fold {i + 1}/{k}")
-            preds.setdefault(e, {})[i] = predict(fit.model, src, labels, val, fit.scaling,
-                                                 n_samples=int(tcfg["eval_samples"]), seed=seed)
+            preds[e].append(predict(fit.model, src, labels, val, fit.scaling, n_samples=s, seed=seed))
+            if e in keep:
+                draws[e].append(heldout_draws(fit.model, src, labels, val, fit.scaling, n_samples=s, seed=seed))
     every = np.concatenate(folds)
-    curve = []
-    for e in range(epochs):
-        pooled = {key: np.concatenate([preds[e][i][key] for i in range(k)]) for key in ("final", "finals")}
-        curve.append(selection_score(labels, every, pooled, str(tcfg["select_metric"])))
+    curve = [selection_score(labels, every, {key: np.concatenate([p[key] for p in preds[e]])
+                                             for key in ("final", "finals")}, str(tcfg["select_metric"]))
+             for e in range(epochs)]
+    from .calibration import concat_heldout
+
+    return curve, {e: concat_heldout(d) for e, d in draws.items()}
+
+
+def inner_cv_epochs(cfg: dict, labels: Labels, src: FeatureSource, rows: np.ndarray, *, device: str,
+                    keep_draws: bool = False) -> tuple[dict, dict[int, Any]]:
+    """Choose the epoch count by :func:`inner_folds` over ``train.epochs`` epochs: the curve is
+    smoothed by a centred ``train.inner_smooth``-epoch mean and its best epoch is the count.
+    Returns ({"epochs", "curve" (raw), "smoothed", "folds"}, out-of-fold draws of every epoch when
+    ``keep_draws`` else {})."""
+    tcfg = cfg["train"]
+    epochs = int(tcfg["epochs"])
+    curve, draws = inner_folds(cfg, labels, src, rows, device=device, epochs=epochs,
+                               keep=range(epochs) if keep_draws else ())
     c = np.asarray(curve, float)
     w = max(1, int(tcfg["inner_smooth"]))
     smooth = np.asarray([np.nanmean(c[max(0, e - w // 2): e + w // 2 + 1]) for e in range(epochs)])
     best = int(np.nanargmax(smooth)) + 1 if np.isfinite(smooth).any() else epochs
-    return {"epochs": best, "curve": c.tolist(), "smoothed": smooth.tolist(), "folds": k}
+    return {"epochs": best, "curve": c.tolist(), "smoothed": smooth.tolist(), "folds": int(tcfg["inner_folds"])}, draws
+
+
+@torch.no_grad()
+def heldout_draws(model: UDAQA, source: FeatureSource, labels: Labels, rows: np.ndarray, scaling: dict, *,
+                  n_samples: int, seed: int = 0, batch_size: int = 64) -> Any:
+    """The paper sampler's raw draws for ``rows`` (view 0) as a
+    :class:`~udaqa_pipeline.calibration.HeldOut`, for the rows whose panel size is the most common
+    one (a calibration is one noise model for one panel size)."""
+    from collections import Counter
+
+    from .calibration import HeldOut
+
+    model.eval()
+    dev = model.scale_lo.device
+    gen = torch.Generator().manual_seed(seed)
+    t_of = np.asarray([labels.n_judges(i) for i in rows])
+    t = Counter(t_of.tolist()).most_common(1)[0][0]
+    rows = np.asarray(rows)[t_of == t]
+    gi = group_index(scaling, [labels.group[i] for i in rows])
+    loc, scale = [], []
+    for s in range(0, len(rows), batch_size):
+        feats, vid = source.batch(rows[s:s + batch_size], np.zeros(len(rows[s:s + batch_size]), int))
+        y, sc = model.sample_panels(feats.to(dev), vid.to(dev), int(t), n_samples, generator=gen)
+        loc.append(y.cpu().double().numpy())
+        scale.append(sc.cpu().double().numpy())
+    return HeldOut(loc=np.concatenate(loc), scale=np.concatenate(scale), real=[labels.judges[i] for i in rows],
+                   final=labels.final[rows].copy(), rule=[labels.rule[i] for i in rows],
+                   difficulty=labels.difficulty[rows].copy(), lo=np.asarray(scaling["lo"], float)[gi],
+                   hi=np.asarray(scaling["hi"], float)[gi])
 
 
 def _n_features(src: FeatureSource) -> int:
@@ -730,8 +806,14 @@ def _train_one(cfg: dict, cache_obj: Any, labels: Labels, src: FeatureSource, tr
         _check_resumable(ck, cfg, run_meta, ckpt_path)
     epochs = int(tcfg["epochs"])
     inner = None
+    calibrate = tcfg["calibrate"] == "heldout"
+    heldout = None  # held-out sampler draws to fit the calibration on (see _calibrate)
     if mode == "inner_cv":  # the epoch count, from the training rows alone (kept for a resume)
-        inner = ck["inner_cv"] if ck is not None else inner_cv_epochs(cfg, labels, src, fit_rows, device=device)
+        if ck is not None:
+            inner = ck["inner_cv"]
+        else:
+            inner, draws = inner_cv_epochs(cfg, labels, src, fit_rows, device=device, keep_draws=calibrate)
+            heldout = draws.get(int(inner["epochs"]) - 1)
         epochs = int(inner["epochs"])
     run_meta["epochs_planned"] = epochs
     fit = build_fit(cfg, labels, src, fit_rows, device=device, rank=rank, world=world,
@@ -820,7 +902,43 @@ def _train_one(cfg: dict, cache_obj: Any, labels: Labels, src: FeatureSource, tr
     if world > 1:
         _check_ranks_agree(fit.model, src.module)
         dist.barrier()
+    # -- calibrate the sampler once the run is complete (a resumed complete run keeps its fit)
+    if calibrate and rank == 0 and ckpt_path.exists():
+        done = load_checkpoint(ckpt_path)
+        if int(done["epoch"]) + 1 >= epochs and done.get("calibration") is None:
+            _calibrate(cfg, labels, src, done, heldout, mode, fit_rows, sel_rows, device)
+            save_checkpoint(ckpt_path, done)
     return run_dir
+
+
+def _calibrate(cfg: dict, labels: Labels, src: FeatureSource, ck: dict, heldout: Any, mode: str,
+               fit_rows: np.ndarray, sel_rows: np.ndarray, device: str) -> None:
+    """Fit the calibrated sampler on held-out training rows and store it in the kept model: the
+    validation rows (``select="val"``), or out-of-fold predictions of an inner cross-validation at
+    the kept epoch (``inner_cv``: from the epoch-count search; ``last`` and the paper protocol: an
+    extra inner pass). Never on a test fold. Writes ``calib`` into ``ck["best"]["model"]`` and the
+    fit's numbers into ``ck["calibration"]``."""
+    from .calibration import fit_calibration
+
+    tcfg = cfg["train"]
+    # the kept heads: the selected epoch's, or the last (no epoch was selected: load_run's fallback)
+    state = ck["best"]["model"] if ck["best"]["model"] is not None else ck["model"]
+    kept = int(ck["best"]["epoch"]) if ck["best"]["model"] is not None else int(ck["epoch"])
+    if mode == "val":
+        model = UDAQA(ModelConfig.from_dict(ck["model_config"]))
+        model.load_state_dict(state)
+        model.to(device)
+        heldout = heldout_draws(model, src, labels, sel_rows, ck["scaling"], n_samples=int(tcfg["eval_samples"]),
+                                seed=int(tcfg["seed"]))
+        source = "validation split"
+    else:
+        if heldout is None:
+            _, draws = inner_folds(cfg, labels, src, fit_rows, device=device, epochs=kept + 1, keep=[kept])
+            heldout = draws[kept]
+        source = f"out-of-fold predictions of {int(tcfg['inner_folds'])} inner folds at epoch {kept + 1}"
+    fit = fit_calibration(heldout, seed=int(tcfg["seed"]))
+    state["calib"] = torch.tensor([fit["tau"], fit["sigma"]], dtype=torch.float32)
+    ck["calibration"] = {**fit, "fitted_on": source}
 
 
 def _buffers(*modules: nn.Module | None) -> list[torch.Tensor]:
@@ -973,7 +1091,9 @@ def load_run(run_dir: str | Path, *, which: str = "best") -> Run:
     try:
         model = UDAQA(ModelConfig.from_dict(ck["model_config"]))
         best = which == "best" and ck["best"]["model"] is not None
-        model.load_state_dict(ck["best"]["model"] if best else ck["model"])
+        state = dict(ck["best"]["model"] if best else ck["model"])
+        state.setdefault("calib", torch.zeros(2))  # runs saved before the calibrated sampler
+        model.load_state_dict(state)
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path} does not match this version's model ({e}); retrain the run") from e
     model.eval()

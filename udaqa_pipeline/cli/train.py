@@ -49,8 +49,9 @@ _SET = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VA
               help="run directory (default: runs/<dataset>/fold<k>); under torchrun spell it --run-dir")
 @click.option("--protocol", type=click.Choice(["honest", "paper"]), default="honest", show_default=True,
               help="honest: model chosen without the test fold (train.select); paper: best epoch on test")
-@click.option("--split", type=click.Choice(["official", "louo"]), default="official", show_default=True,
-              help="official: the annotation files' folds; louo: leave one surgeon out (JIGSAWS)")
+@click.option("--split", type=click.Choice(["official", "louo", "dev"]), default="official", show_default=True,
+              help="official: the annotation files' folds; louo: leave one surgeon out (JIGSAWS); dev: inner "
+                   "folds of the official training sets (see cv --split dev)")
 @_SET
 @click.option("--resume/--no-resume", default=True, show_default=True)
 @click.option("--progress/--no-progress", default=True)
@@ -86,15 +87,19 @@ def train_cmd(dataset, fold, cv, cache, cache_root, run_dir, protocol, split, ov
 @click.option("--cache", type=click.Path(), default=None)
 @click.option("--cache-root", type=click.Path(), default=None)
 @click.option("--judges", type=int, default=None, help="judges T per sampled panel (default: the rule's)")
-@click.option("--samples", type=int, default=10, show_default=True, help="panels S drawn per sample")
+@click.option("--samples", type=int, default=50, show_default=True,
+              help="panels S drawn per sample (final-score intervals need 50 or more)")
+@click.option("--sampler", type=click.Choice(["calibrated", "paper", "residual"]), default="calibrated",
+              show_default=True, help="calibrated: the run's fitted judge noise; paper: prior draws only; "
+                                      "residual: baseline (predicted mean + training residuals)")
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON")
 @_clean_errors
-def evaluate_cmd(dataset, fold, cv, run_dir, cache, cache_root, judges, samples, as_json):
+def evaluate_cmd(dataset, fold, cv, run_dir, cache, cache_root, judges, samples, sampler, as_json):
     """Score a trained run on its test fold; writes <run>/eval/{metrics.json,predictions.parquet,*.png}."""
     from ..evaluate import evaluate, format_metrics
 
     m = evaluate(run_dir, dataset=dataset, fold=fold, cv=cv, cache=cache, cache_root=cache_root,
-                 judges=judges, samples=samples)
+                 judges=judges, samples=samples, sampler=sampler)
     click.echo(json.dumps(m, indent=1, default=float) if as_json else format_metrics(m))
 
 
@@ -128,8 +133,9 @@ def ablate_cmd(dataset, fold, cache, cache_root, run_dir, jobs, protocol, rows, 
 @click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True, help="seeds 0..N-1 per fold")
 @click.option("--protocol", type=click.Choice(["honest", "paper", "both"]), default="honest", show_default=True,
               help="both: the honest number and the published-style one (best epoch on test) side by side")
-@click.option("--split", type=click.Choice(["official", "louo"]), default="official", show_default=True,
-              help="official: the annotation files' folds; louo: leave one surgeon out (JIGSAWS)")
+@click.option("--split", type=click.Choice(["official", "louo", "dev"]), default="official", show_default=True,
+              help="official: the annotation files' folds; louo: leave one surgeon out (JIGSAWS); dev: 3 inner "
+                   "folds inside each official training set, test folds never read (to compare recipes)")
 @click.option("--methods", default="udaqa,i3d+mlp,ridge", show_default=True,
               help="comma-separated: udaqa (the stage's recipe), i3d+mlp (ablation baseline), ridge")
 @click.option("--jobs", type=int, default=None, help="runs in parallel (default: CPU cores)")

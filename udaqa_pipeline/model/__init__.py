@@ -14,10 +14,14 @@ video feature f_v), ``regressors`` (1: one head on concat(f_v, z); 2: a determin
 for the judge mean + a latent head on concat(f_v, z) for the sampled judge's offset from the mean).
 
 Small-data switches (not in the paper; off by default, on in ``stages/jigsaws.toml``):
-``feature_norm`` standardises every clip feature dimension with the training rows' mean and sd
+``clip_l2`` scales every clip feature to unit L2 norm (:func:`clip_l2`: keeps the direction of the
+1024-d I3D vector, drops its overall magnitude, which follows lighting and zoom more than skill);
+``feature_norm`` then standardises every feature dimension with the training rows' mean and sd
 (buffers ``feat_mean`` / ``feat_std``, set by :meth:`UDAQA.set_feature_norm` and saved with the
 weights, so scoring applies the same shift); ``feature_dropout`` drops clip-feature entries with that
-probability while training; ``wa_hidden`` and ``regressor_hidden`` size the heads.
+probability while training; ``pool_std`` appends the standard deviation over the K clips to the
+video feature (f_v becomes 2M-d: how much the action changes over time, which an average over clips
+cannot carry); ``wa_hidden`` and ``regressor_hidden`` size the heads.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from .heads import (GaussianNet, MeanPool, Regressor, UncertaintyHead, VideoEnco
                     WeightAttention, reparameterize)
 from .losses import total_loss
 
-__all__ = ["ModelConfig", "UDAQA", "total_loss"]
+__all__ = ["ModelConfig", "UDAQA", "clip_l2", "total_loss"]
 
 
 @dataclass
@@ -52,6 +56,8 @@ class ModelConfig:
     regressor_hidden: tuple[int, ...] = (256, 64)
     feature_norm: bool = False
     feature_dropout: float = 0.0
+    clip_l2: bool = False
+    pool_std: bool = False
 
     def __post_init__(self) -> None:
         self.video_channels = tuple(int(c) for c in self.video_channels)
@@ -79,11 +85,17 @@ class ModelConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+def clip_l2(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Every clip feature (..., M) divided by its L2 norm (an all-zero vector stays zero)."""
+    return features / features.norm(dim=-1, keepdim=True).clamp_min(eps)
+
+
 class UDAQA(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
         m, d = cfg.feat_dim, cfg.latent_dim
+        fv = 2 * m if cfg.pool_std else m  # width of the video feature f_v
         if cfg.feature_norm:
             self.register_buffer("feat_mean", torch.zeros(m))
             self.register_buffer("feat_std", torch.ones(m))
@@ -95,26 +107,33 @@ class UDAQA(nn.Module):
                 x_dim = self.encoder.out_dim
             else:
                 self.encoder = None
-                x_dim = m
+                x_dim = fv
             self.prior = GaussianNet(x_dim, d, dropout=cfg.dropout)
             self.posterior = GaussianNet(x_dim + 1, d, dropout=cfg.dropout)
-            self.regressor = Regressor(m + d, cfg.regressor_hidden)
+            self.regressor = Regressor(fv + d, cfg.regressor_hidden)
         else:
             self.encoder = None
-            self.regressor = Regressor(m, cfg.regressor_hidden)
+            self.regressor = Regressor(fv, cfg.regressor_hidden)
         self.unc = UncertaintyHead(d) if cfg.use_uncertainty else None
-        self.mean_head = Regressor(m, cfg.regressor_hidden) if cfg.regressors == 2 else None
+        self.mean_head = Regressor(fv, cfg.regressor_hidden) if cfg.regressors == 2 else None
         self.register_buffer("scale_lo", torch.zeros(cfg.n_groups))
         self.register_buffer("scale_hi", torch.ones(cfg.n_groups))
+        # calibrated sampler [tau, sigma] (udaqa_pipeline.calibration); zeros = the paper's sampler
+        self.register_buffer("calib", torch.zeros(2))
 
     # -- pieces ---------------------------------------------------------------------------------
     def encode(self, features: torch.Tensor, video: torch.Tensor | None
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """-> (f_v (B, M), X (B, x_dim) or None). The expensive part; sampling reuses it."""
         features = features.float()
+        if self.cfg.clip_l2:
+            features = clip_l2(features)
         if self.cfg.feature_norm:
             features = (features - self.feat_mean) / self.feat_std
-        f_v = self.fusion(self.feature_drop(features))
+        features = self.feature_drop(features)
+        f_v = self.fusion(features)
+        if self.cfg.pool_std:
+            f_v = torch.cat([f_v, features.std(dim=1)], dim=-1)
         if not self.cfg.use_cvae:
             return f_v, None
         if self.encoder is None:
@@ -222,20 +241,48 @@ class UDAQA(nn.Module):
         hi = self.scale_hi[gi].view(shape)
         return y_scaled * (hi - lo) + lo
 
+    def set_calibration(self, tau: float, sigma: float) -> None:
+        """Judge noise scale ``tau`` (x exp(u)) and shared panel offset sd ``sigma`` (scaled label
+        units) of the calibrated sampler (:mod:`udaqa_pipeline.calibration`); 0, 0 = the paper's."""
+        self.calib.copy_(torch.tensor([float(tau), float(sigma)]))
+
+    @torch.no_grad()
+    def sample_panels(self, features: torch.Tensor, video: torch.Tensor | None, n_judges: int,
+                      n_samples: int = 1, generator: torch.Generator | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sampler's raw draws: (y_hat (B, S, T), exp(u) (B, S, T)), scaled label units, one prior
+        draw of z per judge; exp(u) is 1 when the model has no uncertainty head."""
+        y, u = self.sample_scaled(features, video, n_judges * n_samples, generator)
+        b = y.shape[0]
+        return y.view(b, n_samples, n_judges), torch.exp(u).view(b, n_samples, n_judges)
+
     @torch.no_grad()
     def predict_judges(self, features: torch.Tensor, video: torch.Tensor | None, n_judges: int,
                        n_samples: int = 1, group_index: torch.Tensor | None = None,
-                       generator: torch.Generator | None = None
+                       generator: torch.Generator | None = None, calibrated: bool = True
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """S = ``n_samples`` draws of T = ``n_judges`` judge scores in score units.
 
         features (B, K, M) float, video (B, L, 3, h, w) uint8 -> (judges (B, S, T), u (B,)) where u is
         the mean predicted log-uncertainty over all S*T latent draws. Each judge is one independent
-        prior draw of z (the paper's "more samples = more judges"). Apply the dataset's scoring rule
+        prior draw of z (the paper's "more samples = more judges"); with a fitted calibration
+        (``calib`` buffer, :meth:`set_calibration`) and ``calibrated``, each judge also gets its
+        Laplace deviation (scale tau * exp(u)) and each panel a shared offset (sd sigma), see
+        :mod:`udaqa_pipeline.calibration`. Apply the dataset's scoring rule
         (:func:`udaqa_pipeline.datasets.rules.apply_rule`) to the last axis to get final scores.
         Switches the model to eval mode.
         """
         self.eval()
         y, u = self.sample_scaled(features, video, n_judges * n_samples, generator)
-        y = self.to_score_units(y, group_index)
-        return y.view(y.shape[0], n_samples, n_judges), u.mean(dim=1)
+        y = y.view(y.shape[0], n_samples, n_judges)
+        scale = torch.exp(u).view_as(y)
+        tau, sigma = (float(x) for x in self.calib)
+        if calibrated and (tau > 0 or sigma > 0):
+            shape = y.shape
+            uni = torch.rand(shape, generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12) - 0.5
+            lap = (-torch.sign(uni) * torch.log1p(-2.0 * uni.abs())).to(y)
+            gauss = torch.randn(shape[:2], generator=generator, dtype=torch.float64).to(y)
+            y = y + tau * scale * lap.to(y.device) + sigma * gauss.to(y.device)[..., None]
+        b = y.shape[0]
+        out = self.to_score_units(y.reshape(b, -1), group_index).view(b, n_samples, n_judges)
+        return out, u.mean(dim=1)

@@ -1,0 +1,119 @@
+"""The calibrated sampler (udaqa_pipeline.calibration): noise model, fit, baseline, and the run's
+fit on held-out rows end to end on a toy cache."""
+
+import numpy as np
+import pytest
+import torch
+
+from udaqa_pipeline.calibration import (HeldOut, concat_heldout, fit_calibration, laplace_noise,
+                                        residual_panels, sample_panels)
+from udaqa_pipeline.evaluate import evaluate
+from udaqa_pipeline.model import UDAQA, ModelConfig
+from udaqa_pipeline.testing import write_toy_cache
+from udaqa_pipeline.train import CHECKPOINT, load_checkpoint, load_run, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_laplace_noise_is_a_standard_laplace():
+    x = laplace_noise(np.random.default_rng(0).random(200_000))
+    assert abs(x.mean()) < 0.01 and np.mean(np.abs(x)) == pytest.approx(1.0, abs=0.01)  # E|X| = b
+    assert np.var(x) == pytest.approx(2.0, rel=0.02)  # Var = 2 b^2
+    assert np.isfinite(laplace_noise(np.array([0.0, 1.0]))).all()
+
+
+def test_sample_panels_follows_the_equation():
+    loc, scale = np.full((1, 2, 3), 0.5), np.full((1, 2, 3), 0.1)
+    lap, gauss = np.ones((1, 2, 3)), np.array([[2.0, -1.0]])
+    y = sample_panels(loc, scale, 3.0, 0.25, lap, gauss)
+    np.testing.assert_allclose(y[0, 0], 0.5 + 0.3 + 0.5)
+    np.testing.assert_allclose(y[0, 1], 0.5 + 0.3 - 0.25)
+
+
+def _synthetic_heldout(n=300, s=40, t=7, tau=0.8, sigma=0.06, seed=1):
+    """Held-out draws of a collapsed sampler (loc constant over draws, the paper's failure) on data
+    made by the calibrated sampler's own equation with known tau and sigma."""
+    rng = np.random.default_rng(seed)
+    centre = rng.uniform(0.3, 0.8, n)
+    scale = rng.uniform(0.01, 0.06, n)  # exp(u): what the model thinks a judge's deviation is
+    err = rng.normal(0, sigma, n)  # what the model does not know about the performance
+    real = centre[:, None] + err[:, None] + tau * scale[:, None] * laplace_noise(rng.random((n, t)))
+    loc = np.repeat(centre[:, None, None], s, axis=1).repeat(t, axis=2)
+    return HeldOut(loc=loc, scale=np.repeat(scale[:, None, None], s, axis=1).repeat(t, axis=2),
+                   real=list(real * 10), final=real.sum(axis=1) * 10, rule=["sum"] * n,
+                   difficulty=np.full(n, np.nan), lo=np.zeros(n), hi=np.full(n, 10.0))
+
+
+def test_fit_recovers_the_judge_and_panel_spread():
+    h = _synthetic_heldout()
+    fit = fit_calibration(h)
+    assert fit["tau"] == pytest.approx(0.8, rel=0.2)
+    assert fit["sigma"] == pytest.approx(0.06, rel=0.25)
+    # a point forecast has CRPS E|X| = 0.80 sd, the right Gaussian 0.56 sd: about 30% lower
+    assert fit["crps_final"][1] < 0.78 * fit["crps_final"][0]
+    assert fit["crps_deviation"][1] < fit["crps_deviation"][0]
+    assert fit["n_panel_rows"] == 300
+
+
+def test_fit_on_single_labels_uses_the_judge_scale_only():
+    h = _synthetic_heldout(t=1, sigma=0.0, tau=2.0)
+    fit = fit_calibration(h)
+    assert fit["sigma"] == 0.0 and fit["n_panel_rows"] == 0
+    assert fit["tau"] == pytest.approx(2.0, rel=0.25)
+
+
+def test_concat_and_residual_panels():
+    a, b = _synthetic_heldout(n=3), _synthetic_heldout(n=2, seed=2)
+    c = concat_heldout([a, b])
+    assert c.loc.shape == (5, 40, 7) and len(c.real) == 5 and c.final[3] == b.final[0]
+    assert concat_heldout([]) is None
+    pan = residual_panels(np.array([5.0, 7.0]), np.array([-0.5, 0.5]), 7, 3, seed=0)
+    assert pan.shape == (2, 3, 7) and set(np.unique(pan[0])) <= {4.5, 5.5} and set(np.unique(pan[1])) <= {6.5, 7.5}
+
+
+def test_model_sampler_adds_the_fitted_noise_and_keeps_the_paper_one():
+    torch.manual_seed(0)
+    m = UDAQA(ModelConfig(feat_dim=16, latent_input="feature"))
+    x = torch.rand(4, 10, 16)
+
+    def draw(calibrated=True):
+        return m.predict_judges(x, None, 7, 50, generator=torch.Generator().manual_seed(0), calibrated=calibrated)[0]
+
+    paper = draw()
+    m.set_calibration(0.2, 0.2)
+    assert torch.equal(draw(calibrated=False), paper)  # the paper's sampler is still there, unchanged
+    cal = draw()
+    assert cal.std(dim=2).mean() > 5 * paper.std(dim=2).mean()  # judges disagree within a panel
+    panel_means = cal.mean(dim=2)
+    assert panel_means.std(dim=1).mean() > 0.15  # panels move as a whole (sigma = 0.2), not only judges
+    assert (cal.mean(dim=(1, 2)) - paper.mean(dim=(1, 2))).abs().max() < 0.15  # zero-mean noise
+
+
+def test_run_fits_its_calibration_on_the_validation_split_and_evaluate_uses_it(tmp_path):
+    cache = write_toy_cache(tmp_path / "toy", n=64, noise=0.2)
+    ov = ["train.batch_size=8", "train.lr=3e-3", "train.wa_hidden=16", "train.video_channels=[4,8,8,8]",
+          "train.eval_samples=8", "train.epochs=6", "train.val_fraction=0.3"]
+    run = train("mtl", cache=cache, run_dir=tmp_path / "r", overrides=ov, progress=False)
+    ck = load_checkpoint(run / CHECKPOINT)
+    cal = ck["calibration"]
+    assert cal["fitted_on"] == "validation split" and cal["n_rows"] == len(ck["split"]["select"])
+    assert cal["tau"] > 0 and cal["crps_final"][1] <= cal["crps_final"][0]
+    r = load_run(run)
+    assert r.model.calib.tolist() == pytest.approx([cal["tau"], cal["sigma"]])
+    paper = evaluate(run, cache=cache, sampler="paper", make_plots=False, out_dir=tmp_path / "paper")
+    calibrated = evaluate(run, cache=cache, make_plots=False)
+    resid = evaluate(run, cache=cache, sampler="residual", make_plots=False, out_dir=tmp_path / "resid")
+    assert calibrated["runs"]["r"]["sampler"] == "calibrated" and paper["runs"]["r"]["sampler"] == "paper"
+    # the paper sampler's panels are collapsed; the fitted ones spread like real panels
+    pp, cp, rp = paper["panel"]["T7"], calibrated["panel"]["T7"], resid["panel"]["T7"]
+    assert pp["sampled_sd"] < 0.2 * pp["real_sd"] and cp["sampled_sd"] > 0.5 * cp["real_sd"]
+    assert cp["coverage"] > pp["coverage"] and cp["crps"] < pp["crps"]
+    assert rp["coverage"] > pp["coverage"]
+    fc = calibrated["final_calibration"]["interval_coverage"]
+    assert fc["0.9"] > paper["final_calibration"]["interval_coverage"]["0.9"]
+    # the calibration is written once: a rerun of the finished run keeps it
+    train("mtl", cache=cache, run_dir=tmp_path / "r", overrides=ov, progress=False)
+    assert load_checkpoint(run / CHECKPOINT)["calibration"] == cal
+    # the paper's recipe stays one switch away
+    none = train("mtl", cache=cache, run_dir=tmp_path / "n", overrides=ov + ["train.calibrate=none"], progress=False)
+    assert load_checkpoint(none / CHECKPOINT).get("calibration") is None
