@@ -15,11 +15,13 @@ import tomllib
 from pathlib import Path
 from typing import Any, Iterable
 
+from .errors import UdaqaError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STAGES_DIR = Path(os.environ.get("UDAQA_STAGES", REPO_ROOT / "stages"))
 
 
-class ConfigError(ValueError):
+class ConfigError(UdaqaError, ValueError):
     """A stage config or override that cannot be used; the message says what to change."""
 
 

@@ -66,6 +66,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import ConfigError, load_stage, runs_root
+from .errors import UdaqaError
 
 #: Defaults of the ``[finetune]`` section (see the module docstring).
 FINETUNE_DEFAULTS: dict[str, Any] = {
@@ -82,7 +83,7 @@ ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 
-class FinetuneError(RuntimeError):
+class FinetuneError(UdaqaError, RuntimeError):
     """Fine-tuning cannot run as asked; the message says why and what to do."""
 
 

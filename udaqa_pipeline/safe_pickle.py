@@ -16,6 +16,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from .errors import UdaqaError
+
 # numpy moved its internals from numpy.core to numpy._core in 2.0; files written by either exist.
 _NUMPY_CORE = ("numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric", "numpy._core.numeric")
 
@@ -44,7 +46,7 @@ def _codecs_encode(obj: str, encoding: str = "utf-8") -> bytes:
 _ALLOWED[("_codecs", "encode")] = _codecs_encode
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(UdaqaError, pickle.UnpicklingError):
     """The pickle names a global outside the allow-list (it could run code); nothing was called."""
 
 

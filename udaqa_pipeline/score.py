@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from .config import cache_root as _cache_root
+from .errors import UdaqaError
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv",
                               ".gif", ".ts", ".3gp"})
@@ -55,7 +56,7 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", "
 DATASET_RULES: dict[str, tuple[str, int]] = {"mtl": ("mtl_middle3", 7), "jigsaws": ("sum", 6), "aqa7": ("identity", 1)}
 
 
-class ScoreError(RuntimeError):
+class ScoreError(UdaqaError, RuntimeError):
     """Scoring cannot run as asked; the message names what to pass or fix."""
 
 

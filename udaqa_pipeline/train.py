@@ -82,6 +82,7 @@ from torch import nn
 from .config import ConfigError, apply_overrides, load_stage, runs_root
 from .curriculum import Curriculum, select
 from .datasets.rules import apply_rule, judges_needed
+from .errors import UdaqaError
 from .fileutil import atomic_write_bytes
 from .metrics import spearman
 from .model import UDAQA, ModelConfig
@@ -116,11 +117,11 @@ SPLITS = ("official", "louo", "dev")
 DEV_INNER = 3
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UdaqaError, RuntimeError):
     """A checkpoint that cannot be used; the message names the file and the fix."""
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UdaqaError, RuntimeError):
     """Training cannot go on (a non-finite loss); the message names the run, epoch, batch and fix."""
 
 

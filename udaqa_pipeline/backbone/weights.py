@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from ..config import cache_root as _cache_root
+from ..errors import UdaqaError
 from ..fileutil import atomic_write_bytes, file_sha256
 from ..safe_pickle import UnsafePickleError, safe_load
 from .i3d import BN_EPS, I3D
@@ -69,7 +70,7 @@ _HASSONY2_BN = "batch3d"
 _HASSONY2_LOGITS = "conv3d_0c_1x1"
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UdaqaError, RuntimeError):
     """I3D weights missing, damaged or in an unknown format; the message says what to run."""
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import config_hash
+from ..errors import UdaqaError
 from ..fileutil import atomic_write_bytes
 
 #: Bumped whenever the on-disk layout changes; readers refuse other versions.
@@ -29,7 +30,7 @@ STORE_NAMES = {"hdf5": "features.h5", "zarr": "features.zarr"}
 FEATURE_DIM = 1024
 
 
-class CacheError(RuntimeError):
+class CacheError(UdaqaError, RuntimeError):
     """A cache that cannot be used as asked; the message names the directory and the fix."""
 
 

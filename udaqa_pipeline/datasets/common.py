@@ -28,12 +28,13 @@ from typing import Any
 import numpy as np
 
 from ..config import ConfigError
+from ..errors import UdaqaError
 from ..safe_pickle import UnsafePickleError, safe_load
 from .base import Sample
 from .rules import RULE_ATOL, rule_holds
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UdaqaError, ValueError):
     """An annotation file that is missing or unusable; the message names the file and the fix."""
 
     def __init__(self, path: str | Path | None, reason: str, fix: str = "") -> None:

@@ -31,6 +31,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..errors import UdaqaError
+
 CLIP_KINDS = ("overlapping", "non_overlapping")
 WINDOW_MODES = ("first", "last", "uniform")
 SHORT_POLICIES = ("pad_last", "error")
@@ -49,7 +51,7 @@ class ClipLayout(NamedTuple):
         return np.asarray(self.starts, np.int64)[:, None] + np.arange(self.clip_len, dtype=np.int64)[None, :]
 
 
-class ShortVideoError(ValueError):
+class ShortVideoError(UdaqaError, ValueError):
     """A span shorter than the window under ``short_policy = "error"``."""
 
 

@@ -58,6 +58,8 @@ from typing import Iterable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
+from ..errors import UdaqaError
+
 #: File extensions read as frames of a frame folder (lower case).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
@@ -94,7 +96,7 @@ VIDEO_ERROR_KINDS: dict[str, str] = {
 }
 
 
-class VideoError(Exception):
+class VideoError(UdaqaError):
     """A video or frame folder that cannot be read; ``str()`` names the file, the reason and a fix.
 
     ``kind`` is one of :data:`VIDEO_ERROR_KINDS` (machine-readable; stage one maps it to a sample's
