@@ -7,6 +7,8 @@ CLI := $(VENV)/bin/udaqa-pipeline
 STAMP := $(VENV)/.installed
 WEIGHTS_STAMP := cache/weights/i3d_kinetics400_rgb.pt
 
+# The stage the targets below work on (`udaqa-pipeline evaluate` itself, with no stage, takes the
+# stage of the most recent run).
 DATASET ?= mtl
 ROOT ?=
 BACKEND ?= hdf5
@@ -47,7 +49,7 @@ evaluate: $(STAMP)
 	$(CLI) evaluate $(DATASET) --fold $(FOLD) $(ARGS)
 
 ablate: $(STAMP)
-	$(CLI) ablate --dataset $(DATASET) --fold $(FOLD) $(ARGS)
+	$(CLI) ablate $(DATASET) --fold $(FOLD) $(ARGS)
 
 bench: $(STAMP) weights
 	$(PY) -m bench.run $(ARGS)

@@ -200,7 +200,7 @@ def test_ridge_baseline_recovers_a_linear_signal():
 def test_cv_command_end_to_end(cache, tmp_path):
     out = tmp_path / "cv"
     args = ["cv", "jigsaws", "--cache", str(cache), "--seeds", "2", "--protocol", "both", "--jobs", "1",
-            "--methods", "udaqa,ridge", "--samples", "4", "--out", str(out), "--no-progress", "--json"]
+            "--methods", "udaqa,ridge", "--samples", "4", "--run", str(out), "--no-progress", "--json"]
     for o in FAST:
         args += ["--set", o]
     res = CliRunner().invoke(cli, args)

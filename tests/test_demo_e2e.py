@@ -89,7 +89,7 @@ def test_demo_end_to_end_and_reuse(tmp_path: Path, capsys) -> None:
 
 def test_a_failed_stage_exits_non_zero_and_names_it(tmp_path: Path, capsys) -> None:
     rc = demo.main(["--n", "2", "--cache-root", str(tmp_path / "c"), "--runs-root", str(tmp_path / "r"),
-                    "--no-progress", "-o", "clips.no_such_key=1"])
+                    "--no-progress", "--set", "clips.no_such_key=1"])
     assert rc == 1
     err = capsys.readouterr().err
     assert "stage one (features) failed" in err and "no_such_key" in err

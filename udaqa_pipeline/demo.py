@@ -1,6 +1,6 @@
 """``make demo``: the whole pipeline on the built-in synthetic diving set, on a CPU, in minutes.
 
-``python -m udaqa_pipeline.demo [--n N] [--seed S] [--epochs E] [--fresh]``
+``python -m udaqa_pipeline.demo [--n N] [--seed S] [--epochs E] [--fresh] [--set SECTION.KEY=VALUE]``
 
 1. Dataset: :mod:`udaqa_pipeline.synth` writes ``N`` dives in the MTL-AQA layout under
    ``<cache root>/demo-data`` (reused when a complete set of the same size, seed and generator
@@ -236,22 +236,41 @@ def run_demo(*, n_dives: int = DEFAULT_DIVES, seed: int = DEFAULT_SEED, epochs: 
     return res
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m udaqa_pipeline.demo", description=__doc__.split("\n\n")[0])
+def parser() -> argparse.ArgumentParser:
+    """The demo's options, spelled as in the ``udaqa-pipeline`` commands (``--set``,
+    ``--progress/--no-progress``, ``--cache-root``); ``-o/--override`` is kept one release."""
+    ap = argparse.ArgumentParser(prog="python -m udaqa_pipeline.demo", description=__doc__.split("\n\n")[0],
+                                 allow_abbrev=False)
     ap.add_argument("--n", type=int, default=DEFAULT_DIVES, help=f"dives to generate (default {DEFAULT_DIVES})")
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED, help="generator seed")
     ap.add_argument("--epochs", type=int, default=None, help="override train.epochs of stages/demo.toml")
     ap.add_argument("--fresh", action="store_true", help="regenerate the dataset even if a matching one exists")
     ap.add_argument("--cache-root", default=None, help="cache root (default <repo>/cache or $UDAQA_CACHE)")
     ap.add_argument("--runs-root", default=None, help="runs root (default <repo>/runs or $UDAQA_RUNS)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
-    ap.add_argument("-o", "--override", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="stage config override, e.g. train.lr=3e-4 (repeatable)")
-    a = ap.parse_args(argv)
+    ap.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                    help="progress bars (default: on)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="stage config override for both stages, e.g. --set train.lr=3e-4 (repeatable)")
+    ap.add_argument("-o", "--override", dest="old_overrides", action="append", default=[], help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo; exit status 1 when a stage failed (the error in one line, with the traceback
+    when it is not an error raised on purpose, i.e. a bug)."""
+    import traceback
+
+    from .errors import UdaqaError
+
+    a = parser().parse_args(argv)
+    if a.old_overrides:
+        print("warning: -o/--override is deprecated and goes in the next release; use --set", file=sys.stderr)
     try:
         run_demo(n_dives=a.n, seed=a.seed, epochs=a.epochs, fresh=a.fresh, cache_root=a.cache_root,
-                 runs_root=a.runs_root, progress=not a.no_progress, overrides=tuple(a.override))
+                 runs_root=a.runs_root, progress=a.progress, overrides=tuple(a.overrides + a.old_overrides))
     except StageFailed as exc:
+        if not isinstance(exc.__cause__, UdaqaError):
+            traceback.print_exception(exc.__cause__, file=sys.stderr)
         print(f"demo: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -124,12 +124,13 @@ def classify_video(
 ) -> dict[str, Any]:
     """Decode ``source`` (video file or frame folder) and classify its first ``frames`` frames (all if
     None), streaming ``window`` frames per I3D pass so memory does not grow with the video's length."""
-    from ..video.decode import iter_frames
+    from ..errors import ArgumentError
+    from ..video.decode import VideoError, iter_frames
 
     if frames is not None and frames < MIN_FRAMES:
-        raise ValueError(f"--frames {frames}: I3D needs at least {MIN_FRAMES} frames")
+        raise ArgumentError(f"--frames {frames}: I3D needs at least {MIN_FRAMES} frames")
     if window < MIN_FRAMES:
-        raise ValueError(f"--window {window}: I3D needs at least {MIN_FRAMES} frames per pass (use --window {WINDOW})")
+        raise ArgumentError(f"--window {window}: I3D needs at least {MIN_FRAMES} frames per pass (use --window {WINDOW})")
     pieces = (i3d_input(part) for part in iter_frames(source, chunk=READ_CHUNK, stop=frames))
     # Decode up to MIN_FRAMES first: a bad or too-short video fails before the model loads.
     head, n = [], 0
@@ -139,7 +140,7 @@ def classify_video(
         if n >= MIN_FRAMES:
             break
     if n < MIN_FRAMES:
-        raise ValueError(f"{source}: {n} frames; I3D needs at least {MIN_FRAMES} (use a longer video)")
+        raise VideoError(source, f"{n} frames; I3D needs at least {MIN_FRAMES}", "use a longer video", kind="too_short")
     model = load_i3d(cache_root).prepare_for_inference()
 
     def all_pieces() -> Iterable[torch.Tensor]:

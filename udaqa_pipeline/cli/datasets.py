@@ -6,8 +6,10 @@ import json
 
 import click
 
+from .options import Group, json_option, root_option, set_option, stage_argument
 
-@click.group("datasets")
+
+@click.group("datasets", cls=Group)
 def datasets_group() -> None:
     """Dataset adapters: what is supported, and what an annotation folder holds."""
 
@@ -44,30 +46,25 @@ def _human(info: dict) -> str:
 
 
 @datasets_group.command("inspect")
-@click.argument("dataset")
-@click.option("--root", type=click.Path(file_okay=False), default=None,
-              help="Folder holding the annotation files (default: dataset.root of the stage TOML).")
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="Override a stage config value, e.g. --set dataset.train_split=other.pkl (repeatable).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object (dataset, n_samples, folds, "
-              "judges_per_sample, rule_mismatches, score_range, judge_outliers, ...).")
-def inspect_cmd(dataset, root, overrides, as_json) -> None:
-    """Summarise DATASET's annotation files (no frames needed): samples, folds, judge panels, samples
+@stage_argument(required=True)
+@root_option
+@set_option
+@json_option
+def inspect_cmd(stage, root, overrides, as_json) -> None:
+    """Summarise STAGE's annotation files (no frames needed): samples, folds, judge panels, samples
     whose final score breaks the scoring rule, judge values off the judge scale (and what training
     gets instead: value/10 or the judge dropped), score ranges, and warnings about the files. A file
     with NaN/inf scores or a shape other than the published one is refused, naming it.
 
-    DATASET is a stage name (mtl, finediving, jigsaws, aqa7, folder) or a stage TOML path.
+    STAGE is a stage name (mtl, finediving, jigsaws, aqa7, folder) or a stage TOML path. --json
+    prints one object (dataset, n_samples, folds, judges_per_sample, rule_mismatches, score_range,
+    judge_outliers, ...).
     """
-    from ..config import ConfigError, apply_overrides, load_stage
+    from ..config import apply_overrides, load_stage
     from ..datasets import inspect_dataset
-    from ..datasets.common import AnnotationError
 
-    try:
-        cfg = apply_overrides(load_stage(dataset), overrides)
-        info = inspect_dataset(cfg.get("dataset", {}).get("name", dataset), root, cfg)
-    except (ConfigError, AnnotationError, ValueError, OSError) as e:
-        raise click.ClickException(str(e)) from e
+    cfg = apply_overrides(load_stage(stage), overrides)
+    info = inspect_dataset(cfg.get("dataset", {}).get("name", stage), root, cfg)
     click.echo(json.dumps(info, indent=2) if as_json else _human(info))
 
 

@@ -1,0 +1,145 @@
+"""The CLI convention: one decorator per shared option, so an option has one spelling and one
+meaning in every command, and the old spellings kept for one release.
+
+=========================  ========================================================================
+``STAGE``                  positional: a stage name (``stages/<name>.toml``) or a stage TOML path;
+                           optional for stage two (``train evaluate ablate cv finetune``): omitted,
+                           the stage of the most recent run (:func:`udaqa_pipeline.resolve.
+                           stage_from_runs`, said on stderr)
+``--root DIR``             the dataset folder (default: the stage's ``dataset.root``)
+``--cache DIR``            one feature cache directory (``<cache-root>/<stage>-<hash>``)
+``--cache-root DIR``       the folder holding the caches and ``weights/`` (default ``$UDAQA_CACHE``
+                           or ``<repo>/cache``)
+``--run DIR``              the run directory the command writes or reads (for ``ablate`` and ``cv``
+                           the folder holding their runs)
+``--set SECTION.KEY=VAL``  override a stage config value (repeatable; unknown keys refused)
+``--progress/--no-progress``  progress bars (default on)
+``--device DEV``           torch device (``cpu``, ``cuda``, ``cuda:1``; default CUDA when present)
+``--json``                 print the result as one JSON object on stdout
+``--jobs N``               parallel *processes* (trainings, or decoding processes)
+``--threads N``            *threads* inside one process (decoding threads, torch threads)
+=========================  ========================================================================
+
+An old spelling (:func:`renamed`) is a hidden option that says on stderr which spelling replaces
+it and hands its value to the new one; giving both is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import click
+from click.core import ParameterSource
+
+F = Callable[..., Any]
+
+
+class Command(click.Command):
+    """A command whose renamed (deprecated) spellings hand their value to the new parameter."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        rest = super().parse_args(ctx, args)
+        for p in self.params:
+            renamed = getattr(p, "renamed", None)
+            if renamed is None:
+                continue
+            old, new, dest = renamed
+            value = ctx.params.pop(p.name, None)
+            if ctx.get_parameter_source(p.name) != ParameterSource.COMMANDLINE:
+                continue
+            click.echo(f"warning: {old} is deprecated and goes in the next release; use {new}", err=True)
+            if ctx.get_parameter_source(dest) == ParameterSource.COMMANDLINE:
+                raise click.UsageError(f"{old} (deprecated) and {new} both given: pass only {new}", ctx)
+            ctx.params[dest] = value
+        return rest
+
+
+class Group(click.Group):
+    """A group whose commands and subgroups follow the convention (:class:`Command`)."""
+
+    command_class = Command
+    group_class = type  # subgroups are Groups too
+
+
+def command(name: str) -> Callable[[F], Command]:
+    """``click.command`` with :class:`Command`."""
+    return click.command(name, cls=Command)
+
+
+def renamed(*decls: str, new: str, dest: str, argument: bool = False, **kwargs: Any) -> Callable[[F], F]:
+    """Keep an old spelling ``decls`` (option strings, or with ``argument`` the metavar of a
+    positional) for one release: hidden from the options in ``--help``, it warns on stderr naming
+    ``new`` (how the replacement is spelled) and passes its value to the parameter ``dest``."""
+    name = f"_deprecated_{dest}_{decls[0].lstrip('-').replace('-', '_').lower()}"
+
+    def deco(fn: F) -> F:
+        if argument:
+            param: click.Parameter = click.Argument([name], required=False, metavar=f"[{decls[0]}]", **kwargs)
+            old = f"the positional {decls[0]}"
+        else:
+            param = click.Option([*decls, name], hidden=True, **kwargs)
+            old = "/".join(decls)
+        param.renamed = (old, new, dest)  # type: ignore[attr-defined]
+        fn.__click_params__ = [*getattr(fn, "__click_params__", []), param]  # as click's own decorators
+        return fn
+
+    return deco
+
+
+def stage_argument(*, required: bool) -> Callable[[F], F]:
+    """The stage name, positional (``[STAGE]`` where the most recent run's can stand in)."""
+    return click.argument("stage", required=required, metavar="STAGE" if required else "[STAGE]")
+
+
+def stage_or_latest(stage: str | None) -> str:
+    """``stage``, or (when omitted) the stage of the most recent run, said on stderr."""
+    if stage is not None:
+        return stage
+    from ..config import runs_root
+    from ..resolve import stage_from_runs
+
+    found = stage_from_runs()
+    click.echo(f"stage {found}: the most recent run under {runs_root()} (name the stage to choose another)",
+               err=True)
+    return found
+
+
+_DIR = click.Path(file_okay=False)
+
+root_option = click.option("--root", type=_DIR, default=None,
+                           help="Dataset folder (default: dataset.root of the stage TOML).")
+cache_option = click.option("--cache", type=_DIR, default=None,
+                            help="Feature cache directory <cache-root>/<stage>-<hash> (default: the stage's "
+                                 "complete cache under --cache-root).")
+cache_root_option = click.option("--cache-root", type=_DIR, default=None,
+                                 help="Folder of the feature caches and weights/ (default $UDAQA_CACHE or "
+                                      "<repo>/cache).")
+set_option = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+                          help="Override a stage config value, e.g. --set train.epochs=20 (repeatable; unknown "
+                               "keys are refused).")
+progress_option = click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
+device_option = click.option("--device", default=None,
+                             help="torch device: cpu, cuda, cuda:1 (default: CUDA when present, else cpu).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+
+
+def run_option(help: str, *extra: str, required: bool = False) -> Callable[[F], F]:
+    """``--run DIR``: the run directory (``extra``: other spellings that stay, e.g. ``--run-dir``)."""
+    return click.option("--run", *extra, "run_dir", type=click.Path(), default=None, required=required, help=help)
+
+
+def jobs_option(help: str) -> Callable[[F], F]:
+    """``--jobs N``: how many processes run in parallel (``help`` says which)."""
+    return click.option("--jobs", type=int, default=None, help=help)
+
+
+def threads_option(help: str) -> Callable[[F], F]:
+    """``--threads N``: how many threads one process uses (``help`` says for what)."""
+    return click.option("--threads", type=click.IntRange(min=1), default=None, help=help)
+
+
+#: Fine-tuning (``train --finetune-backbone`` and ``finetune``).
+force_option = click.option("--force", is_flag=True, help="Fine-tune even where an epoch is estimated too long.")
+max_epoch_minutes_option = click.option(
+    "--max-epoch-minutes", type=float, default=30.0, show_default=True,
+    help="Refuse to fine-tune when an epoch is estimated to take longer (unless --force).")
