@@ -31,6 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..config import ConfigError
 from ..errors import UdaqaError
 
 CLIP_KINDS = ("overlapping", "non_overlapping")
@@ -62,16 +63,16 @@ def clip_layout(kind: str, n_frames: int, n_clips: int, clip_len: int) -> ClipLa
     ``start_k = min(k * step, n_frames - clip_len)``: even steps, and the last clip is moved back
     so it ends exactly at the window's end. Over 103 frames with 10 clips of 16 this gives
     0, 10, ..., 80, 87. Starts must be strictly increasing; a window too short for that (the
-    clamp would repeat a clip) raises ``ValueError``. With ``step > clip_len`` the clips do not
+    clamp would repeat a clip) raises ``ConfigError`` (a ``ValueError``). With ``step > clip_len`` the clips do not
     overlap but still cover the window evenly.
 
     ``"non_overlapping"`` (JIGSAWS): ``start_k = k * clip_len``; needs
     ``n_clips * clip_len <= n_frames`` (160 = 10 x 16); frames past the last clip are unused.
     """
     if n_clips < 1 or clip_len < 1:
-        raise ValueError(f"need n_clips >= 1 and clip_len >= 1, got n_clips={n_clips}, clip_len={clip_len}")
+        raise ConfigError(f"need n_clips >= 1 and clip_len >= 1, got n_clips={n_clips}, clip_len={clip_len}")
     if n_frames < clip_len:
-        raise ValueError(f"a {n_frames}-frame window cannot hold a {clip_len}-frame clip: raise frames.n_frames")
+        raise ConfigError(f"a {n_frames}-frame window cannot hold a {clip_len}-frame clip: raise frames.n_frames")
     span = n_frames - clip_len
     if kind == "overlapping":
         if n_clips == 1:
@@ -80,19 +81,19 @@ def clip_layout(kind: str, n_frames: int, n_clips: int, clip_len: int) -> ClipLa
             step = math.ceil(span / (n_clips - 1))
             starts = tuple(min(k * step, span) for k in range(n_clips))
             if any(b <= a for a, b in zip(starts, starts[1:])):
-                raise ValueError(
+                raise ConfigError(
                     f"overlapping layout of {n_clips} clips of {clip_len} over {n_frames} frames would "
                     f"repeat clips (starts {starts}): use more frames or fewer clips"
                 )
     elif kind == "non_overlapping":
         if n_clips * clip_len > n_frames:
-            raise ValueError(
+            raise ConfigError(
                 f"{n_clips} non-overlapping clips of {clip_len} need {n_clips * clip_len} frames, the window "
                 f"has {n_frames}: raise frames.n_frames or use clips.layout = \"overlapping\""
             )
         starts = tuple(k * clip_len for k in range(n_clips))
     else:
-        raise ValueError(f"unknown clip layout {kind!r}; use one of {', '.join(CLIP_KINDS)}")
+        raise ConfigError(f"unknown clip layout {kind!r}; use one of {', '.join(CLIP_KINDS)}")
     return ClipLayout(kind, n_frames, clip_len, starts)
 
 
@@ -119,11 +120,11 @@ def window_indices(
     an annotation/video mismatch and raises ``ValueError``.
     """
     if n_frames < 1:
-        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+        raise ConfigError(f"n_frames must be >= 1, got {n_frames}")
     if mode not in WINDOW_MODES:
-        raise ValueError(f"unknown window mode {mode!r}; use one of {', '.join(WINDOW_MODES)}")
+        raise ConfigError(f"unknown window mode {mode!r}; use one of {', '.join(WINDOW_MODES)}")
     if short_policy not in SHORT_POLICIES:
-        raise ValueError(f"unknown short_policy {short_policy!r}; use one of {', '.join(SHORT_POLICIES)}")
+        raise ConfigError(f"unknown short_policy {short_policy!r}; use one of {', '.join(SHORT_POLICIES)}")
     lo = 0 if start is None else int(start)
     hi = n_source if end is None else int(end)
     if hi > n_source:
