@@ -23,6 +23,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..config import ConfigError
+
 #: Judges a rule needs (``None``: any count, the dataset's own). At test time the model draws this
 #: many latent samples, one per judge, and applies the rule.
 RULE_JUDGES: dict[str, int | None] = {
@@ -59,9 +61,9 @@ _PANEL: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 
 def check_rule(rule: str) -> str:
-    """Return ``rule`` if known, else raise ``ValueError`` listing the known rules."""
+    """Return ``rule`` if known, else raise ``ConfigError`` (a ``ValueError``) listing the known rules."""
     if rule not in RULE_JUDGES:
-        raise ValueError(f"unknown scoring rule {rule!r}; known: {', '.join(RULE_JUDGES)}")
+        raise ConfigError(f"unknown scoring rule {rule!r}; known: {', '.join(RULE_JUDGES)}")
     return rule
 
 
