@@ -1,24 +1,9 @@
 """The CLI convention: one decorator per shared option, so an option has one spelling and one
-meaning in every command, and the old spellings kept for one release.
-
-=========================  ========================================================================
-``STAGE``                  positional: a stage name (``stages/<name>.toml``) or a stage TOML path;
-                           optional for stage two (``train evaluate ablate cv finetune``): omitted,
-                           the stage of the most recent run (:func:`udaqa_pipeline.resolve.
-                           stage_from_runs`, said on stderr)
-``--root DIR``             the dataset folder (default: the stage's ``dataset.root``)
-``--cache DIR``            one feature cache directory (``<cache-root>/<stage>-<hash>``)
-``--cache-root DIR``       the folder holding the caches and ``weights/`` (default ``$UDAQA_CACHE``
-                           or ``<repo>/cache``)
-``--run DIR``              the run directory the command writes or reads (for ``ablate`` and ``cv``
-                           the folder holding their runs)
-``--set SECTION.KEY=VAL``  override a stage config value (repeatable; unknown keys refused)
-``--progress/--no-progress``  progress bars (default on)
-``--device DEV``           torch device (``cpu``, ``cuda``, ``cuda:1``; default CUDA when present)
-``--json``                 print the result as one JSON object on stdout
-``--jobs N``               parallel *processes* (trainings, or decoding processes)
-``--threads N``            *threads* inside one process (decoding threads, torch threads)
-=========================  ========================================================================
+meaning in every command (the table of what each means is the README's "Commands" section, and
+``tests/test_cli_surface.py`` holds every command against every option): a positional STAGE
+(optional for stage two: :func:`stage_or_latest`), ``--root``, ``--cache``, ``--cache-root``,
+``--run``, ``--set``, ``--progress/--no-progress``, ``--device``, ``--json``, ``--jobs``
+(processes) and ``--threads`` (threads).
 
 An old spelling (:func:`renamed`) is a hidden option that says on stderr which spelling replaces
 it and hands its value to the new one; giving both is refused.

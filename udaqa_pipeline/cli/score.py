@@ -98,7 +98,7 @@ def finetune_cmd(stage, root, fold, cv, run_dir, protocol, overrides, resume, fo
 @json_option
 def evaluate_finetuned_cmd(run_dir, root, judges, samples, device, jobs, as_json):
     """Evaluate the fine-tuned run --run on its test fold, features from its own backbone (writes
-    <run>/eval/)."""
+    <run>/eval/). [RUN_DIR] is the previous release's spelling of --run (deprecated)."""
     from ..evaluate import format_metrics
     from ..finetune import evaluate_finetuned
 
