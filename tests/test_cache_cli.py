@@ -55,5 +55,5 @@ def test_features_cli_real_weights_info_verify(tmp_path):
     assert r.exit_code == 1
     report = json.loads(r.stdout)
     assert len(report["problems"]) == 1, report["problems"]  # the flipped chunk, nothing else
-    assert report["problems"][0].startswith("features.h5/video: sample 0 (good): chunk checksum")
+    assert report["problems"][0].startswith("features.h5/video: row 0 (good): chunk checksum")
     assert report["checked"]["features.h5"] == {"samples": 2, "bad_chunks": 1}

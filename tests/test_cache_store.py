@@ -116,7 +116,7 @@ def test_verify_catches_flipped_byte_hdf5(tmp_path):
     assert not report["ok"]
     # only the damaged chunk is reported, by sample and id
     assert len(report["problems"]) == 1, report["problems"]
-    assert report["problems"][0].startswith("features.h5/features: sample 3 (s3): chunk checksum")
+    assert report["problems"][0].startswith("features.h5/features: row 3 (s3): chunk checksum")
     assert report["checked"]["features.h5"] == {"samples": 4, "bad_chunks": 1}
     with pytest.raises(CacheError, match="cache verify"):
         open_cache(p).features
@@ -131,7 +131,7 @@ def test_verify_catches_flipped_byte_zarr(tmp_path):
     report = verify_cache(p)
     assert not report["ok"]
     assert len(report["problems"]) == 1, report["problems"]
-    assert report["problems"][0].startswith("features.zarr/video: sample 1 (s1): chunk checksum")
+    assert report["problems"][0].startswith("features.zarr/video: row 1 (s1): chunk checksum")
     assert report["checked"]["features.zarr"] == {"samples": 4, "bad_chunks": 1}
 
 
@@ -141,7 +141,8 @@ def test_verify_catches_changed_samples_table(tmp_path):
     _flip_byte(p / "samples.parquet", 40)
     report = verify_cache(p)
     assert not report["ok"] and all(x.startswith("samples.parquet: ") for x in report["problems"])
-    assert ("samples.parquet: sha256 differs from the one recorded in the manifest (file changed or damaged)"
+    assert ("samples.parquet: sha256 differs from the one recorded in the manifest (file changed or damaged); rerun "
+            "`udaqa-pipeline features` with this cache's settings to rewrite it from the annotation files"
             in report["problems"])
     assert report["checked"]["features.h5"] == {"samples": 4, "bad_chunks": 0}  # the stores are intact
 
@@ -211,13 +212,15 @@ def test_cache_key_covers_what_changes_numbers():
     from udaqa_pipeline.cache.extract import resolve_config
     from udaqa_pipeline.cache.manifest import extraction_key, key_hash
 
-    def h(overrides=(), views=1, dtype="fp32", weights="w", samples="s", **kw):
+    def h(overrides=(), views=1, dtype="fp32", weights="w", **kw):
         cfg = resolve_config("folder", overrides, views=views, dtype=dtype, **kw)
         return key_hash(extraction_key(dataset="folder", cfg=cfg, views=make_views(views), dtype=cfg["cache"]["dtype"],
-                                       weights_sha256=weights, samples_fingerprint=samples))
+                                       weights_sha256=weights))
 
     base = h()
     assert h(backend="zarr") == base  # the store format does not change the numbers
+    # labels, folds and the annotation file's options are not features: the label table refreshes instead
+    assert h(["dataset.rule=identity", "dataset.annotations=other.csv"]) == base
     changed = [h(["frames.n_frames=50"]), h(["clips.n_clips=5"]), h(["preprocess.norm=imagenet"]),
-               h(["cache.video_size=[32, 32]"]), h(views=2), h(dtype="bf16"), h(weights="x"), h(samples="t")]
+               h(["cache.video_size=[32, 32]"]), h(views=2), h(dtype="bf16"), h(weights="x")]
     assert base not in changed and len(set(changed)) == len(changed)

@@ -5,6 +5,11 @@
 
 Design choices:
 
+- Labels are not features. The cache directory is named by the feature settings alone
+  (:func:`.manifest.extraction_key`); every run reads the annotation files, extracts only the store
+  rows the cache lacks (a new source, frame window or source size), adopts rows from a schema-1
+  cache of the same settings, and rewrites the label table (``samples.parquet``: labels, folds,
+  groups, judge panels) when it changed. A label fix is no I3D work and loads no model (:mod:`.plan`).
 - Frozen I3D in inference mode (``prepare_for_inference``: eval, BatchNorm folded, channels-last)
   under ``torch.inference_mode``; the GPU when present (``cuda:LOCAL_RANK`` under torchrun), else CPU.
 - Clips are batched *across videos*: every forward is exactly ``batch_size`` clips (default 16 on
@@ -37,7 +42,8 @@ Design choices:
   the shortest is named with its length) and gap-filled ones (``frames.gap_policy = "nearest"``,
   noted in the ``error`` column of an ``ok`` row as ``filled: ...``); ``cache info`` shows the same
   under ``padded`` (:func:`~.verify.padding_summary`).
-- Nothing lost: see :mod:`.merge` (atomic staged samples, merge by rename) and :mod:`.lock`.
+- Nothing lost: see :mod:`.merge` (atomic staged samples, merge by rename) and :mod:`.lock`; the
+  rows of samples removed from the annotation files stay in the store (:mod:`.plan`).
 """
 
 from __future__ import annotations
@@ -54,7 +60,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
@@ -62,18 +67,30 @@ from ..config import apply_overrides, cache_root as _cache_root, load_stage
 from .lock import CacheLock
 from .manifest import (
     FEATURE_DIM,
+    SAMPLES,
     SCHEMA_VERSION,
     STORE_NAMES,
     CacheError,
-    atomic_write_bytes,
     extraction_key,
     key_hash,
     read_manifest,
     write_manifest,
 )
-from .merge import BASE_SAMPLES, merge_cache, missing_indices, shard_dir, staged_files, write_staged
+from .merge import (
+    _cleanup,
+    _existing_rows,
+    drop_failed_staged,
+    merge_cache,
+    missing_jobs,
+    refresh_labels,
+    shard_dir,
+    staged_files,
+    write_plan,
+    write_staged,
+)
+from .plan import base_rows, build_plan, describe_changes, find_legacy, keep_staged, label_changes
 from .shard import Shard, parse_shard, shard_indices, torchrun_env
-from .store import add_backend, samples_table
+from .store import add_backend
 from .verify import FILLED_NOTE, padding_summary
 
 DEFAULT_VIEW_SHIFT = 3
@@ -253,28 +270,9 @@ def state_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _relpath(p: Path, root: Path) -> str:
-    try:
-        return str(Path(p).resolve().relative_to(root.resolve()))
-    except ValueError:
-        return str(p)
-
-
-def base_rows(samples: Sequence[Any], stage: str, root: Path) -> list[dict[str, Any]]:
-    """Sample-table rows known before extraction (labels, source); extraction fills the rest."""
-    rows = []
-    for s in samples:
-        rows.append({
-            "id": str(s.id), "dataset": s.dataset or stage, "action": str(s.action or ""), "group": str(s.group or ""),
-            "difficulty": None if s.difficulty is None else float(s.difficulty),
-            "judge_scores": [float(j) for j in s.judge_scores], "final_score": float(s.final_score),
-            "rule": str(s.rule), "fold": int(s.fold), "status": "pending", "error": "",
-            "source": _relpath(Path(s.source), root), "frame_start": s.frame_start, "frame_end": s.frame_end,
-        })
-    return rows
-
-
 def samples_fingerprint(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The schema-1 cache key's fingerprint of label rows (ids, sources, windows, labels); fine-tuning
+    still names its frame data with it (:func:`.manifest.legacy_key`)."""
     keys = ("id", "source", "frame_start", "frame_end", "final_score", "judge_scores", "difficulty", "rule",
             "action", "group", "fold")
     blob = json.dumps([[r[k] for k in keys] for r in rows], sort_keys=True, default=str).encode()
@@ -349,7 +347,7 @@ def _prepare(sample: Any, cfg: Mapping[str, Any], views: Sequence[Mapping[str, A
 
 
 def run_shard(
-    samples: Sequence[Any],
+    samples: Sequence[Any] | Mapping[int, Any],
     indices: Sequence[int],
     out_dir: Path,
     model: torch.nn.Module,
@@ -362,9 +360,12 @@ def run_shard(
     progress: bool = True,
     initial: int = 0,
     total: int | None = None,
+    records: Mapping[int, Mapping[str, Any]] | None = None,
     on_sample: Callable[[int, dict], None] | None = None,
 ) -> dict[str, Any]:
-    """Extract ``samples[i]`` for ``i`` in ``indices`` into staged files in ``out_dir``.
+    """Extract ``samples[i]`` for ``i`` in ``indices`` into staged files in ``out_dir``, each named
+    ``records[i]["name"]`` (default: ``i`` on 7 digits), its record holding ``records[i]`` too (the
+    row identity: a staged row is found again whatever the plan becomes).
 
     Returns stats: processed count, seconds, videos/s, status counts.
     """
@@ -386,7 +387,8 @@ def run_shard(
 
     def finish(i: int, record: dict, feats: np.ndarray | None = None, video: np.ndarray | None = None) -> None:
         nonlocal n_done
-        writes.append(writer.submit(write_staged, out_dir, i, record, feats, video))
+        record.update(records[i] if records is not None else {"name": f"{i:07d}"})
+        writes.append(writer.submit(write_staged, out_dir, record["name"], record, feats, video))
         while len(writes) > 8 or (writes and writes[0].done()):
             writes.popleft().result()  # surfaces write errors; bounds memory held by queued writes
         counts[record["status"]] = counts.get(record["status"], 0) + 1
@@ -462,29 +464,40 @@ def extract_features(
     retry_failed: bool = False,
     stats: dict | None = None,
 ) -> Path:
-    """Build (or finish, or reuse) the feature cache of ``dataset``; returns its directory.
+    """Build, extend, finish or reuse the feature cache of ``dataset``, and refresh its label table
+    from the annotation files; returns its directory.
 
     ``dataset`` is a stage name (``mtl``) or a stage TOML path; ``root`` the data folder (default
     ``dataset.root`` of the stage). ``overrides`` are ``section.key=value`` strings. ``backend``
     (hdf5|zarr), ``views`` (V; V times the I3D work), ``dtype`` (fp32|bf16) override ``[cache]``.
     ``batch_size`` clips per forward (default: the cache's recorded one, else 16 CPU / 64 GPU),
-    ``workers`` decoding threads (default half the cores, 2 to 8). ``shard`` "i/n" extracts only samples ``i % n`` (under
-    torchrun the rank/world size are used instead and rank 0 merges). ``limit`` keeps the first N
-    samples (a separate cache). ``model`` replaces the cached Kinetics I3D (its state dict is hashed
-    instead of the weights file). ``retry_failed``: extract again the samples recorded as failed (after
-    fixing their videos); the others are kept. ``stats``, if given, receives the run's throughput figures.
+    ``workers`` decoding threads (default half the cores, 2 to 8). ``shard`` "i/n" extracts only the
+    rows ``i % n`` of those to extract (under torchrun the rank/world size are used instead and rank 0
+    merges). ``limit`` N: the label table holds the first N samples and only their features are
+    extracted (same cache directory: features extracted under a limit are reused by a run without it).
+    ``model`` replaces the cached Kinetics I3D (its state dict is hashed instead of the weights file).
+    ``retry_failed``: extract again the rows recorded as failed (after fixing their videos); the others
+    are kept. ``stats``, if given, receives the run's figures (``processed``: rows extracted by this
+    process, ``adopted``, ``labels``: the label changes).
+
+    Only rows whose identity (source, frame window, source size) the cache lacks are extracted; a run
+    that finds every row there loads no model and only rewrites the label table if the annotation
+    files changed (:mod:`.plan`).
     """
     from ..datasets import load_stage_samples
 
     cfg = resolve_config(dataset, overrides, backend=backend, views=views, dtype=dtype)
     stage = stage_name(dataset)
     c = cfg["cache"]
-    samples, root = load_stage_samples(cfg, stage, root, limit)
+    samples, root = load_stage_samples(cfg, stage, root)
     if not samples:
         raise CacheError(f"dataset {stage!r} under {root} has no samples; check --root and the annotation files")
+    if limit is not None and int(limit) < len(samples):
+        _log(f"{stage}: --limit {int(limit)}: the label table holds the first {int(limit)} of the {len(samples)} samples "
+             f"of the annotation files (a run without --limit adds the rest and reuses these)")
+        samples = samples[: int(limit)]
     view_list = make_views(int(c["views"]), int(c["view_shift"]))
     layout = layout_of(cfg)
-    rows = base_rows(samples, stage, root)
 
     if model is None:
         from ..backbone.weights import weights_sha256
@@ -492,42 +505,147 @@ def extract_features(
         wsha = weights_sha256()
     else:
         wsha = "state:" + state_fingerprint(model)
-    key = extraction_key(dataset=stage, cfg=cfg, views=view_list, dtype=c["dtype"], weights_sha256=wsha,
-                         samples_fingerprint=samples_fingerprint(rows))
+    key = extraction_key(dataset=stage, cfg=cfg, views=view_list, dtype=c["dtype"], weights_sha256=wsha)
     chash = key_hash(key)
-    cache_dir = _cache_root(cache_root) / f"{stage}-{chash}"
+    croot = _cache_root(cache_root)
+    cache_dir = croot / f"{stage}-{chash}"
     tr = torchrun_env()
     sh = tr if tr is not None else (shard if isinstance(shard, Shard) else parse_shard(shard))
+    lead = tr is None or tr.index == 0  # the process that writes state shared by all shards
 
+    if tr is not None:
+        _init_gloo()
     manifest = read_manifest(cache_dir) if (cache_dir / "manifest.json").exists() else None
-    if retry_failed and manifest is not None and (tr is None or tr.index == 0):
-        from .merge import drop_failed_staged, unmerge_failed
-
-        n = unmerge_failed(cache_dir) if manifest.get("complete") else drop_failed_staged(cache_dir)
-        _log(f"retrying {n} failed samples of {cache_dir}")
-        manifest = read_manifest(cache_dir)
-    if tr is not None and retry_failed:
-        import datetime as _dt
-
+    if lead and manifest is not None and manifest.get("merging"):
+        _log(f"{cache_dir}: finishing a merge that was interrupted")
+        merge_cache(cache_dir)
+    if lead and manifest is not None and retry_failed:
+        n = drop_failed_staged(cache_dir)
+        if n:
+            _log(f"{cache_dir}: {n} staged failed samples will be extracted again")
+    if tr is not None:
         import torch.distributed as dist
 
-        if not dist.is_initialized():
-            dist.init_process_group("gloo", timeout=_dt.timedelta(days=7))
-        dist.barrier()  # rank 0 has re-staged the cache before anyone reads its state
-        manifest = read_manifest(cache_dir) if (cache_dir / "manifest.json").exists() else None
-    if manifest is not None and manifest.get("complete"):
-        from .merge import _cleanup
+        dist.barrier()  # rank 0 has finished any interrupted merge before anyone reads the cache's state
+    manifest = read_manifest(cache_dir) if (cache_dir / "manifest.json").exists() else None
 
-        _cleanup(cache_dir)  # staging left by a merge killed after it marked the cache complete
-        if c["backend"] not in manifest.get("stores", {}) and (tr is None or tr.index == 0):
-            _log(f"cache {cache_dir} is complete; adding a {c['backend']} store from the existing one")
-            add_backend(cache_dir, c["backend"])
-        _log(f"cache {cache_dir} is complete for these settings: reusing it (nothing extracted)")
+    labels = base_rows(samples, stage, root)
+    existing = _existing_rows(cache_dir, manifest) if manifest is not None else []
+    old_labels = (pq.read_table(cache_dir / SAMPLES).to_pylist()
+                  if manifest is not None and manifest.get("complete") and (cache_dir / SAMPLES).exists() else [])
+    plan = build_plan(samples, labels, existing, root=root, retry_failed=retry_failed,
+                      legacy=lambda: find_legacy(croot, stage, key, root, _log if lead else None))
+    stray = keep_staged(cache_dir, plan)
+    if stray and lead:
+        _log(f"{cache_dir}: {stray} extracted samples staged by an earlier run are no longer in the annotation "
+             f"files; they are kept in the store")
+    plan.limit = None if limit is None else int(limit)
+    plan.dataset_config = dict(cfg.get("dataset", {}))
+    plan.changes = label_changes(old_labels, plan.samples)
+    if stats is not None:
+        stats.update(labels=plan.changes)
+    said = describe_changes(plan.changes) if old_labels else None  # a new cache has no labels to compare with
+
+    if not plan.store_work:  # every sample's features are in the store
+        if lead:
+            if c["backend"] not in manifest.get("stores", {}):
+                _log(f"cache {cache_dir} is complete; adding a {c['backend']} store from the existing one")
+                add_backend(cache_dir, c["backend"])
+            wrote = refresh_labels(cache_dir, plan)
+            _cleanup(cache_dir)  # staging left by an earlier plan: nothing in it is needed
+            _log(f"cache {cache_dir} has the features of all {len(samples)} samples: reusing it (nothing extracted); "
+                 + (f"label table refreshed from the annotation files: {said}" if wrote else "labels unchanged"))
         if stats is not None:
-            stats.update(processed=0, reused=True)
-        return _finish(cache_dir, strict)
+            stats.update(processed=0, reused=True, adopted=0)
+        return _finish(cache_dir, strict, quiet=not lead)
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    if manifest is None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        h, w = _video_size(cfg)
+        manifest = {
+            "schema_version": SCHEMA_VERSION, "dataset": stage, "adapter": cfg["dataset"]["name"],
+            "config_hash": chash, "hashed": key, "config": cfg, "complete": False, "backend": c["backend"],
+            "stores": {}, "n_samples": len(samples), "n_rows": 0, "n_views": len(view_list),
+            "n_clips": len(layout.starts), "clip_len": layout.clip_len, "n_frames": layout.n_frames,
+            "clip_layout": layout.kind, "clip_starts": list(layout.starts), "video_size": [h, w],
+            "feature_dim": FEATURE_DIM, "views": view_list, "weights_sha256": wsha, "dtype": c["dtype"],
+            "root": str(root), "extraction": {"started": _now_iso()},
+        }
+        if lead:
+            write_manifest(cache_dir, manifest)
+    if lead or tr is None:
+        write_plan(cache_dir, plan)
+    adopted = plan.adopted
+    if lead:
+        for name, n in adopted.items():
+            _log(f"{cache_dir}: {n} samples' features copied from {croot / name} (an older cache with these "
+                 f"feature settings; it is left as it was)")
+    jobs = plan.jobs
+    job_sample: dict[int, Any] = {}
+    for s, lab in zip(samples, plan.samples):
+        job_sample.setdefault(lab["feature_row"], s)
+    mine = [jobs[j] for j in shard_indices(len(jobs), sh)]
+    st: dict[str, Any] = {"processed": 0}
+    if mine:
+        with CacheLock(cache_dir / f"writer-{sh.name}.lock", "cache") as lock:  # before any slow step: fail fast
+            if lock.previous and lock.previous.get("pid"):
+                _log(f"previous writer pid {lock.previous.get('pid')} on {lock.previous.get('host')} is gone; resuming")
+            done = staged_files(cache_dir)
+            todo = [i for i in mine if plan.rows[i]["name"] not in done]
+            if len(todo) < len(mine):
+                _log(f"{stage} [{sh.name}]: {len(mine) - len(todo)} of {len(mine)} samples already done, "
+                     f"{len(todo)} to go")
+            elif plan.n_before:
+                _log(f"{stage}: {len(jobs)} of {len(samples)} samples to extract; the features of the others are in "
+                     f"{cache_dir} already")
+            if todo:
+                st = _extract_rows(cache_dir, manifest, plan, todo, job_sample, cfg, view_list, sh, len(mine),
+                                   model=model, device=device, batch_size=batch_size, workers=workers,
+                                   progress=progress)
+    if stats is not None:  # reused: no row of the plan is extracted (all in this store or adopted)
+        stats.update(st, cache=str(cache_dir), adopted=sum(adopted.values()), reused=not jobs)
+    if tr is not None:
+        import torch.distributed as dist
+
+        dist.barrier()
+        if tr.index == 0:
+            merge_cache(cache_dir, backend=c["backend"])
+            if said:
+                _log(f"{cache_dir}: label table refreshed from the annotation files: {said}")
+        dist.barrier()
+        if tr.index != 0:
+            return _finish(cache_dir, strict, quiet=True)  # rank 0 prints the summary
+    elif merge:
+        left = missing_jobs(cache_dir, plan)
+        if not left:
+            merge_cache(cache_dir, backend=c["backend"])
+            if said:
+                _log(f"{cache_dir}: label table refreshed from the annotation files: {said}")
+        else:
+            _log(f"{sh.name} done; {len(left)} samples belong to other shards. When all shards have finished, "
+                 f"run `udaqa-pipeline cache merge {cache_dir}` (copy other hosts' cache folders there first, "
+                 f"or pass them as extra arguments)")
+            return cache_dir
+    return _finish(cache_dir, strict)
+
+
+def _init_gloo() -> None:
+    import datetime as _dt
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        # gloo only carries barriers; a long extraction must not hit the default 30 min timeout.
+        dist.init_process_group("gloo", timeout=_dt.timedelta(days=7))
+
+
+def _extract_rows(cache_dir: Path, manifest: dict[str, Any], plan, todo: list[int], job_sample: Mapping[int, Any],
+                  cfg: dict[str, Any], view_list: list[dict[str, Any]], sh: Shard, n_mine: int, *,
+                  model: torch.nn.Module | None, device: str | torch.device | None, batch_size: int | None,
+                  workers: int | None, progress: bool) -> dict[str, Any]:
+    """Load and prepare I3D, then extract the plan rows ``todo`` of this shard into its staging folder
+    (the caller holds the shard's writer lock)."""
+    c = cfg["cache"]
     dev = torch.device(device) if device is not None else (
         torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if torch.cuda.is_available() else torch.device("cpu"))
     if c["dtype"] == "bf16":
@@ -546,74 +664,27 @@ def extract_features(
         model.prepare_for_inference()
     else:
         model.eval()
-    recorded_bs = (manifest or {}).get("extraction", {}).get("batch_size")
+    recorded = manifest.get("extraction", {})
+    recorded_bs = recorded.get("batch_size")
     bs = int(batch_size or recorded_bs or default_batch_size(dev))
     if recorded_bs and bs != recorded_bs:
-        _log(f"warning: batch size {bs} differs from the {recorded_bs} this cache was started with; resumed "
+        _log(f"warning: batch size {bs} differs from the {recorded_bs} this cache was started with; its new "
              f"features may differ from an uninterrupted run in the last bits")
-    recorded_threads = (manifest or {}).get("extraction", {}).get("torch_threads")
+    recorded_threads = recorded.get("torch_threads")
     if dev.type == "cpu" and recorded_threads and recorded_threads != torch.get_num_threads():
         _log(f"warning: {torch.get_num_threads()} torch threads, this cache was started with {recorded_threads} "
              f"(set OMP_NUM_THREADS={recorded_threads} for bit-identical features)")
-    if manifest is None:
-        base = pa.BufferOutputStream()
-        pq.write_table(samples_table(rows), base)
-        atomic_write_bytes(cache_dir / BASE_SAMPLES, base.getvalue().to_pybytes())
-        h, w = _video_size(cfg)
-        write_manifest(cache_dir, {
-            "schema_version": SCHEMA_VERSION, "dataset": stage, "adapter": cfg["dataset"]["name"],
-            "config_hash": chash, "hashed": key, "config": cfg, "complete": False, "backend": c["backend"],
-            "stores": {}, "n_samples": len(samples), "n_views": len(view_list), "n_clips": len(layout.starts),
-            "clip_len": layout.clip_len, "n_frames": layout.n_frames, "clip_layout": layout.kind,
-            "clip_starts": list(layout.starts), "video_size": [h, w], "feature_dim": FEATURE_DIM,
-            "views": view_list, "weights_sha256": wsha, "dtype": c["dtype"], "root": str(root),
-            "extraction": {"batch_size": bs, "device": str(dev), "torch": torch.__version__,
-                           "torch_threads": torch.get_num_threads(),
-                           "started": _now_iso()},
-        })
-    elif not (cache_dir / BASE_SAMPLES).exists():
-        raise CacheError(f"cache {cache_dir} is incomplete and its {BASE_SAMPLES} is gone; delete {cache_dir} and rerun")
-
-    if tr is not None:
-        import datetime as _dt
-
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            # gloo only carries two barriers; a long extraction must not hit the default 30 min timeout.
-            dist.init_process_group("gloo", timeout=_dt.timedelta(days=7))
-    out_dir = shard_dir(cache_dir, sh.name)
-    mine = shard_indices(len(samples), sh)
-    with CacheLock(cache_dir / f"writer-{sh.name}.lock", "cache") as lock:
-        if lock.previous and lock.previous.get("pid"):
-            _log(f"previous writer pid {lock.previous.get('pid')} on {lock.previous.get('host')} is gone; resuming")
-        done = staged_files(cache_dir)
-        todo = [i for i in mine if i not in done]
-        if len(todo) < len(mine):
-            _log(f"{stage} [{sh.name}]: {len(mine) - len(todo)} of {len(mine)} samples already done, {len(todo)} to go")
-        st = run_shard(samples, todo, out_dir, model, cfg, view_list, batch_size=bs, workers=workers or default_workers(),
-                       dtype=c["dtype"], progress=progress, initial=len(mine) - len(todo), total=len(mine))
-    if stats is not None:
-        stats.update(st, cache=str(cache_dir), batch_size=bs, device=str(dev))
-    if tr is not None:
-        import torch.distributed as dist
-
-        dist.barrier()
-        if tr.index == 0:
-            merge_cache(cache_dir, backend=c["backend"])
-        dist.barrier()
-        if tr.index != 0:
-            return _finish(cache_dir, strict, quiet=True)  # rank 0 prints the summary
-    elif merge:
-        left = missing_indices(cache_dir, len(samples))
-        if not left:
-            merge_cache(cache_dir, backend=c["backend"])
-        else:
-            _log(f"{sh.name} done; {len(left)} samples belong to other shards. When all shards have finished, "
-                 f"run `udaqa-pipeline cache merge {cache_dir}` (copy other hosts' cache folders there first, "
-                 f"or pass them as extra arguments)")
-            return cache_dir
-    return _finish(cache_dir, strict)
+    if not recorded_bs and (torchrun_env() is None or torchrun_env().index == 0):
+        manifest = read_manifest(cache_dir)
+        manifest["extraction"] = {**recorded, "batch_size": bs, "device": str(dev), "torch": torch.__version__,
+                                  "torch_threads": torch.get_num_threads()}
+        write_manifest(cache_dir, manifest)
+    records = {i: {k: plan.rows[i][k] for k in ("name", "source", "frame_start", "frame_end", "stamp")} for i in todo}
+    st = run_shard(job_sample, todo, shard_dir(cache_dir, sh.name), model, cfg, view_list, batch_size=bs,
+                   workers=workers or default_workers(), dtype=c["dtype"], progress=progress,
+                   initial=n_mine - len(todo), total=n_mine, records=records)
+    st.update(batch_size=bs, device=str(dev))
+    return st
 
 
 def _now_iso() -> str:

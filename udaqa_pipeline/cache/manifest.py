@@ -1,11 +1,16 @@
 """The cache manifest: what a cache holds, how it was made, and the hash that names its directory.
 
-A cache directory is ``<cache_root>/<dataset>-<config_hash>/`` holding ``manifest.json``,
-``samples.parquet`` and one or both stores (``features.h5``, ``features.zarr/``). The hash covers
-everything that changes the stored numbers (see :func:`extraction_key`), so a changed setting never
-mixes with old features and an unchanged one finds and reuses its directory. Settings that do not
-change the numbers (backend, batch size, workers, device) are recorded in ``extraction`` but not
-hashed.
+A cache directory is ``<cache_root>/<dataset>-<config_hash>/`` holding ``manifest.json``, the label
+table ``samples.parquet``, the store row table ``rows.parquet`` and one or both stores
+(``features.h5``, ``features.zarr/``). The hash covers everything that changes the stored numbers and
+nothing else (see :func:`extraction_key`): a changed setting never mixes with old features, an
+unchanged one finds and reuses its directory, and a changed label, fold or group reuses it too (the
+label table is refreshed, see :mod:`.plan`). Settings that do not change the numbers (backend, batch
+size, workers, device) are recorded in ``extraction`` but not hashed.
+
+Schema versions: 2 (this code) keys the directory by the feature settings alone; 1 (before labels
+left the key) hashed the sample list and its labels too (:func:`legacy_key`). Both are read; a
+version-1 cache whose feature settings match is adopted by ``features`` (:mod:`.plan`).
 
 Every manifest write is atomic (temporary file, fsync, ``os.replace``): a kill at any moment
 leaves the previous manifest or the new one, never half of one.
@@ -21,10 +26,16 @@ from ..config import config_hash
 from ..errors import UdaqaError
 from ..fileutil import atomic_write_bytes
 
-#: Bumped whenever the on-disk layout changes; readers refuse other versions.
-SCHEMA_VERSION = 1
+#: Bumped whenever the on-disk layout changes; readers refuse versions outside :data:`READABLE_SCHEMAS`.
+SCHEMA_VERSION = 2
+#: Version 1: one store row per label row, the label table inside the hash (still opened, and adopted).
+LEGACY_SCHEMA = 1
+READABLE_SCHEMAS = (LEGACY_SCHEMA, SCHEMA_VERSION)
 MANIFEST = "manifest.json"
+#: The label table: one row per sample of the annotation files (refreshed by every ``features`` run).
 SAMPLES = "samples.parquet"
+#: The store row table: one row per extracted (source, frame window), in store order.
+ROWS = "rows.parquet"
 #: Store file/folder name per backend, inside the cache directory.
 STORE_NAMES = {"hdf5": "features.h5", "zarr": "features.zarr"}
 FEATURE_DIM = 1024
@@ -53,10 +64,10 @@ def read_manifest(cache_dir: Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as e:
         raise CacheError(f"{p} is unreadable ({e}); delete {cache_dir} and rebuild the cache") from e
     version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_SCHEMAS:
         raise CacheError(
-            f"{p} has schema version {version!r}, this code reads {SCHEMA_VERSION}; rebuild the cache "
-            f"with this version (`udaqa-pipeline features {manifest.get('dataset', 'DATASET')} ...`)"
+            f"{p} has schema version {version!r}, this code reads {' and '.join(map(str, READABLE_SCHEMAS))}; "
+            f"rebuild the cache with this version (`udaqa-pipeline features {manifest.get('dataset', 'DATASET')} ...`)"
         )
     return manifest
 
@@ -68,7 +79,7 @@ def extraction_key(
     views: list[dict[str, Any]],
     dtype: str,
     weights_sha256: str,
-    samples_fingerprint: str,
+    samples_fingerprint: str | None = None,
 ) -> dict[str, Any]:
     """The object whose hash names the cache: everything that changes the stored numbers.
 
@@ -77,12 +88,37 @@ def extraction_key(
       a helper adds there changes the numbers by definition.
     - ``video_size`` (the downsampled video), the feature ``views`` (flip/shift of each), the
       compute ``dtype`` (bf16 autocast changes the features) and the I3D ``weights_sha256``.
-    - ``samples_fingerprint``: ids, sources relative to the dataset root, frame ranges and labels
-      of the extracted samples, so a changed annotation file or ``--limit`` gets its own cache
-      (the absolute root is deliberately left out: moving the data does not invalidate features).
+
+    Not in it: the samples. Which videos a cache holds is its row table (each row keyed by its source
+    relative to the dataset root, its frame window and the source's size, :func:`.plan.row_identity`),
+    and labels, folds, groups and judge panels are its label table; both change without a new
+    directory. ``samples_fingerprint`` (given: the schema-1 key, :func:`legacy_key`) is kept for
+    callers that name something by features *and* samples (fine-tuning's frame data).
     """
+    if samples_fingerprint is not None:
+        return legacy_key(dataset=dataset, cfg=cfg, views=views, dtype=dtype, weights_sha256=weights_sha256,
+                          samples_fingerprint=samples_fingerprint)
+    return {"schema_version": SCHEMA_VERSION, **_feature_settings(dataset, cfg, views, dtype, weights_sha256)}
+
+
+def legacy_key(
+    *,
+    dataset: str,
+    cfg: dict[str, Any],
+    views: list[dict[str, Any]],
+    dtype: str,
+    weights_sha256: str,
+    samples_fingerprint: str,
+) -> dict[str, Any]:
+    """The schema-1 key, byte for byte: the feature settings plus ``samples``, a fingerprint of the
+    ids, sources, frame ranges and labels of the extracted samples (so a changed label got a new cache)."""
+    return {"schema_version": LEGACY_SCHEMA, **_feature_settings(dataset, cfg, views, dtype, weights_sha256),
+            "samples": samples_fingerprint}
+
+
+def _feature_settings(dataset: str, cfg: dict[str, Any], views: list[dict[str, Any]], dtype: str,
+                      weights_sha256: str) -> dict[str, Any]:
     return {
-        "schema_version": SCHEMA_VERSION,
         "dataset": dataset,
         "frames": cfg.get("frames", {}),
         "clips": cfg.get("clips", {}),
@@ -91,8 +127,15 @@ def extraction_key(
         "views": views,
         "dtype": dtype,
         "weights_sha256": weights_sha256,
-        "samples": samples_fingerprint,
     }
+
+
+def feature_settings(key: dict[str, Any]) -> dict[str, Any]:
+    """The feature settings of a recorded key of either schema (without ``schema_version`` and the
+    schema-1 ``samples``), JSON-normalised so that a key read from a manifest compares equal to one
+    computed from a config."""
+    out = {k: v for k, v in key.items() if k not in ("schema_version", "samples")}
+    return json.loads(json.dumps(out, sort_keys=True, default=str))
 
 
 def key_hash(key: dict[str, Any]) -> str:

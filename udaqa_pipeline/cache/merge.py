@@ -1,18 +1,27 @@
-"""Staging of finished samples, and the merge that turns staged samples into the final store.
+"""Staging of finished samples, and the commit that turns a plan and its staged samples into the
+cache's store, row table, label table and manifest.
 
 Why staging: an HDF5 file killed mid-write can lose its whole B-tree, and "nothing lost" must hold
-for kill -9 at any moment. So extraction never writes into the final store. Each finished sample
-(success or failure) becomes one file ``staging/<shard>/<index>.npz`` holding its features, its
-video and a JSON record (id, status, error, n_source_frames, short, frame indices), written to a
-temporary name, fsynced and renamed: the rename is the "done" mark, so a sample is either wholly
-staged or not at all. A rerun skips every index staged by any shard.
+for kill -9 at any moment. So extraction never writes into a store. Each extracted row (success or
+failure) becomes one file ``staging/<shard>/<name>.npz`` (``name``: :func:`.plan.row_name` of its
+identity) holding its features, its video and a JSON record (id, name, status, error,
+n_source_frames, short, frame indices), written to a temporary name, fsynced and renamed: the rename
+is the "done" mark, so a row is either wholly staged or not at all. A rerun skips every row staged by
+any shard, whatever the plan has become since (the name is the identity, not a position).
 
-The merge (automatic at the end of a single-process run and of torchrun rank 0, else
-``udaqa-pipeline cache merge``) writes the store for the requested backend from the staged samples
-in index order, then ``samples.parquet``, then the manifest with ``complete = true``, each by
-temporary name + rename, and only then deletes ``staging/``. A kill during the merge leaves the
-staging intact and the manifest incomplete, so rerunning redoes the merge. Which shard (or how
-many) staged a sample does not change a byte of the result.
+The plan (:class:`.plan.Plan`, ``staging/plan.json``) says what the next store holds: this store's
+rows at their index, staged rows, rows adopted from schema-1 caches. The merge (automatic at the end of
+a single-process run and of torchrun rank 0, else ``udaqa-pipeline cache merge``) commits it in this
+order: the manifest marks the cache ``merging`` (and not ``complete``); each store is written whole
+under a temporary name and renamed into place; then ``rows.parquet``, ``samples.parquet`` and the
+manifest (``complete``, new counts), each by temporary name + rename; only then is ``staging/``
+deleted. A kill anywhere before the last manifest write leaves the plan and every staged row, and
+the next ``features`` run (or ``cache merge``) redoes the commit: rows of this store keep their index
+in every plan, so reading them from a store that was already replaced gives the same bytes. Which
+shard (or how many) staged a row does not change a byte of the result.
+
+Until the commit starts, a cache being extended stays ``complete`` and readable as it was; a label
+refresh (:func:`refresh_labels`) rewrites only ``samples.parquet`` and the manifest.
 """
 
 from __future__ import annotations
@@ -25,16 +34,27 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..fileutil import atomic_write_bytes, file_sha256
 from .lock import CacheLock
-from .manifest import SAMPLES, STORE_NAMES, CacheError, read_manifest, write_manifest
-from .store import _now, _status_counts, samples_table, write_samples, write_store
+from .manifest import ROWS, SAMPLES, STORE_NAMES, CacheError, read_manifest, write_manifest
+from .plan import JOB, SELF, Plan, label_table_rows, labels_hash, legacy_staged
+from .store import (
+    _DEFAULTS,
+    EXTRACTION_COLUMNS,
+    StoreReader,
+    _now,
+    _status_counts,
+    rows_table,
+    samples_table,
+    write_rows,
+    write_samples,
+    write_store,
+)
 
 STAGING = "staging"
-BASE_SAMPLES = "samples_base.parquet"
+PLAN = "plan.json"
 
 
 def shard_dir(cache_dir: Path, shard_name: str) -> Path:
@@ -43,27 +63,27 @@ def shard_dir(cache_dir: Path, shard_name: str) -> Path:
 
 def write_staged(
     directory: Path,
-    index: int,
+    name: str,
     record: Mapping[str, Any],
     features: np.ndarray | None = None,
     video: np.ndarray | None = None,
 ) -> Path:
-    """Atomically stage one finished sample as ``<directory>/<index:07d>.npz``."""
+    """Atomically stage one extracted row as ``<directory>/<name>.npz``."""
     directory.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {"record": np.asarray(json.dumps(dict(record), sort_keys=True))}
     if features is not None:
         arrays["features"] = np.asarray(features, dtype=np.float32)
     if video is not None:
         arrays["video"] = np.asarray(video, dtype=np.uint8)
-    final = directory / f"{index:07d}.npz"
+    final = directory / f"{name}.npz"
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    atomic_write_bytes(final, buf.getvalue())  # the rename is what marks the sample done
+    atomic_write_bytes(final, buf.getvalue())  # the rename is what marks the row done
     return final
 
 
 def read_staged(path: Path) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]:
-    """(record, features or None, video or None) of a staged sample file."""
+    """(record, features or None, video or None) of a staged row file."""
     with np.load(path, allow_pickle=False) as z:
         record = json.loads(str(z["record"]))
         feats = z["features"] if "features" in z.files else None
@@ -71,21 +91,38 @@ def read_staged(path: Path) -> tuple[dict[str, Any], np.ndarray | None, np.ndarr
     return record, feats, video
 
 
-def staged_files(cache_dir: Path) -> dict[int, Path]:
-    """Global index -> staged file, over every shard folder (first by sorted shard name on duplicates)."""
-    out: dict[int, Path] = {}
+def staged_files(cache_dir: Path) -> dict[str, Path]:
+    """Row name -> staged file, over every shard folder (first by sorted shard name on duplicates)."""
+    out: dict[str, Path] = {}
     root = Path(cache_dir) / STAGING
     if not root.is_dir():
         return out
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
         for f in d.iterdir():
-            if f.suffix == ".npz" and f.stem.isdigit():
-                out.setdefault(int(f.stem), f)
+            if f.suffix == ".npz" and not f.name.startswith("."):
+                out.setdefault(f.stem, f)
     return out
 
 
+def write_plan(cache_dir: Path, plan: Plan) -> None:
+    (Path(cache_dir) / STAGING).mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(Path(cache_dir) / STAGING / PLAN, plan.to_json())
+
+
+def read_plan(cache_dir: Path) -> Plan | None:
+    """The staged plan, or None when there is none."""
+    p = Path(cache_dir) / STAGING / PLAN
+    if not p.is_file():
+        return None
+    try:
+        return Plan.from_json(p.read_bytes())
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise CacheError(f"{p} is unreadable ({e}); rerun `udaqa-pipeline features ...` with the same settings "
+                         f"(it writes the plan again and keeps every staged row)") from e
+
+
 def import_shards(cache_dir: Path, sources: Iterable[str | Path]) -> int:
-    """Copy staged samples from other cache directories of the same config (e.g. shards run on other
+    """Copy staged rows from other cache directories of the same settings (e.g. shards run on other
     hosts) into ``cache_dir``'s staging. Returns how many files were copied."""
     cache_dir = Path(cache_dir)
     mine = read_manifest(cache_dir)["config_hash"]
@@ -99,8 +136,8 @@ def import_shards(cache_dir: Path, sources: Iterable[str | Path]) -> int:
                 f"{mine}); only shards of the same extraction can be merged"
             )
         have = staged_files(cache_dir)
-        for idx, f in staged_files(src).items():
-            if idx in have:
+        for name, f in staged_files(src).items():
+            if name in have:
                 continue
             dst = shard_dir(cache_dir, f.parent.name)
             dst.mkdir(parents=True, exist_ok=True)
@@ -111,94 +148,232 @@ def import_shards(cache_dir: Path, sources: Iterable[str | Path]) -> int:
     return copied
 
 
-def missing_indices(cache_dir: Path, n: int) -> list[int]:
+def missing_jobs(cache_dir: Path, plan: Plan) -> list[int]:
+    """Row indices of ``plan`` to extract that no shard has staged yet."""
     have = staged_files(cache_dir)
-    return [i for i in range(n) if i not in have]
+    return [i for i in plan.jobs if plan.rows[i]["name"] not in have]
 
 
 def merge_cache(cache_dir: str | Path, sources: Iterable[str | Path] = (), backend: str | None = None) -> Path:
-    """Merge staged samples (plus those of ``sources``) into the final store; returns the cache dir.
+    """Commit the staged plan (staged rows plus those of ``sources``) into the cache; returns the cache dir.
 
-    Refuses (``CacheError``) while samples are missing, naming how many and which shards to rerun.
-    A complete cache is left as is (its staging leftovers removed).
+    Refuses (``CacheError``) while rows are missing, naming how many and which shards to rerun.
+    A complete cache with nothing staged is left as is (a ``backend`` store it lacks is added).
     """
     cache_dir = Path(cache_dir)
     manifest = read_manifest(cache_dir)
     backend = backend or manifest.get("backend", "hdf5")
-    if manifest.get("complete") and backend in manifest.get("stores", {}):
-        _cleanup(cache_dir)
-        return cache_dir
-    if manifest.get("complete"):
-        from .store import add_backend
+    plan = read_plan(cache_dir)
+    if plan is None:
+        if not manifest.get("complete"):
+            raise CacheError(
+                f"cache {cache_dir} is incomplete and has no staged plan to merge; rerun `udaqa-pipeline features "
+                f"{manifest.get('dataset', 'DATASET')} ...` with the settings it was made with")
+        if backend not in manifest.get("stores", {}):
+            from .store import add_backend
 
-        add_backend(cache_dir, backend)
+            add_backend(cache_dir, backend)
+        _cleanup(cache_dir)
         return cache_dir
     with CacheLock(cache_dir / "merge.lock", "cache"):
         if sources:
             import_shards(cache_dir, sources)
-        n = int(manifest["n_samples"])
         files = staged_files(cache_dir)
-        missing = [i for i in range(n) if i not in files]
-        base = pq.read_table(cache_dir / BASE_SAMPLES).to_pylist()
+        missing = [i for i in plan.jobs if plan.rows[i]["name"] not in files]
         if missing:
             shards = sorted({f.parent.name for f in files.values()})
             raise CacheError(
-                f"cache {cache_dir}: {len(missing)} of {n} samples are not extracted yet (first: "
-                f"{', '.join(base[i]['id'] for i in missing[:5])}); staged shards: {', '.join(shards) or 'none'}. "
-                f"Rerun the unfinished extraction (same settings; `--shard i/n` for each unfinished shard), "
-                f"or copy their cache folders here and `udaqa-pipeline cache merge {cache_dir} OTHER_DIRS...`"
+                f"cache {cache_dir}: {len(missing)} of {len(plan.jobs)} samples to extract are not extracted yet "
+                f"(first: {', '.join(plan.rows[i]['id'] for i in missing[:5])}); staged shards: "
+                f"{', '.join(shards) or 'none'}. Rerun the unfinished extraction (same settings; `--shard i/n` for "
+                f"each unfinished shard), or copy their cache folders here and "
+                f"`udaqa-pipeline cache merge {cache_dir} OTHER_DIRS...`"
             )
-        rows = []
-        for i in range(n):
-            record, _, _ = read_staged(files[i])
-            if record.get("id") != base[i]["id"]:
-                raise CacheError(
-                    f"{files[i]} holds sample {record.get('id')!r} but index {i} is {base[i]['id']!r}: the staging "
-                    f"is from another sample list; delete {cache_dir / STAGING} and rerun the extraction"
-                )
-            row = dict(base[i])
-            for k in ("status", "error", "n_source_frames", "short", "frame_indices"):
-                if k in record:
-                    row[k] = record[k]
-            rows.append(row)
-        table = samples_table(rows)
-        L = int(manifest["n_frames"])
-        h, w = manifest["video_size"]
-
-        def arrays() -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None]]:
-            for i in range(n):
-                _, feats, video = read_staged(files[i])
-                yield i, feats, video
-
-        write_store(
-            cache_dir / STORE_NAMES[backend], backend, n=n, n_views=int(manifest["n_views"]),
-            n_clips=int(manifest["n_clips"]), video_shape=(L, 3, h, w), clip_starts=manifest["clip_starts"],
-            rows=arrays(), attrs={"schema_version": manifest["schema_version"], "config_hash": manifest["config_hash"]},
-        )
-        write_samples(cache_dir, table)
-        manifest = read_manifest(cache_dir)
-        recorded = manifest.get("backend")
-        manifest.update(
-            complete=True,
-            # keep the recorded default backend unless this merge wrote a different one only
-            backend=recorded if recorded in manifest.get("stores", {}) else backend,
-            stores={**manifest.get("stores", {}), backend: STORE_NAMES[backend]},
-            counts=_status_counts(table),
-            finished=_now(),
-            files_sha256={SAMPLES: file_sha256(cache_dir / SAMPLES)},
-        )
-        write_manifest(cache_dir, manifest)
+        _commit(cache_dir, read_manifest(cache_dir), plan, files, backend)
     _cleanup(cache_dir)
     return cache_dir
 
 
+def refresh_labels(cache_dir: Path, plan: Plan) -> bool:
+    """Commit a plan that changes no store row: rewrite the label table (and the manifest) when it
+    differs from the one on disk. Returns whether anything was written."""
+    assert not plan.store_work, "refresh_labels commits label-only plans"
+    cache_dir = Path(cache_dir)
+    with CacheLock(cache_dir / "merge.lock", "cache"):
+        manifest = read_manifest(cache_dir)
+        records = _existing_rows(cache_dir, manifest)
+        new = samples_table(label_table_rows(plan.samples, records))
+        try:
+            unchanged = new.equals(pq.read_table(cache_dir / SAMPLES))
+        except (OSError, ValueError):
+            unchanged = False
+        if unchanged and manifest.get("complete") and manifest.get("labels", {}).get("limit") == plan.limit:
+            return False
+        _commit(cache_dir, manifest, plan, {}, manifest.get("backend", "hdf5"))
+    return True
+
+
+def _existing_rows(cache_dir: Path, manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """This store's row records (the first ``n_rows`` of ``rows.parquet``: a redone commit may find the
+    next table there already, whose first rows are these)."""
+    n = int(manifest.get("n_rows", 0) or 0)
+    if n == 0:
+        return []
+    p = cache_dir / ROWS
+    try:
+        t = pq.read_table(p).to_pylist()
+    except (OSError, ValueError) as e:
+        raise CacheError(f"{p} unreadable ({e}); delete {cache_dir} and rebuild the cache") from e
+    if len(t) < n:
+        raise CacheError(f"{p} has {len(t)} rows, the manifest says {n}; delete {cache_dir} and rebuild the cache")
+    return t[:n]
+
+
+def _commit(cache_dir: Path, manifest: dict[str, Any], plan: Plan, files: Mapping[str, Path], backend: str) -> None:
+    existing = _existing_rows(cache_dir, manifest)
+    legacy: dict[str, _Legacy] = {}
+    records: list[dict[str, Any]] = []
+    for i, r in enumerate(plan.rows):
+        keep = {k: r[k] for k in ("id", "source", "frame_start", "frame_end", "stamp")}
+        if r["origin"] == JOB:
+            rec, _, _ = read_staged(files[r["name"]])
+            if rec.get("name") != r["name"]:
+                raise CacheError(f"{files[r['name']]} holds row {rec.get('name')!r}, not {r['name']!r}: the staging "
+                                 f"is damaged; delete {cache_dir / STAGING} and rerun the extraction")
+        elif r["origin"] == SELF:
+            if r["origin_row"] != i or i >= len(existing):
+                raise CacheError(f"{cache_dir / STAGING / PLAN} moves store row {r['origin_row']} to {i}; "
+                                 f"delete {cache_dir / STAGING} and rerun the extraction")
+            rec = existing[i]
+        else:
+            rec = _legacy(cache_dir, r["origin"], legacy).record(int(r["origin_row"]))
+        # a failed row's record has no frame counts: the table defaults (0 frames, not short) as before
+        records.append({**keep, **{k: rec[k] if rec.get(k) is not None else _DEFAULTS[k] for k in EXTRACTION_COLUMNS}})
+    label_rows = label_table_rows(plan.samples, records)
+    table = samples_table(label_rows)
+    stores = dict(manifest.get("stores", {}))
+    if plan.store_work:
+        manifest.update(merging=True, complete=False)
+        write_manifest(cache_dir, manifest)
+        primary = manifest.get("backend") if manifest.get("backend") in stores else next(iter(stores), None)
+        try:
+            for b in sorted(set(stores) | {backend}):
+                _write_store(cache_dir, manifest, plan, files, b, primary, legacy)
+                stores[b] = STORE_NAMES[b]
+        finally:
+            for lg in legacy.values():
+                lg.close()
+        write_rows(cache_dir, rows_table(records))
+    write_samples(cache_dir, table)
+    now = _now()
+    changes = plan.changes
+    manifest.pop("merging", None)
+    manifest.update(
+        complete=True,
+        backend=manifest.get("backend") if manifest.get("backend") in stores else backend,
+        stores=stores,
+        n_samples=table.num_rows,
+        n_rows=len(records),
+        counts=_status_counts(table),
+        updated=now,
+        root=plan.root or manifest.get("root"),
+        files_sha256={SAMPLES: file_sha256(cache_dir / SAMPLES), ROWS: file_sha256(cache_dir / ROWS)},
+        labels={"hash": labels_hash(label_rows), "n_samples": table.num_rows, "limit": plan.limit,
+                "refreshed": now, "changes": changes},
+    )
+    if plan.store_work:
+        manifest["finished"] = now
+    if plan.dataset_config:
+        manifest.setdefault("config", {})["dataset"] = plan.dataset_config
+    if plan.adopted:
+        manifest["adopted_from"] = sorted(set(manifest.get("adopted_from", [])) | set(plan.adopted))
+    write_manifest(cache_dir, manifest)
+
+
+class _Legacy:
+    """Rows of a schema-1 cache being adopted, by sample index: from its store when it is complete,
+    else from its staged samples (it may have been completed by older code since it was planned)."""
+
+    def __init__(self, d: Path) -> None:
+        self.path = d
+        try:
+            m = read_manifest(d)
+            self.complete = bool(m.get("complete"))
+            if self.complete:
+                stores = m.get("stores", {})
+                self.backend = m.get("backend") if m.get("backend") in stores else next(iter(stores))
+                self.rows = pq.read_table(d / SAMPLES).to_pylist()
+            else:
+                self.staged = legacy_staged(d)
+        except (CacheError, OSError, ValueError, StopIteration) as e:
+            raise CacheError(f"{d}, whose rows this cache is adopting, cannot be read ({e}); rerun "
+                             f"`udaqa-pipeline features ...` (it plans again without it)") from e
+        self._reader: StoreReader | None = None
+
+    def _staged(self, i: int) -> Path:
+        if i not in self.staged:
+            raise CacheError(f"{self.path} no longer holds sample {i} that this cache is adopting; rerun "
+                             f"`udaqa-pipeline features ...` (it plans again)")
+        return self.staged[i]
+
+    def record(self, i: int) -> dict[str, Any]:
+        return self.rows[i] if self.complete else read_staged(self._staged(i))[0]
+
+    def row(self, i: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        if not self.complete:
+            return read_staged(self._staged(i))[1:]
+        if self._reader is None:
+            self._reader = StoreReader(self.path / STORE_NAMES[self.backend], self.backend)
+        return self._reader.row(i)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+
+def _legacy(cache_dir: Path, name: str, memo: dict) -> _Legacy:
+    if name not in memo:
+        memo[name] = _Legacy(cache_dir.parent / name)
+    return memo[name]
+
+
+def _write_store(cache_dir: Path, manifest: Mapping[str, Any], plan: Plan, files: Mapping[str, Path], backend: str,
+                 primary: str | None, legacy: dict) -> None:
+    L = int(manifest["n_frames"])
+    h, w = manifest["video_size"]
+    own: StoreReader | None = None
+
+    def arrays() -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None]]:
+        nonlocal own
+        for i, r in enumerate(plan.rows):
+            if r["origin"] == JOB:
+                _, feats, video = read_staged(files[r["name"]])
+                yield i, feats, video
+            elif r["origin"] == SELF:
+                if own is None:
+                    own = StoreReader(cache_dir / STORE_NAMES[primary], primary)
+                yield (i, *own.row(int(r["origin_row"])))
+            else:
+                yield (i, *_legacy(cache_dir, r["origin"], legacy).row(int(r["origin_row"])))
+
+    try:
+        write_store(
+            cache_dir / STORE_NAMES[backend], backend, n=len(plan.rows), n_views=int(manifest["n_views"]),
+            n_clips=int(manifest["n_clips"]), video_shape=(L, 3, h, w), clip_starts=manifest["clip_starts"],
+            rows=arrays(), attrs={"schema_version": manifest["schema_version"], "config_hash": manifest["config_hash"]},
+        )
+    finally:
+        if own is not None:
+            own.close()
+
+
 def _cleanup(cache_dir: Path) -> None:
-    shutil.rmtree(cache_dir / STAGING, ignore_errors=True)
-    (cache_dir / BASE_SAMPLES).unlink(missing_ok=True)
+    shutil.rmtree(Path(cache_dir) / STAGING, ignore_errors=True)
 
 
 def drop_failed_staged(cache_dir: Path) -> int:
-    """Delete the staged records of failed samples (incomplete cache) so the next run retries them."""
+    """Delete the staged records of failed rows so that the next run extracts them again."""
     n = 0
     for f in staged_files(cache_dir).values():
         record, _, _ = read_staged(f)
@@ -206,41 +381,3 @@ def drop_failed_staged(cache_dir: Path) -> int:
             f.unlink(missing_ok=True)
             n += 1
     return n
-
-
-def unmerge_failed(cache_dir: str | Path) -> int:
-    """Turn a complete cache back into staged samples minus its failed ones, so that rerunning the
-    extraction retries only those (e.g. after fixing a broken video). Returns how many will be retried.
-
-    Crash-safe in this order: stage every ok sample from the store, rewrite the base table, mark the
-    manifest incomplete (atomic), then delete the stores. Killed before the manifest write, the cache
-    is still complete (the next run removes the extra staging); after it, the staging is whole.
-    """
-    from .store import open_cache
-
-    cache_dir = Path(cache_dir)
-    with CacheLock(cache_dir / "merge.lock", "cache"):
-        cache = open_cache(cache_dir)
-        rows = cache.samples.to_pylist()
-        failed = [i for i, r in enumerate(rows) if r["status"] != "ok"]
-        if not failed:
-            return 0
-        out = shard_dir(cache_dir, "restaged")
-        for i, r in enumerate(rows):
-            if r["status"] == "ok":
-                arr = cache.read(i)
-                record = {k: r[k] for k in ("id", "status", "error", "n_source_frames", "short", "frame_indices")}
-                write_staged(out, i, record, arr["features"], arr["video"])
-        base = samples_table([{**r, "status": "pending", "error": ""} for r in rows])
-        sink = pa.BufferOutputStream()
-        pq.write_table(base, sink)
-        atomic_write_bytes(cache_dir / BASE_SAMPLES, sink.getvalue().to_pybytes())
-        manifest = read_manifest(cache_dir)
-        stores = manifest.get("stores", {})
-        manifest.update(complete=False, stores={})
-        write_manifest(cache_dir, manifest)
-        for name in stores.values():
-            p = cache_dir / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-        (cache_dir / SAMPLES).unlink(missing_ok=True)
-    return len(failed)

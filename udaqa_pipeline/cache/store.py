@@ -2,17 +2,28 @@
 
 Layout of a cache directory (see :mod:`.manifest` for the naming hash)::
 
-    manifest.json      schema version, dataset, config_hash + the hashed object, resolved config
-    samples.parquet    one row per sample (``SAMPLE_SCHEMA``), in store order
+    manifest.json      schema version, dataset, config_hash + the hashed object, resolved config,
+                       the label table's provenance (``labels``)
+    samples.parquet    the label table: one row per sample of the annotation files (``SAMPLE_SCHEMA``),
+                       in annotation order; ``feature_row`` is the store row holding its features
+    rows.parquet       the store row table: one row per store row (``ROW_SCHEMA``): the source, frame
+                       window and source size it was extracted from, and how extraction went
     features.h5        HDF5 store, and/or
     features.zarr/     Zarr v3 store
 
-Arrays in a store (N samples, V views, K clips, L frames):
+Arrays in a store (R store rows, V views, K clips, L frames):
 
-- ``features`` (N, V, K, 1024) float32; rows of failed samples are NaN so accidental use is loud.
-- ``video`` (N, L, 3, h, w) uint8, the view-0 video downsampled for the latent branch (zeros for
+- ``features`` (R, V, K, 1024) float32; rows of failed samples are NaN so accidental use is loud.
+- ``video`` (R, L, 3, h, w) uint8, the view-0 video downsampled for the latent branch (zeros for
   failed samples). Apply ``views[v]`` to it with :func:`apply_view` to match feature view v.
 - ``clip_starts`` (K,) int64, clip start indices into the L sampled frames.
+
+:class:`FeatureCache` shows the store through the label table: ``features[i]`` / ``video[i]`` are
+those of sample ``i`` of ``samples`` (store row ``feature_row[i]``), so stage two never sees store
+rows. Usually the two orders are the same (a cache extracted in one go); they differ after samples
+were added in the middle of the annotation files, removed (their store rows are kept: see
+:mod:`.plan`) or point at the same source and window. A schema-1 cache has no ``rows.parquet``: its
+label table is its row table, one to one.
 
 Design choices:
 
@@ -33,7 +44,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +54,8 @@ from ..config import cache_root as _cache_root
 from ..fileutil import file_sha256
 from .manifest import (
     FEATURE_DIM,
+    LEGACY_SCHEMA,
+    ROWS,
     SAMPLES,
     SCHEMA_VERSION,
     STORE_NAMES,
@@ -76,6 +89,28 @@ SAMPLE_SCHEMA = pa.schema(
         ("frame_start", pa.int64()),
         ("frame_end", pa.int64()),
         ("frame_indices", pa.list_(pa.int64())),
+        ("feature_row", pa.int64()),
+    ]
+)
+
+#: Columns a sample row takes from its store row (how the extraction of its source went).
+EXTRACTION_COLUMNS = ("status", "error", "n_source_frames", "short", "frame_indices")
+
+#: Columns of ``rows.parquet``, one row per store row: what was extracted (``source`` relative to the
+#: dataset root, frame window, ``stamp`` = the source's size when it was extracted, see
+#: :func:`.plan.source_stamp`), for which sample id first, and how it went.
+ROW_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("frame_start", pa.int64()),
+        ("frame_end", pa.int64()),
+        ("stamp", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("n_source_frames", pa.int64()),
+        ("short", pa.bool_()),
+        ("frame_indices", pa.list_(pa.int64())),
     ]
 )
 
@@ -96,26 +131,44 @@ _DEFAULTS: dict[str, Any] = {
     "frame_start": None,
     "frame_end": None,
     "frame_indices": [],
+    "feature_row": None,
+    "stamp": "",
 }
 
 
 def samples_table(rows: Sequence[Mapping[str, Any]] | pa.Table) -> pa.Table:
     """Build a ``SAMPLE_SCHEMA`` table from dict rows (missing keys take defaults, ``id`` required)."""
+    return _table(rows, SAMPLE_SCHEMA, "sample")
+
+
+def rows_table(rows: Sequence[Mapping[str, Any]] | pa.Table) -> pa.Table:
+    """Build a ``ROW_SCHEMA`` table (``rows.parquet``) from dict rows (missing keys take defaults)."""
+    return _table(rows, ROW_SCHEMA, "store")
+
+
+def _table(rows: Sequence[Mapping[str, Any]] | pa.Table, schema: pa.Schema, what: str) -> pa.Table:
     if isinstance(rows, pa.Table):
         rows = rows.to_pylist()
-    cols: dict[str, list] = {name: [] for name in SAMPLE_SCHEMA.names}
+    cols: dict[str, list] = {name: [] for name in schema.names}
     for i, row in enumerate(rows):
         if "id" not in row:
-            raise ValueError(f"sample row {i} has no 'id'")
+            raise ValueError(f"{what} row {i} has no 'id'")
         unknown = set(row) - set(cols)
         if unknown:
-            raise ValueError(f"sample row {i}: unknown columns {sorted(unknown)}; known: {SAMPLE_SCHEMA.names}")
+            raise ValueError(f"{what} row {i}: unknown columns {sorted(unknown)}; known: {schema.names}")
         for name in cols:
             v = row.get(name, _DEFAULTS.get(name))
             if name == "judge_scores" or name == "frame_indices":
                 v = [float(x) if name == "judge_scores" else int(x) for x in (v if v is not None else [])]
             cols[name].append(v)
-    return pa.table(cols, schema=SAMPLE_SCHEMA)
+    return pa.table(cols, schema=schema)
+
+
+def rows_of_samples(samples: pa.Table) -> pa.Table:
+    """The row table of a cache whose store rows are its sample rows, one to one (schema 1,
+    :func:`write_cache`); ``stamp`` is unknown there ("")."""
+    names = [n for n in ROW_SCHEMA.names if n in samples.column_names]
+    return rows_table(samples.select(names).to_pylist())
 
 
 def apply_view(video: np.ndarray, view: Mapping[str, Any]) -> np.ndarray:
@@ -255,7 +308,12 @@ def read_store_arrays(store_path: Path, backend: str, names: Sequence[str], inde
 
             g = zarr.open_group(str(store_path), mode="r")
             for name in names:
-                out[name] = g[name][index] if name != "clip_starts" else g[name][...]
+                if name == "clip_starts":
+                    out[name] = g[name][...]
+                elif isinstance(index, list):  # increasing row indices
+                    out[name] = g[name].oindex[np.asarray(index, dtype=np.int64)]
+                else:
+                    out[name] = g[name][index]
         else:
             raise CacheError(f"unknown cache backend {backend!r}; use one of {', '.join(BACKENDS)}")
     except (OSError, ValueError, KeyError) as e:
@@ -266,13 +324,63 @@ def read_store_arrays(store_path: Path, backend: str, names: Sequence[str], inde
     return out
 
 
+class StoreReader:
+    """One store held open while rows are read one at a time (merges, :func:`add_backend`):
+    ``reader.row(i)`` -> (features (V, K, 1024), video (L, 3, h, w)). A checksum failure raises
+    :class:`CacheError` naming the store and the row."""
+
+    def __init__(self, store_path: Path, backend: str) -> None:
+        self.path = Path(store_path)
+        self._h5 = None
+        try:
+            if backend == "hdf5":
+                import h5py
+
+                self._h5 = h5py.File(self.path, "r")
+                self._arrays = (self._h5["features"], self._h5["video"])
+            elif backend == "zarr":
+                import zarr
+
+                g = zarr.open_group(str(self.path), mode="r")
+                self._arrays = (g["features"], g["video"])
+            else:
+                raise CacheError(f"unknown cache backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        except (OSError, KeyError, ValueError) as e:
+            self.close()
+            raise CacheError(f"{self.path}: cannot open the store ({e}); run `udaqa-pipeline cache verify "
+                             f"{self.path.parent}`, or delete {self.path.parent} and rebuild the cache") from e
+
+    def __len__(self) -> int:
+        return int(self._arrays[0].shape[0])
+
+    def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            return np.asarray(self._arrays[0][i]), np.asarray(self._arrays[1][i])
+        except (OSError, ValueError, KeyError, IndexError) as e:
+            raise CacheError(f"{self.path}: cannot read row {i} ({e}); run `udaqa-pipeline cache verify "
+                             f"{self.path.parent}` to locate the damage, then rebuild the cache") from e
+
+    def close(self) -> None:
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = None
+
+    def __enter__(self) -> "StoreReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 # ----------------------------------------------------------------------------- reading
 
 
 @dataclass
 class FeatureCache:
     """An opened, complete cache. ``features``/``video`` load the whole array into memory on first
-    access (stage two trains from memory); use :meth:`read` for a few rows."""
+    access (stage two trains from memory); use :meth:`read` for a few rows. Row ``i`` of
+    ``features``, ``video`` and :meth:`read` is sample ``i`` of ``samples`` (the label table);
+    ``rows`` is the store row table and ``store_index[i]`` the store row of sample ``i``."""
 
     path: Path
     manifest: dict[str, Any]
@@ -280,7 +388,25 @@ class FeatureCache:
     backend: str
     clip_starts: np.ndarray
     views: list[dict[str, Any]]
+    rows: pa.Table | None = None
+    store_index: np.ndarray | None = None
     _arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.store_index is None:
+            self.store_index = np.arange(self.samples.num_rows, dtype=np.int64)
+        if self.rows is None:
+            self.rows = rows_of_samples(self.samples)
+
+    @property
+    def n_rows(self) -> int:
+        """Rows in the store (>= the samples in the label table when samples were removed)."""
+        return self.rows.num_rows
+
+    @property
+    def in_store_order(self) -> bool:
+        """Sample ``i`` is store row ``i`` for every sample and every store row is a sample."""
+        return len(self.store_index) == self.n_rows and bool((self.store_index == np.arange(self.n_rows)).all())
 
     @property
     def store_path(self) -> Path:
@@ -299,7 +425,8 @@ class FeatureCache:
 
     def _load(self, name: str) -> np.ndarray:
         if name not in self._arrays:
-            self._arrays[name] = read_store_arrays(self.store_path, self.backend, [name])[name]
+            whole = read_store_arrays(self.store_path, self.backend, [name])[name]
+            self._arrays[name] = whole if self.in_store_order else whole[self.store_index]
         return self._arrays[name]
 
     @property
@@ -318,8 +445,17 @@ class FeatureCache:
         return np.asarray(self.samples.column("status").to_pylist()) == "ok"
 
     def read(self, index: Any, names: Sequence[str] = ("features", "video")) -> dict[str, np.ndarray]:
-        """Read only the rows ``index`` (int, slice or sorted index array) of the named arrays."""
-        return read_store_arrays(self.store_path, self.backend, names, index)
+        """Read only the samples ``index`` (int, slice or index array, into the label table) of the named arrays."""
+        if self.in_store_order:
+            return read_store_arrays(self.store_path, self.backend, names, index)
+        rows = self.store_index[index]
+        if np.ndim(rows) == 0:
+            return read_store_arrays(self.store_path, self.backend, names, int(rows))
+        rows = np.asarray(rows, dtype=np.int64)
+        order = np.unique(rows)  # the stores read increasing, unique indices
+        got = read_store_arrays(self.store_path, self.backend, names, order.tolist())
+        pos = np.searchsorted(order, rows)
+        return {k: (v if k == "clip_starts" else v[pos]) for k, v in got.items()}
 
 
 def _check_manifest(path: Path, manifest: dict[str, Any], require_complete: bool) -> None:
@@ -342,7 +478,8 @@ def open_cache(path: str | Path, *, backend: str | None = None, require_complete
 
     ``backend`` picks a store when the directory holds both; default: the manifest's ``backend``.
     Raises :class:`CacheError` (naming the directory and the fix) for a missing, incomplete,
-    inconsistent or unreadable cache.
+    inconsistent or unreadable cache. Caches of schema 1 (written before labels left the cache key)
+    open too, their label table being their row table.
     """
     path = Path(path)
     manifest = read_manifest(path)
@@ -357,11 +494,27 @@ def open_cache(path: str | Path, *, backend: str | None = None, require_complete
         samples = pq.read_table(sp)
     except (OSError, pa.ArrowInvalid) as e:
         raise CacheError(f"{sp} unreadable ({e}); rerun the extraction to rebuild it") from e
+    rerun = (f"rerun `udaqa-pipeline features {manifest.get('dataset', 'DATASET')} ...` with the settings it was "
+             f"made with (it rewrites the table from the annotation files, no I3D work)")
     if samples.num_rows != manifest.get("n_samples"):
-        raise CacheError(
-            f"cache {path}: samples.parquet has {samples.num_rows} rows, manifest says "
-            f"{manifest.get('n_samples')}; rebuild the cache"
-        )
+        raise CacheError(f"cache {path}: {SAMPLES} has {samples.num_rows} rows, the manifest says "
+                         f"{manifest.get('n_samples')} (a label refresh was interrupted?); {rerun}")
+    rows = store_index = None
+    if manifest.get("schema_version", LEGACY_SCHEMA) != LEGACY_SCHEMA:
+        rp = path / ROWS
+        try:
+            rows = pq.read_table(rp)
+        except (OSError, pa.ArrowInvalid) as e:
+            raise CacheError(f"{rp} unreadable ({e}); delete {path} and rebuild the cache") from e
+        n_rows = int(manifest.get("n_rows", rows.num_rows))
+        if rows.num_rows != n_rows:
+            raise CacheError(f"cache {path}: {ROWS} has {rows.num_rows} rows, the manifest says {n_rows}; "
+                             f"delete {path} and rebuild the cache")
+        col = samples.column("feature_row").to_pylist() if "feature_row" in samples.column_names else []
+        if len(col) != samples.num_rows or any(r is None or not 0 <= r < n_rows for r in col):
+            raise CacheError(f"cache {path}: {SAMPLES} does not map every sample to one of the {n_rows} store rows "
+                             f"(column feature_row); {rerun}")
+        store_index = np.asarray(col, dtype=np.int64)
     return FeatureCache(
         path=path,
         manifest=manifest,
@@ -369,11 +522,14 @@ def open_cache(path: str | Path, *, backend: str | None = None, require_complete
         backend=backend,
         clip_starts=np.asarray(manifest.get("clip_starts", []), dtype=np.int64),
         views=list(manifest.get("views", [{"flip": False, "shift": 0}])),
+        rows=rows,
+        store_index=store_index,
     )
 
 
 def find_cache(dataset: str, cache_root: str | Path | None = None) -> Path:
-    """The complete cache of ``dataset`` under the cache root (the newest when there are several).
+    """The complete cache of ``dataset`` under the cache root; when there are several, the one a
+    ``features`` run wrote last (extraction or label refresh: manifest ``updated``, else ``finished``).
 
     Raises :class:`CacheError` naming ``make features DATASET=...`` when there is none.
     """
@@ -385,7 +541,7 @@ def find_cache(dataset: str, cache_root: str | Path | None = None) -> Path:
         except CacheError:
             continue
         if m.get("dataset") == dataset and m.get("complete"):
-            found.append((m.get("finished", ""), d))
+            found.append((m.get("updated") or m.get("finished", ""), d))
     if not found:
         raise CacheError(
             f"no complete feature cache for {dataset!r} under {root}; build one with "
@@ -437,6 +593,7 @@ def write_cache(
     if len(views) != V:
         raise ValueError(f"{len(views)} views given for {V} feature views")
     config = dict(config or {})
+    table = samples_table([{**r, "feature_row": i} for i, r in enumerate(table.to_pylist())])
     if hashed is None:
         hashed = {"schema_version": SCHEMA_VERSION, "dataset": dataset, "config": config, "views": views,
                   "shape": [n, V, K, *video.shape[1:]]}
@@ -452,6 +609,7 @@ def write_cache(
         "backend": backend,
         "stores": {},
         "n_samples": n,
+        "n_rows": n,
         "n_views": V,
         "n_clips": K,
         "n_frames": int(video.shape[1]),
@@ -468,40 +626,47 @@ def write_cache(
         clip_starts=clip_starts, rows=((i, features[i], video[i]) for i in range(n)),
         attrs={"schema_version": SCHEMA_VERSION, "config_hash": manifest["config_hash"]},
     )
+    write_rows(path, rows_of_samples(table))
     write_samples(path, table)
     manifest.update(complete=True, stores={backend: STORE_NAMES[backend]},
-                    files_sha256={SAMPLES: file_sha256(path / SAMPLES)})
+                    files_sha256={SAMPLES: file_sha256(path / SAMPLES), ROWS: file_sha256(path / ROWS)})
     manifest.setdefault("finished", _now())
     write_manifest(path, manifest)
     return path
 
 
 def write_samples(cache_dir: Path, table: pa.Table) -> None:
-    """Atomically write ``samples.parquet``."""
+    """Atomically write ``samples.parquet`` (the label table)."""
+    _write_parquet(Path(cache_dir) / SAMPLES, table)
+
+
+def write_rows(cache_dir: Path, table: pa.Table) -> None:
+    """Atomically write ``rows.parquet`` (the store row table)."""
+    _write_parquet(Path(cache_dir) / ROWS, table)
+
+
+def _write_parquet(path: Path, table: pa.Table) -> None:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, write_page_checksum=True)  # `cache verify` checks page CRCs
-    atomic_write_bytes(Path(cache_dir) / SAMPLES, sink.getvalue().to_pybytes())
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
 def add_backend(path: str | Path, backend: str) -> Path:
-    """Add a ``backend`` store to a complete cache by copying its existing store (no I3D work)."""
+    """Add a ``backend`` store to a complete cache by copying its existing store row by row (no I3D work)."""
     cache = open_cache(path)
     if backend in cache.manifest["stores"] and (cache.path / STORE_NAMES[backend]).exists():
         return cache.path / STORE_NAMES[backend]
     m = cache.manifest
-    n, V, K = m["n_samples"], m["n_views"], m["n_clips"]
-
-    def rows() -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        for i in range(n):
-            r = cache.read(i)
-            yield i, r["features"], r["video"]
+    n, V, K = cache.n_rows, m["n_views"], m["n_clips"]
 
     h, w = m["video_size"]
-    out = write_store(
-        cache.path / STORE_NAMES[backend], backend, n=n, n_views=V, n_clips=K,
-        video_shape=(m["n_frames"], 3, h, w), clip_starts=m["clip_starts"], rows=rows(),
-        attrs={"schema_version": SCHEMA_VERSION, "config_hash": m["config_hash"]},
-    )
+    with StoreReader(cache.store_path, cache.backend) as src:
+        out = write_store(
+            cache.path / STORE_NAMES[backend], backend, n=n, n_views=V, n_clips=K,
+            video_shape=(m["n_frames"], 3, h, w), clip_starts=m["clip_starts"],
+            rows=((i, *src.row(i)) for i in range(n)),
+            attrs={"schema_version": m["schema_version"], "config_hash": m["config_hash"]},
+        )
     m = read_manifest(cache.path)
     m["stores"][backend] = STORE_NAMES[backend]
     write_manifest(cache.path, m)
@@ -522,6 +687,7 @@ def _now() -> str:
 
 
 __all__ = [
-    "BACKENDS", "SAMPLE_SCHEMA", "CacheError", "FeatureCache", "add_backend", "apply_view", "find_cache",
-    "open_cache", "read_store_arrays", "samples_table", "write_cache", "write_samples", "write_store",
+    "BACKENDS", "EXTRACTION_COLUMNS", "ROW_SCHEMA", "SAMPLE_SCHEMA", "CacheError", "FeatureCache", "StoreReader",
+    "add_backend", "apply_view", "find_cache", "open_cache", "read_store_arrays", "rows_of_samples", "rows_table",
+    "samples_table", "write_cache", "write_rows", "write_samples", "write_store",
 ]

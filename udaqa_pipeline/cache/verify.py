@@ -1,18 +1,23 @@
 """``cache info`` and ``cache verify``: describe a cache, and re-read every byte of it.
 
-:func:`cache_info` gives shapes, settings, sizes, status counts and, for a complete cache, the ``ok``
-samples that are not plain (``padded``: short videos padded with their last frame, with the
-shortest length, and frame folders whose gaps were filled from the nearest frame).
+:func:`cache_info` gives shapes, settings, sizes, status counts, the label table's provenance
+(``labels``: when it was last refreshed from the annotation files, what changed, ``limit``), store
+rows no sample uses (``unused_rows``: samples removed from the annotation files keep their features)
+and, for a complete cache, the ``ok`` samples that are not plain (``padded``: short videos padded with
+their last frame, with the shortest length, and frame folders whose gaps were filled from the
+nearest frame).
 
 :func:`verify_cache` checks, and reports every problem it finds (it does not stop at the first):
 
 - the manifest parses, has this schema version, says ``complete`` and its ``config_hash`` equals
   the hash of its own recorded settings (an edited manifest cannot pass as another extraction);
-- ``samples.parquet`` matches the sha256 recorded at merge time, and its page checksums;
+- ``samples.parquet`` (the label table) and ``rows.parquet`` (the store row table, schema 2) match
+  the sha256 recorded when they were written, and their page checksums; every sample points at a
+  store row;
 - every store listed: opens, has the manifest's shapes, and every chunk of every array reads back
-  with a valid checksum (HDF5 fletcher32, Zarr crc32c), read one sample at a time so a damaged
-  chunk is reported with its sample index and id;
-- features of ``ok`` samples are finite and those of failed samples are NaN.
+  with a valid checksum (HDF5 fletcher32, Zarr crc32c), read one store row at a time so a damaged
+  chunk is reported with its row index and the id it was extracted for;
+- features of ``ok`` rows are finite and those of failed rows are NaN.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..fileutil import file_sha256
-from .manifest import MANIFEST, SAMPLES, CacheError, key_hash, read_manifest
+from .manifest import LEGACY_SCHEMA, MANIFEST, ROWS, SAMPLES, CacheError, key_hash, read_manifest
 
 
 #: Start of the ``error`` text of an ``ok`` sample whose frame folder had missing frames filled from a
@@ -41,7 +46,7 @@ def padding_summary(cache_dir: Path) -> dict[str, Any]:
     "window_frames": L, "filled": j}``.
     """
     m = read_manifest(cache_dir)
-    cols = ["id", "status", "error", "short", "n_source_frames"]
+    cols = ["id", "status", "error", "short", "n_source_frames"]  # of the label table: the samples stage two sees
     t = [r for r in pq.read_table(cache_dir / SAMPLES, columns=cols).to_pylist() if r["status"] == "ok"]
     short = [r for r in t if r["short"]]
     low = min(short, key=lambda r: r["n_source_frames"]) if short else None
@@ -60,6 +65,7 @@ def cache_info(path: str | Path) -> dict[str, Any]:
     """A JSON-able summary of a cache directory (works on incomplete caches too)."""
     path = Path(path)
     m = read_manifest(path)
+    n_rows = _n_rows(m)
     info: dict[str, Any] = {
         "path": str(path),
         "dataset": m.get("dataset"),
@@ -67,9 +73,11 @@ def cache_info(path: str | Path) -> dict[str, Any]:
         "complete": bool(m.get("complete")),
         "schema_version": m.get("schema_version"),
         "n_samples": m.get("n_samples"),
+        "n_rows": n_rows,
         "counts": m.get("counts", {}),
-        "features_shape": [m.get("n_samples"), m.get("n_views"), m.get("n_clips"), m.get("feature_dim")],
-        "video_shape": [m.get("n_samples"), m.get("n_frames"), 3, *m.get("video_size", [])],
+        "labels": m.get("labels"),
+        "features_shape": [n_rows, m.get("n_views"), m.get("n_clips"), m.get("feature_dim")],
+        "video_shape": [n_rows, m.get("n_frames"), 3, *m.get("video_size", [])],
         "clip_starts": m.get("clip_starts"),
         "views": m.get("views"),
         "dtype": m.get("dtype"),
@@ -79,16 +87,27 @@ def cache_info(path: str | Path) -> dict[str, Any]:
         "extraction": m.get("extraction", {}),
         "finished": m.get("finished"),
     }
-    if not info["complete"]:
-        from .merge import staged_files
+    if m.get("adopted_from"):
+        info["adopted_from"] = m["adopted_from"]
+    from .merge import staged_files
 
-        info["staged"] = len(staged_files(path))
-    elif (path / SAMPLES).exists():
+    staged = len(staged_files(path))
+    if staged or not info["complete"]:
+        info["staged"] = staged  # extracted rows waiting for the merge
+    if info["complete"] and (path / SAMPLES).exists():
         info["padded"] = padding_summary(path)  # ok samples that are short (padded) or gap-filled, counted apart
+        if m.get("schema_version") != LEGACY_SCHEMA:
+            used = set(pq.read_table(path / SAMPLES, columns=["feature_row"]).column(0).to_pylist())
+            info["unused_rows"] = n_rows - len(used)  # rows of samples no longer in the annotation files
     total = sum(s["bytes"] for s in info["stores"].values())
-    if info["stores"] and m.get("n_samples"):
-        info["bytes_per_sample"] = round(total / len(info["stores"]) / m["n_samples"])
+    if info["stores"] and n_rows:
+        info["bytes_per_sample"] = round(total / len(info["stores"]) / n_rows)
     return info
+
+
+def _n_rows(m: dict[str, Any]) -> int:
+    """Store rows: ``n_rows`` (schema 2), else one per sample (schema 1)."""
+    return int(m.get("n_rows", m.get("n_samples") or 0) or 0)
 
 
 def verify_cache(path: str | Path) -> dict[str, Any]:
@@ -107,26 +126,18 @@ def verify_cache(path: str | Path) -> dict[str, Any]:
         problems.append(f"{MANIFEST}: config_hash {m.get('config_hash')!r} is not the hash of the recorded settings")
     elif path.name.rsplit("-", 1)[-1] != m.get("config_hash") and path.name.startswith(f"{m.get('dataset')}-"):
         problems.append(f"directory name {path.name} does not end with the manifest's config_hash {m.get('config_hash')}")
-    n = m.get("n_samples")
-    status = None
-    sp = path / SAMPLES
-    want = m.get("files_sha256", {}).get(SAMPLES)
-    if not sp.exists():
-        problems.append(f"{SAMPLES}: missing")
-    else:
-        if want and file_sha256(sp) != want:
-            problems.append(f"{SAMPLES}: sha256 differs from the one recorded in the manifest (file changed or damaged)")
-        try:
-            t = pq.read_table(sp, page_checksum_verification=True)
-            checked[SAMPLES] = t.num_rows
-            if t.num_rows != n:
-                problems.append(f"{SAMPLES}: {t.num_rows} rows, manifest says {n}")
-            status = t.column("status").to_pylist()
-            ids = t.column("id").to_pylist()
-        except Exception as e:  # noqa: BLE001 - any parse failure is a finding, not a crash
-            problems.append(f"{SAMPLES}: unreadable ({e})")
-    if status is None:
-        ids = [str(i) for i in range(n or 0)]
+    n = _n_rows(m)
+    legacy = m.get("schema_version") == LEGACY_SCHEMA
+    samples = _check_table(path, SAMPLES, m, m.get("n_samples"), problems, checked)
+    rows = samples if legacy else _check_table(path, ROWS, m, n, problems, checked)
+    if samples is not None and not legacy:
+        col = samples.column("feature_row").to_pylist() if "feature_row" in samples.column_names else []
+        bad = [i for i, r in enumerate(col) if r is None or not 0 <= r < n]
+        if len(col) != samples.num_rows or bad:
+            problems.append(f"{SAMPLES}: {len(bad) or samples.num_rows} samples point at no store row (column "
+                            f"feature_row); rerun `udaqa-pipeline features` with this cache's settings")
+    status = rows.column("status").to_pylist() if rows is not None else None
+    ids = rows.column("id").to_pylist() if rows is not None else [str(i) for i in range(n)]
     for backend, name in m.get("stores", {}).items():
         sp = path / name
         if not sp.exists():
@@ -138,9 +149,31 @@ def verify_cache(path: str | Path) -> dict[str, Any]:
     return {"path": str(path), "ok": not problems, "problems": problems, "checked": checked}
 
 
+def _check_table(path: Path, name: str, m: dict, n: Any, problems: list[str], checked: dict):
+    """Read ``name`` with page checksums against the recorded sha256 and row count; the table or None."""
+    sp = path / name
+    if not sp.exists():
+        problems.append(f"{name}: missing")
+        return None
+    want = m.get("files_sha256", {}).get(name)
+    if want and file_sha256(sp) != want:
+        fix = ("; rerun `udaqa-pipeline features` with this cache's settings to rewrite it from the annotation files"
+               if name == SAMPLES else "")
+        problems.append(f"{name}: sha256 differs from the one recorded in the manifest (file changed or damaged){fix}")
+    try:
+        t = pq.read_table(sp, page_checksum_verification=True)
+    except Exception as e:  # noqa: BLE001 - any parse failure is a finding, not a crash
+        problems.append(f"{name}: unreadable ({e})")
+        return None
+    checked[name] = t.num_rows
+    if t.num_rows != n:
+        problems.append(f"{name}: {t.num_rows} rows, manifest says {n}")
+    return t
+
+
 def _verify_store(sp: Path, backend: str, m: dict, status, ids, checked) -> list[str]:
     problems: list[str] = []
-    n = int(m["n_samples"])
+    n = _n_rows(m)
     shapes = {
         "features": (n, m["n_views"], m["n_clips"], m["feature_dim"]),
         "video": (n, m["n_frames"], 3, *m["video_size"]),
@@ -171,21 +204,22 @@ def _verify_store(sp: Path, backend: str, m: dict, status, ids, checked) -> list
         except Exception as e:  # noqa: BLE001
             problems.append(f"{sp.name}/clip_starts: checksum/read error ({e})")
         bad = 0
+        what = "sample" if m.get("schema_version") == LEGACY_SCHEMA or m.get("n_rows") is None else "row"
         for i in range(min(n, arrays["features"].shape[0])):
             for name in ("features", "video"):
                 try:
                     row = arrays[name][i]
                 except Exception as e:  # noqa: BLE001 - fletcher32 / crc32c mismatch lands here
                     bad += 1
-                    problems.append(f"{sp.name}/{name}: sample {i} ({ids[i] if i < len(ids) else '?'}): "
+                    problems.append(f"{sp.name}/{name}: {what} {i} ({ids[i] if i < len(ids) else '?'}): "
                                     f"chunk checksum/read error ({type(e).__name__}: {e})")
                     continue
                 if name == "features" and status is not None and i < len(status):
                     finite = bool(np.isfinite(row).all())
                     if status[i] == "ok" and not finite:
-                        problems.append(f"{sp.name}/features: sample {i} ({ids[i]}) is ok but has non-finite values")
+                        problems.append(f"{sp.name}/features: {what} {i} ({ids[i]}) is ok but has non-finite values")
                     if status[i] != "ok" and not bool(np.isnan(row).all()):
-                        problems.append(f"{sp.name}/features: sample {i} ({ids[i]}) failed but holds numbers")
+                        problems.append(f"{sp.name}/features: {what} {i} ({ids[i]}) failed but holds numbers")
         checked[sp.name] = {"samples": n, "bad_chunks": bad}
     finally:
         if handle is not None:

@@ -1,0 +1,373 @@
+"""What a ``features`` run has to do to a cache: which store rows to keep, extract or adopt, and
+the label table to write.
+
+A cache holds two tables (:mod:`.store`). The **row table** (``rows.parquet``) has one row per store
+row: the features of one *row identity* (:func:`identity`: the source relative to the dataset root,
+the frame window, and the source's stamp). The **label table** (``samples.parquet``) has one row per
+sample of the annotation files, in their order: labels, fold, group, judge panel, rule, and
+``feature_row``, the store row holding its features. Labels are not in the cache key
+(:func:`.manifest.extraction_key`), so every ``features`` run reads the annotation files and:
+
+- a changed score, fold, group or judge panel rewrites the label table: no I3D work, no store write;
+- a sample whose identity is not in the store yet (added to the annotation files, or its frame
+  window changed) is extracted and appended as a new store row; every other row stays as it is;
+- a sample removed from the annotation files leaves the label table, but its store row stays: features
+  are never thrown away (put the sample back and it is reused); ``cache info`` counts such rows as
+  ``unused_rows``;
+- a source whose stamp changed (the file was replaced by another of another size, frames were added
+  to a folder, or ``--root`` points at other data under the same relative names) is a new identity,
+  extracted into a new row, the old row kept; except that a *failed* row of the same source and
+  window (a missing or broken video that is now there) is re-extracted in its own place;
+- ``retry_failed`` re-extracts, in place, the failed rows the label table uses;
+- ``limit`` N: the label table holds the first N samples of the annotation files and only their rows
+  are extracted; a later run without it extracts the rest and reuses these;
+- a cache of schema 1 (written before labels left the key, so named by another hash) with the same
+  feature settings and the same dataset root is *adopted*: its ``ok`` rows (or, for an extraction that
+  was stopped, its ``ok`` staged samples) are copied into this cache instead of being extracted again
+  (:func:`find_legacy`); the old directory is left as it was.
+
+Source stamp (:func:`source_stamp`): a video file's size in bytes; a frame folder's number of
+entries and the sizes of its first and last entries (sorted by name); ``missing``. One stat, or one
+listing and two stats, per source. It tells other data under the same relative path apart without
+reading it, and moving the data does not change it (the absolute root stays out of the key).
+
+:func:`build_plan` turns the existing row table and the samples into a :class:`Plan`: the next row
+table, each row's ``origin`` (``self``: this store, same row; ``job``: to extract; or a schema-1
+cache directory's name), and the next label table. A plan without jobs or adoptions is a label
+refresh (:func:`.merge.refresh_labels`); any other is written to ``staging/plan.json`` and committed
+by :func:`.merge.merge_cache` once every job is staged. Rows of this store keep their index in every
+plan, which makes a merge interrupted at any point safe to redo.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import pyarrow.parquet as pq
+
+from .manifest import LEGACY_SCHEMA, MANIFEST, SAMPLES, CacheError, feature_settings, read_manifest
+from .store import EXTRACTION_COLUMNS
+
+PLAN_VERSION = 1
+#: A stopped schema-1 extraction's sample list (its staged files are numbered by index into it).
+LEGACY_BASE = "samples_base.parquet"
+#: Origins of a store row in a plan (besides a schema-1 cache directory's name).
+SELF, JOB = "self", "job"
+#: Label-table columns whose change counts as a changed label (the rest come from the store row).
+LABEL_COLUMNS = ("dataset", "action", "group", "difficulty", "judge_scores", "final_score", "rule", "fold",
+                 "source", "frame_start", "frame_end", "feature_row")
+
+
+# ----------------------------------------------------------------------------- identities
+
+
+def source_stamp(path: str | Path, memo: dict[str, str] | None = None) -> str:
+    """``file:<bytes>``, ``dir:<entries>:<first bytes>:<last bytes>`` (entries sorted by name, hidden
+    ones skipped) or ``missing``; ``memo`` caches it per path within one run (many MTL-AQA samples
+    share one untrimmed frame folder)."""
+    key = str(path)
+    if memo is not None and key in memo:
+        return memo[key]
+    p = Path(path)
+    try:
+        if p.is_dir():
+            names = sorted(e.name for e in os.scandir(p) if not e.name.startswith("."))
+            sizes = [(p / n).stat().st_size for n in (names[:1] + names[-1:])] if names else [0, 0]
+            out = f"dir:{len(names)}:{sizes[0]}:{sizes[-1]}"
+        elif p.exists():
+            out = f"file:{p.stat().st_size}"
+        else:
+            out = "missing"
+    except OSError as e:  # unreadable: a stamp of its own, so it is extracted (and fails, with the reason)
+        out = f"unreadable:{e.errno}"
+    if memo is not None:
+        memo[key] = out
+    return out
+
+
+def identity(row: Mapping[str, Any]) -> tuple:
+    """A store row's identity: (source relative to the root, frame_start, frame_end, stamp)."""
+    return (str(row["source"]), row.get("frame_start"), row.get("frame_end"), str(row.get("stamp") or ""))
+
+
+def row_name(ident: tuple) -> str:
+    """The staged-file name of a row identity (16 hex digits of its sha256)."""
+    return hashlib.sha256(json.dumps(list(ident), default=str).encode()).hexdigest()[:16]
+
+
+def relpath(p: Path, root: Path) -> str:
+    try:
+        return str(Path(p).resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(p)
+
+
+def base_rows(samples: Sequence[Any], stage: str, root: Path) -> list[dict[str, Any]]:
+    """Label-table rows known from the annotation files (labels, source); extraction fills the rest."""
+    rows = []
+    for s in samples:
+        rows.append({
+            "id": str(s.id), "dataset": s.dataset or stage, "action": str(s.action or ""), "group": str(s.group or ""),
+            "difficulty": None if s.difficulty is None else float(s.difficulty),
+            "judge_scores": [float(j) for j in s.judge_scores], "final_score": float(s.final_score),
+            "rule": str(s.rule), "fold": int(s.fold), "status": "pending", "error": "",
+            "source": relpath(Path(s.source), root), "frame_start": s.frame_start, "frame_end": s.frame_end,
+        })
+    return rows
+
+
+# ----------------------------------------------------------------------------- schema-1 caches
+
+
+@dataclass
+class Legacy:
+    """A schema-1 cache with this cache's feature settings: its ok rows by (source, start, end)
+    (store rows of a complete one; staged samples, by their index, of one whose extraction was
+    stopped: in schema 1 both are numbered by the sample's index)."""
+
+    path: Path
+    by_window: dict[tuple, int]
+
+
+def find_legacy(cache_root: Path, stage: str, key: Mapping[str, Any], root: Path,
+                log: Callable[[str], None] | None = None) -> list[Legacy]:
+    """The schema-1 caches of ``stage`` under ``cache_root`` whose recorded feature settings
+    (everything but the sample fingerprint) equal ``key``'s and whose dataset root is ``root``; newest
+    first. Complete ones offer their ok store rows, stopped ones (killed, or still being written by
+    the code before this change) their ok staged samples. One of another root is named through
+    ``log`` and skipped: other data can sit under the same relative paths, and schema 1 recorded no
+    source stamps to tell."""
+    want = feature_settings(dict(key))
+    found: list[tuple[str, Legacy]] = []
+    for d in sorted(Path(cache_root).glob(f"{stage}-*")):
+        if not (d / MANIFEST).is_file():
+            continue
+        try:
+            m = read_manifest(d)
+        except CacheError:
+            continue
+        if m.get("schema_version") != LEGACY_SCHEMA or m.get("dataset") != stage:
+            continue
+        if feature_settings(m.get("hashed") or {}) != want:
+            continue
+        if not _same_root(m.get("root"), root):
+            if log is not None:
+                log(f"{d}: an older cache with these feature settings, extracted from another data root "
+                    f"({m.get('root')}); not reused (extract from that root to reuse it)")
+            continue
+        try:
+            by_window = _legacy_rows(d, m)
+        except (OSError, ValueError, KeyError):
+            continue  # unreadable: nothing to adopt from it
+        if by_window:
+            found.append((str(m.get("finished", "")), Legacy(d, by_window)))
+    return [lg for _, lg in sorted(found, key=lambda x: x[0], reverse=True)]
+
+
+def _legacy_rows(d: Path, m: Mapping[str, Any]) -> dict[tuple, int]:
+    by_window: dict[tuple, int] = {}
+    if m.get("complete"):
+        stores = m.get("stores", {})
+        if not any((d / name).exists() for name in stores.values()):
+            return by_window
+        t = pq.read_table(d / SAMPLES, columns=["source", "frame_start", "frame_end", "status"]).to_pylist()
+        ok = [i for i, r in enumerate(t) if r["status"] == "ok"]
+    else:
+        from .merge import read_staged
+
+        t = pq.read_table(d / LEGACY_BASE, columns=["source", "frame_start", "frame_end"]).to_pylist()
+        ok = [i for i, f in sorted(legacy_staged(d).items()) if i < len(t) and read_staged(f)[0].get("status") == "ok"]
+    for i in ok:
+        r = t[i]
+        by_window.setdefault((str(r["source"]), r["frame_start"], r["frame_end"]), i)
+    return by_window
+
+
+def legacy_staged(d: Path) -> dict[int, Path]:
+    """Sample index -> staged file of a stopped schema-1 extraction (``staging/<shard>/<index:07d>.npz``)."""
+    out: dict[int, Path] = {}
+    root = Path(d) / "staging"
+    if root.is_dir():
+        for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+            for f in sub.iterdir():
+                if f.suffix == ".npz" and f.stem.isdigit():
+                    out.setdefault(int(f.stem), f)
+    return out
+
+
+def _same_root(recorded: Any, root: Path) -> bool:
+    if not recorded:
+        return False
+    try:
+        return Path(str(recorded)).resolve() == Path(root).resolve()
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class Plan:
+    """The next state of a cache. ``rows``: the next row table, each ``{"id", "source",
+    "frame_start", "frame_end", "stamp", "name", "origin", "origin_row"}``; ``samples``: the next
+    label table without its extraction columns (they come from ``rows[feature_row]`` at commit);
+    ``n_before``: store rows now; ``changes``: labels added/removed/changed against the current
+    label table; ``notes``: lines for the log."""
+
+    rows: list[dict[str, Any]]
+    samples: list[dict[str, Any]]
+    n_before: int
+    limit: int | None = None
+    root: str = ""
+    dataset_config: dict[str, Any] = field(default_factory=dict)
+    changes: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    version: int = PLAN_VERSION
+
+    @property
+    def jobs(self) -> list[int]:
+        """Row indices to extract, in row order."""
+        return [i for i, r in enumerate(self.rows) if r["origin"] == JOB]
+
+    @property
+    def adopted(self) -> dict[str, int]:
+        """Rows copied from each schema-1 cache directory (by name)."""
+        out: dict[str, int] = {}
+        for r in self.rows:
+            if r["origin"] not in (SELF, JOB):
+                out[r["origin"]] = out.get(r["origin"], 0) + 1
+        return out
+
+    @property
+    def store_work(self) -> bool:
+        """Whether the store changes (rows to extract or adopt), or only the label table."""
+        return any(r["origin"] != SELF for r in self.rows)
+
+    def to_json(self) -> bytes:
+        return (json.dumps(asdict(self), sort_keys=True, default=str) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "Plan":
+        d = json.loads(text)
+        if d.get("version") != PLAN_VERSION:
+            raise ValueError(f"plan version {d.get('version')!r}, this code reads {PLAN_VERSION}")
+        return cls(**d)
+
+
+def build_plan(
+    samples: Sequence[Any],
+    labels: list[dict[str, Any]],
+    existing: Sequence[Mapping[str, Any]],
+    *,
+    root: Path,
+    retry_failed: bool = False,
+    legacy: Callable[[], list[Legacy]] | None = None,
+) -> Plan:
+    """The plan that gives ``samples`` (with their label rows ``labels``, :func:`base_rows`) features,
+    starting from the store row table ``existing`` (see the module docstring for the rules).
+    ``legacy`` is called only when some row would otherwise be extracted. Fills each label row's
+    ``feature_row``."""
+    memo: dict[str, str] = {}
+    rows: list[dict[str, Any]] = [_row(r, SELF, i) for i, r in enumerate(existing)]
+    status = [str(r.get("status", "ok")) for r in existing]
+    index: dict[tuple, int] = {}
+    for i, r in enumerate(rows):
+        index.setdefault(identity(r), i)
+    failed_window = {identity(r)[:3]: i for i, r in enumerate(rows) if status[i] != "ok"}
+    for s, lab in zip(samples, labels):
+        ident = (lab["source"], lab["frame_start"], lab["frame_end"], source_stamp(s.source, memo))
+        i = index.get(ident)
+        if i is None:
+            j = failed_window.pop(ident[:3], None)
+            new = _row({"id": lab["id"], "source": ident[0], "frame_start": ident[1], "frame_end": ident[2],
+                        "stamp": ident[3]}, JOB, None)
+            if j is not None and rows[j]["origin"] == SELF:
+                i = j  # a failed row whose source changed (the missing video is there now): in place
+                rows[i] = new
+            else:
+                i = len(rows)
+                rows.append(new)
+            index[ident] = i
+        elif retry_failed and i < len(status) and status[i] != "ok" and rows[i]["origin"] == SELF:
+            rows[i] = _row(rows[i], JOB, None)
+        lab["feature_row"] = i
+    if legacy is not None and any(r["origin"] == JOB for r in rows):
+        found = legacy()
+        for r in rows:
+            if r["origin"] != JOB:
+                continue
+            for lg in found:
+                k = lg.by_window.get(identity(r)[:3])
+                if k is not None:
+                    r["origin"], r["origin_row"] = lg.path.name, k
+                    break
+    return Plan(rows=rows, samples=labels, n_before=len(existing), root=str(root))
+
+
+def keep_staged(cache_dir: Path, plan: Plan) -> int:
+    """Append to ``plan`` the ok rows staged in ``cache_dir`` by an earlier plan that this one does not
+    hold (samples removed from the annotation files while they were being extracted), so that their
+    features are kept like any store row. Returns how many."""
+    from .merge import read_staged, staged_files
+
+    planned = {r["name"] for r in plan.rows}
+    added = 0
+    for name, f in sorted(staged_files(cache_dir).items()):
+        if name in planned:
+            continue
+        try:
+            rec, _, _ = read_staged(f)
+        except (OSError, ValueError, KeyError):
+            continue  # unreadable leftovers are not features; the commit's cleanup removes them
+        if rec.get("status") == "ok" and "source" in rec and row_name(identity(rec)) == name:
+            plan.rows.append(_row(rec, JOB, None))
+            added += 1
+    return added
+
+
+def _row(r: Mapping[str, Any], origin: str, origin_row: int | None) -> dict[str, Any]:
+    ident = identity(r)
+    return {"id": str(r["id"]), "source": ident[0], "frame_start": ident[1], "frame_end": ident[2],
+            "stamp": ident[3], "name": row_name(ident), "origin": origin, "origin_row": origin_row}
+
+
+# ----------------------------------------------------------------------------- label table
+
+
+def label_table_rows(samples: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Label rows with their extraction columns taken from their store rows (``rows`` = row records)."""
+    return [{**s, **{k: rows[s["feature_row"]][k] for k in EXTRACTION_COLUMNS}} for s in samples]
+
+
+def labels_hash(rows: Sequence[Mapping[str, Any]]) -> str:
+    """16 hex digits of sha256 over the ids and :data:`LABEL_COLUMNS` of label rows, in order."""
+    blob = json.dumps([[r.get("id")] + [r.get(k) for k in LABEL_COLUMNS] for r in rows], default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def label_changes(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]], keep_ids: int = 20) -> dict[str, Any]:
+    """Samples ``added``, ``removed`` and ``changed`` (any of :data:`LABEL_COLUMNS`) from ``old`` to ``new``
+    label rows: counts, and the first ``keep_ids`` ids of each under ``ids``."""
+    o = {r["id"]: r for r in old}
+    n = {r["id"]: r for r in new}
+    added = [i for i in n if i not in o]
+    removed = [i for i in o if i not in n]
+    changed = [i for i in n if i in o and any(o[i].get(k) != n[i].get(k) for k in LABEL_COLUMNS)]
+    return {"added": len(added), "removed": len(removed), "changed": len(changed),
+            "ids": {"added": added[:keep_ids], "removed": removed[:keep_ids], "changed": changed[:keep_ids]}}
+
+
+def describe_changes(ch: Mapping[str, Any]) -> str:
+    """``"2 changed (05_12, 07_01), 1 added (09_03), 0 removed"`` (at most 5 ids each)."""
+    parts = []
+    for k in ("changed", "added", "removed"):
+        ids = [str(i) for i in ch.get("ids", {}).get(k, [])]
+        shown = ", ".join(ids[:5]) + (", ..." if ch.get(k, 0) > min(len(ids), 5) else "")
+        parts.append(f"{ch.get(k, 0)} {k}" + (f" ({shown})" if ids else ""))
+    return ", ".join(parts)
