@@ -329,6 +329,7 @@ def test_legacy_cache_opens_and_features_adopts_it(tmp_path, capsys):
     assert new.features.tobytes() == c.features.tobytes() and new.video.tobytes() == c.video.tobytes()
     assert Labels.from_table(new.samples).final.tolist() == [10.0, 11.0, 12.0]  # labels from the annotation file
     assert read_manifest(p)["adopted_from"] == [old.name]
+    assert read_manifest(p)["extraction"]["batch_size"] == BS  # what later rows are extracted with
     assert f"3 samples' features copied from {old}" in capsys.readouterr().err
     assert _files(old) == old_files  # the old cache is left as it was (runs trained on it still find it)
     assert verify_cache(p)["ok"] and verify_cache(old)["ok"]

@@ -571,6 +571,10 @@ def extract_features(
             "feature_dim": FEATURE_DIM, "views": view_list, "weights_sha256": wsha, "dtype": c["dtype"],
             "root": str(root), "extraction": {"started": _now_iso()},
         }
+        if plan.adopted:  # rows added later use the batch size and threads the adopted rows were made with
+            first = read_manifest(croot / next(iter(plan.adopted))).get("extraction", {})
+            manifest["extraction"].update({k: first[k] for k in ("batch_size", "device", "torch", "torch_threads")
+                                           if k in first})
         if lead:
             write_manifest(cache_dir, manifest)
     if lead or tr is None:
