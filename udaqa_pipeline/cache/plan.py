@@ -190,14 +190,9 @@ def _legacy_rows(d: Path, m: Mapping[str, Any]) -> dict[tuple, int]:
 
 def legacy_staged(d: Path) -> dict[int, Path]:
     """Sample index -> staged file of a stopped schema-1 extraction (``staging/<shard>/<index:07d>.npz``)."""
-    out: dict[int, Path] = {}
-    root = Path(d) / "staging"
-    if root.is_dir():
-        for sub in sorted(p for p in root.iterdir() if p.is_dir()):
-            for f in sub.iterdir():
-                if f.suffix == ".npz" and f.stem.isdigit():
-                    out.setdefault(int(f.stem), f)
-    return out
+    from .merge import staged_files
+
+    return {int(name): f for name, f in staged_files(d).items() if name.isdigit()}
 
 
 def _same_root(recorded: Any, root: Path) -> bool:
