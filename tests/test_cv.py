@@ -217,7 +217,7 @@ def test_cv_command_end_to_end(cache, tmp_path):
     assert all(len(r["pred_finals"]) == 4 for r in pred if r["method"] == "udaqa")
     assert json.loads((out / "cv.json").read_text())["results"] == m["results"]
     # leave-one-surgeon-out through the library call, reusing nothing of the above
-    louo = cross_validate("jigsaws", cache=cache, seeds=1, split="louo", methods=["ridge"], out=tmp_path / "l",
+    louo = cross_validate("jigsaws", cache=cache, seeds=1, split="louo", methods=["ridge"], run_dir=tmp_path / "l",
                           overrides=FAST, progress=False)
     assert louo["folds"] == [0, 1, 2, 3] and louo["split"] == "louo"
     assert all(math.isfinite(v["mean"]) for v in louo["results"][0]["folds"].values())

@@ -112,10 +112,13 @@ def test_score_argument_errors(trained):
     with pytest.raises(ScoreError, match="no such"):
         score(root / "nope.mp4", run, difficulty=2.0, cache_root=cache_root)
     with pytest.raises(CheckpointError, match="trained on dataset 'mtl', not 'jigsaws'"):
-        score(folder, run, difficulty=2.0, cache_root=cache_root, dataset="jigsaws")
+        score(folder, run, difficulty=2.0, cache_root=cache_root, expect_stage="jigsaws")
     # a rule that takes any panel size accepts --judges
     row = score(folder, run, judges=4, rule="mean", cache_root=cache_root)["rows"][0]
-    assert len(row["judge_scores"]) == 4 and row["final_score"] == pytest.approx(np.mean(row["judge_scores"]))
+    assert len(row["judge_scores"]) == 4 and row["final_scores"][0] == pytest.approx(np.mean(row["judge_scores"]))
+    assert row["samples"] == 50 and row["final_score"] == pytest.approx(np.mean(row["final_scores"]))
+    lo, hi = np.quantile(row["final_scores"], [0.1, 0.9], method="weibull")
+    assert (row["final_lo"], row["final_hi"]) == pytest.approx((lo, hi)) and row["interval_level"] == 0.8
 
 
 def test_score_folder_of_videos_survives_a_bad_file(trained, tmp_path):
@@ -176,13 +179,15 @@ def test_cli_score_json(trained):
                                   "--cache-root", str(cache_root)])
     assert r.exit_code == 0, r.output
     obj = json.loads(r.output)
-    assert len(obj["judge_scores"]) == 7
-    assert obj["final_score"] == pytest.approx(float(apply_rule("mtl_middle3", obj["judge_scores"], 3.0)))
+    assert len(obj["judge_scores"]) == 7 and len(obj["final_scores"]) == 50
+    assert obj["final_scores"][0] == pytest.approx(float(apply_rule("mtl_middle3", obj["judge_scores"], 3.0)))
+    assert obj["final_lo"] <= obj["final_score"] <= obj["final_hi"]
     r = CliRunner().invoke(main, ["score", str(folder), "--run", str(run), "--cache-root", str(cache_root)])
     assert r.exit_code != 0 and "--difficulty" in r.output
     r = CliRunner().invoke(main, ["score", str(folder), "--run", str(run), "--difficulty", "2",
                                   "--cache-root", str(cache_root)])
     assert r.exit_code == 0 and "final score (mtl_middle3, difficulty 2)" in r.output
+    assert "80% interval" in r.output
 
 
 def _rewrite_checkpoint(src_run: Path, dst_run: Path, edit) -> Path:

@@ -26,14 +26,17 @@ Per (method, protocol, group) and seed, over that seed's test folds:
 - ``fisher_z_spearman``: their Fisher-z average, tanh(mean(atanh(rho)));
 - ``pooled_spearman``: rho over every test prediction of the seed pooled (each sample once);
 - ``rl2x100``: mean over folds of R-l2 x100 with the group's range of true final scores
-  (REFERENCE section 4).
+  (REFERENCE section 4);
+- ``coverage80``: share of the seed's test samples whose true final score lies in the central 80%
+  interval of their S >= 50 sampled final scores (pooled over folds; NaN for ridge, which samples
+  nothing).
 
 Each is reported as {"mean", "sd" (over seeds, ddof 1; 0 for one seed), "per_seed"}; ``folds``
 gives every fold's rho as mean and sd over seeds, and ``ensemble`` the same statistics once for the
 prediction averaged over the seeds. With several groups, ``overall`` holds the Fisher-z average over
 groups of each seed's ``mean_fold_spearman``.
 
-Outputs in ``out`` (default ``<runs>/<stage>/cv-<split>``): ``cv.json`` (the dict returned, keys
+Outputs in ``run_dir`` (default ``<runs>/<stage>/cv-<split>``): ``cv.json`` (the dict returned, keys
 above plus ``stage``, ``split``, ``cache``, ``seeds``, ``folds``, ``protocols``, ``methods``,
 ``samples``, ``seconds``, ``predictions``) and ``predictions.parquet``, one row per (method,
 protocol, seed, sample): ``method, protocol, seed, fold, group, id, true_final, pred_final, pred_sd,
@@ -56,7 +59,9 @@ from .config import runs_root
 METHODS = ("udaqa", "i3d+mlp", "ridge")
 PROTOCOL_CHOICES = {"honest": ("honest",), "paper": ("paper",), "both": ("honest", "paper")}
 RIDGE_ALPHAS = np.logspace(-3, 5, 41)
-STATS = ("mean_fold_spearman", "fisher_z_spearman", "pooled_spearman", "rl2x100")
+STATS = ("mean_fold_spearman", "fisher_z_spearman", "pooled_spearman", "rl2x100", "coverage80")
+#: Fewest sampled final scores per test sample for the 80% interval coverage.
+INTERVAL_MIN_SAMPLES = 50
 
 
 def method_overrides(method: str) -> list[str]:
@@ -160,7 +165,7 @@ def _ridge_records(labels: Any, features: np.ndarray, folds: list[int], split: s
 
 def _mean_sd(values: list[float]) -> dict:
     v = np.asarray(values, float)
-    return {"mean": float(np.nanmean(v)) if len(v) else float("nan"),
+    return {"mean": float(np.nanmean(v)) if np.isfinite(v).any() else float("nan"),
             "sd": float(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else 0.0,
             "per_seed": [float(x) for x in v]}
 
@@ -179,9 +184,16 @@ def seed_statistics(rows: list[dict], group_range: float) -> dict:
     y = np.asarray([r["true_final"] for r in rows])
     p = np.asarray([r["pred_final"] for r in rows])
     vals = [v for v in rho.values() if not math.isnan(v)]
+    cov = float("nan")
+    if rows and all(len(r.get("pred_finals") or []) >= INTERVAL_MIN_SAMPLES for r in rows):
+        from .metrics import interval_coverage
+
+        finals = np.stack([np.asarray(r["pred_finals"], float) for r in rows])
+        cov = float(interval_coverage(finals, y, levels=(0.8,))[0])
     return {"fold_spearman": rho, "mean_fold_spearman": float(np.mean(vals)) if vals else float("nan"),
             "fisher_z_spearman": fisher_z_mean(list(rho.values())), "pooled_spearman": spearman(y, p),
-            "rl2x100": float(np.mean(rl2)), "undefined_folds": [f for f, v in rho.items() if math.isnan(v)]}
+            "rl2x100": float(np.mean(rl2)), "coverage80": cov,
+            "undefined_folds": [f for f, v in rho.items() if math.isnan(v)]}
 
 
 def summarize(records: list[dict], ranges: dict[str, float]) -> dict:
@@ -234,10 +246,10 @@ def _ensemble(rows: list[dict]) -> list[dict]:
 def cross_validate(stage: str, *, root: str | Path | None = None, cache: str | Path | None = None,
                    cache_root: str | Path | None = None, overrides: Iterable[str] = (), seeds: int = 5,
                    protocol: str = "honest", split: str = "official", methods: Iterable[str] = METHODS,
-                   jobs: int | None = None, out: str | Path | None = None, samples: int = 50,
+                   jobs: int | None = None, run_dir: str | Path | None = None, samples: int = 50,
                    progress: bool = True) -> dict:
     """Cross-validate ``stage`` (see the module doc); returns the dict also written to
-    ``<out>/cv.json``.
+    ``<run_dir>/cv.json``.
 
     ``root``: the dataset folder for stage one (run only when the cache is missing; ``cache`` skips
     it). ``overrides``: ``section.key=value`` for both stages (``train.*`` keys go to stage two only).
@@ -272,7 +284,7 @@ def cross_validate(stage: str, *, root: str | Path | None = None, cache: str | P
     labels = Labels.from_table(cache_obj.samples)
     folds = fold_ids(labels, split)
     protocols = PROTOCOL_CHOICES[protocol]
-    out = Path(out) if out is not None else runs_root() / stage / f"cv-{split}"
+    out = Path(run_dir) if run_dir is not None else runs_root() / stage / f"cv-{split}"
     out.mkdir(parents=True, exist_ok=True)
 
     records: list[dict] = []
@@ -322,7 +334,7 @@ def format_table(res: dict) -> str:
     lines = [f"cross-validation of {res['stage']}: split {res['split']}, folds {res['folds']}, {n} seed(s) "
              f"(mean +- sd over seeds; ridge is deterministic)",
              f"{'method':<10s}{'protocol':<9s}{'group':<16s}{'mean-fold rho':>16s}{'Fisher-z rho':>16s}"
-             f"{'pooled rho':>16s}{'R-l2 x100':>16s}{'5-seed ens.':>12s}"]
+             f"{'pooled rho':>16s}{'R-l2 x100':>16s}{'80% cover':>16s}{'ens. rho':>10s}"]
 
     def ms(d: dict, digits: int = 3) -> str:
         return f"{d['mean']:.{digits}f} +- {d['sd']:.{digits}f}"
@@ -331,7 +343,7 @@ def format_table(res: dict) -> str:
         ens = r["ensemble"]["mean_fold_spearman"] if r.get("ensemble") else float("nan")
         lines.append(f"{r['method']:<10s}{r['protocol']:<9s}{r['group'][:15]:<16s}{ms(r['mean_fold_spearman']):>16s}"
                      f"{ms(r['fisher_z_spearman']):>16s}{ms(r['pooled_spearman']):>16s}{ms(r['rl2x100'], 2):>16s}"
-                     f"{ens:>12.3f}")
+                     f"{ms(r['coverage80'], 2):>16s}{ens:>10.3f}")
         folds = "  ".join(f"{k}: {v['mean']:.3f}+-{v['sd']:.3f} (n={v['n']})" for k, v in r["folds"].items())
         lines.append(f"{'':<19s}per fold {folds}")
         if r["undefined_folds"]:

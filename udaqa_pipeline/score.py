@@ -25,9 +25,12 @@ Design choices:
   ``dataset.rule``). A rule that multiplies by the difficulty needs ``difficulty`` (clear error
   otherwise). ``judges`` other than the rule's fixed panel size is refused (the rule could not be
   applied); rules taking any count (sum, mean) accept any T.
-- **Output**: S = ``samples`` seeded prior draws (``seed``) of T judges; ``final_score`` is the mean
-  over S of the rule applied to each panel, ``final_std`` its spread, ``uncertainty`` the model's
-  mean predicted log-uncertainty u (the quantity ``evaluate`` reports).
+- **Output**: S = ``samples`` (default 50) seeded draws (``seed``) of T judges from the run's
+  calibrated sampler (:mod:`udaqa_pipeline.calibration`; the paper's prior draws for runs without a
+  fitted calibration, ``calibrated`` False); ``final_score`` is the mean over S of the rule applied
+  to each panel, ``final_lo``/``final_hi`` the central 80% interval of those S final scores,
+  ``final_std`` their spread, ``uncertainty`` the model's mean predicted log-uncertainty u (the
+  quantity ``evaluate`` reports).
 - **Batches**: a folder of videos gives one row per video; a video that cannot be read gets
   ``status`` (missing / corrupt / too_short / error) and the message in its row, and the batch goes
   on. Rows are written to a Parquet table.
@@ -241,7 +244,7 @@ def _group_index(scorer: Scorer, group: str | None) -> torch.Tensor:
 
 
 def score_video(scorer: Scorer, path: str | Path, *, judges: int | None = None, difficulty: float | None = None,
-                samples: int = 1, group: str | None = None, rule: str | None = None, seed: int = 0) -> dict:
+                samples: int = 50, group: str | None = None, rule: str | None = None, seed: int = 0) -> dict:
     """Score one video file or frame folder; raises on an unreadable video (see :func:`score`)."""
     from .cache.extract import featurize, layout_of
     from .datasets.base import Sample
@@ -265,14 +268,31 @@ def score_video(scorer: Scorer, path: str | Path, *, judges: int | None = None, 
                                             t, samples, gi.to(dev), generator=gen)
     panels = panels[0].cpu().numpy().astype(np.float64)  # (S, T)
     finals = apply_rule(r, panels, difficulty if r in DIFFICULTY_RULES else None)
+    lo, hi = final_interval(finals, INTERVAL)
     return {
         "path": str(path), "status": "ok", "error": "", "rule": r, "judges": t, "samples": samples,
         "difficulty": difficulty, "group": group, "judge_scores": panels[0].tolist(), "panels": panels.tolist(),
         "final_score": float(finals.mean()), "final_scores": finals.tolist(),
         "final_std": float(finals.std()), "uncertainty": float(u[0]),
+        "interval_level": INTERVAL, "final_lo": lo, "final_hi": hi,
+        "calibrated": bool(scorer.model.calib.abs().sum() > 0),
         "n_source_frames": int(sf.n_source_frames), "short": bool(sf.short),
         "backbone": "finetuned" if scorer.finetuned else "kinetics-i3d", "run": str(scorer.run_dir),
     }
+
+
+#: Central interval of the sampled final scores that ``score`` reports.
+INTERVAL = 0.8
+
+
+def final_interval(finals: np.ndarray, level: float = INTERVAL) -> tuple[float | None, float | None]:
+    """Central ``level`` interval of S sampled final scores (type-6 quantiles, as
+    :func:`udaqa_pipeline.metrics.interval_coverage`); (None, None) below 10 draws, too few for one."""
+    finals = np.asarray(finals, float)
+    if finals.size < 10:
+        return None, None
+    lo, hi = np.quantile(finals, [(1 - level) / 2, (1 + level) / 2], method="weibull")
+    return float(lo), float(hi)
 
 
 def list_inputs(path: str | Path) -> tuple[bool, list[Path]]:
@@ -297,7 +317,8 @@ def list_inputs(path: str | Path) -> tuple[bool, list[Path]]:
 
 
 ROW_FIELDS = ("path", "status", "error", "rule", "judges", "samples", "difficulty", "group", "judge_scores", "panels",
-              "final_score", "final_scores", "final_std", "uncertainty", "n_source_frames", "short", "backbone", "run")
+              "final_score", "final_scores", "final_std", "interval_level", "final_lo", "final_hi", "calibrated",
+              "uncertainty", "n_source_frames", "short", "backbone", "run")
 
 
 def write_rows(rows: list[dict], out: str | Path) -> Path:
@@ -310,7 +331,8 @@ def write_rows(rows: list[dict], out: str | Path) -> Path:
                         ("difficulty", pa.float64()), ("group", pa.string()),
                         ("judge_scores", pa.list_(pa.float64())), ("panels", pa.list_(pa.list_(pa.float64()))),
                         ("final_score", pa.float64()), ("final_scores", pa.list_(pa.float64())),
-                        ("final_std", pa.float64()), ("uncertainty", pa.float64()),
+                        ("final_std", pa.float64()), ("interval_level", pa.float64()), ("final_lo", pa.float64()),
+                        ("final_hi", pa.float64()), ("calibrated", pa.bool_()), ("uncertainty", pa.float64()),
                         ("n_source_frames", pa.int64()), ("short", pa.bool_()), ("backbone", pa.string()),
                         ("run", pa.string())])
     out = Path(out)
@@ -320,9 +342,9 @@ def write_rows(rows: list[dict], out: str | Path) -> Path:
 
 
 def score(path: str | Path, run_dir: str | Path, *, judges: int | None = None, difficulty: float | None = None,
-          samples: int = 1, group: str | None = None, rule: str | None = None, seed: int = 0,
+          samples: int = 50, group: str | None = None, rule: str | None = None, seed: int = 0,
           device: str | None = None, cache_root: Any = None, out: str | Path | None = None,
-          dataset: str | None = None) -> dict:
+          expect_stage: str | None = None) -> dict:
     """Score ``path`` with the run in ``run_dir``.
 
     Returns ``{"batch": False, "rows": [row]}`` for one video or frame folder, ``{"batch": True,
@@ -335,7 +357,7 @@ def score(path: str | Path, run_dir: str | Path, *, judges: int | None = None, d
     from .datasets.rules import DIFFICULTY_RULES
 
     batch, inputs = list_inputs(path)
-    scorer = _cached_scorer(run_dir, device=device, cache_root=cache_root, dataset=dataset)
+    scorer = _cached_scorer(run_dir, device=device, cache_root=cache_root, dataset=expect_stage)
     r, t = resolve_rule(scorer, judges, rule)
     if r in DIFFICULTY_RULES and difficulty is None:
         raise ScoreError(f"the run's rule {r!r} multiplies the judges by the degree of difficulty: pass "
@@ -367,6 +389,9 @@ def format_row(row: dict) -> str:
     lines = [f"{row['path']}",
              f"  judges (T={row['judges']}, draw 1 of {s}): " + " ".join(f"{j:.2f}" for j in row["judge_scores"]),
              f"  final score ({row['rule']}{d}): {row['final_score']:.2f}"
-             + (f" +- {row['final_std']:.2f} over {s} draws" if s > 1 else ""),
+             + (f", {round(100 * row['interval_level'])}% interval {row['final_lo']:.2f}-{row['final_hi']:.2f}"
+                f" ({'calibrated' if row.get('calibrated') else 'paper sampler, not calibrated'}, {s} draws)"
+                if row.get("final_lo") is not None else
+                (f" +- {row['final_std']:.2f} over {s} draws" if s > 1 else "")),
              f"  uncertainty (predicted log-uncertainty u): {row['uncertainty']:.3f}"]
     return "\n".join(lines)

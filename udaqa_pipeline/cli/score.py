@@ -27,7 +27,8 @@ _DECODE_JOBS = "decoding processes (default: min(8, CPU cores) on GPU, 0 = in th
 @run_option("run directory (holds checkpoint.pt)", required=True)
 @click.option("--judges", type=int, default=None, help="judges T per panel (default: the run's rule needs)")
 @click.option("--difficulty", type=float, default=None, help="degree of difficulty, for rules that multiply by it")
-@click.option("--samples", type=int, default=1, show_default=True, help="panels S drawn per video")
+@click.option("--samples", type=int, default=50, show_default=True,
+              help="panels S drawn per video (the 80% interval of the final score needs 10 or more)")
 @click.option("--group", default=None, help="scaling group (action/task) for runs scaled per group")
 @click.option("--rule", default=None, help="scoring rule (default: the run's dataset rule)")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -45,7 +46,7 @@ def score_cmd(path, run_dir, judges, difficulty, samples, group, rule, seed, dev
     from ..score import format_row, score
 
     res = score(path, run_dir, judges=judges, difficulty=difficulty, samples=samples, group=group, rule=rule,
-                seed=seed, device=device, cache_root=cache_root, out=out, dataset=expect_stage)
+                seed=seed, device=device, cache_root=cache_root, out=out, expect_stage=expect_stage)
     if as_json:
         obj = res if res["batch"] else {**res["rows"][0], **({"out": res["out"]} if "out" in res else {})}
         click.echo(json.dumps(obj, default=float))

@@ -152,5 +152,5 @@ def cv_cmd(stage, root, cache, cache_root, seeds, protocol, split, methods, jobs
     res = cross_validate(stage_or_latest(stage), root=root, cache=cache, cache_root=cache_root, overrides=overrides,
                          seeds=seeds, protocol=protocol, split=split,
                          methods=[m.strip() for m in methods.split(",") if m.strip()],
-                         jobs=jobs, out=run_dir, samples=samples, progress=progress)
+                         jobs=jobs, run_dir=run_dir, samples=samples, progress=progress)
     click.echo(json.dumps(res, indent=1, default=float) if as_json else format_table(res))

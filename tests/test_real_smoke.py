@@ -1,0 +1,76 @@
+"""Smoke test on real surgical video: four JIGSAWS Suturing trials (real MPEG-4 AVI, 640x480, 1-3
+minutes each) through stage one with the real I3D, stage two and evaluation.
+
+The data is research-use and is never copied into the repository: the test reads it where it lies
+(``../shared/data/jigsaws-suturing-capture2`` or ``$UDAQA_REAL_DATA``), links four videos into a
+temporary root and writes that root's label and split files as the four trials' entries of the
+published ones. It skips where the data or the I3D weights are absent. The full cross-validated
+table is ``make bench-real``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from udaqa_pipeline.backbone.weights import weights_path
+from udaqa_pipeline.safe_pickle import safe_load
+
+DATA = Path(os.environ.get("UDAQA_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"
+                           / "jigsaws-suturing-capture2"))
+TRIALS = ["Suturing_B001", "Suturing_C001", "Suturing_C004", "Suturing_D001"]  # official folds 0, 3, 1, 2
+SETTINGS = ["dataset.video={task}/video/{trial}_capture2.avi", 'dataset.tasks=["Suturing"]']
+
+pytestmark = [
+    pytest.mark.skipif(not (DATA / "info" / "label.pkl").is_file(), reason=f"no real JIGSAWS data at {DATA}"),
+    pytest.mark.skipif(not weights_path().is_file(), reason="I3D weights not fetched (`make weights`)"),
+    pytest.mark.usefixtures("one_thread"),
+]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    r = tmp_path_factory.mktemp("jigsaws")
+    (r / "info").mkdir()
+    (r / "Suturing" / "video").mkdir(parents=True)
+    labels = safe_load(DATA / "info" / "label.pkl")
+    splits = safe_load(DATA / "info" / "splits.pkl")
+    folds = [[str(t) for t in np.asarray(f).reshape(-1)] for f in splits["Suturing"]]
+    with (r / "info" / "label.pkl").open("wb") as f:
+        pickle.dump({t: labels[t] for t in TRIALS}, f)
+    with (r / "info" / "splits.pkl").open("wb") as f:
+        pickle.dump({"Suturing": [[t for t in fold if t in TRIALS] for fold in folds]}, f)
+    for t in TRIALS:
+        (r / "Suturing" / "video" / f"{t}_capture2.avi").symlink_to(DATA / "Suturing" / "video" / f"{t}_capture2.avi")
+    return r
+
+
+def test_real_surgical_video_end_to_end(root, tmp_path):
+    from udaqa_pipeline.cache import open_cache
+    from udaqa_pipeline.cache.extract import extract_features
+    from udaqa_pipeline.evaluate import evaluate
+    from udaqa_pipeline.train import train
+
+    cache = extract_features("jigsaws", root, overrides=SETTINGS, cache_root=tmp_path / "cache", progress=False,
+                             strict=True)
+    c = open_cache(cache)
+    t = c.samples.to_pydict()
+    assert sorted(t["id"]) == TRIALS and set(t["status"]) == {"ok"}
+    assert c.features.shape == (4, 1, 10, 1024) and np.isfinite(c.features).all()
+    assert all(n > 1000 for n in t["n_source_frames"])  # 1-3 minutes at ~30 fps, counted from the container
+    assert all(len(ix) == 160 and ix[-1] < n for ix, n in zip(t["frame_indices"], t["n_source_frames"]))
+    # real clips differ from one another: the features are not a constant of the decoder or the model
+    assert np.std(c.features[:, 0].mean(axis=1), axis=0).mean() > 1e-3
+    run = train("jigsaws", cache=cache, fold=0, run_dir=tmp_path / "run", progress=False,
+                overrides=SETTINGS + ["train.epochs=2", "train.select=last", "train.calibrate=none"])
+    m = evaluate(run, cache=cache, make_plots=False)
+    assert m["overall"]["n"] == 1  # fold 0 holds B001 only
+    import pyarrow.parquet as pq
+
+    row = pq.read_table(Path(run) / "eval" / "predictions.parquet").to_pylist()[0]
+    assert row["id"] == "Suturing_B001" and row["true_final"] == 13.0  # the published GRS of B001
+    assert 6.0 <= row["pred_final"] <= 30.0  # six GRS items of 1..5, summed
