@@ -106,7 +106,7 @@ def run(quick: bool = False) -> dict:
         before = model_only()
         stats: dict = {}
         t0 = time.perf_counter()
-        path = extract_features("folder", root, cache_root=tmp / "cache", model=model, batch_size=bs, workers=2,
+        path = extract_features("folder", root, cache_root=tmp / "cache", model=model, batch_size=bs, threads=2,
                                 progress=False, stats=stats)
         e2e_s = time.perf_counter() - t0
         after = model_only()

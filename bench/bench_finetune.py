@@ -74,7 +74,7 @@ def run(quick: bool = False) -> dict:
         generate(root, SynthConfig(n_dives=8, n_frames=max(n_frames, 16), dives_per_video=4), workers=1)
         ov = [f"frames.n_frames={n_frames}", f"clips.n_clips={n_clips}", "clips.clip_len=16",
               f"train.batch_size={BATCH}"]
-        _, cfg, data, src = prepare("mtl", root, run_dir=Path(d) / "run", overrides=ov, device=str(dev), workers=0)
+        _, cfg, data, src = prepare("mtl", root, run_dir=Path(d) / "run", overrides=ov, device=str(dev), jobs=0)
         tcfg = cfg["train"]
         torch.manual_seed(0)
         model = _heads(cfg).to(dev)

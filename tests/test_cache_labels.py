@@ -25,7 +25,7 @@ from udaqa_pipeline.cache.extract import base_rows, extract_features, resolve_co
 from udaqa_pipeline.cache.manifest import key_hash, legacy_key, read_manifest
 from udaqa_pipeline.cache.verify import cache_info, verify_cache
 from udaqa_pipeline.datasets import load_stage_samples
-from udaqa_pipeline.train import Labels
+from udaqa_pipeline.trainset import Labels
 
 BS = 4  # clips per forward; a sample is K = 2 clips (TINY), so one sample is one forward
 VIDEOS = {"a": 14, "b": 13, "c": 16}

@@ -94,7 +94,7 @@ ROWS: dict[str, Row] = {
                             stubs={"udaqa_pipeline.cli.datasets:_human": lambda info: TEXT}),
     "features": Row(["features"], "udaqa_pipeline.cache.extract:extract_features", Path("/data/cache/mtl-0123"),
                     _cells(stage="dataset", root="root", cache_root="cache_root", set="overrides",
-                           progress="progress", no_progress="progress", device="device", threads="workers"),
+                           progress="progress", no_progress="progress", device="device", threads="threads"),
                     stage=["mtl"]),
     "cache info": Row(["cache", "info", "{tmp}"], "udaqa_pipeline.cache.verify:cache_info", RESULT,
                       _cells(json="")),
@@ -120,20 +120,20 @@ ROWS: dict[str, Row] = {
                          json="", jobs="jobs", threads="threads"), stage=["mtl"],
                   stubs={"udaqa_pipeline.ablate:format_table": lambda r: TEXT}),
     "cv": Row(["cv"], "udaqa_pipeline.cv:cross_validate", RESULT,
-              _cells(stage="stage", root="root", cache="cache", cache_root="cache_root", run="out", set="overrides",
+              _cells(stage="stage", root="root", cache="cache", cache_root="cache_root", run="run_dir", set="overrides",
                      progress="progress", no_progress="progress", json="", jobs="jobs"), stage=["mtl"],
               stubs={"udaqa_pipeline.cv:format_table": lambda r: TEXT}),
     "score": Row(["score", "clip.mp4", "--run", "/base/run"], "udaqa_pipeline.score:score",
                  {"batch": False, "rows": [{"status": "ok"}]},
                  # --run is required here: the base call gives one, the cell's (given last) must win
-                 _cells(cache_root="cache_root", run="run_dir", device="device", json=""),
+                 _cells(run="run_dir", device="device", json=""),
                  stubs={"udaqa_pipeline.score:format_row": lambda row: TEXT}, printed={"status": "ok"}),
     "finetune": Row(["finetune"], "udaqa_pipeline.finetune:finetune", Path("/data/runs/x"),
                     _cells(stage="dataset", root="root", run="run_dir", set="overrides", progress="progress",
-                           no_progress="progress", device="device", jobs="workers"), stage=["mtl"]),
+                           no_progress="progress", device="device", jobs="jobs"), stage=["mtl"]),
     "evaluate-finetuned": Row(["evaluate-finetuned", "--run", "/base/run"],
                               "udaqa_pipeline.finetune:evaluate_finetuned", RESULT,
-                              _cells(root="root", run="run_dir", device="device", json="", jobs="workers"),
+                              _cells(root="root", run="run_dir", device="device", json="", jobs="jobs"),
                               stubs={"udaqa_pipeline.evaluate:format_metrics": lambda m: TEXT}),
     "demo": Row([], "udaqa_pipeline.demo:run_demo", {}, _cells(cache_root="cache_root", set="overrides",
                                                                progress="progress", no_progress="progress")),
@@ -255,12 +255,12 @@ def test_every_command_x_every_shared_option(command, option, recorder, tmp_path
 #: Old spellings kept one release: (command line, row, parameter reached, value, the new spelling named).
 DEPRECATED = [
     (["ablate", "--dataset", "mtl"], "ablate", "dataset", "mtl", "STAGE"),
-    (["score", "clip.mp4", "--run", "/r", "--dataset", "mtl"], "score", "dataset", "mtl", "--expect-stage"),
-    (["features", "mtl", "--workers", "3"], "features", "workers", 3, "--threads"),
-    (["finetune", "mtl", "--workers", "3"], "finetune", "workers", 3, "--jobs"),
-    (["evaluate-finetuned", "--run", "/r", "--workers", "3"], "evaluate-finetuned", "workers", 3, "--jobs"),
+    (["score", "clip.mp4", "--run", "/r", "--dataset", "mtl"], "score", "expect_stage", "mtl", "--expect-stage"),
+    (["features", "mtl", "--workers", "3"], "features", "threads", 3, "--threads"),
+    (["finetune", "mtl", "--workers", "3"], "finetune", "jobs", 3, "--jobs"),
+    (["evaluate-finetuned", "--run", "/r", "--workers", "3"], "evaluate-finetuned", "jobs", 3, "--jobs"),
     (["evaluate-finetuned", "/data/runs/ft"], "evaluate-finetuned", "run_dir", "/data/runs/ft", "--run"),
-    (["cv", "mtl", "--out", "/o"], "cv", "out", "/o", "--run"),
+    (["cv", "mtl", "--out", "/o"], "cv", "run_dir", "/o", "--run"),
     (["-o", "a.b=1", "--override", "c.d=2"], "demo", "overrides", ("a.b=1", "c.d=2"), "--set"),
 ]
 
@@ -366,7 +366,8 @@ def test_errors_raised_on_purpose_share_one_base():
     from udaqa_pipeline.finetune import FinetuneError
     from udaqa_pipeline.safe_pickle import UnsafePickleError
     from udaqa_pipeline.score import ScoreError
-    from udaqa_pipeline.train import CheckpointError, TrainingError
+    from udaqa_pipeline.checkpoint import CheckpointError
+    from udaqa_pipeline.train import TrainingError
     from udaqa_pipeline.video.clips import ShortVideoError
     from udaqa_pipeline.video.decode import VideoError
 

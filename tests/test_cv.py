@@ -16,9 +16,9 @@ from udaqa_pipeline.cli import main as cli
 from udaqa_pipeline.config import ConfigError
 from udaqa_pipeline.cv import cross_validate, ridge_predict, seed_statistics, summarize
 from udaqa_pipeline.testing import toy_arrays
-from udaqa_pipeline.train import (CHECKPOINT, CacheSource, Labels, TrainingError, average_weights,
-                                  learning_rate, load_checkpoint, load_run, predict, split_folds,
-                                  subject_folds, train)
+from udaqa_pipeline.checkpoint import CHECKPOINT, load_checkpoint, load_run
+from udaqa_pipeline.train import average_weights, learning_rate, predict, train, TrainingError
+from udaqa_pipeline.trainset import CacheSource, Labels, split_folds, subject_folds
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -22,7 +22,7 @@ from udaqa_pipeline.finetune import (
     estimate_epoch_seconds,
     to_toml,
 )
-from udaqa_pipeline.train import CheckpointError
+from udaqa_pipeline.checkpoint import CheckpointError
 
 FT_TRAIN = ("train.epochs=1", "train.batch_size=2", "train.val_fraction=0.34", "train.eval_samples=2",
             "train.lr=1e-3")
@@ -118,7 +118,7 @@ def test_frame_source_augments_training_steps_only(synth, tmp_path, i3d_state):
 
     ov = TINY + FT_TRAIN + ("finetune.freeze_backbone=true",)  # frozen: no backward needed here
     run, cfg, data, src = prepare("mtl", synth, run_dir=tmp_path / "run", overrides=ov, i3d=_i3d(i3d_state),
-                                  device="cpu", workers=0)
+                                  device="cpu", jobs=0)
     assert (run / "stage.toml").is_file() and cfg["finetune"]["lr_scale"] == 0.1
     assert src.module.lr == pytest.approx(1e-4)  # 0.1 x the heads' lr
     rows = np.array([1])
@@ -143,10 +143,10 @@ def test_frame_source_augments_training_steps_only(synth, tmp_path, i3d_state):
 def test_finetune_run_scores_and_refuses_mismatches(synth, tmp_path, i3d_state):
     from udaqa_pipeline.finetune import evaluate_finetuned, finetune
     from udaqa_pipeline.score import score
-    from udaqa_pipeline.train import load_checkpoint
+    from udaqa_pipeline.checkpoint import load_checkpoint
 
     ov = TINY + FT_TRAIN + ("finetune.freeze_backbone=true", "train.use_curriculum=false")
-    run = finetune("mtl", synth, run_dir=tmp_path / "run", overrides=ov, force=True, progress=False, workers=1,
+    run = finetune("mtl", synth, run_dir=tmp_path / "run", overrides=ov, force=True, progress=False, jobs=1,
                    device="cpu", i3d=_i3d(i3d_state))
     ck = load_checkpoint(run / "checkpoint.pt")
     assert ck["cache_hash"].startswith("ft-") and ck["dataset"] == "mtl"
@@ -214,10 +214,10 @@ def test_checkpointing_and_frozen_bn(i3d_state):
 @pytest.mark.slow
 def test_unfrozen_resume_equals_uninterrupted(synth, tmp_path, i3d_state):
     from udaqa_pipeline.finetune import finetune
-    from udaqa_pipeline.train import load_checkpoint
+    from udaqa_pipeline.checkpoint import load_checkpoint
 
     ov = TINY + FT_TRAIN + ("train.epochs=2",)
-    kw = dict(force=True, progress=False, device="cpu", workers=0)
+    kw = dict(force=True, progress=False, device="cpu", jobs=0)
     a = finetune("mtl", synth, run_dir=tmp_path / "a", overrides=ov, i3d=_i3d(i3d_state), **kw)
     finetune("mtl", synth, run_dir=tmp_path / "b", overrides=ov, i3d=_i3d(i3d_state), stop_after=1, **kw)
     b = finetune("mtl", synth, run_dir=tmp_path / "b", overrides=ov, i3d=_i3d(i3d_state), **kw)

@@ -15,7 +15,7 @@ import torch
 
 from fixtures.videos import encode_video
 from udaqa_pipeline.datasets.rules import apply_rule
-from udaqa_pipeline.train import CheckpointError
+from udaqa_pipeline.checkpoint import CheckpointError
 
 #: mtl stage at the smallest I3D input: L = 9 frames, one 9-frame clip, 193 px, 8x8 video.
 TINY = ("frames.n_frames=9", "clips.n_clips=1", "clips.clip_len=9", "preprocess.resize=193",
@@ -50,7 +50,7 @@ def trained(tmp_path_factory):
     base = tmp_path_factory.mktemp("score")
     root = make_synth(base / "data")
     cache_root = base / "cache"
-    cache = extract_features("mtl", root, overrides=TINY, cache_root=cache_root, progress=False, workers=1)
+    cache = extract_features("mtl", root, overrides=TINY, cache_root=cache_root, progress=False, threads=1)
     run = train("mtl", cache=cache, run_dir=base / "run", overrides=TINY + TRAIN, progress=False)
     return root, cache_root, run
 
@@ -61,7 +61,7 @@ def test_score_frame_folder_and_video_file(trained, tmp_path):
     root, cache_root, run = trained
     folder = root / "frames" / "01_01"
     video = write_mp4(folder, tmp_path / "dive.mkv")
-    res = score(folder, run, difficulty=3.2, samples=3, cache_root=cache_root)
+    res = score(folder, run, difficulty=3.2, samples=3)
     assert res["batch"] is False and "out" not in res
     row = res["rows"][0]
     assert row["status"] == "ok" and row["rule"] == "mtl_middle3" and row["judges"] == 7
@@ -74,7 +74,7 @@ def test_score_frame_folder_and_video_file(trained, tmp_path):
     assert np.isfinite(row["uncertainty"]) and row["backbone"] == "kinetics-i3d"
     assert len(set(map(tuple, panels.tolist()))) == 3  # three independent prior draws
     # a lossless video of the same frames scores identically (same seed)
-    row2 = score(video, run, difficulty=3.2, samples=3, cache_root=cache_root)["rows"][0]
+    row2 = score(video, run, difficulty=3.2, samples=3)["rows"][0]
     assert np.allclose(row2["panels"], row["panels"], atol=1e-5)
 
 
@@ -86,10 +86,10 @@ def test_score_features_match_the_cache(trained):
     from udaqa_pipeline.datasets.base import Sample
     from udaqa_pipeline.datasets.frames import sample_frames
     from udaqa_pipeline.score import load_scorer
-    from udaqa_pipeline.train import load_run
+    from udaqa_pipeline.checkpoint import load_run
 
     root, cache_root, run = trained
-    sc = load_scorer(run, cache_root=cache_root)
+    sc = load_scorer(run)
     cache = open_cache(next(cache_root.glob(f"*-{load_run(run).cache_hash}")))
     frames = sample_frames(Sample(id="x", dataset="user", source=root / "frames" / "01_02", final_score=0.0),
                            sc.config).frames
@@ -106,15 +106,15 @@ def test_score_argument_errors(trained):
     root, cache_root, run = trained
     folder = root / "frames" / "01_01"
     with pytest.raises(ScoreError, match="--difficulty"):
-        score(folder, run, cache_root=cache_root)
+        score(folder, run)
     with pytest.raises(ScoreError, match="exactly 7"):
-        score(folder, run, judges=5, difficulty=2.0, cache_root=cache_root)
+        score(folder, run, judges=5, difficulty=2.0)
     with pytest.raises(ScoreError, match="no such"):
-        score(root / "nope.mp4", run, difficulty=2.0, cache_root=cache_root)
+        score(root / "nope.mp4", run, difficulty=2.0)
     with pytest.raises(CheckpointError, match="trained on dataset 'mtl', not 'jigsaws'"):
-        score(folder, run, difficulty=2.0, cache_root=cache_root, expect_stage="jigsaws")
+        score(folder, run, difficulty=2.0, expect_stage="jigsaws")
     # a rule that takes any panel size accepts --judges
-    row = score(folder, run, judges=4, rule="mean", cache_root=cache_root)["rows"][0]
+    row = score(folder, run, judges=4, rule="mean")["rows"][0]
     assert len(row["judge_scores"]) == 4 and row["final_scores"][0] == pytest.approx(np.mean(row["judge_scores"]))
     assert row["samples"] == 50 and row["final_score"] == pytest.approx(np.mean(row["final_scores"]))
     lo, hi = np.quantile(row["final_scores"], [0.1, 0.9], method="weibull")
@@ -132,7 +132,7 @@ def test_score_folder_of_videos_survives_a_bad_file(trained, tmp_path):
     (vids / "c.mp4").write_bytes(b"\x00not a video" * 100)
     (vids / "notes.txt").write_text("ignored")
     out = tmp_path / "scores.parquet"
-    res = score(vids, run, difficulty=2.5, cache_root=cache_root, out=out)
+    res = score(vids, run, difficulty=2.5, out=out)
     assert res["batch"] and res["out"] == str(out)
     t = pq.read_table(out).to_pydict()
     assert [Path(p).name for p in t["path"]] == ["a.mkv", "b.mkv", "c.mp4"]
@@ -142,7 +142,7 @@ def test_score_folder_of_videos_survives_a_bad_file(trained, tmp_path):
 
 def test_tampered_and_foreign_checkpoints_are_refused(trained, tmp_path):
     from udaqa_pipeline.score import score
-    from udaqa_pipeline.train import CHECKPOINT_FORMAT
+    from udaqa_pipeline.checkpoint import CHECKPOINT_FORMAT
 
     root, cache_root, run = trained
     folder = root / "frames" / "01_01"
@@ -153,7 +153,7 @@ def test_tampered_and_foreign_checkpoints_are_refused(trained, tmp_path):
     raw[len(raw) // 2] ^= 0xFF
     ck.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match=r"checkpoint|SHA-256") as e:
-        score(folder, bad, difficulty=2.0, cache_root=cache_root)
+        score(folder, bad, difficulty=2.0)
     assert str(ck) in str(e.value)
     # another version of the file format
     other = tmp_path / "version"
@@ -163,9 +163,9 @@ def test_tampered_and_foreign_checkpoints_are_refused(trained, tmp_path):
     outer["version"] = 999
     torch.save(outer, other / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="version 999"):
-        score(folder, other, difficulty=2.0, cache_root=cache_root)
+        score(folder, other, difficulty=2.0)
     with pytest.raises(CheckpointError, match="no checkpoint"):
-        score(folder, tmp_path, difficulty=2.0, cache_root=cache_root)
+        score(folder, tmp_path, difficulty=2.0)
 
 
 def test_cli_score_json(trained):
@@ -175,24 +175,22 @@ def test_cli_score_json(trained):
 
     root, cache_root, run = trained
     folder = root / "frames" / "01_01"
-    r = CliRunner().invoke(main, ["score", str(folder), "--run", str(run), "--difficulty", "3.0", "--json",
-                                  "--cache-root", str(cache_root)])
+    r = CliRunner().invoke(main, ["score", str(folder), "--run", str(run), "--difficulty", "3.0", "--json"])
     assert r.exit_code == 0, r.output
     obj = json.loads(r.output)
     assert len(obj["judge_scores"]) == 7 and len(obj["final_scores"]) == 50
     assert obj["final_scores"][0] == pytest.approx(float(apply_rule("mtl_middle3", obj["judge_scores"], 3.0)))
     assert obj["final_lo"] <= obj["final_score"] <= obj["final_hi"]
-    r = CliRunner().invoke(main, ["score", str(folder), "--run", str(run), "--cache-root", str(cache_root)])
+    r = CliRunner().invoke(main, ["score", str(folder), "--run", str(run)])
     assert r.exit_code != 0 and "--difficulty" in r.output
-    r = CliRunner().invoke(main, ["score", str(folder), "--run", str(run), "--difficulty", "2",
-                                  "--cache-root", str(cache_root)])
+    r = CliRunner().invoke(main, ["score", str(folder), "--run", str(run), "--difficulty", "2"])
     assert r.exit_code == 0 and "final score (mtl_middle3, difficulty 2)" in r.output
     assert "80% interval" in r.output
 
 
 def _rewrite_checkpoint(src_run: Path, dst_run: Path, edit) -> Path:
     """A copy of a run whose checkpoint payload ``edit(ck)`` changed (re-sealed, so it stays valid)."""
-    from udaqa_pipeline.train import CHECKPOINT, load_checkpoint, save_checkpoint
+    from udaqa_pipeline.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 
     shutil.copytree(src_run, dst_run)
     ck = load_checkpoint(dst_run / CHECKPOINT)
@@ -206,7 +204,7 @@ def test_checkpoint_carries_what_scoring_needs(trained, tmp_path):
     checkpoint without them still scores through the cache manifest."""
     from udaqa_pipeline.cache.manifest import read_manifest
     from udaqa_pipeline.score import score
-    from udaqa_pipeline.train import load_run
+    from udaqa_pipeline.checkpoint import load_run
 
     root, cache_root, run = trained
     folder = root / "frames" / "01_01"
@@ -214,29 +212,18 @@ def test_checkpoint_carries_what_scoring_needs(trained, tmp_path):
     manifest = read_manifest(next(cache_root.glob(f"*-{ck['cache_hash']}")))
     assert ck["feature_config"] == {k: manifest["config"][k] for k in ("frames", "clips", "preprocess", "cache")}
     assert ck["scoring_rules"] == {"mtl_middle3": 7}
-    ref = score(folder, run, difficulty=3.0, samples=2, cache_root=cache_root)["rows"][0]
-    no_cache = tmp_path / "no-cache"
-    no_cache.mkdir()
+    ref = score(folder, run, difficulty=3.0, samples=2)["rows"][0]
 
     def stale_config(c):  # the run's own config no longer says what the features were extracted with
         c["config"]["frames"]["n_frames"] = 40
         c["config"]["clips"]["n_clips"] = 3
 
     new = _rewrite_checkpoint(run, tmp_path / "new", stale_config)
-    row = score(folder, new, difficulty=3.0, samples=2, cache_root=no_cache)["rows"][0]
+    row = score(folder, new, difficulty=3.0, samples=2)["rows"][0]  # no cache is read: the checkpoint says it all
     assert row["rule"] == "mtl_middle3" and np.allclose(row["panels"], ref["panels"], atol=1e-5)
-
-    def old_format(c):
-        stale_config(c)
-        del c["feature_config"], c["scoring_rules"]
-
-    old = _rewrite_checkpoint(run, tmp_path / "old", old_format)
-    row = score(folder, old, difficulty=3.0, samples=2, cache_root=cache_root)["rows"][0]  # via the manifest
-    assert np.allclose(row["panels"], ref["panels"], atol=1e-5)
 
     def other_rule(c):
         c["scoring_rules"] = {"mean": 5, "mtl_middle3": 7}
 
-    row = score(folder, _rewrite_checkpoint(run, tmp_path / "rule", other_rule), samples=1,
-                cache_root=cache_root)["rows"][0]
+    row = score(folder, _rewrite_checkpoint(run, tmp_path / "rule", other_rule), samples=1)["rows"][0]
     assert row["rule"] == "mean" and row["judges"] == 5  # the checkpoint's rule wins over the cache's

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from udaqa_pipeline.testing import write_toy_cache
-from udaqa_pipeline.train import CHECKPOINT, load_run
+from udaqa_pipeline.checkpoint import CHECKPOINT, load_run
 
 
 def _free_port() -> int:

@@ -16,8 +16,9 @@ from udaqa_pipeline.datasets.rules import apply_rule
 from udaqa_pipeline.evaluate import evaluate
 from udaqa_pipeline.metrics import fisher_z_mean
 from udaqa_pipeline.testing import write_toy_cache
-from udaqa_pipeline.train import (CHECKPOINT, CacheSource, CheckpointError, Labels, load_checkpoint,
-                                  load_run, predict, save_checkpoint, train)
+from udaqa_pipeline.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, load_run, save_checkpoint
+from udaqa_pipeline.train import predict, train
+from udaqa_pipeline.trainset import CacheSource, Labels
 
 SMALL = ["train.batch_size=8", "train.lr=1e-3", "train.wa_hidden=32", "train.video_channels=[4,8,8,8]",
          "train.eval_samples=2", "train.dropout=0.0"]
@@ -134,8 +135,9 @@ def test_per_group_runs_and_evaluate(tmp_path):
     run = train("jigsaws", cache=cache, fold=1, run_dir=tmp_path / "run", progress=False,
                 overrides=SMALL + ["train.epochs=2"])
     assert (run / "Suturing" / CHECKPOINT).exists() and (run / "Knot_Tying" / CHECKPOINT).exists()
-    # one draw per sample: predictions.parquet then holds every sampled judge the metrics saw
-    m = evaluate(run, cache=cache, fold=1, samples=1)
+    # one draw per sample from the paper's sampler (the panel's locations, which the point prediction
+    # is made of): predictions.parquet then holds every sampled judge the metrics saw
+    m = evaluate(run, cache=cache, fold=1, samples=1, sampler="paper", out_dir=run / "eval")
     assert set(m["groups"]) == {"Suturing", "Knot_Tying"}
     assert m["protocol"] == "honest" and m["groups"]["Suturing"]["protocol"] == "honest"
     t = pq.read_table(run / "eval" / "predictions.parquet").to_pydict()
@@ -253,7 +255,7 @@ def test_checkpoint_carries_feature_config_and_scoring_rules(tmp_path):
     {rule: panel size}, in the checkpoint and in config.json."""
     from udaqa_pipeline.cache import open_cache, write_cache
     from udaqa_pipeline.testing import toy_arrays
-    from udaqa_pipeline.train import Labels, feature_config, scoring_rules
+    from udaqa_pipeline.trainset import feature_config, Labels, scoring_rules
 
     a = toy_arrays(n=24)
     a["rows"][0].update(judge_scores=[], rule="sum")  # a single-label sample: identity over its final score
@@ -279,7 +281,8 @@ _DDP_SCRIPT = '''
 import os, sys
 import torch
 from udaqa_pipeline.cache import open_cache
-from udaqa_pipeline.train import CacheSource, train
+from udaqa_pipeline.train import train
+from udaqa_pipeline.trainset import CacheSource
 
 
 class Source(CacheSource):

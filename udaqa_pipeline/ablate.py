@@ -20,7 +20,6 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from .config import runs_root
 
 #: name -> (overrides, paper's MTL-AQA Spearman or None)
 ROWS: dict[str, tuple[list[str], float | None]] = {
@@ -93,19 +92,16 @@ def ablate(dataset: str, *, fold: int = 0, cache: Any = None, cache_root: Any = 
     (default: cores // jobs)."""
     from joblib import Parallel, delayed
 
-    from .train import open_dataset_cache
+    from . import resolve
 
-    if cache is None:
-        from .cache import find_cache
-
-        cache = find_cache(dataset, cache_root)
+    cache = resolve.cache_dir(dataset, cache=cache, cache_root=cache_root)
     names = list(ROWS) if rows is None else rows
     unknown = [n for n in names if n not in ROWS]
     if unknown:
         raise ValueError(f"unknown ablation rows {unknown}; known: {list(ROWS)}")
-    parent = Path(run_dir) if run_dir is not None else runs_root() / dataset / f"ablate-fold{fold}"
+    parent = Path(run_dir) if run_dir is not None else resolve.run_dir(dataset, "ablate", fold=fold)
     before = _store_stamp(cache)
-    open_dataset_cache(dataset, cache, cache_root)  # fail early with the cache's own message
+    resolve.training_set(dataset, cache=cache)  # fail early with the cache's own message
     cores = os.cpu_count() or 1
     jobs = max(1, min(jobs or cores, len(names)))
     threads = threads or max(1, cores // jobs)

@@ -54,7 +54,6 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .config import runs_root
 
 METHODS = ("udaqa", "i3d+mlp", "ridge")
 PROTOCOL_CHOICES = {"honest": ("honest",), "paper": ("paper",), "both": ("honest", "paper")}
@@ -93,7 +92,7 @@ def ridge_predict(features: np.ndarray, y: np.ndarray, train_rows: np.ndarray, t
 def fold_ids(labels: Any, split: str) -> list[int]:
     """The test folds of ``split`` among the ok samples (official: the cache's folds; louo: one per
     surgeon)."""
-    from .train import DEV_INNER, subject_folds
+    from .trainset import DEV_INNER, subject_folds
 
     if split == "louo":
         return list(range(len(subject_folds(labels)[1])))
@@ -108,19 +107,20 @@ def _train_job(stage: str, method: str, protocol: str, seed: int, fold: int, *, 
     """One run (train, or reuse a finished one) -> its test predictions as records."""
     import torch
 
+    from . import resolve
+    from .checkpoint import load_run
     from .evaluate import run_dirs
-    from .train import CacheSource, Labels, load_run, open_dataset_cache, predict, train
+    from .train import predict, train
 
     torch.set_num_threads(threads)
     # checkpoints every 25 epochs: a cv run is short to redo, and a checkpoint per epoch costs more than
     # the epoch itself on small data
     sets = ["train.checkpoint_every=25", *overrides, *method_overrides(method), f"train.seed={seed}"]
-    train(stage, fold=fold, cache=cache, run_dir=run_dir, overrides=sets, protocol=protocol, split=split,
-          progress=False)
-    cache_obj = open_dataset_cache(stage, cache)
-    labels = Labels.from_table(cache_obj.samples)
+    data = resolve.training_set(stage, cache=cache)
+    train(stage, fold=fold, run_dir=run_dir, overrides=sets, protocol=protocol, split=split, progress=False,
+          data=data)
+    labels, src = data.labels, data.source
     pos = {s: i for i, s in enumerate(labels.ids)}
-    src = CacheSource(cache_obj)
     out = []
     for rd in run_dirs(run_dir):
         run = load_run(rd)
@@ -146,7 +146,7 @@ def _record(method: str, protocol: str, seed: int, fold: int, labels: Any, r: in
 
 def _ridge_records(labels: Any, features: np.ndarray, folds: list[int], split: str, protocols: Iterable[str]
                    ) -> list[dict]:
-    from .train import split_folds
+    from .trainset import split_folds
 
     out = []
     for fold in folds:
@@ -234,9 +234,11 @@ def summarize(records: list[dict], ranges: dict[str, float]) -> dict:
 
 
 def _ensemble(rows: list[dict]) -> list[dict]:
-    by_id: dict[str, list[dict]] = {}
+    """One row per (fold, sample) with the prediction averaged over seeds (under ``split="dev"`` a
+    sample is tested in several folds)."""
+    by_id: dict[tuple, list[dict]] = {}
     for r in rows:
-        by_id.setdefault(r["id"], []).append(r)
+        by_id.setdefault((r["fold"], r["id"]), []).append(r)
     return [{**rs[0], "pred_final": float(np.mean([r["pred_final"] for r in rs]))} for rs in by_id.values()]
 
 
@@ -261,8 +263,9 @@ def cross_validate(stage: str, *, root: str | Path | None = None, cache: str | P
     from joblib import Parallel, delayed
     from tqdm import tqdm
 
+    from . import resolve
     from .cache.extract import extract_features
-    from .train import SPLITS, Labels, open_dataset_cache
+    from .trainset import SPLITS
 
     methods = list(methods)
     bad = [m for m in methods if m not in METHODS]
@@ -279,17 +282,17 @@ def cross_validate(stage: str, *, root: str | Path | None = None, cache: str | P
     if cache is None:
         stage_one = [o for o in overrides if not o.strip().startswith("train.")]
         cache = extract_features(stage, root, overrides=stage_one, cache_root=cache_root, progress=progress)
-    cache = str(cache)
-    cache_obj = open_dataset_cache(stage, cache)
-    labels = Labels.from_table(cache_obj.samples)
+    cache = str(resolve.cache_dir(stage, cache=cache, cache_root=cache_root))
+    data = resolve.training_set(stage, cache=cache)
+    labels = data.labels
     folds = fold_ids(labels, split)
     protocols = PROTOCOL_CHOICES[protocol]
-    out = Path(run_dir) if run_dir is not None else runs_root() / stage / f"cv-{split}"
+    out = Path(run_dir) if run_dir is not None else resolve.run_dir(stage, "cv", split=split)
     out.mkdir(parents=True, exist_ok=True)
 
     records: list[dict] = []
     if "ridge" in methods:
-        records += _ridge_records(labels, cache_obj.features[:, 0], folds, split, protocols)
+        records += _ridge_records(labels, data.source.features[:, 0], folds, split, protocols)
     tasks = [(m, p, s, f) for m in methods if m != "ridge" for p in protocols for s in range(seeds) for f in folds]
     cores = os.cpu_count() or 1
     n_jobs = max(1, min(jobs or cores, len(tasks) or 1))

@@ -93,7 +93,8 @@ def _fmt_panel(p: list[float] | np.ndarray) -> str:
 
 def _train_stage(cache_dir: Path, run_dir: Path, overrides: list[str], progress: bool) -> tuple[Path, bool]:
     """Train (or reuse) the demo run; returns (run_dir, reused)."""
-    from .train import CHECKPOINT, CheckpointError, load_checkpoint, resolve_config, train
+    from .checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
+    from .train import resolve_config, train
 
     ckpt = run_dir / CHECKPOINT
     epochs = int(resolve_config(STAGE, overrides)["train"]["epochs"])

@@ -1,8 +1,9 @@
 """Score a trained run on its test fold: metrics JSON, predictions Parquet, PNG plots.
 
-- Predicted final score = mean over S prior draws of the scoring rule applied to T sampled judges
-  (T = the rule's panel size, or ``judges``); the S sampled final scores give its spread and its
-  central intervals. The Parquet keeps the T judges of the first draw and the 80% interval.
+- Predicted final score = mean over S prior draws of the scoring rule applied to T sampled judges'
+  locations (T = the rule's panel size, or ``judges``; see ``train.predict``); the S sampled final
+  scores of the (calibrated) sampler give its spread and its central intervals. The Parquet keeps
+  the T judges of the first draw and the 80% interval.
 - Headline: Spearman's rho over the test set; with several groups (JIGSAWS tasks, AQA-7 actions)
   the Fisher-z average of the per-group rho, because a rho pooled over groups mostly measures how
   well the groups' score ranges are told apart (a model predicting each group's mean gets a high
@@ -11,7 +12,8 @@
   silently.
 - Panel calibration (:func:`udaqa_pipeline.metrics.calibration_metrics`) on samples whose real panel
   has more than one judge and as many judges as were sampled: CRPS, panel coverage with its nominal
-  (T-1)/(T+1), spread error, KDE negative log-likelihood, central-interval coverage of the judges.
+  (T-1)/(T+1), spread error, KDE negative log-likelihood, central-interval coverage of the judges,
+  Spearman of the model's log-uncertainty u against the real panel's sd.
 - Final-score calibration (every dataset, S >= 50 draws): coverage of the central 10..90% intervals
   of the S sampled final scores against the true final score
   (:func:`udaqa_pipeline.metrics.final_score_calibration`) and a reliability plot.
@@ -32,29 +34,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import plots
-from .config import cache_root as _cache_root
+from .checkpoint import CheckpointError, load_run
 from .metrics import calibration_metrics, final_score_calibration, fisher_z_mean, score_metrics, spearman
-from .train import (LOG, CacheSource, CheckpointError, Labels, default_run_dir, load_run, predict)
+from .train import LOG, predict, safe_name
+from .trainset import Labels, TrainingSet
 
 
-def _open_cache_for(run, cache: Any, cache_root: Any):
-    from .cache import find_cache, open_cache
+def run_training_set(run: Any, *, cache: Any = None, cache_root: Any = None, source: Any = None) -> TrainingSet:
+    """The training set a run is evaluated on: ``cache`` when given, else the cache the run was
+    trained on (found by the hash it recorded); refused (:class:`CheckpointError`) when the cache's
+    features are not the run's."""
+    from . import resolve
 
-    want = run.cache_hash
-    name = run.config.get("dataset", {}).get("name", "")
-    if cache is not None and not isinstance(cache, (str, Path)):
-        obj = cache
-    elif cache is not None:
-        obj = open_cache(cache)
-    else:
-        # Caches are named <stage>-<hash> and the stage name need not be the adapter's
-        # dataset.name (stages/demo.toml reads the mtl adapter): find the run's cache by its hash.
-        direct = sorted(_cache_root(cache_root).glob(f"*-{want}"))
-        obj = open_cache(direct[0] if direct else find_cache(name, cache_root))
-    if str(obj.manifest["config_hash"]) != want:
-        raise CheckpointError(f"the run was trained on cache {name}-{want}, but the cache found is "
-                              f"{obj.manifest['config_hash']}; pass --cache with the training cache or retrain")
-    return obj
+    data = resolve.training_set(run.config.get("dataset", {}).get("name"), cache=cache, cache_root=cache_root,
+                                cache_hash=None if cache is not None else run.cache_hash, source=source)
+    if data.provenance.cache_hash != run.cache_hash:
+        raise CheckpointError(f"the run was trained on features {run.cache_hash}, but the cache given is "
+                              f"{data.provenance.cache_hash}; pass --cache with the training cache or retrain")
+    return data
 
 
 def run_dirs(run_dir: Path) -> list[Path]:
@@ -62,17 +59,20 @@ def run_dirs(run_dir: Path) -> list[Path]:
     gj = run_dir / "groups.json"
     if gj.exists():
         groups = json.loads(gj.read_text())["groups"]
-        from .train import _safe
-
-        return [run_dir / _safe(g) for g in groups]
+        return [run_dir / safe_name(g) for g in groups]
     return [run_dir]
 
 
 def evaluate(run_dir: str | Path | None = None, *, dataset: str | None = None, fold: int | None = None,
              cv: int | None = None, split: str = "official", cache: Any = None, cache_root: Any = None,
              judges: int | None = None, samples: int = 50, seed: int = 0, make_plots: bool = True,
-             source: Any = None, sampler: str = "calibrated", out_dir: str | Path | None = None) -> dict:
+             source: Any = None, sampler: str = "calibrated", out_dir: str | Path | None = None,
+             data: TrainingSet | None = None) -> dict:
     """Evaluate the run in ``run_dir`` (default ``<runs>/<dataset>/fold<fold>``) on its test fold.
+
+    The test rows come from ``data`` when given (fine-tuning's frames), else from the run's cache
+    (:func:`run_training_set`: ``cache`` or the one the run was trained on), read through ``source``
+    when given.
 
     ``judges``: number of sampled judges T per panel (default: the rule's); ``samples``: draws S
     (final-score intervals need S >= 50; with fewer they are left out and ``final_calibration``
@@ -90,20 +90,21 @@ def evaluate(run_dir: str | Path | None = None, *, dataset: str | None = None, f
     if run_dir is None:
         if dataset is None:
             raise ValueError("pass run_dir or dataset")
-        run_dir = default_run_dir(dataset, fold or 0, cv, split=split)
+        from . import resolve
+
+        run_dir = resolve.run_dir(dataset, fold=fold or 0, cv=cv, split=split)
     run_dir = Path(run_dir)
-    ids, group, y, finals, u, panels, real = [], [], [], [], [], [], []
+    ids, group, y, pred, finals, u, panels, real = [], [], [], [], [], [], [], []
     meta: dict[str, Any] = {}
-    cache_obj = None
     for rd in run_dirs(run_dir):
         run = load_run(rd)
         ck = run.checkpoint
         if fold is not None and ck["fold"] != fold:
             raise CheckpointError(f"{rd} was trained for test fold {ck['fold']}, not {fold}; "
                                   f"train with --fold {fold} or pass the matching --run")
-        if cache_obj is None:
-            cache_obj = _open_cache_for(run, cache, cache_root)
-        labels = Labels.from_table(cache_obj.samples)
+        if data is None:
+            data = run_training_set(run, cache=cache, cache_root=cache_root, source=source)
+        labels = data.labels
         pos = {s: i for i, s in enumerate(labels.ids)}
         test_ids = ck["split"]["test"]
         missing = [s for s in test_ids if s not in pos]
@@ -114,7 +115,7 @@ def evaluate(run_dir: str | Path | None = None, *, dataset: str | None = None, f
             continue
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, not {sampler!r}")
-        src = source or CacheSource(cache_obj)
+        src = data.source
         p = predict(run.model, src, labels, rows, run.scaling, n_samples=samples, n_judges=judges, seed=seed,
                     calibrated=sampler == "calibrated")
         if sampler == "residual":
@@ -123,6 +124,7 @@ def evaluate(run_dir: str | Path | None = None, *, dataset: str | None = None, f
             ids.append(labels.ids[r])
             group.append(labels.group[r])
             y.append(labels.final[r])
+            pred.append(p["final"][k])
             finals.append(p["finals"][k])
             u.append(p["u"][k])
             panels.append(p["panels"][k])
@@ -137,7 +139,7 @@ def evaluate(run_dir: str | Path | None = None, *, dataset: str | None = None, f
     if not ids:
         raise CheckpointError(f"{run_dir}: the test fold is empty")
     y_a, u_a, fin = np.asarray(y, float), np.asarray(u, float), np.stack(finals)
-    p_a, s_a = fin.mean(axis=1), fin.std(axis=1)
+    p_a, s_a = np.asarray(pred, float), fin.std(axis=1)
     protocols = sorted({m["protocol"] for m in meta.values()})
     protocol = protocols[0] if len(protocols) == 1 else "mixed"
     out: dict[str, Any] = {"protocol": protocol, "run": str(run_dir), "samples": samples,
@@ -188,21 +190,20 @@ def residual_prediction(run: Any, src: Any, labels: Labels, rows: np.ndarray, p:
     """Baseline (b) of the calibration table: the model's predicted judge mean (mean over the paper
     sampler's draws) plus residuals drawn from the pool of the training rows' residuals (real judge
     minus predicted judge mean), each judge independently; ``p`` (:func:`predict` of ``rows``) gets
-    its panels, finals and final replaced."""
+    its panels and sampled finals replaced (its point prediction is kept)."""
     from .calibration import residual_panels
     from .datasets.rules import apply_rule
 
     fit = np.asarray([pos[s] for s in run.checkpoint["split"]["fit"] if s in pos], int)
     pf = predict(run.model, src, labels, fit, run.scaling, n_samples=samples, seed=seed, calibrated=False)
     pool = np.concatenate([labels.judges[r] - pf["panels"][k].mean() for k, r in enumerate(fit)])
-    out = dict(p, panels=list(p["panels"]), finals=np.empty_like(p["finals"]), final=np.empty_like(p["final"]))
+    out = dict(p, panels=list(p["panels"]), finals=np.empty_like(p["finals"]))
     for k, r in enumerate(rows):
         s_, t = p["panels"][k].shape
         pan = residual_panels(np.asarray([p["panels"][k].mean()]), pool, t, s_, seed=seed + k)[0]
         out["panels"][k] = pan
         out["finals"][k] = apply_rule(labels.rule[r], pan, labels.difficulty_of(r))
-        out["final"][k] = out["finals"][k].mean()
-    return out
+    return out  # the point prediction stays the model's: only the spread is the baseline's
 
 
 #: Fewest prior draws per sample for final-score intervals (their quantiles are too coarse below).

@@ -51,7 +51,7 @@ Design choices:
 from __future__ import annotations
 
 import contextlib
-import inspect
+import copy
 import math
 import os
 import time
@@ -65,7 +65,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .config import ConfigError, load_stage, runs_root
+from . import resolve
+from .config import ConfigError, load_stage
 from .errors import UdaqaError
 
 #: Defaults of the ``[finetune]`` section (see the module docstring).
@@ -310,20 +311,20 @@ def _first(batch: list) -> Any:
 
 
 class FrameData:
-    """What the stage-two loop reads from a cache, built from the dataset itself (no features).
+    """A dataset's samples and a run's config as stage two's input without a cache: the label table
+    and provenance of the samples (every row ``ok``: a frame that cannot be read fails its batch),
+    ``sample_list`` and ``config`` for the frame source. :meth:`training_set` pairs them with a
+    feature source.
 
-    ``manifest`` (config_hash, dataset), ``samples`` (the cache's sample table, every row ``ok``),
-    ``features`` (only its ``.shape`` is read), plus ``sample_list`` and the resolved ``config``.
-    """
+    The provenance's ``cache_hash`` (``ft-...``) names the samples and the frame/clip/preprocess
+    settings, not the backbone's weights (the features are computed while training), so evaluating a
+    fine-tuned run rebuilds the same hash from the same dataset and refuses a changed one."""
 
-    class _Shape:
-        def __init__(self, shape: tuple[int, ...]) -> None:
-            self.shape = shape
-
-    def __init__(self, stage: str, cfg: dict, samples: Sequence[Any], root: Path, weights_sha256: str) -> None:
+    def __init__(self, stage: str, cfg: dict, samples: Sequence[Any], root: Path) -> None:
         from .cache import samples_table
-        from .cache.extract import base_rows, layout_of, samples_fingerprint
+        from .cache.extract import base_rows, samples_fingerprint
         from .cache.manifest import extraction_key, key_hash
+        from .trainset import FEATURE_SECTIONS, Labels, Provenance
 
         self.sample_list = list(samples)
         self.config = cfg
@@ -331,13 +332,18 @@ class FrameData:
         fp = samples_fingerprint(rows)
         for r in rows:
             r["status"] = "ok"
-        self.samples = samples_table(rows)
-        k = len(layout_of(cfg).starts)
-        self.features = self._Shape((len(rows), 1, k, 1024))
+        self.labels = Labels.from_table(samples_table(rows))
         key = extraction_key(dataset=stage, cfg=cfg, views=[{"flip": False, "shift": 0}], dtype="finetune",
-                             weights_sha256=weights_sha256, samples_fingerprint=fp)
-        self.manifest = {"config_hash": "ft-" + key_hash(key), "dataset": stage, "config": cfg,
-                         "hashed": key, "finetune": True}
+                             weights_sha256="frames", samples_fingerprint=fp)
+        self.provenance = Provenance(stage=stage, adapter=str(cfg["dataset"].get("name", stage)),
+                                     cache_hash="ft-" + key_hash(key),
+                                     feature_config={k: copy.deepcopy(cfg[k]) for k in FEATURE_SECTIONS if k in cfg})
+
+    def training_set(self, source: Any) -> Any:
+        """The :class:`~udaqa_pipeline.trainset.TrainingSet` of these samples read through ``source``."""
+        from .trainset import TrainingSet
+
+        return TrainingSet(self.labels, source, self.provenance, n_features=1024)
 
 
 class FrameSource:
@@ -453,12 +459,6 @@ def write_stage(dataset: str | Path, run_dir: Path) -> Path:
     return path
 
 
-def default_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
-    return torch.device("cpu")
-
-
 def build_backbone(cfg: dict, device: torch.device, i3d: nn.Module | None = None) -> Backbone:
     """The Kinetics I3D (cached weights) wrapped as a trainable :class:`Backbone` per ``cfg``."""
     from .backbone.weights import load_i3d
@@ -480,8 +480,6 @@ def time_step(backbone: Backbone, cfg: dict, batch_size: int, *, n_videos: int |
 
     ``n_videos`` videos of K clips each (default ``batch_size`` on CUDA, 1 on CPU, scaled to
     ``batch_size``). Returns seconds per step (batch ``batch_size``) and per video inference."""
-    import copy
-
     from .cache.extract import layout_of
 
     dev = next(backbone.i3d.parameters()).device
@@ -551,16 +549,14 @@ def _load_samples(cfg: dict, stage: str, root: str | Path | None, limit: int | N
 
 def prepare(dataset: str, root: str | Path | None = None, *, run_dir: str | Path | None = None, fold: int = 0,
             cv: int | None = None, overrides: Iterable[str] = (), samples: Sequence[Any] | None = None,
-            limit: int | None = None, device: str | torch.device | None = None, workers: int | None = None,
+            limit: int | None = None, device: str | torch.device | None = None, jobs: int | None = None,
             i3d: nn.Module | None = None) -> tuple[Path, dict, FrameData, FrameSource]:
     """Resolve the run's config and build its frame data and trainable source (no training)."""
-    from .backbone.weights import weights_sha256
     from .cache.extract import stage_name
     from .train import resolve_config
 
     stage = stage_name(dataset)
-    cv_part = f"cv{cv}-fold{fold}" if cv is not None else f"fold{fold}"
-    run = Path(run_dir) if run_dir is not None else runs_root() / stage / f"finetune-{cv_part}"
+    run = Path(run_dir) if run_dir is not None else resolve.run_dir(stage, "finetune", fold=fold, cv=cv)
     cfg = resolve_config(str(write_stage(dataset, run)), list(overrides))
     if cfg["train"]["per_group"]:
         raise FinetuneError("train.per_group with a fine-tuned backbone would carry one group's backbone into the "
@@ -569,18 +565,17 @@ def prepare(dataset: str, root: str | Path | None = None, *, run_dir: str | Path
         samples, root_p = _load_samples(cfg, stage, root, limit)
     else:
         root_p = Path(root if root is not None else ".")
-    dev = torch.device(device) if device is not None else default_device()
-    wsha = "state" if i3d is not None else weights_sha256()
-    data = FrameData(stage, cfg, samples, root_p, wsha)
-    if workers is None:
-        workers = min(8, os.cpu_count() or 1) if dev.type == "cuda" else 0
-    src = FrameSource(data, build_backbone(cfg, dev, i3d), workers=workers)
+    dev = torch.device(resolve.device(device))
+    data = FrameData(stage, cfg, samples, root_p)
+    if jobs is None:
+        jobs = min(8, os.cpu_count() or 1) if dev.type == "cuda" else 0
+    src = FrameSource(data, build_backbone(cfg, dev, i3d), workers=jobs)
     return run, cfg, data, src
 
 
 def finetune(dataset: str, root: str | Path | None = None, *, fold: int = 0, cv: int | None = None,
              run_dir: str | Path | None = None, overrides: Iterable[str] = (), protocol: str = "honest",
-             resume: bool = True, progress: bool = True, force: bool = False, workers: int | None = None,
+             resume: bool = True, progress: bool = True, force: bool = False, jobs: int | None = None,
              device: str | None = None, max_epoch_minutes: float = 30.0, stop_after: int | None = None,
              limit: int | None = None, samples: Sequence[Any] | None = None,
              i3d: nn.Module | None = None) -> Path:
@@ -589,16 +584,16 @@ def finetune(dataset: str, root: str | Path | None = None, *, fold: int = 0, cv:
     Same arguments as :func:`udaqa_pipeline.train.train` where they overlap (``overrides`` also take
     ``finetune.*`` keys: lr_scale, freeze_backbone, freeze_bn, amp, checkpointing, max_shift, flip,
     random_crop). ``root``: the dataset folder (default the stage's ``dataset.root``). ``force``: run
-    even when the estimated epoch exceeds ``max_epoch_minutes``. ``workers``: decoding processes.
+    even when the estimated epoch exceeds ``max_epoch_minutes``. ``jobs``: decoding processes.
     ``limit``: the first N samples only. ``samples`` / ``i3d``: explicit samples and backbone (tests).
     Default run dir: ``<runs>/<stage>/finetune-fold<k>``.
     """
-    from .train import Labels, carve_validation, split_folds
     from .train import train as train_loop
+    from .trainset import carve_validation, split_folds
 
     run, cfg, data, src = prepare(dataset, root, run_dir=run_dir, fold=fold, cv=cv, overrides=overrides,
-                                  samples=samples, limit=limit, device=device, workers=workers, i3d=i3d)
-    labels = Labels.from_table(data.samples)
+                                  samples=samples, limit=limit, device=device, jobs=jobs, i3d=i3d)
+    labels = data.labels
     tr, te = split_folds(labels, fold, cv, int(cfg["train"]["seed"]))
     n_sel = len(te) if protocol == "paper" else max(1, int(round(float(cfg["train"]["val_fraction"]) * len(tr))))
     if protocol == "honest":
@@ -606,25 +601,22 @@ def finetune(dataset: str, root: str | Path | None = None, *, fold: int = 0, cv:
     if not force:  # forced runs skip the timing step altogether
         _check_time(src, cfg, len(tr) - (n_sel if protocol == "honest" else 0), n_sel, src.workers,
                     max_epoch_minutes, force)
-    kwargs: dict[str, Any] = {}
-    if "device" in inspect.signature(train_loop).parameters:
-        kwargs["device"] = str(next(src.module.i3d.parameters()).device)
     try:
-        return train_loop(str(run / "stage.toml"), fold=fold, cv=cv, cache=data, run_dir=run, overrides=overrides,
-                          protocol=protocol, resume=resume, progress=progress, source=src, stop_after=stop_after,
-                          **kwargs)
+        return train_loop(str(run / "stage.toml"), fold=fold, cv=cv, data=data.training_set(src), run_dir=run,
+                          overrides=overrides, protocol=protocol, resume=resume, progress=progress,
+                          stop_after=stop_after, device=str(next(src.module.i3d.parameters()).device))
     finally:
         src.close()
 
 
 def evaluate_finetuned(run_dir: str | Path, root: str | Path | None = None, *, judges: int | None = None,
-                       samples: int = 10, device: str | None = None, workers: int | None = None,
+                       samples: int = 50, device: str | None = None, jobs: int | None = None,
                        make_plots: bool = True) -> dict:
     """Stage two's :func:`~udaqa_pipeline.evaluate.evaluate` on a fine-tuned run: the test videos'
     features are computed from their frames with the run's fine-tuned backbone (centre view)."""
     from .backbone.i3d import I3D
     from .evaluate import evaluate
-    from .train import load_run
+    from .checkpoint import load_run
 
     run_dir = Path(run_dir)
     run = load_run(run_dir)
@@ -632,18 +624,21 @@ def evaluate_finetuned(run_dir: str | Path, root: str | Path | None = None, *, j
     if state is None:
         raise FinetuneError(f"{run_dir} has no fine-tuned backbone; evaluate it with `udaqa-pipeline evaluate`")
     cfg = run.config
-    stage = str(run.checkpoint.get("dataset") or cfg["dataset"].get("name", ""))
+    stage = str(run.checkpoint.get("stage") or run.checkpoint.get("dataset") or cfg["dataset"].get("name", ""))
     samples_, root_p = _load_samples(cfg, stage, root, None)
-    dev = torch.device(device) if device is not None else default_device()
+    dev = torch.device(resolve.device(device))
     i3d = I3D()
     i3d.load_state_dict(i3d_state(state))
-    data = FrameData(stage, cfg, samples_, root_p, "eval")
-    data.manifest["config_hash"] = run.cache_hash  # labels come from these samples, features from `src`
-    if workers is None:
-        workers = min(8, os.cpu_count() or 1) if dev.type == "cuda" else 0
-    src = FrameSource(data, build_backbone(cfg, dev, i3d), workers=workers)
+    data = FrameData(stage, cfg, samples_, root_p)
+    if data.provenance.cache_hash != run.cache_hash:
+        raise FinetuneError(f"the samples or frame settings under {root_p} are not the ones {run_dir} was fine-tuned "
+                            f"on ({data.provenance.cache_hash} vs {run.cache_hash}); pass the same --root and stage")
+    if jobs is None:
+        jobs = min(8, os.cpu_count() or 1) if dev.type == "cuda" else 0
+    src = FrameSource(data, build_backbone(cfg, dev, i3d), workers=jobs)
     try:
         with torch.no_grad():
-            return evaluate(run_dir, cache=data, source=src, judges=judges, samples=samples, make_plots=make_plots)
+            return evaluate(run_dir, data=data.training_set(src), judges=judges, samples=samples,
+                            make_plots=make_plots)
     finally:
         src.close()

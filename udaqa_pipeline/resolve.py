@@ -1,15 +1,26 @@
-"""What a command works on when the user does not say: today the stage, from the runs on disk.
+"""The one resolver: what a command works on when the user does not say it all.
 
-A command of stage two (``train``, ``evaluate``, ``ablate``, ``cv``, ``finetune``) given no stage
-name takes the stage of the most recent run (:func:`stage_from_runs`), so ``make train`` and then
-``udaqa-pipeline evaluate --fold 2`` work without repeating the dataset.
+- the stage (:func:`stage_from_runs`): a command of stage two (``train``, ``evaluate``, ``ablate``,
+  ``cv``, ``finetune``) given no stage name takes the stage of the most recent run, so ``make
+  train`` and then ``udaqa-pipeline evaluate --fold 2`` work without repeating the dataset;
+- the device (:func:`device`): the explicit one, else CUDA (the rank's local GPU under torchrun)
+  when present, else the CPU;
+- a run directory (:func:`run_dir`): ``<runs>/<stage>/...`` by what the run is;
+- a cache (:func:`cache_dir`): an explicit directory, the one a run was trained on (by its hash),
+  or the stage's newest complete cache;
+- stage two's input (:func:`training_set`): labels, feature source and provenance of a cache.
+
+Nothing else in the package looks caches up, picks a device or names a run directory.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
+from typing import Any
 
+from .config import cache_root as _cache_root
 from .config import runs_root as _runs_root
 from .errors import UdaqaError
 
@@ -64,3 +75,76 @@ def stage_from_runs(runs_root: str | Path | None = None) -> str:
                            f"within {AMBIGUOUS_WITHIN_S:.0f} s of each other ({', '.join(close)}); name the "
                            f"stage as the first argument. Runs by stage, newest first: {listing}")
     return ranked[0][0]
+
+
+def device(explicit: Any = None) -> str:
+    """``explicit`` as a string, else ``cuda:<LOCAL_RANK>`` when CUDA is available (0 outside
+    torchrun), else ``cpu``."""
+    if explicit is not None:
+        return str(explicit)
+    import torch
+
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+
+
+#: Run directory names under ``<runs>/<stage>/`` by kind (see :func:`run_dir`).
+RUN_KINDS = ("train", "finetune", "ablate", "cv")
+
+
+def run_dir(stage: str, kind: str = "train", *, fold: int = 0, cv: int | None = None, split: str = "official",
+            runs_root: str | Path | None = None) -> Path:
+    """Default directory of a run: ``<runs>/<stage>/`` + ``fold<k>`` (train; ``cv<K>-fold<k>`` with
+    ``--cv K``, ``<split>-fold<k>`` for another split), ``finetune-fold<k>``, ``ablate-fold<k>`` or
+    ``cv-<split>``. ``stage`` may be a stage TOML path (its stem is used)."""
+    if kind not in RUN_KINDS:
+        raise ValueError(f"run kind must be one of {RUN_KINDS}, not {kind!r}")
+    p = Path(str(stage))
+    name = p.stem if p.suffix == ".toml" else str(stage)
+    folds = f"fold{fold}" if cv is None else f"cv{cv}-fold{fold}"
+    leaf = {"train": folds if split == "official" else f"{split}-{folds}", "finetune": f"finetune-{folds}",
+            "ablate": f"ablate-fold{fold}", "cv": f"cv-{split}"}[kind]
+    return _runs_root(runs_root) / name / leaf
+
+
+def cache_by_hash(cache_hash: str, cache_root: str | Path | None = None) -> Path | None:
+    """The cache directory named ``<stage>-<cache_hash>`` under the cache root that holds a
+    manifest, or None (caches are named by stage, and a stage may read another adapter, so a run
+    finds its cache by the hash it recorded)."""
+    root = _cache_root(cache_root)
+    if not cache_hash or not root.is_dir():
+        return None
+    return next((d for d in sorted(root.glob(f"*-{cache_hash}")) if (d / "manifest.json").is_file()), None)
+
+
+def cache_dir(stage: str | None = None, *, cache: str | Path | None = None, cache_root: str | Path | None = None,
+              cache_hash: str | None = None) -> Path:
+    """The cache to read: ``cache`` when given; else the one named by ``cache_hash`` (a run's);
+    else ``stage``'s newest complete cache. Raises ``CacheError`` naming the fix when there is none."""
+    from .cache import CacheError, find_cache
+
+    if cache is not None:
+        return Path(cache)
+    if cache_hash:
+        d = cache_by_hash(cache_hash, cache_root)
+        if d is None:
+            raise CacheError(f"no cache with hash {cache_hash} under {_cache_root(cache_root)} (the run's features); "
+                             f"pass --cache DIR, or rebuild it with `udaqa-pipeline features` and the run's settings")
+        return d
+    if stage is None:
+        raise ValueError("cache_dir needs a stage, a cache or a cache hash")
+    p = Path(str(stage))
+    return find_cache(p.stem if p.suffix == ".toml" else str(stage), cache_root)
+
+
+def training_set(stage: str | None = None, *, cache: Any = None, cache_root: str | Path | None = None,
+                 cache_hash: str | None = None, source: Any = None) -> Any:
+    """Stage two's input (:class:`~udaqa_pipeline.trainset.TrainingSet`) of a cache: ``cache`` an
+    opened cache object or a directory, else found by :func:`cache_dir`; ``source`` a feature source
+    other than the cache (its labels and provenance still come from the cache)."""
+    from .cache import open_cache
+    from .trainset import from_cache
+
+    if cache is None or isinstance(cache, (str, Path)):
+        cache = open_cache(cache_dir(stage, cache=cache, cache_root=cache_root, cache_hash=cache_hash))
+    p = Path(str(stage)) if stage is not None else None
+    return from_cache(cache, (p.stem if p is not None and p.suffix == ".toml" else stage), source)

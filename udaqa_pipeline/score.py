@@ -13,15 +13,12 @@ Design choices:
   present. Fine-tuned runs trained under bf16 autocast are scored in bf16 on a GPU, fp32 on CPU.
 - **Stage config**: the checkpoint's resolved config, with the frames/clips/preprocess/cache
   sections the features were extracted with: the checkpoint's ``feature_config`` (stored by
-  training from the cache manifest, so no cache is needed), else, for older checkpoints, the
-  manifest of the run's feature cache when it is found under the cache root (by its hash). The K clips go through I3D as one batch of K
-  (stage one pads its batches to a fixed size for bit-identical caches; here that would cost up to
-  16x for a short video), so features equal the cached ones to float rounding (~1e-6), and exactly
-  at the cache's batch size.
+  training, so no cache is needed; :func:`stage_config`). The K clips go through I3D as one batch of K (stage one pads
+  its batches to a fixed size for bit-identical caches; here that would cost up to 16x for a short
+  video), so features equal the cached ones to float rounding (~1e-6).
 - **Rule and T**: ``rule`` if given; FineDiving: the panel size picks the rule (T = 7 by default);
   else the run's most common rule and its panel size: the checkpoint's ``scoring_rules`` (first
-  entry), else, for older checkpoints, counted in the run's cache; else the dataset's published
-  rule (MTL-AQA ``mtl_middle3`` x 7, JIGSAWS ``sum`` x 6, AQA-7 ``identity`` x 1; a folder dataset's
+  entry); else the dataset's published rule (MTL-AQA ``mtl_middle3`` x 7, JIGSAWS ``sum`` x 6, AQA-7 ``identity`` x 1; a folder dataset's
   ``dataset.rule``). A rule that multiplies by the difficulty needs ``difficulty`` (clear error
   otherwise). ``judges`` other than the rule's fixed panel size is refused (the rule could not be
   applied); rules taking any count (sum, mean) accept any T.
@@ -41,7 +38,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import cache_root as _cache_root
+from . import resolve
 from .errors import UdaqaError
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv",
@@ -74,68 +70,27 @@ class Scorer:
     scaling: dict
     dataset: str
     finetuned: bool
-    batch_size: int | None  #: clips per I3D forward; None: the video's K clips in one batch
-    cache_rules: list[tuple[str, int]] = field(default_factory=list)  #: (rule, T) per cached sample (old runs)
     rules: dict[str, int] = field(default_factory=dict)  #: the checkpoint's {rule: T}, most common first
 
 
-def _find_run_cache(cache_hash: str, cache_root: Any) -> Path | None:
-    root = _cache_root(cache_root)
-    if not cache_hash or not root.is_dir():
-        return None
-    for d in sorted(root.glob(f"*-{cache_hash}")):
-        if (d / "manifest.json").is_file():
-            return d
-    return None
-
-
-def stage_config(run: Any, cache_root: Any = None) -> tuple[dict, int | None, list[tuple[str, int]]]:
-    """(config, extraction batch size or None, [(rule, panel size)] of the cache's ok samples).
-
-    The checkpoint's ``feature_config`` sections are applied first; the run's cache (found by its
-    hash) is read only for what the checkpoint lacks (runs trained before it stored them): its
-    manifest's sections, and its samples' rules unless the checkpoint has ``scoring_rules``."""
+def stage_config(run: Any) -> dict:
+    """The run's config with the frames/clips/preprocess/cache sections its features were made with
+    (the checkpoint's ``feature_config``, recorded from the cache it trained on; a cache written
+    without a stage config, e.g. by a tool, leaves the run's own stage sections in place)."""
     import copy
 
     cfg = copy.deepcopy(run.config)
-    ck = getattr(run, "checkpoint", None) or {}
-    stored = ck.get("feature_config") or {}
-    for sec, body in stored.items():
+    for sec, body in ((getattr(run, "checkpoint", None) or {}).get("feature_config") or {}).items():
         cfg[sec] = copy.deepcopy(body)
-    if stored and ck.get("scoring_rules"):
-        return cfg, None, []  # everything scoring needs came with the checkpoint
-    d = _find_run_cache(str(run.cache_hash), cache_root)
-    if d is None:
-        return cfg, None, []
-    from .cache.manifest import read_manifest
-
-    try:
-        m = read_manifest(d)
-    except Exception:  # noqa: BLE001 - an unreadable cache only loses the refinements below
-        return cfg, None, []
-    if not stored:
-        for sec in ("frames", "clips", "preprocess", "cache"):
-            if sec in m.get("config", {}):
-                cfg[sec] = m["config"][sec]
-    rules: list[tuple[str, int]] = []
-    if ck.get("scoring_rules"):
-        return cfg, m.get("extraction", {}).get("batch_size"), rules
-    try:
-        import pyarrow.parquet as pq
-
-        t = pq.read_table(d / "samples.parquet", columns=["rule", "judge_scores", "status"]).to_pydict()
-        rules = [(r, len(j) or 1) for r, j, s in zip(t["rule"], t["judge_scores"], t["status"]) if s == "ok"]
-    except Exception:  # noqa: BLE001
-        rules = []
-    return cfg, m.get("extraction", {}).get("batch_size"), rules
+    return cfg
 
 
-def load_scorer(run_dir: str | Path, *, device: str | None = None, cache_root: Any = None,
+def load_scorer(run_dir: str | Path, *, device: str | None = None,
                 dataset: str | None = None) -> Scorer:
     """Load ``<run_dir>/checkpoint.pt`` (verified, ``weights_only=True``) and its backbone.
 
     ``dataset``: refuse a run trained on another dataset (adapter name or stage name)."""
-    from .train import CHECKPOINT, CheckpointError, load_run
+    from .checkpoint import CHECKPOINT, CheckpointError, load_run
 
     run_dir = Path(run_dir)
     if not (run_dir / CHECKPOINT).is_file() and (run_dir / "groups.json").is_file():
@@ -146,9 +101,9 @@ def load_scorer(run_dir: str | Path, *, device: str | None = None, cache_root: A
     if dataset is not None and dataset not in names:
         raise CheckpointError(f"{run_dir / CHECKPOINT} was trained on dataset {sorted(names - {''})[0]!r}, not "
                               f"{dataset!r}; pass the run of that dataset")
-    cfg, _, rules = stage_config(run, cache_root)
+    cfg = stage_config(run)
     stored_rules = {str(r): int(n) for r, n in (run.checkpoint.get("scoring_rules") or {}).items()}
-    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(resolve.device(device))
     state = run.source_state  # the fine-tuned backbone of the heads' epoch, or None
     finetuned = state is not None
     if finetuned:
@@ -170,7 +125,7 @@ def load_scorer(run_dir: str | Path, *, device: str | None = None, cache_root: A
         i3d = load_i3d(device=dev)
     i3d.prepare_for_inference()
     dataset = str(cfg.get("dataset", {}).get("name", ""))
-    return Scorer(run_dir, run.model, cfg, i3d, run.scaling, dataset, finetuned, None, rules, stored_rules)
+    return Scorer(run_dir, run.model, cfg, i3d, run.scaling, dataset, finetuned, stored_rules)
 
 
 _SCORERS: dict[tuple, Scorer] = {}
@@ -179,11 +134,10 @@ _SCORERS: dict[tuple, Scorer] = {}
 def _cached_scorer(run_dir: str | Path, **kw: Any) -> Scorer:
     """:func:`load_scorer`, reusing the last two loaded runs while their checkpoint file is unchanged
     (scoring many files in one process should not reload I3D each time)."""
-    from .train import CHECKPOINT
+    from .checkpoint import CHECKPOINT
 
     ck = Path(run_dir) / CHECKPOINT
     st = ck.stat() if ck.is_file() else None
-    kw = {k: (str(Path(v).resolve()) if k == "cache_root" and v is not None else v) for k, v in kw.items()}
     key = (str(ck.resolve()), st and (st.st_mtime_ns, st.st_size, st.st_ino), repr(sorted(kw.items())))
     if st is None or key not in _SCORERS:
         sc = load_scorer(run_dir, **kw)
@@ -207,9 +161,6 @@ def resolve_rule(scorer: Scorer, judges: int | None = None, rule: str | None = N
             r = finediving_rule(judges or 7)
         elif scorer.rules:
             r, observed = next(iter(scorer.rules.items()))
-        elif scorer.cache_rules:
-            r = Counter(x for x, _ in scorer.cache_rules).most_common(1)[0][0]
-            observed = Counter(n for x, n in scorer.cache_rules if x == r).most_common(1)[0][0]
         elif scorer.dataset in DATASET_RULES:
             r, observed = DATASET_RULES[scorer.dataset]
         else:
@@ -261,7 +212,7 @@ def score_video(scorer: Scorer, path: str | Path, *, judges: int | None = None, 
     path = Path(path)
     sf = sample_frames(Sample(id=path.name, dataset="user", source=path, final_score=math.nan), scorer.config)
     k = len(layout_of(scorer.config).starts)
-    feats, video = featurize(sf.frames, scorer.i3d, scorer.config, None, batch_size=scorer.batch_size or k)
+    feats, video = featurize(sf.frames, scorer.i3d, scorer.config, None, batch_size=k)
     gen = torch.Generator().manual_seed(int(seed))
     dev = scorer.model.scale_lo.device
     panels, u = scorer.model.predict_judges(torch.from_numpy(feats)[None].to(dev), torch.from_numpy(video)[None].to(dev),
@@ -343,7 +294,7 @@ def write_rows(rows: list[dict], out: str | Path) -> Path:
 
 def score(path: str | Path, run_dir: str | Path, *, judges: int | None = None, difficulty: float | None = None,
           samples: int = 50, group: str | None = None, rule: str | None = None, seed: int = 0,
-          device: str | None = None, cache_root: Any = None, out: str | Path | None = None,
+          device: str | None = None, out: str | Path | None = None,
           expect_stage: str | None = None) -> dict:
     """Score ``path`` with the run in ``run_dir``.
 
@@ -357,7 +308,7 @@ def score(path: str | Path, run_dir: str | Path, *, judges: int | None = None, d
     from .datasets.rules import DIFFICULTY_RULES
 
     batch, inputs = list_inputs(path)
-    scorer = _cached_scorer(run_dir, device=device, cache_root=cache_root, dataset=expect_stage)
+    scorer = _cached_scorer(run_dir, device=device, dataset=expect_stage)
     r, t = resolve_rule(scorer, judges, rule)
     if r in DIFFICULTY_RULES and difficulty is None:
         raise ScoreError(f"the run's rule {r!r} multiplies the judges by the degree of difficulty: pass "

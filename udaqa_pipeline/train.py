@@ -64,34 +64,31 @@ checkpointed with the heads).
 from __future__ import annotations
 
 import copy
-import hashlib
-import io
 import json
 import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from .config import ConfigError, apply_overrides, load_stage, runs_root
+from .checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, save_checkpoint, state_to_cpu
+from .config import ConfigError, apply_overrides, load_stage
 from .curriculum import Curriculum, select
-from .datasets.rules import apply_rule, judges_needed
+from .datasets.rules import apply_rule
 from .errors import UdaqaError
-from .fileutil import atomic_write_bytes
 from .metrics import spearman
 from .model import UDAQA, ModelConfig
 from .model.losses import total_loss
+from .trainset import (FeatureSource, Labels, TrainingSet, carve_validation, group_index, label_scaling,
+                       scoring_rules, split_folds)
 
-CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
-CHECKPOINT_FORMAT = "udaqa-pipeline/run"
-CHECKPOINT_VERSION = 1
 PROTOCOLS = ("honest", "paper")
 
 #: [train] keys that may change when a run resumes (everything else must match the checkpoint).
@@ -111,14 +108,10 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "calibrate": "heldout",
 }
 SELECTIONS = ("val", "inner_cv", "last")
+#: Prior draws per held-out row when fitting the calibration (a coverage estimated from 8 panels of
+#: 10 rows moved the fit by a factor of two).
+CALIBRATION_SAMPLES = 50
 SELECT_METRICS = ("spearman", "crps")
-SPLITS = ("official", "louo", "dev")
-#: Inner folds per outer training set under ``split="dev"``.
-DEV_INNER = 3
-
-
-class CheckpointError(UdaqaError, RuntimeError):
-    """A checkpoint that cannot be used; the message names the file and the fix."""
 
 
 class TrainingError(UdaqaError, RuntimeError):
@@ -128,184 +121,6 @@ class TrainingError(UdaqaError, RuntimeError):
 # --------------------------------------------------------------------------- data
 
 
-class FeatureSource(Protocol):
-    n_views: int
-    module: nn.Module | None
-
-    def batch(self, indices: np.ndarray, views: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-
-class CacheSource:
-    """Reads features and video of a cache (already in memory) for given rows and views."""
-
-    module = None
-
-    def __init__(self, cache: Any) -> None:
-        self.features = cache.features  # (N, V, K, M) float32
-        self.video = cache.video  # (N, L, 3, h, w) uint8, view 0
-        self.views = list(cache.views) or [{"flip": False, "shift": 0}]
-        self.n_views = int(self.features.shape[1])
-
-    def batch(self, indices: np.ndarray, views: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        from .cache import apply_view
-
-        idx = np.asarray(indices)
-        v = np.asarray(views)
-        feats = torch.from_numpy(np.ascontiguousarray(self.features[idx, v]))
-        vid = self.video[idx]
-        if (v != 0).any():
-            vid = np.stack([apply_view(vid[i], self.views[int(v[i])]) if v[i] else vid[i]
-                            for i in range(len(idx))])
-        return feats, torch.from_numpy(np.ascontiguousarray(vid))
-
-
-@dataclass
-class Labels:
-    """Per-sample labels of a cache, as numpy arrays (N rows, cache order)."""
-
-    ids: list[str]
-    judges: list[np.ndarray]  # raw panels (a single-label sample holds [final])
-    final: np.ndarray
-    difficulty: np.ndarray  # NaN where none
-    rule: list[str]
-    group: list[str]
-    action: list[str]
-    fold: np.ndarray
-    ok: np.ndarray
-
-    @classmethod
-    def from_table(cls, table: Any) -> "Labels":
-        d = table.to_pydict()
-        final = np.asarray([np.nan if x is None else x for x in d["final_score"]], float)
-        judges = [np.asarray(j if j else [f], float) for j, f in zip(d["judge_scores"], final)]
-        rules = [r if j else "identity" for r, j in zip(d["rule"], d["judge_scores"])]
-        diff = np.asarray([np.nan if x is None else x for x in d["difficulty"]], float)
-        return cls(ids=list(d["id"]), judges=judges, final=final, difficulty=diff, rule=rules,
-                   group=[g or "" for g in d["group"]], action=[a or "" for a in d["action"]],
-                   fold=np.asarray(d["fold"], int), ok=np.asarray([s == "ok" for s in d["status"]]))
-
-    def n_judges(self, i: int) -> int:
-        return judges_needed(self.rule[i], len(self.judges[i]))
-
-    def difficulty_of(self, i: int) -> float | None:
-        d = self.difficulty[i]
-        return None if math.isnan(d) else float(d)
-
-
-def label_scaling(labels: Labels, train_idx: np.ndarray, tcfg: dict) -> dict:
-    """The run's label scaling: {"mode", "groups": [names], "lo": [...], "hi": [...]}.
-
-    ``global`` mode has one group "" (every sample maps to it)."""
-    mode = tcfg.get("label_scale", "global")
-    if mode not in ("global", "per_group"):
-        raise ConfigError(f"train.label_scale must be 'global' or 'per_group', not {mode!r}")
-    rng = list(tcfg.get("label_range") or [])
-    if mode == "global":
-        if rng:
-            lo, hi = float(rng[0]), float(rng[1])
-        else:
-            vals = np.concatenate([labels.judges[i] for i in train_idx])
-            lo, hi = float(vals.min()), float(vals.max())
-        return {"mode": mode, "groups": [""], "lo": [lo], "hi": [_nonzero(lo, hi)]}
-    groups = sorted({labels.group[i] for i in train_idx})
-    lo_l, hi_l = [], []
-    for g in groups:
-        vals = np.concatenate([labels.judges[i] for i in train_idx if labels.group[i] == g])
-        lo_l.append(float(vals.min()))
-        hi_l.append(_nonzero(float(vals.min()), float(vals.max())))
-    return {"mode": mode, "groups": groups, "lo": lo_l, "hi": hi_l}
-
-
-def _nonzero(lo: float, hi: float) -> float:
-    return hi if hi > lo else lo + 1.0  # a constant label still gets a usable range
-
-
-def group_index(scaling: dict, groups: Iterable[str]) -> np.ndarray:
-    if scaling["mode"] == "global":
-        return np.zeros(len(list(groups)), dtype=np.int64)
-    names = {g: i for i, g in enumerate(scaling["groups"])}
-    out = []
-    for g in groups:
-        if g not in names:
-            raise ConfigError(f"group {g!r} has no training samples, so it has no label range")
-        out.append(names[g])
-    return np.asarray(out, dtype=np.int64)
-
-
-def subject_folds(labels: Labels) -> tuple[np.ndarray, list[str]]:
-    """Leave-one-subject-out folds: (fold of every row, subject names); fold k = the k-th subject in
-    sorted order. Subjects are JIGSAWS surgeons (the letter in ``Suturing_B001``); a row whose id
-    names no subject raises :class:`ConfigError`."""
-    from .datasets.jigsaws import surgeon_of
-
-    subj = [surgeon_of(i) for i in labels.ids]
-    bad = [i for i, s in zip(labels.ids, subj) if s is None]
-    if bad:
-        raise ConfigError(f"split 'louo' needs a subject in every sample id (JIGSAWS <Task>_<surgeon><trial>); "
-                          f"{len(bad)} ids have none (e.g. {bad[0]}): use split 'official'")
-    names = sorted(set(subj))  # type: ignore[arg-type]
-    return np.asarray([names.index(s) for s in subj], int), names
-
-
-def split_folds(labels: Labels, fold: int, cv: int | None, seed: int, split: str = "official"
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """(train rows, test rows) among the ok samples, by the cache's folds (``split="official"``), one
-    fold per subject (``"louo"``, :func:`subject_folds`) or a seeded ``cv``-fold split."""
-    if split not in SPLITS:
-        raise ConfigError(f"split must be one of {SPLITS}, not {split!r}")
-    ok = np.flatnonzero(labels.ok)
-    if split == "dev":
-        return dev_fold(labels, fold)
-    if split == "louo":
-        if cv is not None:
-            raise ConfigError("--cv K and --split louo both choose the folds: pass one of them")
-        folds, names = subject_folds(labels)
-        if not 0 <= fold < len(names):
-            raise ConfigError(f"--fold {fold} is out of range for --split louo: {len(names)} subjects "
-                              f"({', '.join(names)}), folds 0..{len(names) - 1}")
-        f = folds[ok]
-    elif cv is not None:
-        if cv < 2:
-            raise ConfigError(f"--cv needs at least 2 folds, got {cv}")
-        if not 0 <= fold < cv:
-            raise ConfigError(f"--fold {fold} is out of range for --cv {cv}: use 0..{cv - 1}")
-        perm = np.random.default_rng(seed).permutation(ok)
-        folds = np.empty(len(labels.ok), int)
-        folds[perm] = np.arange(len(perm)) % cv
-        f = folds[ok]
-    else:
-        f = labels.fold[ok]
-        have = sorted(set(f.tolist()) - {-1})
-        if fold not in have:
-            kind = "single-split dataset: only fold 0" if have == [0] else f"folds {have}"
-            raise ConfigError(f"fold {fold} does not exist ({kind}); pick one of {have} or pass "
-                              f"--cv K for K-fold cross-validation over the whole dataset")
-    return ok[f != fold], ok[f == fold]
-
-
-def dev_fold(labels: Labels, fold: int) -> tuple[np.ndarray, np.ndarray]:
-    """``split="dev"``, for choosing a recipe without any test fold: dev fold f = inner fold
-    f % 3 of the training rows of official fold f // 3 (a seeded 3-way split of them, the same for
-    every recipe); the official fold's test rows are left out entirely."""
-    ok = np.flatnonzero(labels.ok)
-    outer = sorted(set(labels.fold[ok].tolist()) - {-1})
-    n = len(outer) * DEV_INNER
-    if not 0 <= fold < n:
-        raise ConfigError(f"--fold {fold} is out of range for --split dev: folds 0..{n - 1} "
-                          f"({DEV_INNER} inner folds in each of the {len(outer)} official training sets)")
-    k, i = outer[fold // DEV_INNER], fold % DEV_INNER
-    rows = ok[labels.fold[ok] != k]
-    inner = np.sort(np.random.default_rng(1000 + k).permutation(rows)[i::DEV_INNER])
-    return np.setdiff1d(rows, inner), inner
-
-
-def carve_validation(train_idx: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded (train, val) split of the training rows; val holds round(fraction*n) >= 1 rows."""
-    n_val = max(1, int(round(fraction * len(train_idx))))
-    if n_val >= len(train_idx):
-        raise ConfigError(f"{len(train_idx)} training samples are too few for a validation split")
-    perm = np.random.default_rng(seed + 1).permutation(train_idx)
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
 # --------------------------------------------------------------------------- prediction
@@ -315,8 +130,10 @@ def carve_validation(train_idx: np.ndarray, fraction: float, seed: int) -> tuple
 def predict(model: UDAQA, source: FeatureSource, labels: Labels, rows: np.ndarray, scaling: dict,
             *, n_samples: int = 8, n_judges: int | None = None, seed: int = 0,
             batch_size: int = 64, calibrated: bool = True) -> dict[str, np.ndarray]:
-    """Sample S panels for ``rows`` (view 0) -> final (N,) (mean over S of the rule), finals (N, S)
-    (the rule on each drawn panel), panels (N entries of (S, T); T may vary), u (N,). Seeded, so
+    """Sample S panels for ``rows`` (view 0) -> final (N,), finals (N, S) (the rule on each drawn
+    panel), panels (N entries of (S, T); T may vary), u (N,). ``final``, the point prediction, is
+    the mean over S of the rule on the panels' locations (the paper's sampler), so a calibration
+    widens the distribution without adding Monte-Carlo noise to the point prediction. Seeded, so
     selection numbers are reproducible. ``calibrated=False`` draws with the paper's sampler even
     when the model carries a fitted calibration."""
     model.eval()
@@ -333,14 +150,14 @@ def predict(model: UDAQA, source: FeatureSource, labels: Labels, rows: np.ndarra
         for s in range(0, len(pos), batch_size):
             p = pos[s:s + batch_size]
             feats, vid = source.batch(rows[p], np.zeros(len(p), int))
-            j, uu = model.predict_judges(feats.to(dev), vid.to(dev), int(t), n_samples,
-                                         torch.from_numpy(gi_all[p]), generator=gen, calibrated=calibrated)
-            j = j.cpu().numpy().astype(np.float64)
+            loc, j, uu = model.sample_judges(feats.to(dev), vid.to(dev), int(t), n_samples,
+                                             torch.from_numpy(gi_all[p]), generator=gen, calibrated=calibrated)
+            loc, j = loc.cpu().numpy().astype(np.float64), j.cpu().numpy().astype(np.float64)
             u[p] = uu.cpu().numpy()
             for k, i in enumerate(p):
                 r = rows[i]
                 finals[i] = apply_rule(labels.rule[r], j[k], labels.difficulty_of(r))
-                final[i] = float(finals[i].mean())
+                final[i] = float(apply_rule(labels.rule[r], loc[k], labels.difficulty_of(r)).mean())
                 panels[i] = j[k]
     return {"final": final, "finals": finals, "panels": panels, "u": u}
 
@@ -348,48 +165,6 @@ def predict(model: UDAQA, source: FeatureSource, labels: Labels, rows: np.ndarra
 # --------------------------------------------------------------------------- checkpoint
 
 
-def _state_to_cpu(sd: dict) -> dict:
-    return {k: v.detach().cpu().clone() for k, v in sd.items()}
-
-
-def save_checkpoint(path: Path, ckpt: dict) -> None:
-    """Write ``ckpt`` as one file: an outer dict {format, version, sha256, payload} whose payload is
-    the torch-serialised inner dict as a uint8 tensor, so any flipped byte fails the digest check.
-    Written to a temporary name and renamed, so a kill leaves the old or the new file."""
-    buf = io.BytesIO()
-    torch.save(ckpt, buf)
-    raw = buf.getvalue()
-    outer = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-             "sha256": hashlib.sha256(raw).hexdigest(),
-             "payload": torch.frombuffer(bytearray(raw), dtype=torch.uint8)}
-    buf = io.BytesIO()
-    torch.save(outer, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Load and verify a run checkpoint (``torch.load(weights_only=True)`` twice, digest checked)."""
-    path = Path(path)
-    fix = f"delete {path} (or train again with --no-resume / another --run directory)"
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}: train first (`udaqa-pipeline train ...`)")
-    try:
-        outer = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means the file is unusable
-        raise CheckpointError(f"{path} is not a readable udaqa-pipeline checkpoint ({type(e).__name__}: "
-                              f"{str(e)[:200]}); {fix}") from e
-    if not isinstance(outer, dict) or outer.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a udaqa-pipeline run checkpoint; {fix}")
-    if outer.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {outer.get('version')}, this udaqa-pipeline "
-                              f"reads version {CHECKPOINT_VERSION}; retrain, or use the release that wrote it")
-    raw = outer["payload"].numpy().tobytes()
-    if hashlib.sha256(raw).hexdigest() != outer.get("sha256"):
-        raise CheckpointError(f"{path} fails its SHA-256 check (modified or damaged); {fix}")
-    try:
-        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{path}: payload unreadable ({e}); {fix}") from e
 
 
 # --------------------------------------------------------------------------- run setup
@@ -407,7 +182,7 @@ def resolve_config(dataset: str, overrides: Iterable[str] = ()) -> dict:
         raise ConfigError("train.regressors must be 1 or 2")
     for key, allowed in (("select", SELECTIONS), ("select_metric", SELECT_METRICS),
                          ("optimizer", ("adam", "adamw")), ("lr_schedule", ("constant", "cosine")),
-                         ("calibrate", ("heldout", "none"))):
+                         ("calibrate", ("heldout", "oof", "none"))):
         if t[key] not in allowed:
             raise ConfigError(f"train.{key} must be one of {allowed}, not {t[key]!r}")
     if int(t["inner_folds"]) < 2:
@@ -426,52 +201,6 @@ def model_config(tcfg: dict, n_groups: int, feat_dim: int = 1024) -> ModelConfig
                        clip_l2=bool(tcfg["clip_l2"]), pool_std=bool(tcfg["pool_std"]))
 
 
-def open_dataset_cache(dataset: str, cache: Any = None, cache_root: Any = None) -> Any:
-    """``cache`` may be an opened cache object, a cache directory, or None (find the dataset's)."""
-    from .cache import find_cache, open_cache
-
-    if cache is None:
-        return open_cache(find_cache(dataset, cache_root))
-    if isinstance(cache, (str, Path)):
-        return open_cache(cache)
-    return cache
-
-
-def cache_hash_of(cache: Any) -> str:
-    return str(cache.manifest["config_hash"])
-
-
-#: Stage-one config sections that decide the features (stored with the run for scoring).
-FEATURE_SECTIONS = ("frames", "clips", "preprocess", "cache")
-
-
-def feature_config(cache: Any) -> dict:
-    """The cache manifest's :data:`FEATURE_SECTIONS` (those it has; {} for a cache without a config)."""
-    conf = (getattr(cache, "manifest", None) or {}).get("config") or {}
-    return {k: copy.deepcopy(conf[k]) for k in FEATURE_SECTIONS if isinstance(conf.get(k), dict)}
-
-
-def scoring_rules(labels: Labels, rows: Iterable[int]) -> dict[str, int]:
-    """{rule: panel size} of ``rows`` as training saw them (a sample without judges is ``identity``
-    over its final score, T = 1): each rule's most common panel size, the rules ordered by how many
-    samples use them (ties by name), so the first is the run's rule."""
-    from collections import Counter
-
-    rows = list(rows)
-    count = Counter(labels.rule[i] for i in rows)
-    out: dict[str, int] = {}
-    for r, _ in sorted(count.items(), key=lambda x: (-x[1], x[0])):
-        sizes = Counter(len(labels.judges[i]) for i in rows if labels.rule[i] == r)
-        out[r] = int(sorted(sizes.items(), key=lambda x: (-x[1], x[0]))[0][0])
-    return out
-
-
-def default_run_dir(dataset: str, fold: int, cv: int | None = None, root: Any = None,
-                    split: str = "official") -> Path:
-    name = f"fold{fold}" if cv is None else f"cv{cv}-fold{fold}"
-    return runs_root(root) / dataset / (name if split == "official" else f"{split}-{name}")
-
-
 def _dist() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
@@ -485,32 +214,36 @@ def _dist() -> tuple[int, int]:
 # --------------------------------------------------------------------------- training
 
 
-def train(dataset: str, *, fold: int = 0, cache: Any = None, cache_root: Any = None,
+def train(dataset: str | None = None, *, fold: int = 0, cache: Any = None, cache_root: Any = None,
           run_dir: str | Path | None = None, overrides: Iterable[str] = (), protocol: str = "honest",
           cv: int | None = None, split: str = "official", resume: bool = True, progress: bool = True,
           source: FeatureSource | None = None, stop_after: int | None = None,
-          device: str | None = None) -> Path:
-    """Train UD-AQA on ``dataset``'s cache for test fold ``fold``; returns the run directory.
+          device: str | None = None, data: TrainingSet | None = None) -> Path:
+    """Train UD-AQA on ``dataset``'s (a stage name or stage TOML) training set for test fold
+    ``fold``; returns the run directory.
 
+    The training set is ``data`` when given (e.g. fine-tuning's frames), else the stage's cache
+    (``cache``: a directory or opened cache; default the stage's newest, see
+    :func:`udaqa_pipeline.resolve.training_set`), read through ``source`` when given.
     ``overrides``: ``section.key=value`` strings (e.g. ``train.epochs=20``). ``protocol``: "honest"
-    or "paper" (see module doc). ``split``: "official" (the annotation files' folds) or "louo" (one
-    fold per surgeon). ``cv``: seeded K-fold cross-validation over the whole dataset instead.
-    ``resume``: continue from ``<run>/checkpoint.pt`` when present (refused when it belongs to
-    another cache or config). ``source``: a feature source other than the cache (e.g. a fine-tuning
-    wrapper). ``stop_after``: stop after that many epochs in this call, as a kill would (tests,
-    time-boxed jobs). ``device``: default CUDA when available (the rank's local GPU under torchrun),
-    else CPU; bit-for-bit determinism is promised on CPU only. With ``train.per_group`` one run per
-    group goes in ``<run>/<group>/``. Raises :class:`ConfigError` (bad settings, fold or split),
+    or "paper" (see module doc). ``split``: "official" (the annotation files' folds), "louo" (one
+    fold per surgeon) or "dev". ``cv``: seeded K-fold cross-validation over the whole dataset
+    instead. ``resume``: continue from ``<run>/checkpoint.pt`` when present (refused when it belongs
+    to another cache or config). ``stop_after``: stop after that many epochs in this call, as a kill
+    would (tests, time-boxed jobs). ``device``: see :func:`udaqa_pipeline.resolve.device`;
+    bit-for-bit determinism is promised on CPU only. With ``train.per_group`` one run per group goes
+    in ``<run>/<group>/``. Raises :class:`ConfigError` (bad settings, fold or split),
     :class:`CheckpointError` (a checkpoint that cannot be resumed), :class:`TrainingError`.
     """
+    from . import resolve
+
     if protocol not in PROTOCOLS:
         raise ConfigError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
     cfg = resolve_config(dataset, overrides)
-    cache_obj = open_dataset_cache(dataset, cache, cache_root)
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(dataset, fold, cv, split=split)
-    labels = Labels.from_table(cache_obj.samples)
+    data = data or resolve.training_set(dataset, cache=cache, cache_root=cache_root, source=source)
+    run_dir = Path(run_dir) if run_dir is not None else resolve.run_dir(dataset, fold=fold, cv=cv, split=split)
+    labels = data.labels
     train_rows, test_rows = split_folds(labels, fold, cv, int(cfg["train"]["seed"]), split)
-    src = source or CacheSource(cache_obj)
     job = dict(protocol=protocol, fold=fold, cv=cv, split=split, resume=resume, progress=progress,
                stop_after=stop_after, device=device)
     if cfg["train"]["per_group"]:
@@ -518,14 +251,15 @@ def train(dataset: str, *, fold: int = 0, cache: Any = None, cache_root: Any = N
         for g in groups:
             tr = np.asarray([i for i in train_rows if labels.group[i] == g], int)
             te = np.asarray([i for i in test_rows if labels.group[i] == g], int)
-            _train_one(cfg, cache_obj, labels, src, tr, te, run_dir / _safe(g), group=g, **job)
+            _train_one(cfg, data, tr, te, run_dir / safe_name(g), group=g, **job)
         (run_dir / "groups.json").parent.mkdir(parents=True, exist_ok=True)
         (run_dir / "groups.json").write_text(json.dumps({"groups": groups}, indent=1) + "\n")
         return run_dir
-    return _train_one(cfg, cache_obj, labels, src, train_rows, test_rows, run_dir, **job)
+    return _train_one(cfg, data, train_rows, test_rows, run_dir, **job)
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
+    """A group's name as a directory name (``<run>/<group>/``)."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "all"
 
 
@@ -542,7 +276,7 @@ def average_weights(avg: dict | None, state: dict, n: int) -> dict:
     """Running uniform average of state dicts: ``avg`` holds the mean of ``n - 1`` states, the
     result the mean of ``n`` (integer buffers, e.g. BatchNorm's counter, take the newest value)."""
     if avg is None or n <= 1:
-        return _state_to_cpu(state)
+        return state_to_cpu(state)
     out = {}
     for k, v in state.items():
         v = v.detach().cpu()
@@ -587,14 +321,16 @@ def feature_stats(src: FeatureSource, rows: np.ndarray, *, l2: bool = False, bs:
     return x.mean(0).float(), x.std(0).float()
 
 
-def build_fit(cfg: dict, labels: Labels, src: FeatureSource, rows: np.ndarray, *, device: str,
-              rank: int = 0, world: int = 1, n_features: int = 1024) -> Fit:
-    """Model (label scaling and feature statistics from ``rows``), optimiser, data generator and
-    curriculum of one fit, seeded by ``train.seed`` (+ rank for dropout and latent noise)."""
+def build_fit(cfg: dict, data: TrainingSet, rows: np.ndarray, *, device: str, rank: int = 0,
+              world: int = 1) -> Fit:
+    """Model (label scaling and feature statistics from ``rows`` of ``data``), optimiser, data
+    generator and curriculum of one fit, seeded by ``train.seed`` (+ rank for dropout and latent
+    noise)."""
     tcfg = cfg["train"]
     seed = int(tcfg["seed"])
-    scaling = label_scaling(labels, rows, tcfg)
-    mcfg = model_config(tcfg, len(scaling["groups"]), n_features)
+    src = data.source
+    scaling = label_scaling(data.labels, rows, tcfg)
+    mcfg = model_config(tcfg, len(scaling["groups"]), data.n_features)
     torch.manual_seed(seed + rank)  # dropout / latent noise; data order comes from `gen`
     model = UDAQA(mcfg)
     model.set_scaling(torch.tensor(scaling["lo"]), torch.tensor(scaling["hi"]))
@@ -621,11 +357,12 @@ def build_fit(cfg: dict, labels: Labels, src: FeatureSource, rows: np.ndarray, *
                tcfg, device, net, rank, world)
 
 
-def run_epoch(fit: Fit, labels: Labels, src: FeatureSource, epoch: int, where: str = "") -> dict:
+def run_epoch(fit: Fit, data: TrainingSet, epoch: int, where: str = "") -> dict:
     """Train one epoch on the curriculum's share of the fit rows; returns the mean loss terms plus
     ``fraction`` (the share used), ``n_train`` and ``next_fraction``. Raises :class:`TrainingError`
     on a non-finite loss (``where`` names the run in the message)."""
     model, tcfg, rank, world = fit.model, fit.tcfg, fit.rank, fit.world
+    labels, src = data.labels, data.source
     for g in fit.opt.param_groups:
         g["lr"] = learning_rate(epoch, tcfg)
     frac = 1.0 if epoch == 0 else fit.cur.fraction
@@ -686,7 +423,7 @@ def selection_score(labels: Labels, rows: np.ndarray, pred: dict, metric: str) -
     return spearman(labels.final[rows], pred["final"])
 
 
-def inner_folds(cfg: dict, labels: Labels, src: FeatureSource, rows: np.ndarray, *, device: str,
+def inner_folds(cfg: dict, data: TrainingSet, rows: np.ndarray, *, device: str,
                 epochs: int, keep: Iterable[int] = ()) -> tuple[list[float], dict[int, Any]]:
     """``train.inner_folds``-fold CV inside ``rows`` (training rows only): each inner fold trains
     ``epochs`` epochs on the others and predicts its own rows after every epoch. Returns the curve
@@ -694,6 +431,7 @@ def inner_folds(cfg: dict, labels: Labels, src: FeatureSource, rows: np.ndarray,
     and, for the 0-based epochs in ``keep``, the out-of-fold sampler draws of every row
     (:class:`~udaqa_pipeline.calibration.HeldOut`, for calibration)."""
     tcfg = cfg["train"]
+    labels, src = data.labels, data.source
     k, seed, s = int(tcfg["inner_folds"]), int(tcfg["seed"]), int(tcfg["eval_samples"])
     if len(rows) < 2 * k:
         raise ConfigError(f"{len(rows)} training samples are too few for {k} inner folds (train.inner_folds)")
@@ -704,13 +442,14 @@ def inner_folds(cfg: dict, labels: Labels, src: FeatureSource, rows: np.ndarray,
     folds = []
     for i in range(k):
         val = np.sort(perm[i::k])
-        fit = build_fit(cfg, labels, src, np.setdiff1d(rows, val), device=device, n_features=_n_features(src))
+        fit = build_fit(cfg, data, np.setdiff1d(rows, val), device=device)
         folds.append(val)
         for e in range(epochs):
-            run_epoch(fit, labels, src, e, where=f"inner fold {i + 1}/{k}")
+            run_epoch(fit, data, e, where=f"inner fold {i + 1}/{k}")
             preds[e].append(predict(fit.model, src, labels, val, fit.scaling, n_samples=s, seed=seed))
             if e in keep:
-                draws[e].append(heldout_draws(fit.model, src, labels, val, fit.scaling, n_samples=s, seed=seed))
+                draws[e].append(heldout_draws(fit.model, src, labels, val, fit.scaling, n_samples=CALIBRATION_SAMPLES,
+                                              seed=seed))
     every = np.concatenate(folds)
     curve = [selection_score(labels, every, {key: np.concatenate([p[key] for p in preds[e]])
                                              for key in ("final", "finals")}, str(tcfg["select_metric"]))
@@ -720,7 +459,7 @@ def inner_folds(cfg: dict, labels: Labels, src: FeatureSource, rows: np.ndarray,
     return curve, {e: concat_heldout(d) for e, d in draws.items()}
 
 
-def inner_cv_epochs(cfg: dict, labels: Labels, src: FeatureSource, rows: np.ndarray, *, device: str,
+def inner_cv_epochs(cfg: dict, data: TrainingSet, rows: np.ndarray, *, device: str,
                     keep_draws: bool = False) -> tuple[dict, dict[int, Any]]:
     """Choose the epoch count by :func:`inner_folds` over ``train.epochs`` epochs: the curve is
     smoothed by a centred ``train.inner_smooth``-epoch mean and its best epoch is the count.
@@ -728,7 +467,7 @@ def inner_cv_epochs(cfg: dict, labels: Labels, src: FeatureSource, rows: np.ndar
     ``keep_draws`` else {})."""
     tcfg = cfg["train"]
     epochs = int(tcfg["epochs"])
-    curve, draws = inner_folds(cfg, labels, src, rows, device=device, epochs=epochs,
+    curve, draws = inner_folds(cfg, data, rows, device=device, epochs=epochs,
                                keep=range(epochs) if keep_draws else ())
     c = np.asarray(curve, float)
     w = max(1, int(tcfg["inner_smooth"]))
@@ -754,32 +493,26 @@ def heldout_draws(model: UDAQA, source: FeatureSource, labels: Labels, rows: np.
     t = Counter(t_of.tolist()).most_common(1)[0][0]
     rows = np.asarray(rows)[t_of == t]
     gi = group_index(scaling, [labels.group[i] for i in rows])
-    loc, scale = [], []
+    loc = []
     for s in range(0, len(rows), batch_size):
         feats, vid = source.batch(rows[s:s + batch_size], np.zeros(len(rows[s:s + batch_size]), int))
-        y, sc = model.sample_panels(feats.to(dev), vid.to(dev), int(t), n_samples, generator=gen)
-        loc.append(y.cpu().double().numpy())
-        scale.append(sc.cpu().double().numpy())
-    return HeldOut(loc=np.concatenate(loc), scale=np.concatenate(scale), real=[labels.judges[i] for i in rows],
-                   final=labels.final[rows].copy(), rule=[labels.rule[i] for i in rows],
-                   difficulty=labels.difficulty[rows].copy(), lo=np.asarray(scaling["lo"], float)[gi],
-                   hi=np.asarray(scaling["hi"], float)[gi])
-
-
-def _n_features(src: FeatureSource) -> int:
-    feats = getattr(src, "features", None)
-    return int(feats.shape[-1]) if feats is not None else 1024
+        y, _ = model.sample_scaled(feats.to(dev), vid.to(dev), int(t) * n_samples, generator=gen)
+        loc.append(y.view(len(y), n_samples, int(t)).cpu().double().numpy())
+    return HeldOut(loc=np.concatenate(loc), real=[labels.judges[i] for i in rows], final=labels.final[rows].copy(),
+                   rule=[labels.rule[i] for i in rows], difficulty=labels.difficulty[rows].copy(),
+                   lo=np.asarray(scaling["lo"], float)[gi], hi=np.asarray(scaling["hi"], float)[gi])
 
 
 def _device(device: str | None) -> str:
-    if device is None:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    from . import resolve
+
+    device = resolve.device(device)
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
     return device
 
 
-def _train_one(cfg: dict, cache_obj: Any, labels: Labels, src: FeatureSource, train_rows: np.ndarray,
+def _train_one(cfg: dict, data: TrainingSet, train_rows: np.ndarray,
                test_rows: np.ndarray, run_dir: Path, *, protocol: str, fold: int, cv: int | None,
                split: str, resume: bool, progress: bool, stop_after: int | None, group: str | None = None,
                device: str | None = None) -> Path:
@@ -787,6 +520,7 @@ def _train_one(cfg: dict, cache_obj: Any, labels: Labels, src: FeatureSource, tr
     device = _device(device)
     tcfg = cfg["train"]
     seed = int(tcfg["seed"])
+    labels, src, prov = data.labels, data.source, data.provenance
     # -- what the model trains on and how it is kept (see the module doc)
     mode = "paper" if protocol == "paper" else str(tcfg["select"])
     if mode == "val":
@@ -798,27 +532,26 @@ def _train_one(cfg: dict, cache_obj: Any, labels: Labels, src: FeatureSource, tr
     if mode in ("val", "paper") and len(sel_rows) == 0:
         raise ConfigError(f"fold {fold} has no samples to select the epoch on")
     ckpt_path = run_dir / CHECKPOINT
-    run_meta = {"protocol": protocol, "fold": fold, "cv": cv, "split_name": split, "group": group,
-                "select": mode, "dataset": cfg["dataset"].get("name", ""), "cache_hash": cache_hash_of(cache_obj),
-                "feature_config": feature_config(cache_obj),
+    run_meta = {"protocol": protocol, "fold": fold, "cv": cv, "split_name": split, "group": group, "stage": prov.stage,
+                "select": mode, "dataset": cfg["dataset"].get("name", ""), "cache_hash": prov.cache_hash,
+                "feature_config": prov.feature_config,
                 "scoring_rules": scoring_rules(labels, np.concatenate([train_rows, test_rows]))}
     ck = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
     if ck is not None:
         _check_resumable(ck, cfg, run_meta, ckpt_path)
     epochs = int(tcfg["epochs"])
     inner = None
-    calibrate = tcfg["calibrate"] == "heldout"
+    calibrate = tcfg["calibrate"] in ("heldout", "oof")
     heldout = None  # held-out sampler draws to fit the calibration on (see _calibrate)
     if mode == "inner_cv":  # the epoch count, from the training rows alone (kept for a resume)
         if ck is not None:
             inner = ck["inner_cv"]
         else:
-            inner, draws = inner_cv_epochs(cfg, labels, src, fit_rows, device=device, keep_draws=calibrate)
+            inner, draws = inner_cv_epochs(cfg, data, fit_rows, device=device, keep_draws=calibrate)
             heldout = draws.get(int(inner["epochs"]) - 1)
         epochs = int(inner["epochs"])
     run_meta["epochs_planned"] = epochs
-    fit = build_fit(cfg, labels, src, fit_rows, device=device, rank=rank, world=world,
-                    n_features=int(cache_obj.features.shape[-1]))
+    fit = build_fit(cfg, data, fit_rows, device=device, rank=rank, world=world)
     n_avg = int(tcfg["average_last"]) if mode in ("inner_cv", "last") else 0
     best = {"epoch": -1, "score": -math.inf, "model": None, "source": None}
     avg: dict = {"n": 0, "state": None}
@@ -849,7 +582,7 @@ def _train_one(cfg: dict, cache_obj: Any, labels: Labels, src: FeatureSource, tr
     bar = _bar(progress and rank == 0, start_epoch, epochs, run_dir)
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
-        means = run_epoch(fit, labels, src, epoch, where=str(run_dir))
+        means = run_epoch(fit, data, epoch, where=str(run_dir))
         record = {"epoch": epoch + 1, "protocol": protocol, "selected_on": sel_name or mode,
                   "train_fraction": round(means.pop("fraction"), 6),
                   "next_fraction": round(means.pop("next_fraction"), 6), "n_train": means.pop("n_train"),
@@ -862,23 +595,23 @@ def _train_one(cfg: dict, cache_obj: Any, labels: Labels, src: FeatureSource, tr
             record[f"{sel_name}_{tcfg['select_metric'] if mode == 'val' else 'spearman'}"] = rho
             score = -math.inf if math.isnan(rho) else rho
             if score > best["score"]:
-                best = {"epoch": epoch, "score": score, "model": _state_to_cpu(fit.model.state_dict()),
-                        "source": _state_to_cpu(src.module.state_dict()) if src.module is not None else None}
+                best = {"epoch": epoch, "score": score, "model": state_to_cpu(fit.model.state_dict()),
+                        "source": state_to_cpu(src.module.state_dict()) if src.module is not None else None}
         else:
             rho = float("nan")
             state = fit.model.state_dict()
             if n_avg and epoch >= epochs - n_avg:
                 avg = {"n": avg["n"] + 1, "state": average_weights(avg["state"], state, avg["n"] + 1)}
             best = {"epoch": epoch, "score": rho, "averaged": avg["n"],
-                    "model": avg["state"] if avg["n"] else _state_to_cpu(state),
-                    "source": _state_to_cpu(src.module.state_dict()) if src.module is not None else None}
+                    "model": avg["state"] if avg["n"] else state_to_cpu(state),
+                    "source": state_to_cpu(src.module.state_dict()) if src.module is not None else None}
         record.update(best_epoch=best["epoch"] + 1, seconds=round(time.perf_counter() - t0, 3))
         log_lines.append(json.dumps(record))
         done_here += 1
         stopping = epoch == epochs - 1 or (stop_after is not None and done_here >= stop_after)
         if rank == 0 and ((epoch + 1) % every == 0 or stopping):
-            ck = {"model": _state_to_cpu(fit.model.state_dict()), "optimizer": fit.opt.state_dict(),
-                  "source": _state_to_cpu(src.module.state_dict()) if src.module is not None else None,
+            ck = {"model": state_to_cpu(fit.model.state_dict()), "optimizer": fit.opt.state_dict(),
+                  "source": state_to_cpu(src.module.state_dict()) if src.module is not None else None,
                   "epoch": epoch, "best": best, "average": avg, "inner_cv": inner, "config": cfg,
                   "model_config": fit.model.cfg.to_dict(), "scaling": fit.scaling,
                   "curriculum": fit.cur.state_dict(),
@@ -907,12 +640,12 @@ def _train_one(cfg: dict, cache_obj: Any, labels: Labels, src: FeatureSource, tr
     if calibrate and rank == 0 and ckpt_path.exists():
         done = load_checkpoint(ckpt_path)
         if int(done["epoch"]) + 1 >= epochs and done.get("calibration") is None:
-            _calibrate(cfg, labels, src, done, heldout, mode, fit_rows, sel_rows, device)
+            _calibrate(cfg, data, done, heldout, mode, fit_rows, sel_rows, device)
             save_checkpoint(ckpt_path, done)
     return run_dir
 
 
-def _calibrate(cfg: dict, labels: Labels, src: FeatureSource, ck: dict, heldout: Any, mode: str,
+def _calibrate(cfg: dict, data: TrainingSet, ck: dict, heldout: Any, mode: str,
                fit_rows: np.ndarray, sel_rows: np.ndarray, device: str) -> None:
     """Fit the calibrated sampler on held-out training rows and store it in the kept model: the
     validation rows (``select="val"``), or out-of-fold predictions of an inner cross-validation at
@@ -922,21 +655,27 @@ def _calibrate(cfg: dict, labels: Labels, src: FeatureSource, ck: dict, heldout:
     from .calibration import fit_calibration
 
     tcfg = cfg["train"]
+    labels, src = data.labels, data.source
     # the kept heads: the selected epoch's, or the last (no epoch was selected: load_run's fallback)
     state = ck["best"]["model"] if ck["best"]["model"] is not None else ck["model"]
     kept = int(ck["best"]["epoch"]) if ck["best"]["model"] is not None else int(ck["epoch"])
+    from .calibration import concat_heldout
+
+    parts, source = [], []
     if mode == "val":
         model = UDAQA(ModelConfig.from_dict(ck["model_config"]))
         model.load_state_dict(state)
         model.to(device)
-        heldout = heldout_draws(model, src, labels, sel_rows, ck["scaling"], n_samples=int(tcfg["eval_samples"]),
-                                seed=int(tcfg["seed"]))
-        source = "validation split"
-    else:
+        parts.append(heldout_draws(model, src, labels, sel_rows, ck["scaling"], n_samples=CALIBRATION_SAMPLES,
+                                   seed=int(tcfg["seed"])))
+        source.append("validation split")
+    if mode != "val" or tcfg["calibrate"] == "oof":
         if heldout is None:
-            _, draws = inner_folds(cfg, labels, src, fit_rows, device=device, epochs=kept + 1, keep=[kept])
+            _, draws = inner_folds(cfg, data, fit_rows, device=device, epochs=kept + 1, keep=[kept])
             heldout = draws[kept]
-        source = f"out-of-fold predictions of {int(tcfg['inner_folds'])} inner folds at epoch {kept + 1}"
+        parts.append(heldout)
+        source.append(f"out-of-fold predictions of {int(tcfg['inner_folds'])} inner folds at epoch {kept + 1}")
+    heldout, source = concat_heldout(parts), " + ".join(source)
     fit = fit_calibration(heldout, seed=int(tcfg["seed"]))
     state["calib"] = torch.tensor([fit["tau"], fit["sigma"]], dtype=torch.float32)
     ck["calibration"] = {**fit, "fitted_on": source}
@@ -1062,45 +801,6 @@ def _bar(enabled: bool, start: int, total: int, run_dir: Path):
 # --------------------------------------------------------------------------- loading
 
 
-@dataclass
-class Run:
-    """A trained run as :func:`load_run` returns it (also unpackable as a tuple)."""
-
-    model: UDAQA
-    config: dict
-    cache_hash: str
-    scaling: dict
-    checkpoint: dict
-    source_state: dict | None
-
-    def __iter__(self):
-        return iter((self.model, self.config, self.cache_hash, self.scaling, self.checkpoint))
-
-
-def load_run(run_dir: str | Path, *, which: str = "best") -> Run:
-    """Load ``<run_dir>/checkpoint.pt`` -> Run(model, config, cache_hash, scaling, checkpoint, ...).
-
-    ``which="best"`` gives the selected model (the protocol's best epoch), ``"last"`` the latest;
-    when no epoch was ever selected (every selection score NaN) "best" falls back to the latest.
-    ``source_state`` (the trainable feature source's state, e.g. a fine-tuned I3D, or None) is
-    always the one of the same epoch as the heads.
-    The architecture is rebuilt from the checkpoint's model config, never from flags. The model is
-    in eval mode; ``model.predict_judges(features, video, T, S)`` samples judge panels.
-    """
-    path = Path(run_dir) / CHECKPOINT
-    ck = load_checkpoint(path)
-    try:
-        model = UDAQA(ModelConfig.from_dict(ck["model_config"]))
-        best = which == "best" and ck["best"]["model"] is not None
-        state = dict(ck["best"]["model"] if best else ck["model"])
-        state.setdefault("calib", torch.zeros(2))  # runs saved before the calibrated sampler
-        model.load_state_dict(state)
-    except (KeyError, RuntimeError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{path} does not match this version's model ({e}); retrain the run") from e
-    model.eval()
-    # The source (e.g. a fine-tuned backbone) always comes from the same epoch as the heads.
-    src_state = ck["best"].get("source") if best else ck.get("source")
-    return Run(model, ck["config"], ck["cache_hash"], ck["scaling"], ck, src_state)
 
 
 def main() -> None:

@@ -427,17 +427,3 @@ def load_i3d(cache_root: str | Path | None = None, device: str | torch.device = 
     model = I3D()
     model.load_state_dict(load_state_dict(cache_root, verify=verify))
     return model.to(device).eval()
-
-
-def describe(cache_root: str | Path | None = None) -> dict[str, Any]:
-    """Small JSON-able record of which weights are in use (for manifests and ``weights verify``)."""
-    path = weights_path(cache_root)
-    return {"path": str(path), "sha256": weights_sha256(cache_root), "bytes": path.stat().st_size}
-
-
-__all__ = [
-    "FORMATS", "WeightsError", "convert_deepmind", "convert_hassony2", "convert_native", "convert_piergiaj",
-    "deepmind_checkpoint_path", "describe", "detect_format", "fetch_weights", "file_sha256", "load_i3d",
-    "load_state_dict", "read_checkpoint", "save_weights", "to_i3d_state_dict", "verify_weights",
-    "weights_path", "weights_sha256",
-]  # fmt: skip

@@ -22,7 +22,7 @@ Design choices:
   size and thread count (torchrun sets ``OMP_NUM_THREADS=1`` per rank unless you set it); otherwise
   features agree to ~1e-6 relative, far below anything stage two can see.
 - Decoding + preprocessing (``sample_frames``, ``i3d_input``, ``downsample_video``) run in
-  ``workers`` threads (default: half the cores, 2 to 8) (PyAV, Pillow and torch resizing release the GIL) up to ``workers + 2``
+  ``threads`` threads (default: half the cores, 2 to 8) (PyAV, Pillow and torch resizing release the GIL) up to ``threads + 2``
   videos ahead of the model, so decoding hides behind the forward passes; the staged writes run in
   one more thread.
 - ``dtype="fp32"`` by default; ``"bf16"`` runs the forward under bfloat16 autocast (faster on
@@ -195,7 +195,7 @@ def filled_note(filled) -> str:
 
 def default_workers() -> int:
     """Decoding threads: half the cores, 2 to 8 (the model's own threads need the rest on CPU; on a
-    GPU, raise ``--workers`` until videos/s stops growing)."""
+    GPU, raise ``--threads`` until videos/s stops growing)."""
     return min(8, max(2, (os.cpu_count() or 2) // 2))
 
 
@@ -452,7 +452,7 @@ def extract_features(
     backend: str | None = None,
     views: int | None = None,
     batch_size: int | None = None,
-    workers: int | None = None,
+    threads: int | None = None,
     dtype: str | None = None,
     shard: str | Shard | None = None,
     strict: bool = False,
@@ -471,7 +471,7 @@ def extract_features(
     ``dataset.root`` of the stage). ``overrides`` are ``section.key=value`` strings. ``backend``
     (hdf5|zarr), ``views`` (V; V times the I3D work), ``dtype`` (fp32|bf16) override ``[cache]``.
     ``batch_size`` clips per forward (default: the cache's recorded one, else 16 CPU / 64 GPU),
-    ``workers`` decoding threads (default half the cores, 2 to 8). ``shard`` "i/n" extracts only the
+    ``threads`` decoding threads (default half the cores, 2 to 8). ``shard`` "i/n" extracts only the
     rows ``i % n`` of those to extract (under torchrun the rank/world size are used instead and rank 0
     merges). ``limit`` N: the label table holds the first N samples and only their features are
     extracted (same cache directory: features extracted under a limit are reused by a run without it).
@@ -604,7 +604,7 @@ def extract_features(
                      f"{cache_dir} already")
             if todo:
                 st = _extract_rows(cache_dir, manifest, plan, todo, job_sample, cfg, view_list, sh, len(mine),
-                                   model=model, device=device, batch_size=batch_size, workers=workers,
+                                   model=model, device=device, batch_size=batch_size, threads=threads,
                                    progress=progress)
     if stats is not None:  # reused: no row of the plan is extracted (all in this store or adopted)
         stats.update(st, cache=str(cache_dir), adopted=sum(adopted.values()), reused=not jobs)
@@ -646,12 +646,13 @@ def _init_gloo() -> None:
 def _extract_rows(cache_dir: Path, manifest: dict[str, Any], plan, todo: list[int], job_sample: Mapping[int, Any],
                   cfg: dict[str, Any], view_list: list[dict[str, Any]], sh: Shard, n_mine: int, *,
                   model: torch.nn.Module | None, device: str | torch.device | None, batch_size: int | None,
-                  workers: int | None, progress: bool) -> dict[str, Any]:
+                  threads: int | None, progress: bool) -> dict[str, Any]:
     """Load and prepare I3D, then extract the plan rows ``todo`` of this shard into its staging folder
     (the caller holds the shard's writer lock)."""
     c = cfg["cache"]
-    dev = torch.device(device) if device is not None else (
-        torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if torch.cuda.is_available() else torch.device("cpu"))
+    from .. import resolve
+
+    dev = torch.device(resolve.device(device))
     if c["dtype"] == "bf16":
         from ..backbone import bf16_supported
 
@@ -685,7 +686,7 @@ def _extract_rows(cache_dir: Path, manifest: dict[str, Any], plan, todo: list[in
         write_manifest(cache_dir, manifest)
     records = {i: {k: plan.rows[i][k] for k in ("name", "source", "frame_start", "frame_end", "stamp")} for i in todo}
     st = run_shard(job_sample, todo, shard_dir(cache_dir, sh.name), model, cfg, view_list, batch_size=bs,
-                   workers=workers or default_workers(), dtype=c["dtype"], progress=progress,
+                   workers=threads or default_workers(), dtype=c["dtype"], progress=progress,
                    initial=n_mine - len(todo), total=n_mine, records=records)
     st.update(batch_size=bs, device=str(dev))
     return st

@@ -62,7 +62,7 @@ def features_cmd(stage, root, backend, views, batch_size, threads, dtype, shard,
     try:
         path = extract_features(
             stage, root, overrides=overrides, cache_root=cache_root, backend=backend, views=views,
-            batch_size=batch_size, workers=threads, dtype=dtype, shard=shard, strict=strict, limit=limit,
+            batch_size=batch_size, threads=threads, dtype=dtype, shard=shard, strict=strict, limit=limit,
             device=device, progress=progress, retry_failed=retry_failed,
         )
     except ExtractionError as e:

@@ -7,7 +7,7 @@ import json
 
 import click
 
-from .options import (cache_root_option, command, device_option, force_option, jobs_option, json_option,
+from .options import (command, device_option, force_option, jobs_option, json_option,
                       max_epoch_minutes_option, progress_option, renamed, root_option, run_option, set_option,
                       stage_argument, stage_or_latest)
 
@@ -33,20 +33,19 @@ _DECODE_JOBS = "decoding processes (default: min(8, CPU cores) on GPU, 0 = in th
 @click.option("--rule", default=None, help="scoring rule (default: the run's dataset rule)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @device_option
-@cache_root_option
 @click.option("--expect-stage", default=None, metavar="STAGE",
               help="refuse a run trained on another stage or dataset")
 @renamed("--dataset", new="--expect-stage", dest="expect_stage")
 @json_option
 @click.option("--out", type=click.Path(), default=None,
               help="Parquet table of the rows (default for a folder of videos: ./scores.parquet)")
-def score_cmd(path, run_dir, judges, difficulty, samples, group, rule, seed, device, cache_root, expect_stage,
+def score_cmd(path, run_dir, judges, difficulty, samples, group, rule, seed, device, expect_stage,
               as_json, out):
     """Score PATH (a video, a frame folder, or a folder of videos) with a trained run."""
     from ..score import format_row, score
 
     res = score(path, run_dir, judges=judges, difficulty=difficulty, samples=samples, group=group, rule=rule,
-                seed=seed, device=device, cache_root=cache_root, out=out, expect_stage=expect_stage)
+                seed=seed, device=device, out=out, expect_stage=expect_stage)
     if as_json:
         obj = res if res["batch"] else {**res["rows"][0], **({"out": res["out"]} if "out" in res else {})}
         click.echo(json.dumps(obj, default=float))
@@ -82,7 +81,7 @@ def finetune_cmd(stage, root, fold, cv, run_dir, protocol, overrides, resume, fo
     from ..finetune import finetune
 
     out = finetune(stage_or_latest(stage), root, fold=fold, cv=cv, run_dir=run_dir, overrides=overrides,
-                   protocol=protocol, resume=resume, progress=progress, force=force, workers=jobs, device=device,
+                   protocol=protocol, resume=resume, progress=progress, force=force, jobs=jobs, device=device,
                    max_epoch_minutes=max_epoch_minutes, limit=limit)
     click.echo(str(out))
 
@@ -105,5 +104,5 @@ def evaluate_finetuned_cmd(run_dir, root, judges, samples, device, jobs, as_json
 
     if run_dir is None:
         raise click.UsageError("pass the fine-tuned run: --run DIR")
-    m = evaluate_finetuned(run_dir, root, judges=judges, samples=samples, device=device, workers=jobs)
+    m = evaluate_finetuned(run_dir, root, judges=judges, samples=samples, device=device, jobs=jobs)
     click.echo(json.dumps(m, indent=1, default=float) if as_json else format_metrics(m))

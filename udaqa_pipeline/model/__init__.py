@@ -242,47 +242,45 @@ class UDAQA(nn.Module):
         return y_scaled * (hi - lo) + lo
 
     def set_calibration(self, tau: float, sigma: float) -> None:
-        """Judge noise scale ``tau`` (x exp(u)) and shared panel offset sd ``sigma`` (scaled label
-        units) of the calibrated sampler (:mod:`udaqa_pipeline.calibration`); 0, 0 = the paper's."""
+        """Judge deviation scale ``tau`` and shared panel offset sd ``sigma`` (scaled label units) of
+        the calibrated sampler (:mod:`udaqa_pipeline.calibration`); 0, 0 = the paper's."""
         self.calib.copy_(torch.tensor([float(tau), float(sigma)]))
 
     @torch.no_grad()
-    def sample_panels(self, features: torch.Tensor, video: torch.Tensor | None, n_judges: int,
-                      n_samples: int = 1, generator: torch.Generator | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The sampler's raw draws: (y_hat (B, S, T), exp(u) (B, S, T)), scaled label units, one prior
-        draw of z per judge; exp(u) is 1 when the model has no uncertainty head."""
+    def sample_judges(self, features: torch.Tensor, video: torch.Tensor | None, n_judges: int,
+                      n_samples: int = 1, group_index: torch.Tensor | None = None,
+                      generator: torch.Generator | None = None, calibrated: bool = True
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """S = ``n_samples`` panels of T = ``n_judges`` judges in score units, as (location, judges, u).
+
+        features (B, K, M) float, video (B, L, 3, h, w) uint8. ``location`` (B, S, T) is the regressor's
+        output for one independent prior draw of z per judge (the paper's "more samples = more
+        judges", and its sampler); ``judges`` (B, S, T) adds, with a fitted calibration (``calib``,
+        :meth:`set_calibration`) and ``calibrated``, each judge's Laplace deviation (scale tau) and
+        each panel's shared offset (sd sigma), see :mod:`udaqa_pipeline.calibration`
+        (equal to ``location`` otherwise); u (B,) is the mean predicted log-uncertainty over the
+        S*T draws. Apply the dataset's scoring rule (:func:`udaqa_pipeline.datasets.rules.
+        apply_rule`) to the last axis to get final scores. Switches the model to eval mode.
+        """
+        self.eval()
         y, u = self.sample_scaled(features, video, n_judges * n_samples, generator)
         b = y.shape[0]
-        return y.view(b, n_samples, n_judges), torch.exp(u).view(b, n_samples, n_judges)
+        y = y.view(b, n_samples, n_judges)
+        loc = self.to_score_units(y.reshape(b, -1), group_index).view(b, n_samples, n_judges)
+        tau, sigma = (float(x) for x in self.calib)
+        if not calibrated or (tau == 0 and sigma == 0):
+            return loc, loc, u.mean(dim=1)
+        uni = torch.rand(y.shape, generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12) - 0.5
+        lap = (-torch.sign(uni) * torch.log1p(-2.0 * uni.abs())).to(y.device, y.dtype)
+        gauss = torch.randn(y.shape[:2], generator=generator, dtype=torch.float64).to(y.device, y.dtype)
+        y = y + tau * lap + sigma * gauss[..., None]
+        return loc, self.to_score_units(y.reshape(b, -1), group_index).view(b, n_samples, n_judges), u.mean(dim=1)
 
     @torch.no_grad()
     def predict_judges(self, features: torch.Tensor, video: torch.Tensor | None, n_judges: int,
                        n_samples: int = 1, group_index: torch.Tensor | None = None,
                        generator: torch.Generator | None = None, calibrated: bool = True
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """S = ``n_samples`` draws of T = ``n_judges`` judge scores in score units.
-
-        features (B, K, M) float, video (B, L, 3, h, w) uint8 -> (judges (B, S, T), u (B,)) where u is
-        the mean predicted log-uncertainty over all S*T latent draws. Each judge is one independent
-        prior draw of z (the paper's "more samples = more judges"); with a fitted calibration
-        (``calib`` buffer, :meth:`set_calibration`) and ``calibrated``, each judge also gets its
-        Laplace deviation (scale tau * exp(u)) and each panel a shared offset (sd sigma), see
-        :mod:`udaqa_pipeline.calibration`. Apply the dataset's scoring rule
-        (:func:`udaqa_pipeline.datasets.rules.apply_rule`) to the last axis to get final scores.
-        Switches the model to eval mode.
-        """
-        self.eval()
-        y, u = self.sample_scaled(features, video, n_judges * n_samples, generator)
-        y = y.view(y.shape[0], n_samples, n_judges)
-        scale = torch.exp(u).view_as(y)
-        tau, sigma = (float(x) for x in self.calib)
-        if calibrated and (tau > 0 or sigma > 0):
-            shape = y.shape
-            uni = torch.rand(shape, generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12) - 0.5
-            lap = (-torch.sign(uni) * torch.log1p(-2.0 * uni.abs())).to(y)
-            gauss = torch.randn(shape[:2], generator=generator, dtype=torch.float64).to(y)
-            y = y + tau * scale * lap.to(y.device) + sigma * gauss.to(y.device)[..., None]
-        b = y.shape[0]
-        out = self.to_score_units(y.reshape(b, -1), group_index).view(b, n_samples, n_judges)
-        return out, u.mean(dim=1)
+        """(judges (B, S, T), u (B,)) of :meth:`sample_judges`."""
+        _, judges, u = self.sample_judges(features, video, n_judges, n_samples, group_index, generator, calibrated)
+        return judges, u

@@ -1,0 +1,113 @@
+"""A run's checkpoint: one file, digest-checked, loaded with ``weights_only=True``; and a loaded run.
+
+``<run>/checkpoint.pt`` holds an outer dict {format, version, sha256, payload} whose payload is the
+torch-serialised inner dict (model, optimiser, best, calibration, config, model config, label
+scaling, curriculum, RNG states, split ids, provenance), so any flipped byte fails the digest
+check. :func:`load_run` rebuilds the model from the checkpoint's own model config, never from flags.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import UdaqaError
+from .fileutil import atomic_write_bytes
+from .model import UDAQA, ModelConfig
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = "udaqa-pipeline/run"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(UdaqaError, RuntimeError):
+    """A checkpoint that cannot be used; the message names the file and the fix."""
+
+
+def state_to_cpu(sd: dict) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in sd.items()}
+
+
+def save_checkpoint(path: Path, ckpt: dict) -> None:
+    """Write ``ckpt`` as one file: an outer dict {format, version, sha256, payload} whose payload is
+    the torch-serialised inner dict as a uint8 tensor, so any flipped byte fails the digest check.
+    Written to a temporary name and renamed, so a kill leaves the old or the new file."""
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    raw = buf.getvalue()
+    outer = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+             "sha256": hashlib.sha256(raw).hexdigest(),
+             "payload": torch.frombuffer(bytearray(raw), dtype=torch.uint8)}
+    buf = io.BytesIO()
+    torch.save(outer, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load and verify a run checkpoint (``torch.load(weights_only=True)`` twice, digest checked)."""
+    path = Path(path)
+    fix = f"delete {path} (or train again with --no-resume / another --run directory)"
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: train first (`udaqa-pipeline train ...`)")
+    try:
+        outer = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the file is unusable
+        raise CheckpointError(f"{path} is not a readable udaqa-pipeline checkpoint ({type(e).__name__}: "
+                              f"{str(e)[:200]}); {fix}") from e
+    if not isinstance(outer, dict) or outer.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a udaqa-pipeline run checkpoint; {fix}")
+    if outer.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {outer.get('version')}, this udaqa-pipeline "
+                              f"reads version {CHECKPOINT_VERSION}; retrain, or use the release that wrote it")
+    raw = outer["payload"].numpy().tobytes()
+    if hashlib.sha256(raw).hexdigest() != outer.get("sha256"):
+        raise CheckpointError(f"{path} fails its SHA-256 check (modified or damaged); {fix}")
+    try:
+        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{path}: payload unreadable ({e}); {fix}") from e
+
+
+@dataclass
+class Run:
+    """A trained run as :func:`load_run` returns it (also unpackable as a tuple)."""
+
+    model: UDAQA
+    config: dict
+    cache_hash: str
+    scaling: dict
+    checkpoint: dict
+    source_state: dict | None
+
+    def __iter__(self):
+        return iter((self.model, self.config, self.cache_hash, self.scaling, self.checkpoint))
+
+
+def load_run(run_dir: str | Path, *, which: str = "best") -> Run:
+    """Load ``<run_dir>/checkpoint.pt`` -> Run(model, config, cache_hash, scaling, checkpoint, ...).
+
+    ``which="best"`` gives the selected model (the protocol's best epoch), ``"last"`` the latest;
+    when no epoch was ever selected (every selection score NaN) "best" falls back to the latest.
+    ``source_state`` (the trainable feature source's state, e.g. a fine-tuned I3D, or None) is
+    always the one of the same epoch as the heads.
+    The architecture is rebuilt from the checkpoint's model config, never from flags. The model is
+    in eval mode; ``model.predict_judges(features, video, T, S)`` samples judge panels.
+    """
+    path = Path(run_dir) / CHECKPOINT
+    ck = load_checkpoint(path)
+    try:
+        model = UDAQA(ModelConfig.from_dict(ck["model_config"]))
+        best = which == "best" and ck["best"]["model"] is not None
+        state = dict(ck["best"]["model"] if best else ck["model"])
+        state.setdefault("calib", torch.zeros(2))  # runs saved before the calibrated sampler
+        model.load_state_dict(state)
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path} does not match this version's model ({e}); retrain the run") from e
+    model.eval()
+    # The source (e.g. a fine-tuned backbone) always comes from the same epoch as the heads.
+    src_state = ck["best"].get("source") if best else ck.get("source")
+    return Run(model, ck["config"], ck["cache_hash"], ck["scaling"], ck, src_state)
