@@ -35,33 +35,14 @@ from typing import Any
 
 import numpy as np
 
+from bench.bench_extract import write_h264
+
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = (720, 1280)
 # A real video for the logits comparison (the synthetic pattern is far from Kinetics): its first 320
 # frames, 5 windows. Used when the shared data is there; research data, never copied into the repo.
 REAL_VIDEO = ROOT.parent / "shared/data/jigsaws-suturing-capture2/Suturing/video/Suturing_B001_capture2.avi"
 REAL_FRAMES = 320
-
-
-def _write_720p(path: Path, n_frames: int) -> None:
-    """A moving pattern with noise (so H.264 cannot make the frames trivially cheap to decode)."""
-    import av
-
-    h, w = SIZE
-    yy, xx = np.mgrid[0:h, 0:w]
-    rng = np.random.default_rng(n_frames)
-    with av.open(str(path), "w") as out:
-        st = out.add_stream("libx264", rate=25)
-        st.width, st.height, st.pix_fmt = w, h, "yuv420p"
-        st.options = {"preset": "veryfast"}
-        for t in range(n_frames):
-            base = ((xx + 5 * t) ^ (yy + 2 * t)) % 256
-            img = np.stack([base, np.roll(base, 3 * t, 1), (base // 2 + 60) % 256], -1).astype(np.uint8)
-            img = np.clip(img.astype(np.int16) + rng.integers(-6, 7, img.shape), 0, 255).astype(np.uint8)
-            for pkt in st.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(pkt)
-        for pkt in st.encode():
-            out.mux(pkt)
 
 
 def _child(mode: str, path: str, cache_root: str, frames: str = "") -> None:
@@ -151,7 +132,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         peaks: dict[str, dict[int, float]] = {"whole": {}, "streamed": {}}
         for n in lengths:
             path = tmp / f"v{n}.mp4"
-            _write_720p(path, n)
+            write_h264(path, n, seed=n, size=SIZE, preset="veryfast")
             # Back to back on the same file, so machine load and page cache hit both paths alike.
             whole = _measure("whole", path, cache_root)
             streamed = _measure("streamed", path, cache_root)

@@ -28,7 +28,9 @@ import numpy as np
 import torch
 
 
-def _write_h264(path: Path, n_frames: int, seed: int, size=(256, 340)) -> None:
+def write_h264(path: Path, n_frames: int, seed: int, size=(256, 340), preset: str | None = None) -> None:
+    """An H.264 video of a moving pattern with noise (so the codec cannot make its frames trivially
+    cheap to decode), ``size`` (h, w); ``preset`` an x264 preset (its default when None)."""
     import av
 
     h, w = size
@@ -37,6 +39,8 @@ def _write_h264(path: Path, n_frames: int, seed: int, size=(256, 340)) -> None:
     with av.open(str(path), "w") as out:
         st = out.add_stream("libx264", rate=25)
         st.width, st.height, st.pix_fmt = w, h, "yuv420p"
+        if preset:
+            st.options = {"preset": preset}
         for t in range(n_frames):
             base = ((xx + 3 * t) ^ (yy + seed * 7)) % 256
             img = np.stack([base, np.roll(base, t, 1), (base // 2 + 60) % 256], -1).astype(np.uint8)
@@ -51,7 +55,7 @@ def _dataset(root: Path, n: int) -> Path:
     (root / "videos").mkdir(parents=True)
     lines = ["id,path,final_score"]
     for i in range(n):
-        _write_h264(root / "videos" / f"v{i}.mp4", 120, i)
+        write_h264(root / "videos" / f"v{i}.mp4", 120, i)
         lines.append(f"v{i},videos/v{i}.mp4,{50 + i}")
     (root / "annotations.csv").write_text("\n".join(lines) + "\n")
     return root

@@ -101,7 +101,7 @@ ROWS: dict[str, Row] = {
     "cache verify": Row(["cache", "verify", "{tmp}"], "udaqa_pipeline.cache.verify:verify_cache",
                         {"ok": True, "problems": []}, _cells(json="")),
     "cache merge": Row(["cache", "merge", "{tmp}"], "udaqa_pipeline.cache.merge:merge_cache", Path("/c"), _cells(),
-                       stubs={"udaqa_pipeline.cache.extract:_finish": lambda out, strict: None}),
+                       stubs={"udaqa_pipeline.cache.extract:finish_cache": lambda out, strict: None}),
     "train": Row(["train"], "udaqa_pipeline.train:train", Path("/data/runs/x"),
                  # --root parses (for --finetune-backbone) but training from the cache reads no frames
                  _cells(stage="dataset", root="-", cache="cache", cache_root="cache_root", run="run_dir",

@@ -264,7 +264,7 @@ class _Items(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, key: tuple[int, int, bool]) -> dict:
-        from .cache.extract import _video_size, shift_frames
+        from .cache.extract import video_size_of, shift_frames
         from .datasets.frames import sample_frames
         from .video.transforms import downsample_video, i3d_input
 
@@ -284,7 +284,7 @@ class _Items(torch.utils.data.Dataset):
             x = i3d_input(frames, resize=int(p.get("resize", 256)), crop=int(p.get("crop", 224)),
                           crop_mode="random" if augment and f["random_crop"] else "center", flip=flip,
                           norm=p.get("norm", "i3d"), generator=gen)
-            video = downsample_video(frames, _video_size(self.cfg))
+            video = downsample_video(frames, video_size_of(self.cfg))
             if flip:
                 video = np.ascontiguousarray(video[..., ::-1])
             return {"row": row, "x": x, "video": torch.from_numpy(video), "error": None,

@@ -77,8 +77,8 @@ from .manifest import (
     write_manifest,
 )
 from .merge import (
-    _cleanup,
-    _existing_rows,
+    cleanup_staging,
+    existing_rows,
     drop_failed_staged,
     merge_cache,
     missing_jobs,
@@ -90,7 +90,7 @@ from .merge import (
 )
 from .plan import base_rows, build_plan, describe_changes, find_legacy, keep_staged, label_changes
 from .shard import Shard, parse_shard, shard_indices, torchrun_env
-from .store import add_backend
+from .store import add_backend, now_iso
 from .verify import FILLED_NOTE, padding_summary
 
 DEFAULT_VIEW_SHIFT = 3
@@ -153,7 +153,7 @@ def view_input(frames: np.ndarray, cfg: Mapping[str, Any], view: Mapping[str, An
     )
 
 
-def _video_size(cfg: Mapping[str, Any]) -> tuple[int, int]:
+def video_size_of(cfg: Mapping[str, Any]) -> tuple[int, int]:
     h, w = cfg.get("cache", {}).get("video_size", [64, 64])
     return int(h), int(w)
 
@@ -187,9 +187,9 @@ def filled_note(filled) -> str:
     """The sample-table note for frame numbers filled from a neighbour ("" when none were)."""
     if not filled:
         return ""
-    from ..video.decode import _ranges
+    from ..video.decode import number_ranges
 
-    return (f"{FILLED_NOTE} frame numbers {_ranges(filled)} missing from the folder, each taken from its nearest "
+    return (f"{FILLED_NOTE} frame numbers {number_ranges(filled)} missing from the folder, each taken from its nearest "
             f"frame (frames.gap_policy = \"nearest\")")
 
 
@@ -257,7 +257,7 @@ def featurize(
     device = next(model.parameters()).device
     feats = forward_clips(model, clips, batch_size or default_batch_size(device),
                           str(cfg.get("cache", {}).get("dtype", "fp32")))
-    video = apply_view(downsample_video(frames, _video_size(cfg)), view)
+    video = apply_view(downsample_video(frames, video_size_of(cfg)), view)
     return feats, video
 
 
@@ -337,7 +337,7 @@ def _prepare(sample: Any, cfg: Mapping[str, Any], views: Sequence[Mapping[str, A
         if frames.shape[0] != L:
             raise ValueError(f"sample_frames returned {frames.shape[0]} frames, the config asks for {L}")
         xs = [view_input(frames, cfg, v) for v in views]
-        video = downsample_video(frames, _video_size(cfg))
+        video = downsample_video(frames, video_size_of(cfg))
         record = {"id": str(sample.id), "status": "ok", "error": filled_note(sf.filled),
                   "n_source_frames": int(sf.n_source_frames), "short": bool(sf.short),
                   "frame_indices": [int(i) for i in np.asarray(sf.indices).tolist()]}
@@ -530,7 +530,7 @@ def extract_features(
     manifest = read_manifest(cache_dir) if (cache_dir / "manifest.json").exists() else None
 
     labels = base_rows(samples, stage, root)
-    existing = _existing_rows(cache_dir, manifest) if manifest is not None else []
+    existing = existing_rows(cache_dir, manifest) if manifest is not None else []
     old_labels = (pq.read_table(cache_dir / SAMPLES).to_pylist()
                   if manifest is not None and manifest.get("complete") and (cache_dir / SAMPLES).exists() else [])
     plan = build_plan(samples, labels, existing, root=root, retry_failed=retry_failed,
@@ -552,16 +552,16 @@ def extract_features(
                 _log(f"cache {cache_dir} is complete; adding a {c['backend']} store from the existing one")
                 add_backend(cache_dir, c["backend"])
             wrote = refresh_labels(cache_dir, plan)
-            _cleanup(cache_dir)  # staging left by an earlier plan: nothing in it is needed
+            cleanup_staging(cache_dir)  # staging left by an earlier plan: nothing in it is needed
             _log(f"cache {cache_dir} has the features of all {len(samples)} samples: reusing it (nothing extracted); "
                  + (f"label table refreshed from the annotation files: {said}" if wrote else "labels unchanged"))
         if stats is not None:
             stats.update(processed=0, reused=True, adopted=0)
-        return _finish(cache_dir, strict, quiet=not lead)
+        return finish_cache(cache_dir, strict, quiet=not lead)
 
     if manifest is None:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        h, w = _video_size(cfg)
+        h, w = video_size_of(cfg)
         manifest = {
             "schema_version": SCHEMA_VERSION, "dataset": stage, "adapter": cfg["dataset"]["name"],
             "config_hash": chash, "hashed": key, "config": cfg, "complete": False, "backend": c["backend"],
@@ -569,7 +569,7 @@ def extract_features(
             "n_clips": len(layout.starts), "clip_len": layout.clip_len, "n_frames": layout.n_frames,
             "clip_layout": layout.kind, "clip_starts": list(layout.starts), "video_size": [h, w],
             "feature_dim": FEATURE_DIM, "views": view_list, "weights_sha256": wsha, "dtype": c["dtype"],
-            "root": str(root), "extraction": {"started": _now_iso()},
+            "root": str(root), "extraction": {"started": now_iso()},
         }
         if plan.adopted:  # rows added later use the batch size and threads the adopted rows were made with
             first = read_manifest(croot / next(iter(plan.adopted))).get("extraction", {})
@@ -618,7 +618,7 @@ def extract_features(
                 _log(f"{cache_dir}: label table refreshed from the annotation files: {said}")
         dist.barrier()
         if tr.index != 0:
-            return _finish(cache_dir, strict, quiet=True)  # rank 0 prints the summary
+            return finish_cache(cache_dir, strict, quiet=True)  # rank 0 prints the summary
     elif merge:
         left = missing_jobs(cache_dir, plan)
         if not left:
@@ -630,7 +630,7 @@ def extract_features(
                  f"run `udaqa-pipeline cache merge {cache_dir}` (copy other hosts' cache folders there first, "
                  f"or pass them as extra arguments)")
             return cache_dir
-    return _finish(cache_dir, strict)
+    return finish_cache(cache_dir, strict)
 
 
 def _init_gloo() -> None:
@@ -692,12 +692,6 @@ def _extract_rows(cache_dir: Path, manifest: dict[str, Any], plan, todo: list[in
     return st
 
 
-def _now_iso() -> str:
-    import datetime as _dt
-
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def summarize(cache_dir: Path) -> tuple[dict[str, int], list[tuple[str, str, str]]]:
     """Status counts and (id, status, error) of failed samples of a complete cache."""
     m = read_manifest(cache_dir)
@@ -719,7 +713,7 @@ def summary_line(n: int, ok: int, failed: int, pad: Mapping[str, Any]) -> str:
     return line + (f", {failed} failed" if failed else "")
 
 
-def _finish(cache_dir: Path, strict: bool, quiet: bool = False) -> Path:
+def finish_cache(cache_dir: Path, strict: bool, quiet: bool = False) -> Path:
     m = read_manifest(cache_dir)
     if not m.get("complete"):
         return cache_dir

@@ -41,11 +41,11 @@ from .lock import CacheLock
 from .manifest import ROWS, SAMPLES, STORE_NAMES, CacheError, read_manifest, write_manifest
 from .plan import JOB, SELF, Plan, label_table_rows, labels_hash, legacy_staged
 from .store import (
-    _DEFAULTS,
+    EXTRACTION_DEFAULTS,
     EXTRACTION_COLUMNS,
     StoreReader,
-    _now,
-    _status_counts,
+    now_iso,
+    status_counts,
     rows_table,
     samples_table,
     write_rows,
@@ -173,7 +173,7 @@ def merge_cache(cache_dir: str | Path, sources: Iterable[str | Path] = (), backe
             from .store import add_backend
 
             add_backend(cache_dir, backend)
-        _cleanup(cache_dir)
+        cleanup_staging(cache_dir)
         return cache_dir
     with CacheLock(cache_dir / "merge.lock", "cache"):
         if sources:
@@ -190,7 +190,7 @@ def merge_cache(cache_dir: str | Path, sources: Iterable[str | Path] = (), backe
                 f"`udaqa-pipeline cache merge {cache_dir} OTHER_DIRS...`"
             )
         _commit(cache_dir, read_manifest(cache_dir), plan, files, backend)
-    _cleanup(cache_dir)
+    cleanup_staging(cache_dir)
     return cache_dir
 
 
@@ -201,7 +201,7 @@ def refresh_labels(cache_dir: Path, plan: Plan) -> bool:
     cache_dir = Path(cache_dir)
     with CacheLock(cache_dir / "merge.lock", "cache"):
         manifest = read_manifest(cache_dir)
-        records = _existing_rows(cache_dir, manifest)
+        records = existing_rows(cache_dir, manifest)
         new = samples_table(label_table_rows(plan.samples, records))
         try:
             unchanged = new.equals(pq.read_table(cache_dir / SAMPLES))
@@ -213,7 +213,7 @@ def refresh_labels(cache_dir: Path, plan: Plan) -> bool:
     return True
 
 
-def _existing_rows(cache_dir: Path, manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
+def existing_rows(cache_dir: Path, manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
     """This store's row records (the first ``n_rows`` of ``rows.parquet``: a redone commit may find the
     next table there already, whose first rows are these)."""
     n = int(manifest.get("n_rows", 0) or 0)
@@ -230,7 +230,7 @@ def _existing_rows(cache_dir: Path, manifest: Mapping[str, Any]) -> list[dict[st
 
 
 def _commit(cache_dir: Path, manifest: dict[str, Any], plan: Plan, files: Mapping[str, Path], backend: str) -> None:
-    existing = _existing_rows(cache_dir, manifest)
+    existing = existing_rows(cache_dir, manifest)
     legacy: dict[str, _Legacy] = {}
     records: list[dict[str, Any]] = []
     for i, r in enumerate(plan.rows):
@@ -248,7 +248,7 @@ def _commit(cache_dir: Path, manifest: dict[str, Any], plan: Plan, files: Mappin
         else:
             rec = _legacy(cache_dir, r["origin"], legacy).record(int(r["origin_row"]))
         # a failed row's record has no frame counts: the table defaults (0 frames, not short) as before
-        records.append({**keep, **{k: rec[k] if rec.get(k) is not None else _DEFAULTS[k] for k in EXTRACTION_COLUMNS}})
+        records.append({**keep, **{k: rec[k] if rec.get(k) is not None else EXTRACTION_DEFAULTS[k] for k in EXTRACTION_COLUMNS}})
     label_rows = label_table_rows(plan.samples, records)
     table = samples_table(label_rows)
     stores = dict(manifest.get("stores", {}))
@@ -265,7 +265,7 @@ def _commit(cache_dir: Path, manifest: dict[str, Any], plan: Plan, files: Mappin
                 lg.close()
         write_rows(cache_dir, rows_table(records))
     write_samples(cache_dir, table)
-    now = _now()
+    now = now_iso()
     changes = plan.changes
     manifest.pop("merging", None)
     manifest.update(
@@ -274,7 +274,7 @@ def _commit(cache_dir: Path, manifest: dict[str, Any], plan: Plan, files: Mappin
         stores=stores,
         n_samples=table.num_rows,
         n_rows=len(records),
-        counts=_status_counts(table),
+        counts=status_counts(table),
         updated=now,
         root=plan.root or manifest.get("root"),
         files_sha256={SAMPLES: file_sha256(cache_dir / SAMPLES), ROWS: file_sha256(cache_dir / ROWS)},
@@ -368,7 +368,7 @@ def _write_store(cache_dir: Path, manifest: Mapping[str, Any], plan: Plan, files
             own.close()
 
 
-def _cleanup(cache_dir: Path) -> None:
+def cleanup_staging(cache_dir: Path) -> None:
     shutil.rmtree(Path(cache_dir) / STAGING, ignore_errors=True)
 
 

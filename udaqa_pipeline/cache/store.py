@@ -114,7 +114,7 @@ ROW_SCHEMA = pa.schema(
     ]
 )
 
-_DEFAULTS: dict[str, Any] = {
+EXTRACTION_DEFAULTS: dict[str, Any] = {
     "dataset": "",
     "action": "",
     "group": "",
@@ -157,7 +157,7 @@ def _table(rows: Sequence[Mapping[str, Any]] | pa.Table, schema: pa.Schema, what
         if unknown:
             raise ValueError(f"{what} row {i}: unknown columns {sorted(unknown)}; known: {schema.names}")
         for name in cols:
-            v = row.get(name, _DEFAULTS.get(name))
+            v = row.get(name, EXTRACTION_DEFAULTS.get(name))
             if name == "judge_scores" or name == "frame_indices":
                 v = [float(x) if name == "judge_scores" else int(x) for x in (v if v is not None else [])]
             cols[name].append(v)
@@ -617,7 +617,7 @@ def write_cache(
         "feature_dim": FEATURE_DIM,
         "clip_starts": [int(s) for s in clip_starts],
         "views": views,
-        "counts": _status_counts(table),
+        "counts": status_counts(table),
         **dict(extra or {}),
     }
     write_manifest(path, manifest)
@@ -630,7 +630,7 @@ def write_cache(
     write_samples(path, table)
     manifest.update(complete=True, stores={backend: STORE_NAMES[backend]},
                     files_sha256={SAMPLES: file_sha256(path / SAMPLES), ROWS: file_sha256(path / ROWS)})
-    manifest.setdefault("finished", _now())
+    manifest.setdefault("finished", now_iso())
     write_manifest(path, manifest)
     return path
 
@@ -673,14 +673,14 @@ def add_backend(path: str | Path, backend: str) -> Path:
     return out
 
 
-def _status_counts(table: pa.Table) -> dict[str, int]:
+def status_counts(table: pa.Table) -> dict[str, int]:
     counts: dict[str, int] = {}
     for s in table.column("status").to_pylist():
         counts[s] = counts.get(s, 0) + 1
     return counts
 
 
-def _now() -> str:
+def now_iso() -> str:
     import datetime as _dt
 
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

@@ -120,11 +120,11 @@ def verify_cmd(cache, as_json) -> None:
 def merge_cmd(cache, others, backend) -> None:
     """Merge the shards staged in CACHE (plus those of OTHERS: copies of the same cache from other hosts)
     into its final store."""
-    from ..cache.extract import _finish
+    from ..cache.extract import finish_cache
     from ..cache.merge import merge_cache
 
     out = merge_cache(cache, others, backend=backend)
-    _finish(out, strict=False)
+    finish_cache(out, strict=False)
     click.echo(out)
 
 

@@ -199,7 +199,7 @@ def _check_indices(path: Path, indices: Sequence[int], n: int | None = None) -> 
     return idx
 
 
-def _ranges(numbers: Iterable[int]) -> str:
+def number_ranges(numbers: Iterable[int]) -> str:
     """``[100, 101, 102, 150]`` -> ``"100-102, 150"`` (sorted, unique)."""
     out: list[str] = []
     nums = sorted(set(int(n) for n in numbers))
@@ -269,7 +269,7 @@ class FrameFolder:
             many = len(gone) > 1
             raise VideoError(
                 self.path,
-                f"frame number{'s' if many else ''} {_ranges(gone)} needed by the window {int(want.min())}-"
+                f"frame number{'s' if many else ''} {number_ranges(gone)} needed by the window {int(want.min())}-"
                 f"{int(want.max())} {'are' if many else 'is'} missing (the files jump {', '.join(jumps)})",
                 "re-extract the frames of this folder, or set frames.gap_policy = \"nearest\" to take each missing "
                 "frame from its nearest neighbour (the sample is flagged in the table)",
