@@ -6,6 +6,10 @@ Rows (cumulative, as in the paper's table; switches are [train] keys):
   +WA                   weight attention instead of the mean over clips
   +uncertainty          exp(-u) re-weighting + u + beta |u1 - u2|
   +curriculum           uncertainty-guided curriculum (= the full model)
+  +calibrated panels    the full model with its sampler calibrated on held-out rows (not in the paper)
+Every row starts from the paper's recipe (``train.PAPER_RECIPE``: the paper's switches, the paper's
+sampler) on the stage's learning rate, epochs and batch size; the stage's own recipe is one more row
+when it differs (stages/jigsaws.toml's small-data recipe).
 Design variants of the full model:
   latent on shared feature   the latent branch reads f_v instead of the video
   two regressors             judge-mean head on f_v + latent offset head
@@ -20,8 +24,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from .errors import ArgumentError
 
-#: name -> (overrides, paper's MTL-AQA Spearman or None)
+
+#: name -> (overrides on top of the paper's recipe, paper's MTL-AQA Spearman or None)
 ROWS: dict[str, tuple[list[str], float | None]] = {
     "baseline I3D+MLP": (["train.use_wa=false", "train.use_cvae=false", "train.use_uncertainty=false",
                           "train.use_curriculum=false"], 0.9364),
@@ -29,9 +35,12 @@ ROWS: dict[str, tuple[list[str], float | None]] = {
     "+WA": (["train.use_uncertainty=false", "train.use_curriculum=false"], 0.9478),
     "+uncertainty re-weighting": (["train.use_curriculum=false"], 0.9535),
     "+curriculum (full)": ([], 0.9545),
+    "+calibrated judge panels": (["train.calibrate=heldout"], None),
     "variant: latent on shared feature": (["train.latent_input=feature"], None),
     "variant: two regressors": (["train.regressors=2"], None),
 }
+#: The row of the stage's own recipe (stages/<stage>.toml as it is), added when it differs from every row above.
+STAGE_ROW = "stage recipe"
 
 
 def _slug(name: str) -> str:
@@ -67,10 +76,12 @@ def _run_row(name: str, dataset: str, fold: int, cache: Any, cache_root: Any, ru
         m = evaluate(rd, cache=cache, cache_root=cache_root, make_plots=False)
     finally:
         handle.remove()
-    res = {"row": name, "run": str(rd), "protocol": m["protocol"], "spearman": m["overall"]["spearman"],
-           "rl2x100": m["overall"]["rl2x100"], "i3d_forwards": counter["i3d_forwards"]}
-    if "fisher_z_spearman" in m:
-        res["spearman"] = m["fisher_z_spearman"]["value"]
+    panel = next(iter(m.get("panel", {}).values()), {})
+    res = {"row": name, "run": str(rd), "protocol": m["protocol"], "spearman": m["headline"]["value"],
+           "rl2x100": m["overall"]["rl2x100"], "i3d_forwards": counter["i3d_forwards"],
+           "coverage": panel.get("coverage"), "coverage_nominal": panel.get("coverage_nominal"),
+           "crps": panel.get("crps"),
+           "final_coverage80": (m.get("final_calibration") or {}).get("interval_coverage", {}).get("0.8")}
     return res
 
 
@@ -95,22 +106,28 @@ def ablate(dataset: str, *, fold: int = 0, cache: Any = None, cache_root: Any = 
     from . import resolve
 
     cache = resolve.cache_dir(dataset, cache=cache, cache_root=cache_root)
-    names = list(ROWS) if rows is None else rows
-    unknown = [n for n in names if n not in ROWS]
+    from .train import PAPER_RECIPE, resolve_config
+
+    table = {n: ([*PAPER_RECIPE, *ov], paper) for n, (ov, paper) in ROWS.items()}
+    base = list(overrides)
+    own = resolve_config(dataset, base)["train"]
+    if all(resolve_config(dataset, base + ov)["train"] != own for ov, _ in table.values()):
+        table[STAGE_ROW] = ([], None)
+    names = list(table) if rows is None else rows
+    unknown = [n for n in names if n not in table]
     if unknown:
-        raise ValueError(f"unknown ablation rows {unknown}; known: {list(ROWS)}")
+        raise ArgumentError(f"unknown ablation rows {unknown}; known: {list(table)}")
     parent = Path(run_dir) if run_dir is not None else resolve.run_dir(dataset, "ablate", fold=fold)
     before = _store_stamp(cache)
     resolve.training_set(dataset, cache=cache)  # fail early with the cache's own message
     cores = os.cpu_count() or 1
     jobs = max(1, min(jobs or cores, len(names)))
     threads = threads or max(1, cores // jobs)
-    base = list(overrides)
     results = Parallel(n_jobs=jobs, backend="loky" if jobs > 1 else "sequential")(
         delayed(_run_row)(n, dataset, fold, cache, cache_root, parent / _slug(n), protocol,
-                          base + ROWS[n][0], threads) for n in names)
+                          base + table[n][0], threads) for n in names)
     for r in results:
-        r["paper_spearman"] = ROWS[r["row"]][1]
+        r["paper_spearman"] = table[r["row"]][1]
     after = _store_stamp(cache)
     total = sum(r["i3d_forwards"] for r in results)
     if total:
@@ -123,10 +140,19 @@ def ablate(dataset: str, *, fold: int = 0, cache: Any = None, cache_root: Any = 
 def format_table(res: dict) -> str:
     p = res["protocol"]
     lines = [f"ablation on {res['dataset']} fold {res['fold']} ({p} protocol; paper numbers: MTL-AQA, "
-             f"paper protocol)", f"{'row':<36s}{'Spearman':>10s}{'R-l2x100':>10s}{'paper':>9s}"]
+             f"paper protocol; coverage: real judges inside a sampled panel, nominal in brackets; final 80%: "
+             f"true final scores inside the 80% interval)",
+             f"{'row':<36s}{'Spearman':>10s}{'R-l2x100':>10s}{'coverage':>16s}{'CRPS':>8s}{'final 80%':>10s}"
+             f"{'paper':>9s}"]
+
+    def num(x, fmt: str) -> str:
+        return "-" if x is None else format(x, fmt)
+
     for r in res["rows"]:
         paper = f"{r['paper_spearman']:.4f}" if r["paper_spearman"] is not None else "-"
-        lines.append(f"{r['row']:<36s}{r['spearman']:>10.4f}{r['rl2x100']:>10.4f}{paper:>9s}")
+        cov = "-" if r.get("coverage") is None else f"{r['coverage']:.2f} ({r['coverage_nominal']:.2f})"
+        lines.append(f"{r['row']:<36s}{r['spearman']:>10.4f}{r['rl2x100']:>10.4f}{cov:>16s}"
+                     f"{num(r.get('crps'), '.3f'):>8s}{num(r.get('final_coverage80'), '.2f'):>10s}{paper:>9s}")
     lines.append(f"I3D forwards during the ablation: {res['i3d_forwards']}; cache files unchanged: "
                  f"{res['cache_unchanged']}; parallel jobs: {res['jobs']}")
     return "\n".join(lines)

@@ -6,6 +6,8 @@ evaluated on the same cache and folds (joblib processes, one torch thread each),
 Methods (``methods``):
 
 - ``udaqa``: UD-AQA with the stage's recipe (``[train]`` of ``stages/<stage>.toml`` plus ``--set``).
+- ``paper``: UD-AQA with the paper's model and training switches on the same stage
+  (``train.PAPER_RECIPE``; learning rate, epochs and batch size stay the stage's).
 - ``i3d+mlp``: the same recipe with the ablation's baseline switches (mean over clips, no latent
   branch, plain L1, no curriculum: ``ablate.ROWS["baseline I3D+MLP"]``).
 - ``ridge``: scikit-learn ridge regression of the final score on the clip features of view 0
@@ -54,8 +56,10 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from .errors import ArgumentError
 
-METHODS = ("udaqa", "i3d+mlp", "ridge")
+
+METHODS = ("udaqa", "paper", "i3d+mlp", "ridge")
 PROTOCOL_CHOICES = {"honest": ("honest",), "paper": ("paper",), "both": ("honest", "paper")}
 RIDGE_ALPHAS = np.logspace(-3, 5, 41)
 STATS = ("mean_fold_spearman", "fisher_z_spearman", "pooled_spearman", "rl2x100", "coverage80")
@@ -67,11 +71,15 @@ def method_overrides(method: str) -> list[str]:
     """``--set`` overrides that turn the stage's recipe into ``method``."""
     if method == "udaqa":
         return []
+    if method == "paper":
+        from .train import PAPER_RECIPE
+
+        return list(PAPER_RECIPE)
     if method == "i3d+mlp":
         from .ablate import ROWS
 
         return list(ROWS["baseline I3D+MLP"][0])
-    raise ValueError(f"no training recipe for method {method!r}")
+    raise ArgumentError(f"no training recipe for method {method!r}")
 
 
 def ridge_predict(features: np.ndarray, y: np.ndarray, train_rows: np.ndarray, test_rows: np.ndarray
@@ -257,7 +265,7 @@ def cross_validate(stage: str, *, root: str | Path | None = None, cache: str | P
     it). ``overrides``: ``section.key=value`` for both stages (``train.*`` keys go to stage two only).
     ``seeds``: seeds 0..seeds-1. ``protocol``: "honest", "paper" or "both". ``split``: "official" or
     "louo". ``jobs``: parallel runs (default: the CPU cores). ``samples``: prior draws S per test
-    sample. Raises ``ValueError``/``ConfigError`` on bad settings, ``CacheError`` when stage one
+    sample. Raises ``ArgumentError``/``ConfigError`` on bad settings, ``CacheError`` when stage one
     cannot produce a cache.
     """
     from joblib import Parallel, delayed
@@ -270,13 +278,13 @@ def cross_validate(stage: str, *, root: str | Path | None = None, cache: str | P
     methods = list(methods)
     bad = [m for m in methods if m not in METHODS]
     if bad:
-        raise ValueError(f"unknown methods {bad}; choose from {', '.join(METHODS)}")
+        raise ArgumentError(f"unknown methods {bad}; choose from {', '.join(METHODS)}")
     if protocol not in PROTOCOL_CHOICES:
-        raise ValueError(f"protocol must be one of {', '.join(PROTOCOL_CHOICES)}, not {protocol!r}")
+        raise ArgumentError(f"protocol must be one of {', '.join(PROTOCOL_CHOICES)}, not {protocol!r}")
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+        raise ArgumentError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     if seeds < 1:
-        raise ValueError(f"seeds must be at least 1, got {seeds}")
+        raise ArgumentError(f"seeds must be at least 1, got {seeds}")
     t0 = time.perf_counter()
     overrides = list(overrides)
     if cache is None:

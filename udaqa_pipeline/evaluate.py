@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from . import plots
 from .checkpoint import CheckpointError, load_run
+from .errors import ArgumentError
 from .metrics import calibration_metrics, final_score_calibration, fisher_z_mean, score_metrics, spearman
 from .train import LOG, predict, safe_name
 from .trainset import Labels, TrainingSet
@@ -89,7 +90,7 @@ def evaluate(run_dir: str | Path | None = None, *, dataset: str | None = None, f
     """
     if run_dir is None:
         if dataset is None:
-            raise ValueError("pass run_dir or dataset")
+            raise ArgumentError("pass run_dir or dataset")
         from . import resolve
 
         run_dir = resolve.run_dir(dataset, fold=fold or 0, cv=cv, split=split)
@@ -114,7 +115,7 @@ def evaluate(run_dir: str | Path | None = None, *, dataset: str | None = None, f
         if len(rows) == 0:
             continue
         if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, not {sampler!r}")
+            raise ArgumentError(f"sampler must be one of {SAMPLERS}, not {sampler!r}")
         src = data.source
         p = predict(run.model, src, labels, rows, run.scaling, n_samples=samples, n_judges=judges, seed=seed,
                     calibrated=sampler == "calibrated")
