@@ -221,3 +221,17 @@ def test_cv_command_end_to_end(cache, tmp_path):
                           overrides=FAST, progress=False)
     assert louo["folds"] == [0, 1, 2, 3] and louo["split"] == "louo"
     assert all(math.isfinite(v["mean"]) for v in louo["results"][0]["folds"].values())
+
+
+def test_groups_without_any_video_are_skipped_in_one_line(tmp_path, capsys):
+    from udaqa_pipeline.datasets import Sample, skip_absent_groups
+
+    (tmp_path / "Suturing_B001.avi").write_bytes(b"x")
+    s = [Sample(id=f"{g}_{i}", dataset="jigsaws", source=tmp_path / f"{g}_{i}.avi", final_score=10.0, group=g)
+         for g in ("Suturing", "Knot_Tying", "Needle_Passing") for i in ("B001", "B002")]
+    kept = skip_absent_groups(s, "jigsaws", tmp_path)
+    assert [x.id for x in kept] == ["Suturing_B001", "Suturing_B002"]  # B002's missing file is stage one's to report
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Knot_Tying (2 samples), Needle_Passing (2 samples): skipped" in err[0]
+    nothing = [x for x in s if x.group != "Suturing"]
+    assert skip_absent_groups(nothing, "jigsaws", tmp_path) == nothing  # nothing on disk: each is reported

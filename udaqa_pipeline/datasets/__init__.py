@@ -32,7 +32,7 @@ from .rules import RULE_ATOL, apply_rule
 #: Adapter modules by name.
 DATASETS: dict[str, ModuleType] = {"mtl": mtl, "finediving": finediving, "jigsaws": jigsaws, "aqa7": aqa7, "folder": folder}
 
-__all__ = ["DATASETS", "TRAIN_ONLY", "AnnotationError", "DatasetIndex", "Sample", "inspect_dataset",
+__all__ = ["DATASETS", "TRAIN_ONLY", "AnnotationError", "DatasetIndex", "Sample", "inspect_dataset", "skip_absent_groups",
            "load_dataset", "read_index"]
 
 
