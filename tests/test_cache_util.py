@@ -66,3 +66,16 @@ def tiny_model() -> torch.nn.Module:
 
     torch.manual_seed(0)
     return I3D()
+
+
+def test_strict_json_writes_null_for_undefined_numbers():
+    import json
+
+    import numpy as np
+
+    from udaqa_pipeline.fileutil import strict_json
+
+    text = strict_json({"rho": float("nan"), "inf": np.float64("inf"), "n": np.int64(3), "a": np.array([1.5, 2.0]),
+                        "t": (1, None), 4: "x"})
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"rho": None, "inf": None, "n": 3, "a": [1.5, 2.0], "t": [1, None], "4": "x"}

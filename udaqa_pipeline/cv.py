@@ -56,6 +56,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from .fileutil import strict_json
 from .errors import ArgumentError
 
 
@@ -328,14 +329,12 @@ def cross_validate(stage: str, *, root: str | Path | None = None, cache: str | P
 
 
 def _write(out: Path, res: dict, records: list[dict]) -> None:
-    import json
-
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     records = sorted(records, key=lambda r: (r["method"], r["protocol"], r["seed"], r["fold"], r["id"]))
     pq.write_table(pa.Table.from_pylist(records), out / "predictions.parquet")
-    (out / "cv.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
+    (out / "cv.json").write_text(strict_json(res) + "\n")
 
 
 def format_table(res: dict) -> str:

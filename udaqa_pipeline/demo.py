@@ -116,7 +116,7 @@ def _train_stage(cache_dir: Path, run_dir: Path, overrides: list[str], progress:
 
 def run_demo(*, n_dives: int = DEFAULT_DIVES, seed: int = DEFAULT_SEED, epochs: int | None = None,
              fresh: bool = False, cache_root: str | Path | None = None, runs_root: str | Path | None = None,
-             progress: bool = True, samples: int = 10, overrides: tuple[str, ...] = (),
+             progress: bool = True, samples: int = 50, overrides: tuple[str, ...] = (),
              synth_config: Any = None) -> dict[str, Any]:
     """Run the demo; returns a dict of what it printed (paths, metrics, timings, reuse flags).
 
@@ -181,6 +181,9 @@ def run_demo(*, n_dives: int = DEFAULT_DIVES, seed: int = DEFAULT_SEED, epochs: 
 
     t = time.perf_counter()
     m = _stage("evaluation", evaluate, run_dir, cache=cache_dir, samples=samples)
+    # the calibration table's two baselines, on the same run and test dives (issue 11)
+    base_m = {s: _stage("evaluation", evaluate, run_dir, cache=cache_dir, samples=samples, sampler=s, make_plots=False)
+              for s in ("paper", "residual")}
     timings["evaluate"] = time.perf_counter() - t
     import pyarrow.parquet as pq
 
@@ -212,15 +215,30 @@ def run_demo(*, n_dives: int = DEFAULT_DIVES, seed: int = DEFAULT_SEED, epochs: 
     _say(f"  R-l2 x100, trivial baseline   {base:7.4f}   (predict the training mean, {train_finals.mean():.2f})")
     _say(f"  Spearman of execution only    {exe:7.4f}   (final / DD: what the model adds to the known DD)")
     if "panel" in m:
-        for tname, pm in m["panel"].items():
-            _say(f"  panel {tname}: CRPS {pm['crps']:.3f}, coverage {pm['coverage']:.2f}, "
-                 f"rho(uncertainty, real judge spread) {pm['uncertainty_vs_spread_rho']:.3f}")
+        cal = next(iter(m["runs"].values())).get("calibration")
+        _say(f"  judge panels, {len(pred)} test dives ({m['protocol']} protocol; calibration fitted on the "
+             f"{cal['fitted_on'] if cal else 'nothing: none fitted'}):")
+        _say(f"    {'sampler':<34s}{'coverage':>10s}{'CRPS':>8s}{'panel sd':>10s}{'final 80%':>11s}")
+        rows = [("calibrated (default)", m), ("paper's prior draws", base_m["paper"]),
+                ("mean + training residuals", base_m["residual"])]
+        for name, mm in rows:
+            for tname, pm in mm["panel"].items():
+                fc = (mm.get("final_calibration") or {}).get("interval_coverage", {}).get("0.8", float("nan"))
+                _say(f"    {name:<34s}{pm['coverage']:>10.2f}{pm['crps']:>8.3f}{pm['sampled_sd']:>10.2f}{fc:>11.2f}")
+        pm = next(iter(m["panel"].values()))
+        res["calibration"] = {name: {"coverage": next(iter(mm["panel"].values()))["coverage"],
+                                     "crps": next(iter(mm["panel"].values()))["crps"],
+                                     "final_coverage80": mm["final_calibration"]["interval_coverage"]["0.8"]}
+                              for name, mm in rows}
+        _say(f"    nominal coverage {pm['coverage_nominal']:.2f}; real panel sd {pm['real_sd']:.2f}; "
+             f"rho(uncertainty u, real judge spread) {pm['uncertainty_vs_spread_rho']:.3f}")
     _say(f"  success criterion (Spearman > 0.5 and R-l2 below the baseline): {'met' if ok else 'NOT met'}")
     _say("")
     row = by_id[d["id"]]
     _say(f"  test dive {d['id']} ({row['action']}, DD {row['difficulty']:.1f}):")
     _say(f"    sampled panel  {_fmt_panel(d['pred_judges'])}   -> final {d['pred_final']:6.2f} "
-         f"+- {d['pred_final_std']:.2f} (sd over {samples} sampled panels)")
+         f"+- {d['pred_final_std']:.2f}, 80% interval {d['pred_final_lo80']:.2f}-{d['pred_final_hi80']:.2f} "
+         f"({samples} sampled panels)")
     _say(f"    real panel     {_fmt_panel(d['real_judges'])}   -> final {d['true_final']:6.2f}")
     _say(f"    uncertainty    {d['uncertainty']:.4f}")
     _say("")

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .fileutil import strict_json
 from . import plots
 from .checkpoint import CheckpointError, load_run
 from .errors import ArgumentError
@@ -110,7 +111,10 @@ def evaluate(run_dir: str | Path | None = None, *, dataset: str | None = None, f
         test_ids = ck["split"]["test"]
         missing = [s for s in test_ids if s not in pos]
         if missing:
-            raise CheckpointError(f"{rd}: {len(missing)} test samples (e.g. {missing[0]}) are not in the cache")
+            raise CheckpointError(f"{rd}: {len(missing)} test samples (e.g. {missing[0]}) are not in the cache's label "
+                                  f"table (another dataset's `features` run with the same settings refreshed it?); "
+                                  f"rerun `udaqa-pipeline features STAGE --root` with the run's data (it extracts "
+                                  f"nothing already there), or pass --cache")
         rows = np.asarray([pos[s] for s in test_ids], int)
         if len(rows) == 0:
             continue
@@ -179,7 +183,7 @@ def evaluate(run_dir: str | Path | None = None, *, dataset: str | None = None, f
             curves["final score"] = _curve(out["final_calibration"]["interval_coverage"])
         if curves:
             out["plots"].append(str(plots.reliability(ev / "reliability.png", curves, tag)))
-    (ev / "metrics.json").write_text(json.dumps(out, indent=1, default=float) + "\n")
+    (ev / "metrics.json").write_text(strict_json(out) + "\n")
     return out
 
 

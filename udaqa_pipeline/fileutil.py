@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -34,3 +36,29 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def strict_json(obj: Any, indent: int | None = 1) -> str:
+    """``obj`` as standard JSON: NaN and infinities (undefined metrics) become ``null``, numpy scalars and
+    arrays plain numbers and lists, other unknown objects their ``str``; what jq and every other parser
+    accepts (Python's default would write bare ``NaN``)."""
+    import math
+
+    import numpy as np
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {str(k): clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        if isinstance(x, np.ndarray):
+            return clean(x.tolist())
+        if isinstance(x, np.generic):
+            x = x.item()
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if x is None or isinstance(x, (bool, int, float, str)):
+            return x
+        return str(x)
+
+    return json.dumps(clean(obj), indent=indent, allow_nan=False)

@@ -345,4 +345,7 @@ def format_row(row: dict) -> str:
                 if row.get("final_lo") is not None else
                 (f" +- {row['final_std']:.2f} over {s} draws" if s > 1 else "")),
              f"  uncertainty (predicted log-uncertainty u): {row['uncertainty']:.3f}"]
+    if row.get("short"):
+        lines.append(f"  note: the video has {row['n_source_frames']} frames, fewer than the window: padded with its "
+                     f"last frame (frames.short_policy)")
     return "\n".join(lines)

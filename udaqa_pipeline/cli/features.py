@@ -41,7 +41,8 @@ def _shard(ctx: click.Context, param: click.Parameter, value: str | None):
               help="Extract only samples i, i+n, ... (0-based i); merge with `cache merge`. Under torchrun "
                    "RANK/WORLD_SIZE are used instead and rank 0 merges.")
 @click.option("--strict", is_flag=True, help="Exit non-zero if any video failed (default: only if none succeeded).")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N samples (a separate cache).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N samples: the label table holds them and only their features are extracted "
+                   "(the same cache; a run without --limit adds the rest).")
 @cache_root_option
 @device_option
 @set_option

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import json
 
 import click
 
+from ..fileutil import strict_json
 from .options import (command, device_option, force_option, jobs_option, json_option,
                       max_epoch_minutes_option, progress_option, renamed, root_option, run_option, set_option,
                       stage_argument, stage_or_latest)
@@ -48,7 +48,7 @@ def score_cmd(path, run_dir, judges, difficulty, samples, group, rule, seed, dev
                 seed=seed, device=device, out=out, expect_stage=expect_stage)
     if as_json:
         obj = res if res["batch"] else {**res["rows"][0], **({"out": res["out"]} if "out" in res else {})}
-        click.echo(json.dumps(obj, default=float))
+        click.echo(strict_json(obj, indent=None))
         return
     for row in res["rows"]:
         click.echo(format_row(row))
@@ -105,4 +105,4 @@ def evaluate_finetuned_cmd(run_dir, root, judges, samples, device, jobs, as_json
     if run_dir is None:
         raise click.UsageError("pass the fine-tuned run: --run DIR")
     m = evaluate_finetuned(run_dir, root, judges=judges, samples=samples, device=device, jobs=jobs)
-    click.echo(json.dumps(m, indent=1, default=float) if as_json else format_metrics(m))
+    click.echo(strict_json(m) if as_json else format_metrics(m))

@@ -6,10 +6,10 @@ STAGE is optional here: omitted, the stage of the most recent run under the runs
 
 from __future__ import annotations
 
-import json
 
 import click
 
+from ..fileutil import strict_json
 from .options import (cache_option, cache_root_option, command, device_option, force_option, jobs_option,
                       json_option, max_epoch_minutes_option, progress_option, renamed, root_option, run_option,
                       set_option, stage_argument, stage_or_latest, threads_option)
@@ -95,7 +95,7 @@ def evaluate_cmd(stage, fold, cv, split, run_dir, cache, cache_root, judges, sam
         stage = stage_or_latest(stage)
     m = evaluate(run_dir, dataset=stage, fold=fold, cv=cv, split=split, cache=cache, cache_root=cache_root,
                  judges=judges, samples=samples, sampler=sampler)
-    click.echo(json.dumps(m, indent=1, default=float) if as_json else format_metrics(m))
+    click.echo(strict_json(m) if as_json else format_metrics(m))
 
 
 @command("ablate")
@@ -117,7 +117,7 @@ def ablate_cmd(stage, fold, cache, cache_root, run_dir, jobs, threads, protocol,
 
     res = ablate(stage_or_latest(stage), fold=fold, cache=cache, cache_root=cache_root, run_dir=run_dir, jobs=jobs,
                  threads=threads, protocol=protocol, overrides=overrides, rows=rows.split(",") if rows else None)
-    click.echo(json.dumps(res, indent=1, default=float) if as_json else format_table(res))
+    click.echo(strict_json(res) if as_json else format_table(res))
 
 
 @command("cv")
@@ -153,4 +153,4 @@ def cv_cmd(stage, root, cache, cache_root, seeds, protocol, split, methods, jobs
                          seeds=seeds, protocol=protocol, split=split,
                          methods=[m.strip() for m in methods.split(",") if m.strip()],
                          jobs=jobs, run_dir=run_dir, samples=samples, progress=progress)
-    click.echo(json.dumps(res, indent=1, default=float) if as_json else format_table(res))
+    click.echo(strict_json(res) if as_json else format_table(res))
