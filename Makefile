@@ -15,7 +15,7 @@ BACKEND ?= hdf5
 FOLD ?= 0
 ARGS ?=
 
-.PHONY: venv weights test test-slow demo features train evaluate ablate bench clean-venv
+.PHONY: venv weights test test-slow demo features train evaluate ablate bench bench-real clean-venv
 
 venv: $(STAMP)
 
@@ -53,6 +53,11 @@ ablate: $(STAMP)
 
 bench: $(STAMP) weights
 	$(PY) -m bench.run $(ARGS)
+
+# Real JIGSAWS Suturing (../shared/data or $$UDAQA_REAL_DATA): official 4-fold (both protocols) and
+# leave-one-surgeon-out, 5 seeds -> bench/real.json; ARGS=--dev compares recipes on the dev split.
+bench-real: $(STAMP) weights
+	$(PY) -m bench.real $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

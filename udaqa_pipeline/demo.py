@@ -221,14 +221,17 @@ def run_demo(*, n_dives: int = DEFAULT_DIVES, seed: int = DEFAULT_SEED, epochs: 
         _say(f"    {'sampler':<34s}{'coverage':>10s}{'CRPS':>8s}{'panel sd':>10s}{'final 80%':>11s}")
         rows = [("calibrated (default)", m), ("paper's prior draws", base_m["paper"]),
                 ("mean + training residuals", base_m["residual"])]
+        def final80(mm):  # absent when there are too few draws for an 80% interval
+            return (mm.get("final_calibration") or {}).get("interval_coverage", {}).get("0.8", float("nan"))
+
         for name, mm in rows:
             for tname, pm in mm["panel"].items():
-                fc = (mm.get("final_calibration") or {}).get("interval_coverage", {}).get("0.8", float("nan"))
+                fc = final80(mm)
                 _say(f"    {name:<34s}{pm['coverage']:>10.2f}{pm['crps']:>8.3f}{pm['sampled_sd']:>10.2f}{fc:>11.2f}")
         pm = next(iter(m["panel"].values()))
         res["calibration"] = {name: {"coverage": next(iter(mm["panel"].values()))["coverage"],
                                      "crps": next(iter(mm["panel"].values()))["crps"],
-                                     "final_coverage80": mm["final_calibration"]["interval_coverage"]["0.8"]}
+                                     "final_coverage80": final80(mm)}
                               for name, mm in rows}
         _say(f"    nominal coverage {pm['coverage_nominal']:.2f}; real panel sd {pm['real_sd']:.2f}; "
              f"rho(uncertainty u, real judge spread) {pm['uncertainty_vs_spread_rho']:.3f}")
