@@ -47,6 +47,54 @@ def _cmd(split: str, protocol: str, seeds: int, methods: list[str]) -> str:
             f"--split {split} --methods {','.join(methods)}")
 
 
+def _write(dest: Path, res: dict, t0: float) -> None:
+    from udaqa_pipeline.fileutil import strict_json
+
+    res["wall_s"] = round(time.perf_counter() - t0, 1)
+    dest.write_text(strict_json(res, indent=1) + "\n")
+
+
+def _ms(d: dict, digits: int = 3) -> str:
+    if d.get("mean") is None:  # undefined (null in the JSON)
+        return "-"
+    return f"{d['mean']:.{digits}f} +- {d['sd']:.{digits}f}"
+
+
+def _rows(cv: dict, label: str = "") -> list[str]:
+    out = []
+    for r in cv["results"]:
+        name = label or r["method"]
+        out.append(f"| {name} | {cv['split']} | {r['protocol']} | {_ms(r['mean_fold_spearman'])} | "
+                   f"{_ms(r['fisher_z_spearman'])} | {_ms(r['pooled_spearman'])} | {_ms(r['rl2x100'], 2)} | "
+                   f"{_ms(r['coverage80'], 2) if r['method'] != 'ridge' else '-'} |")
+    return out
+
+
+def markdown() -> str:
+    """The README's "Real data" tables, generated from the JSON files (never typed by hand)."""
+    head = ["| method | split | protocol | mean-fold rho | Fisher-z rho | pooled rho | R-l2 x100 | 80% interval coverage |",
+            "|---|---|---|---|---|---|---|---|"]
+    lines = []
+    path = HERE / "real.json"
+    if path.is_file():
+        res = json.loads(path.read_text())
+        lines += [f"`make bench-real` ({res['seeds']} seeds, {res['wall_s'] / 60:.0f} min):", "", *head]
+        for split in ("official", "louo"):
+            if split in res:
+                lines += _rows(res[split]["cv"])
+        lines += [""]
+    path = HERE / "real_dev.json"
+    if path.is_file():
+        res = json.loads(path.read_text())
+        lines += [f"`make bench-real ARGS=\"--dev --seeds {res['seeds']}\"` (dev split, honest; "
+                  f"{res['wall_s'] / 60:.0f} min):", "", *head]
+        for name, v in res.items():
+            if isinstance(v, dict) and "cv" in v:
+                for row in _rows(v["cv"]):
+                    lines.append(row.replace("| udaqa |", f"| {name} |", 1))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     from udaqa_pipeline.cv import cross_validate, format_table
 
@@ -56,7 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dev", action="store_true", help="compare RECIPES on the dev split instead")
     ap.add_argument("--out", default=None, help="runs folder (default runs/bench-real)")
     ap.add_argument("--cache-root", default=None, help="where stage one's cache lives (default cache/)")
+    ap.add_argument("--markdown", action="store_true",
+                    help="print the README tables from bench/real.json and bench/real_dev.json; run nothing")
     a = ap.parse_args(argv)
+    if a.markdown:
+        print(markdown())
+        return 0
     if not (DATA / "info" / "label.pkl").is_file():
         print(f"bench-real: no real data at {DATA} (set UDAQA_REAL_DATA to the jigsaws-suturing-capture2 folder)")
         return 1
@@ -75,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                                cache_root=a.cache_root, progress=False)
             print(f"== {name}\n{format_table(r)}", flush=True)
             res[name] = {"overrides": extra, "cv": r}
+            _write(HERE / "real_dev.json", res, t0)
         dest = HERE / "real_dev.json"
     else:
         # The paper's recipe (`--methods paper`) is scored on the dev split (``--dev``) only: its 3-D
@@ -86,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
                                cache_root=a.cache_root, progress=False)
             print(format_table(r), flush=True)
             res[split] = {"command": _cmd(split, protocol, a.seeds, methods), "cv": r}
+            _write(HERE / "real.json", res, t0)  # each split as it finishes
         dest = HERE / "real.json"
-    res["wall_s"] = round(time.perf_counter() - t0, 1)
-    dest.write_text(json.dumps(res, indent=1, default=float) + "\n")
+    _write(dest, res, t0)
     print(f"wrote {dest}")
     return 0
 

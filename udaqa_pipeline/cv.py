@@ -9,7 +9,8 @@ Methods (``methods``):
 - ``paper``: UD-AQA with the paper's model and training switches on the same stage
   (``train.PAPER_RECIPE``; learning rate, epochs and batch size stay the stage's).
 - ``i3d+mlp``: the same recipe with the ablation's baseline switches (mean over clips, no latent
-  branch, plain L1, no curriculum: ``ablate.ROWS["baseline I3D+MLP"]``).
+  branch, plain L1, no curriculum: ``ablate.ROWS["baseline I3D+MLP"]``), a point predictor: no
+  calibration is fitted (``train.calibrate=none``; its ``coverage80`` is that of the paper's sampler).
 - ``ridge``: scikit-learn ridge regression of the final score on the clip features of view 0
   averaged over the K clips and standardised on the training rows; alpha by efficient
   leave-one-out over the training rows (``RidgeCV``, 41 values 1e-3..1e5). Deterministic, so it
@@ -23,7 +24,9 @@ recipes on, see ``train.dev_fold``).
 
 Per (method, protocol, group) and seed, over that seed's test folds:
 
-- ``fold_spearman``: Spearman's rho of each test fold (predicted vs true final score);
+- ``folds``: {fold: Spearman's rho of that test fold (predicted vs true final score) as mean and sd
+  over seeds, ``per_seed``, and ``n`` test samples}; ``undefined_folds``: folds whose rho is
+  undefined (constant prediction or label), left out of the averages;
 - ``mean_fold_spearman``: their plain mean (the number the literature reports for JIGSAWS);
 - ``fisher_z_spearman``: their Fisher-z average, tanh(mean(atanh(rho)));
 - ``pooled_spearman``: rho over every test prediction of the seed pooled (each sample once);
@@ -33,9 +36,10 @@ Per (method, protocol, group) and seed, over that seed's test folds:
   interval of their S >= 50 sampled final scores (pooled over folds; NaN for ridge, which samples
   nothing).
 
-Each is reported as {"mean", "sd" (over seeds, ddof 1; 0 for one seed), "per_seed"}; ``folds``
-gives every fold's rho as mean and sd over seeds, and ``ensemble`` the same statistics once for the
-prediction averaged over the seeds. With several groups, ``overall`` holds the Fisher-z average over
+Each is reported as {"mean", "sd" (over seeds, ddof 1; 0 for one seed), "per_seed"}; ``ensemble``
+holds the same statistics once for the prediction averaged over the seeds (null for one seed), and
+``selected_epochs`` the mean and sd of the kept epoch (null for ridge: no epoch, no sampler, so its
+``pred_sd``, ``uncertainty`` and ``selected_epoch`` are null too). With several groups, ``overall`` holds the Fisher-z average over
 groups of each seed's ``mean_fold_spearman``.
 
 Outputs in ``run_dir`` (default ``<runs>/<stage>/cv-<split>``): ``cv.json`` (the dict returned, keys
@@ -79,7 +83,7 @@ def method_overrides(method: str) -> list[str]:
     if method == "i3d+mlp":
         from .ablate import ROWS
 
-        return list(ROWS["baseline I3D+MLP"][0])
+        return [*ROWS["baseline I3D+MLP"][0], "train.calibrate=none"]
     raise ArgumentError(f"no training recipe for method {method!r}")
 
 
@@ -145,11 +149,12 @@ def _train_job(stage: str, method: str, protocol: str, seed: int, fold: int, *, 
 
 
 def _record(method: str, protocol: str, seed: int, fold: int, labels: Any, r: int, pred: float,
-            finals: np.ndarray | None, u: float, epoch: int) -> dict:
+            finals: np.ndarray | None, u: float, epoch: int | None) -> dict:
+    sd = float("nan") if finals is None else float(np.std(finals))
     finals = np.asarray([pred] if finals is None else finals, float)
     return {"method": method, "protocol": protocol, "seed": seed, "fold": fold, "group": labels.group[r],
             "id": labels.ids[r], "true_final": float(labels.final[r]), "pred_final": float(pred),
-            "pred_sd": float(finals.std()), "uncertainty": u, "selected_epoch": epoch,
+            "pred_sd": sd, "uncertainty": u, "selected_epoch": epoch,
             "pred_finals": finals.tolist()}
 
 
@@ -165,7 +170,9 @@ def _ridge_records(labels: Any, features: np.ndarray, folds: list[int], split: s
             te = np.asarray([i for i in test_rows if labels.group[i] == g], int)
             pred = ridge_predict(features, labels.final, tr, te)
             for protocol in protocols:  # no epoch to choose: the same numbers under both protocols
-                out += [_record("ridge", protocol, 0, fold, labels, r, p, None, 0.0, 0) for r, p in zip(te, pred)]
+                # no sampler, no uncertainty, no epoch: NaN (null in JSON), never a made-up 0
+                out += [_record("ridge", protocol, 0, fold, labels, r, p, None, float("nan"), None)
+                        for r, p in zip(te, pred)]
     return out
 
 

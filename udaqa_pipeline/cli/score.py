@@ -28,7 +28,7 @@ _DECODE_JOBS = "decoding processes (default: min(8, CPU cores) on GPU, 0 = in th
 @click.option("--judges", type=int, default=None, help="judges T per panel (default: the run's rule needs)")
 @click.option("--difficulty", type=float, default=None, help="degree of difficulty, for rules that multiply by it")
 @click.option("--samples", type=int, default=50, show_default=True,
-              help="panels S drawn per video (the 80% interval of the final score needs 10 or more)")
+              help="panels S drawn per video (a video's 80% interval of the final score needs 10 or more)")
 @click.option("--group", default=None, help="scaling group (action/task) for runs scaled per group")
 @click.option("--rule", default=None, help="scoring rule (default: the run's dataset rule)")
 @click.option("--seed", type=int, default=0, show_default=True)

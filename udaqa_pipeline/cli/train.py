@@ -80,7 +80,7 @@ def train_cmd(stage, fold, cv, cache, cache_root, run_dir, protocol, split, over
 @cache_root_option
 @click.option("--judges", type=int, default=None, help="judges T per sampled panel (default: the rule's)")
 @click.option("--samples", type=int, default=50, show_default=True,
-              help="panels S drawn per sample (final-score intervals need 50 or more)")
+              help="panels S drawn per sample (the final-score interval coverage needs 50 or more)")
 @click.option("--sampler", type=click.Choice(["calibrated", "paper", "residual"]), default="calibrated",
               show_default=True, help="calibrated: the run's fitted judge noise; paper: prior draws only; "
                                       "residual: baseline (predicted mean + training residuals)")
@@ -132,10 +132,11 @@ def ablate_cmd(stage, fold, cache, cache_root, run_dir, jobs, threads, protocol,
               help="official: the annotation files' folds; louo: leave one surgeon out (JIGSAWS); dev: 3 inner "
                    "folds inside each official training set, test folds never read (to compare recipes)")
 @click.option("--methods", default="udaqa,i3d+mlp,ridge", show_default=True,
-              help="comma-separated: udaqa (the stage's recipe), i3d+mlp (ablation baseline), ridge")
+              help="comma-separated: udaqa (the stage's recipe), paper (the paper's recipe), i3d+mlp (ablation "
+                   "baseline), ridge")
 @jobs_option("runs trained in parallel, one process each (default: CPU cores)")
 @click.option("--samples", type=click.IntRange(min=1), default=50, show_default=True,
-              help="prior draws per test sample")
+              help="panels S drawn per test sample, with the run's sampler (the 80% coverage needs 50 or more)")
 @run_option("folder of the cross-validation runs, cv.json and predictions.parquet (default: "
             "runs/<stage>/cv-<split>)")
 @renamed("--out", new="--run", dest="run_dir", type=click.Path(file_okay=False))
