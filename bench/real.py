@@ -33,11 +33,11 @@ DATA_SETTINGS = ["dataset.video={task}/video/{trial}_capture2.avi"]
 #: calibration does not move, and skipping it saves three inner fits per run).
 RECIPES: dict[str, list[str]] = {
     "stage recipe": [],
-    "paper's recipe (train.PAPER_RECIPE)": ["PAPER"],
-    "stage, + weight attention": ["train.use_wa=true", "train.calibrate=none"],
-    "stage, 80 epochs": ["train.epochs=80", "train.calibrate=none"],
     "stage, select=val (epoch on 10% of training)": ["train.select=val", "train.calibrate=none"],
     "stage, select=inner_cv (epoch count by 3-fold inner CV)": ["train.select=inner_cv", "train.calibrate=none"],
+    "stage, + weight attention": ["train.use_wa=true", "train.calibrate=none"],
+    "stage, 80 epochs": ["train.epochs=80", "train.calibrate=none"],
+    "paper's recipe (train.PAPER_RECIPE)": ["PAPER"],
 }
 
 
