@@ -55,36 +55,39 @@ def _write(dest: Path, res: dict, t0: float) -> None:
     dest.write_text(strict_json(res, indent=1) + "\n")
 
 
-def _ms(d: dict, digits: int = 3) -> str:
-    if d.get("mean") is None:  # undefined (null in the JSON)
-        return "-"
-    return f"{d['mean']:.{digits}f} +- {d['sd']:.{digits}f}"
+COLUMNS = ["method", "split", "protocol", "mean-fold rho", "Fisher-z rho", "pooled rho", "R-l2 x100",
+           "80% interval coverage"]
 
 
-#: Methods that predict a point, not a distribution: no interval coverage to report.
-POINT_METHODS = ("ridge", "i3d+mlp")
+def _header(columns: list[str]) -> list[str]:
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
 
 
-def _rows(cv: dict, per_fold: bool = True, coverage: bool = True) -> list[str]:
+def _rows(cv: dict, recipe: str | None = None, per_fold: bool = True) -> list[str]:
+    """Markdown rows of one cv dict; ``recipe`` names its UD-AQA row (the dev table), whose recipes
+    are not calibrated, so it shows no coverage."""
+    from udaqa_pipeline.cv import POINT_METHODS, mean_sd_text as ms
+
     out = []
     for r in cv["results"]:
-        folds = " / ".join(f"{v['mean']:.2f}" if v.get("mean") is not None else "-" for v in r["folds"].values())
-        out.append(f"| {r['method']} | {cv['split']} | {r['protocol']} | {_ms(r['mean_fold_spearman'])} | "
-                   f"{_ms(r['fisher_z_spearman'])} | {_ms(r['pooled_spearman'])} | {_ms(r['rl2x100'], 2)} | "
-                   f"{_ms(r['coverage80'], 2) if coverage and r['method'] not in POINT_METHODS else '-'} |"
-                   + (f" {folds} |" if per_fold else ""))
+        udaqa = r["method"] == "udaqa"
+        cells = [recipe if recipe and udaqa else r["method"], cv["split"], r["protocol"],
+                 ms(r["mean_fold_spearman"]), ms(r["fisher_z_spearman"]), ms(r["pooled_spearman"]),
+                 ms(r["rl2x100"], 2), "-" if recipe or r["method"] in POINT_METHODS else ms(r["coverage80"], 2)]
+        if per_fold:
+            cells.append(" / ".join("-" if v.get("mean") is None else f"{v['mean']:.2f}" for v in r["folds"].values()))
+        out.append("| " + " | ".join(cells) + " |")
     return out
 
 
 def markdown() -> str:
     """The README's "Real data" tables, generated from the JSON files (never typed by hand)."""
-    head = ["| method | split | protocol | mean-fold rho | Fisher-z rho | pooled rho | R-l2 x100 | 80% interval "
-            "coverage | rho per fold (mean over seeds) |", "|---|---|---|---|---|---|---|---|---|"]
     lines = []
     path = HERE / "real.json"
     if path.is_file():
         res = json.loads(path.read_text())
-        lines += [f"`make bench-real` ({res['seeds']} seeds, {res['wall_s'] / 60:.0f} min):", "", *head]
+        lines += [f"`make bench-real` ({res['seeds']} seeds, {res['wall_s'] / 60:.0f} min):", "",
+                  *_header(COLUMNS + ["rho per fold (mean over seeds)"])]
         for split in ("official", "louo"):
             if split in res:
                 lines += _rows(res[split]["cv"])
@@ -94,11 +97,10 @@ def markdown() -> str:
         res = json.loads(path.read_text())
         lines += [f"`make bench-real ARGS=\"--dev --seeds {res['seeds']}\"` (dev split: 12 inner folds of the "
                   f"official training sets, honest, {res['seeds']} seeds; {res['wall_s'] / 60:.0f} min):", "",
-                  head[0].rsplit(" rho per fold", 1)[0], head[1][:-4]]
+                  *_header(COLUMNS)]
         for name, v in res.items():
             if isinstance(v, dict) and "cv" in v:
-                for row in _rows(v["cv"], per_fold=False, coverage=False):  # no recipe here is calibrated
-                    lines.append(row.replace("| udaqa |", f"| {name} |", 1))
+                lines += _rows(v["cv"], recipe=name, per_fold=False)
     return "\n".join(lines)
 
 

@@ -39,8 +39,8 @@ Per (method, protocol, group) and seed, over that seed's test folds:
 Each is reported as {"mean", "sd" (over seeds, ddof 1; 0 for one seed), "per_seed"}; ``ensemble``
 holds the same statistics once for the prediction averaged over the seeds (null for one seed), and
 ``selected_epochs`` the mean and sd of the kept epoch (null for ridge: no epoch, no sampler, so its
-``pred_sd``, ``uncertainty`` and ``selected_epoch`` are null too). With several groups, ``overall`` holds the Fisher-z average over
-groups of each seed's ``mean_fold_spearman``.
+``pred_sd``, ``uncertainty`` and ``selected_epoch`` are null too). With several groups,
+``overall`` holds the Fisher-z average over groups of each seed's ``mean_fold_spearman``.
 
 Outputs in ``run_dir`` (default ``<runs>/<stage>/cv-<split>``): ``cv.json`` (the dict returned, keys
 above plus ``stage``, ``split``, ``cache``, ``seeds``, ``folds``, ``protocols``, ``methods``,
@@ -65,6 +65,8 @@ from .errors import ArgumentError
 
 
 METHODS = ("udaqa", "paper", "i3d+mlp", "ridge")
+#: Methods that predict a point, not a distribution: their interval coverage says nothing.
+POINT_METHODS = ("i3d+mlp", "ridge")
 PROTOCOL_CHOICES = {"honest": ("honest",), "paper": ("paper",), "both": ("honest", "paper")}
 RIDGE_ALPHAS = np.logspace(-3, 5, 41)
 STATS = ("mean_fold_spearman", "fisher_z_spearman", "pooled_spearman", "rl2x100", "coverage80")
@@ -344,6 +346,14 @@ def _write(out: Path, res: dict, records: list[dict]) -> None:
     (out / "cv.json").write_text(strict_json(res) + "\n")
 
 
+def mean_sd_text(d: dict, digits: int = 3) -> str:
+    """One statistic of :func:`cross_validate` as "mean +- sd"; "-" when undefined (null, as read
+    back from ``cv.json``)."""
+    if d.get("mean") is None:
+        return "-"
+    return f"{d['mean']:.{digits}f} +- {d['sd']:.{digits}f}"
+
+
 def format_table(res: dict) -> str:
     """The human-readable table of :func:`cross_validate`'s dict: one row per method x protocol x
     group, every statistic as mean +- sd over seeds, per-fold rho below."""
@@ -353,20 +363,17 @@ def format_table(res: dict) -> str:
              f"{'method':<10s}{'protocol':<9s}{'group':<16s}{'mean-fold rho':>16s}{'Fisher-z rho':>16s}"
              f"{'pooled rho':>16s}{'R-l2 x100':>16s}{'80% cover':>16s}{'ens. rho':>10s}"]
 
-    def ms(d: dict, digits: int = 3) -> str:
-        return f"{d['mean']:.{digits}f} +- {d['sd']:.{digits}f}"
-
     for r in res["results"]:
         ens = r["ensemble"]["mean_fold_spearman"] if r.get("ensemble") else float("nan")
-        lines.append(f"{r['method']:<10s}{r['protocol']:<9s}{r['group'][:15]:<16s}{ms(r['mean_fold_spearman']):>16s}"
-                     f"{ms(r['fisher_z_spearman']):>16s}{ms(r['pooled_spearman']):>16s}{ms(r['rl2x100'], 2):>16s}"
-                     f"{ms(r['coverage80'], 2):>16s}{ens:>10.3f}")
+        lines.append(f"{r['method']:<10s}{r['protocol']:<9s}{r['group'][:15]:<16s}{mean_sd_text(r['mean_fold_spearman']):>16s}"
+                     f"{mean_sd_text(r['fisher_z_spearman']):>16s}{mean_sd_text(r['pooled_spearman']):>16s}{mean_sd_text(r['rl2x100'], 2):>16s}"
+                     f"{mean_sd_text(r['coverage80'], 2):>16s}{ens:>10.3f}")
         folds = "  ".join(f"{k}: {v['mean']:.3f}+-{v['sd']:.3f} (n={v['n']})" for k, v in r["folds"].items())
         lines.append(f"{'':<19s}per fold {folds}")
         if r["undefined_folds"]:
             lines.append(f"{'':<19s}Spearman undefined (constant prediction or label) in folds {r['undefined_folds']}")
     for o in res.get("overall", []):
         lines.append(f"{o['method']:<10s}{o['protocol']:<9s}{'all groups':<16s}Fisher-z over groups "
-                     f"{ms(o['fisher_z_over_groups'])}")
+                     f"{mean_sd_text(o['fisher_z_over_groups'])}")
     lines.append(f"predictions: {res['predictions']}   ({res['seconds']:.0f} s)")
     return "\n".join(lines)
