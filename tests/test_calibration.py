@@ -64,8 +64,10 @@ def test_fit_meets_both_calibration_targets_on_fresh_rows():
     assert fit["tau"] > 0.03 and 0.02 < fit["sigma"] < 0.1
     # a point forecast has CRPS E|X| = 0.80 sd, the right spread about 0.56 sd
     assert fit["crps_final"][1] < 0.8 * fit["crps_final"][0]
+    assert fit["crps_judges"][1] < 0.75 * fit["crps_judges"][0]
     cov, cov80 = _metrics(_synthetic_heldout(seed=2), fit["tau"], fit["sigma"])  # rows the fit never saw
-    assert cov == pytest.approx(0.75, abs=0.04) and cov80 == pytest.approx(0.8, abs=0.08)
+    # the offset is traded against the judge CRPS (module doc): final intervals stay in issue 11's band
+    assert cov == pytest.approx(0.75, abs=0.04) and 0.70 <= cov80 <= 0.90
     cov0, cov80_0 = _metrics(_synthetic_heldout(seed=2), 0.0, 0.0)
     assert cov0 < 0.2 and cov80_0 < 0.3  # the collapsed sampler it replaces
 
@@ -114,7 +116,8 @@ def test_run_fits_its_calibration_on_the_validation_split_and_evaluate_uses_it(t
     assert cal["fitted_on"] == "validation split" and cal["n_rows"] == len(ck["split"]["select"])
     assert cal["tau"] > 0 and cal["crps_final"][1] <= cal["crps_final"][0]
     r = load_run(run)
-    assert r.model.calib.tolist() == pytest.approx([cal["tau"], cal["sigma"]])
+    assert cal["step"] == 0.5  # stages/mtl.toml: awards in halves
+    assert r.model.calib.tolist() == pytest.approx([cal["tau"], cal["sigma"], cal["step"]])
     paper = evaluate(run, cache=cache, sampler="paper", make_plots=False, out_dir=tmp_path / "paper")
     calibrated = evaluate(run, cache=cache, make_plots=False)
     resid = evaluate(run, cache=cache, sampler="residual", make_plots=False, out_dir=tmp_path / "resid")
@@ -132,3 +135,17 @@ def test_run_fits_its_calibration_on_the_validation_split_and_evaluate_uses_it(t
     # the paper's recipe stays one switch away
     none = train("mtl", cache=cache, run_dir=tmp_path / "n", overrides=ov + ["train.calibrate=none"], progress=False)
     assert load_checkpoint(none / CHECKPOINT).get("calibration") is None
+
+
+def test_awards_are_the_judge_scale_in_numpy_and_in_the_model_sampler():
+    from udaqa_pipeline.calibration import awards
+
+    got = awards(np.array([[-0.3, 4.74, 4.76, 10.4]]), np.array([0.0]), np.array([10.0]), 0.5)
+    np.testing.assert_array_equal(got, [[0.0, 4.5, 5.0, 10.0]])
+    assert awards(np.array([[4.74]]), np.array([0.0]), np.array([10.0]), 0.0)[0, 0] == 4.74
+    torch.manual_seed(0)
+    m = UDAQA(ModelConfig(feat_dim=16, latent_input="feature"))
+    m.set_scaling(torch.tensor([0.0]), torch.tensor([10.0]))
+    m.set_calibration(0.3, 0.2, 0.5)
+    j = m.predict_judges(torch.rand(4, 10, 16), None, 7, 50, generator=torch.Generator().manual_seed(0))[0]
+    assert torch.equal(j, torch.round(j * 2) / 2) and j.min() >= 0 and j.max() <= 10 and j.std() > 0.5

@@ -103,7 +103,8 @@ def load_run(run_dir: str | Path, *, which: str = "best") -> Run:
         model = UDAQA(ModelConfig.from_dict(ck["model_config"]))
         best = which == "best" and ck["best"]["model"] is not None
         state = dict(ck["best"]["model"] if best else ck["model"])
-        state.setdefault("calib", torch.zeros(2))  # runs saved before the calibrated sampler
+        calib = state.get("calib", torch.zeros(0))  # runs saved before the calibrated sampler / its awards
+        state["calib"] = torch.cat([calib.float(), torch.zeros(3 - len(calib))])
         model.load_state_dict(state)
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path} does not match this version's model ({e}); retrain the run") from e

@@ -105,7 +105,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "select": "val", "select_metric": "spearman", "inner_folds": 3, "inner_smooth": 5, "average_last": 0,
     "optimizer": "adam", "lr_schedule": "constant", "feature_norm": False, "feature_dropout": 0.0,
     "regressor_hidden": [256, 64], "checkpoint_every": 1, "clip_l2": False, "pool_std": False,
-    "calibrate": "heldout",
+    "calibrate": "heldout", "award_step": 0.0,
 }
 #: The paper's model and training switches (REFERENCE section 1), as ``--set`` overrides on top of a
 #: stage: weight attention, the CVAE on the video, uncertainty re-weighting and curriculum, one
@@ -199,6 +199,10 @@ def resolve_config(dataset: str, overrides: Iterable[str] = ()) -> dict:
             raise ConfigError(f"train.{key} must be one of {allowed}, not {t[key]!r}")
     if int(t["inner_folds"]) < 2:
         raise ConfigError(f"train.inner_folds must be at least 2, not {t['inner_folds']}")
+    if float(t["award_step"]) < 0 or (float(t["award_step"]) > 0 and (not t["label_range"] or t["label_scale"] != "global")):
+        raise ConfigError(f"train.award_step={t['award_step']} rounds sampled judges to awards clipped to the judge "
+                          f"scale, so it needs train.label_range = [lo, hi] with train.label_scale = 'global' "
+                          f"(set them, or award_step = 0 for continuous draws)")
     return cfg
 
 
@@ -461,7 +465,7 @@ def inner_folds(cfg: dict, data: TrainingSet, rows: np.ndarray, *, device: str,
             preds[e].append(predict(fit.model, src, labels, val, fit.scaling, n_samples=s, seed=seed))
             if e in keep:
                 draws[e].append(heldout_draws(fit.model, src, labels, val, fit.scaling, n_samples=CALIBRATION_SAMPLES,
-                                              seed=seed))
+                                              seed=seed, step=float(tcfg["award_step"])))
     every = np.concatenate(folds)
     curve = [selection_score(labels, every, {key: np.concatenate([p[key] for p in preds[e]])
                                              for key in ("final", "finals")}, str(tcfg["select_metric"]))
@@ -490,10 +494,11 @@ def inner_cv_epochs(cfg: dict, data: TrainingSet, rows: np.ndarray, *, device: s
 
 @torch.no_grad()
 def heldout_draws(model: UDAQA, source: FeatureSource, labels: Labels, rows: np.ndarray, scaling: dict, *,
-                  n_samples: int, seed: int = 0, batch_size: int = 64) -> Any:
+                  n_samples: int, seed: int = 0, batch_size: int = 64, step: float = 0.0) -> Any:
     """The paper sampler's raw draws for ``rows`` (view 0) as a
-    :class:`~udaqa_pipeline.calibration.HeldOut`, for the rows whose panel size is the most common
-    one (a calibration is one noise model for one panel size)."""
+    :class:`~udaqa_pipeline.calibration.HeldOut` with award ``step`` (``train.award_step``), for the
+    rows whose panel size is the most common one (a calibration is one noise model for one panel
+    size)."""
     from collections import Counter
 
     from .calibration import HeldOut
@@ -512,7 +517,7 @@ def heldout_draws(model: UDAQA, source: FeatureSource, labels: Labels, rows: np.
         loc.append(y.view(len(y), n_samples, int(t)).cpu().double().numpy())
     return HeldOut(loc=np.concatenate(loc), real=[labels.judges[i] for i in rows], final=labels.final[rows].copy(),
                    rule=[labels.rule[i] for i in rows], difficulty=labels.difficulty[rows].copy(),
-                   lo=np.asarray(scaling["lo"], float)[gi], hi=np.asarray(scaling["hi"], float)[gi])
+                   lo=np.asarray(scaling["lo"], float)[gi], hi=np.asarray(scaling["hi"], float)[gi], step=step)
 
 
 def _device(device: str | None) -> str:
@@ -660,7 +665,8 @@ def _train_one(cfg: dict, data: TrainingSet, train_rows: np.ndarray,
 def _calibrate(cfg: dict, data: TrainingSet, ck: dict, heldout: Any, mode: str,
                fit_rows: np.ndarray, sel_rows: np.ndarray, device: str) -> None:
     """Fit the calibrated sampler on held-out training rows and store it in the kept model: the
-    validation rows (``select="val"``), or out-of-fold predictions of an inner cross-validation at
+    validation rows (``select="val"``; with ``calibrate="oof"`` also the out-of-fold draws of inner
+    folds over the fit rows, when they number at least 2 x ``inner_folds``), or out-of-fold predictions of an inner cross-validation at
     the kept epoch (``inner_cv``: from the epoch-count search; ``last`` and the paper protocol: an
     extra inner pass). Never on a test fold. Writes ``calib`` into ``ck["best"]["model"]`` and the
     fit's numbers into ``ck["calibration"]``."""
@@ -679,9 +685,11 @@ def _calibrate(cfg: dict, data: TrainingSet, ck: dict, heldout: Any, mode: str,
         model.load_state_dict(state)
         model.to(device)
         parts.append(heldout_draws(model, src, labels, sel_rows, ck["scaling"], n_samples=CALIBRATION_SAMPLES,
-                                   seed=int(tcfg["seed"])))
+                                   seed=int(tcfg["seed"]), step=float(tcfg["award_step"])))
         source.append("validation split")
-    if mode != "val" or tcfg["calibrate"] == "oof":
+    # "oof" on a validation split adds out-of-fold draws when the fit rows are enough for the inner folds
+    oof = tcfg["calibrate"] == "oof" and len(fit_rows) >= 2 * int(tcfg["inner_folds"])
+    if mode != "val" or oof:
         if heldout is None:
             _, draws = inner_folds(cfg, data, fit_rows, device=device, epochs=kept + 1, keep=[kept])
             heldout = draws[kept]
@@ -689,7 +697,7 @@ def _calibrate(cfg: dict, data: TrainingSet, ck: dict, heldout: Any, mode: str,
         source.append(f"out-of-fold predictions of {int(tcfg['inner_folds'])} inner folds at epoch {kept + 1}")
     heldout, source = concat_heldout(parts), " + ".join(source)
     fit = fit_calibration(heldout, seed=int(tcfg["seed"]))
-    state["calib"] = torch.tensor([fit["tau"], fit["sigma"]], dtype=torch.float32)
+    state["calib"] = torch.tensor([fit["tau"], fit["sigma"], fit["step"]], dtype=torch.float32)
     ck["calibration"] = {**fit, "fitted_on": source}
 
 

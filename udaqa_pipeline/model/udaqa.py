@@ -94,8 +94,8 @@ class UDAQA(nn.Module):
         self.mean_head = Regressor(fv, cfg.regressor_hidden) if cfg.regressors == 2 else None
         self.register_buffer("scale_lo", torch.zeros(cfg.n_groups))
         self.register_buffer("scale_hi", torch.ones(cfg.n_groups))
-        # calibrated sampler [tau, sigma] (udaqa_pipeline.calibration); zeros = the paper's sampler
-        self.register_buffer("calib", torch.zeros(2))
+        # calibrated sampler [tau, sigma, award step] (udaqa_pipeline.calibration); zeros = the paper's
+        self.register_buffer("calib", torch.zeros(3))
 
     # -- pieces ---------------------------------------------------------------------------------
     def encode(self, features: torch.Tensor, video: torch.Tensor | None
@@ -217,10 +217,11 @@ class UDAQA(nn.Module):
         hi = self.scale_hi[gi].view(shape)
         return y_scaled * (hi - lo) + lo
 
-    def set_calibration(self, tau: float, sigma: float) -> None:
+    def set_calibration(self, tau: float, sigma: float, step: float = 0.0) -> None:
         """Judge deviation scale ``tau`` and shared panel offset sd ``sigma`` (scaled label units) of
-        the calibrated sampler (:mod:`udaqa_pipeline.calibration`); 0, 0 = the paper's."""
-        self.calib.copy_(torch.tensor([float(tau), float(sigma)]))
+        the calibrated sampler, and its award ``step`` (score units; 0 = continuous, unclipped), see
+        :mod:`udaqa_pipeline.calibration`; 0, 0 = the paper's sampler."""
+        self.calib.copy_(torch.tensor([float(tau), float(sigma), float(step)]))
 
     @torch.no_grad()
     def sample_judges(self, features: torch.Tensor, video: torch.Tensor | None, n_judges: int,
@@ -233,8 +234,9 @@ class UDAQA(nn.Module):
         output for one independent prior draw of z per judge (the paper's "more samples = more
         judges", and its sampler); ``judges`` (B, S, T) adds, with a fitted calibration (``calib``,
         :meth:`set_calibration`) and ``calibrated``, each judge's Laplace deviation (scale tau) and
-        each panel's shared offset (sd sigma), see :mod:`udaqa_pipeline.calibration`
-        (equal to ``location`` otherwise); u (B,) is the mean predicted log-uncertainty over the
+        each panel's shared offset (sd sigma), rounded to awards (a fitted step: multiples of it
+        inside the label range), see :mod:`udaqa_pipeline.calibration` (equal to ``location``
+        otherwise); u (B,) is the mean predicted log-uncertainty over the
         S*T draws. Apply the dataset's scoring rule (:func:`udaqa_pipeline.datasets.rules.
         apply_rule`) to the last axis to get final scores. Switches the model to eval mode.
         """
@@ -243,14 +245,19 @@ class UDAQA(nn.Module):
         b = y.shape[0]
         y = y.view(b, n_samples, n_judges)
         loc = self.to_score_units(y.reshape(b, -1), group_index).view(b, n_samples, n_judges)
-        tau, sigma = (float(x) for x in self.calib)
+        tau, sigma, step = (float(x) for x in self.calib)
         if not calibrated or (tau == 0 and sigma == 0):
             return loc, loc, u.mean(dim=1)
         uni = torch.rand(y.shape, generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12) - 0.5
         lap = (-torch.sign(uni) * torch.log1p(-2.0 * uni.abs())).to(y.device, y.dtype)
         gauss = torch.randn(y.shape[:2], generator=generator, dtype=torch.float64).to(y.device, y.dtype)
         y = y + tau * lap + sigma * gauss[..., None]
-        return loc, self.to_score_units(y.reshape(b, -1), group_index).view(b, n_samples, n_judges), u.mean(dim=1)
+        judges = self.to_score_units(y.reshape(b, -1), group_index).view(b, n_samples, n_judges)
+        if step > 0:  # awards: calibration.awards, here in torch
+            gi = (torch.zeros(b, dtype=torch.long) if group_index is None else group_index.long()).to(y.device)
+            lo, hi = self.scale_lo[gi].view(b, 1, 1), self.scale_hi[gi].view(b, 1, 1)
+            judges = torch.maximum(torch.minimum(torch.round(judges / step) * step, hi), lo)
+        return loc, judges, u.mean(dim=1)
 
     @torch.no_grad()
     def predict_judges(self, features: torch.Tensor, video: torch.Tensor | None, n_judges: int,
