@@ -117,6 +117,25 @@ def test_panel_coverage_of_a_same_distribution_sampler_is_nominal_and_narrow_is_
     assert narrow < p - 0.3
 
 
+def test_expected_panel_coverage_is_nominal_for_iid_judges_and_matches_a_real_panel_of_the_sampler():
+    from udaqa_pipeline.metrics import expected_panel_coverage
+
+    rng = np.random.default_rng(6)
+    iid = rng.normal(8.0, 0.4, (200, 40, 7))
+    assert expected_panel_coverage(iid).mean() == pytest.approx(nominal_panel_coverage(7), abs=0.01)
+    # panels sharing an offset (sd 3x the judges'): one panel covers far fewer of another's judges,
+    # and a real panel drawn the same way shows just that coverage, not (T-1)/(T+1)
+    def shared(k):
+        return 8.0 + rng.normal(0, 1.2, (200, k, 1)) + rng.normal(0, 0.4, (200, k, 7))
+    panels, real = shared(40), shared(1)[:, 0]
+    expected = expected_panel_coverage(panels).mean()
+    assert expected < 0.4
+    assert panel_coverage(panels, real).mean() == pytest.approx(expected, abs=_binomial_tol(expected, 200))
+    assert calibration_metrics(panels, real, np.zeros(200))["coverage_expected"] == pytest.approx(expected)
+    with pytest.raises(ValueError):
+        expected_panel_coverage(iid[:, :1])
+
+
 def test_spread_error_zero_when_sampled_and_real_sds_match():
     rng = np.random.default_rng(5)
     real = rng.normal(8, rng.uniform(0.1, 1.0, (30, 1)), (30, 7))

@@ -80,6 +80,18 @@ def test_judges_differ_in_bias_and_noise():
     assert not np.allclose(panel.weights, panel.weights[0])
 
 
+def test_spread_ceiling_is_below_issue_11s_target_and_sees_a_real_spread_signal():
+    from udaqa_pipeline.synth.judges import spread_ceiling
+
+    rho = spread_ceiling(0, n_dives=300, n_panels=400)
+    assert rho == spread_ceiling(0, n_dives=300, n_panels=400)  # seeded
+    assert 0.0 < rho < 0.4  # some per-dive signal (clipping, seat weights), far from 0.4
+    # louder judges clip at 0 and 10 on the worst and best dives: the oracle then sees more
+    base = synth.JudgePanel.draw(0)
+    loud = dataclasses.replace(base, noise=base.noise * 4)
+    assert spread_ceiling(0, n_dives=300, n_panels=400, panel=loud) > rho + 0.1
+
+
 def test_splash_grows_with_a_worse_entry():
     ev = synth.draw_event(0, 1)
     specs = [synth.draw_dive(0, 1, d, ev) for d in range(1, 40)]

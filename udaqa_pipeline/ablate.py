@@ -79,7 +79,7 @@ def _run_row(name: str, dataset: str, fold: int, cache: Any, cache_root: Any, ru
     panel = next(iter(m.get("panel", {}).values()), {})
     res = {"row": name, "run": str(rd), "protocol": m["protocol"], "spearman": m["headline"]["value"],
            "rl2x100": m["overall"]["rl2x100"], "i3d_forwards": counter["i3d_forwards"],
-           "coverage": panel.get("coverage"), "coverage_nominal": panel.get("coverage_nominal"),
+           "coverage": panel.get("coverage"), "coverage_expected": panel.get("coverage_expected"),
            "crps": panel.get("crps"),
            "final_coverage80": (m.get("final_calibration") or {}).get("interval_coverage", {}).get("0.8")}
     return res
@@ -140,7 +140,7 @@ def ablate(dataset: str, *, fold: int = 0, cache: Any = None, cache_root: Any = 
 def format_table(res: dict) -> str:
     p = res["protocol"]
     lines = [f"ablation on {res['dataset']} fold {res['fold']} ({p} protocol; paper numbers: MTL-AQA, "
-             f"paper protocol; coverage: real judges inside a sampled panel, nominal in brackets; final 80%: "
+             f"paper protocol; coverage: real judges inside a sampled panel, the sampler's expected share in brackets; final 80%: "
              f"true final scores inside the 80% interval)",
              f"{'row':<36s}{'Spearman':>10s}{'R-l2x100':>10s}{'coverage':>16s}{'CRPS':>8s}{'final 80%':>10s}"
              f"{'paper':>9s}"]
@@ -150,7 +150,7 @@ def format_table(res: dict) -> str:
 
     for r in res["rows"]:
         paper = f"{r['paper_spearman']:.4f}" if r["paper_spearman"] is not None else "-"
-        cov = "-" if r.get("coverage") is None else f"{r['coverage']:.2f} ({r['coverage_nominal']:.2f})"
+        cov = "-" if r.get("coverage") is None else f"{r['coverage']:.2f} ({num(r.get('coverage_expected'), '.2f')})"
         lines.append(f"{r['row']:<36s}{r['spearman']:>10.4f}{r['rl2x100']:>10.4f}{cov:>16s}"
                      f"{num(r.get('crps'), '.3f'):>8s}{num(r.get('final_coverage80'), '.2f'):>10s}{paper:>9s}")
     lines.append(f"I3D forwards during the ablation: {res['i3d_forwards']}; cache files unchanged: "

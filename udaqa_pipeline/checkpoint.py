@@ -87,6 +87,16 @@ class Run:
         return iter((self.model, self.config, self.cache_hash, self.scaling, self.checkpoint))
 
 
+def heads_state(state: dict, model: UDAQA) -> dict:
+    """A saved heads state dict made loadable into ``model`` (a UDAQA) of this version: a ``calib``
+    buffer saved before the calibrated sampler, its award step or its shift gets the missing terms
+    as 0 (their "off" value). Returns a new dict."""
+    state = dict(state)
+    calib = state.get("calib", torch.zeros(0))
+    state["calib"] = torch.cat([calib.float(), torch.zeros(len(model.calib) - len(calib))])
+    return state
+
+
 def load_run(run_dir: str | Path, *, which: str = "best") -> Run:
     """Load ``<run_dir>/checkpoint.pt`` -> Run(model, config, cache_hash, scaling, checkpoint, ...).
 
@@ -102,10 +112,7 @@ def load_run(run_dir: str | Path, *, which: str = "best") -> Run:
     try:
         model = UDAQA(ModelConfig.from_dict(ck["model_config"]))
         best = which == "best" and ck["best"]["model"] is not None
-        state = dict(ck["best"]["model"] if best else ck["model"])
-        calib = state.get("calib", torch.zeros(0))  # runs saved before the calibrated sampler / its awards
-        state["calib"] = torch.cat([calib.float(), torch.zeros(3 - len(calib))])
-        model.load_state_dict(state)
+        model.load_state_dict(heads_state(ck["best"]["model"] if best else ck["model"], model))
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path} does not match this version's model ({e}); retrain the run") from e
     model.eval()

@@ -218,7 +218,7 @@ def run_demo(*, n_dives: int = DEFAULT_DIVES, seed: int = DEFAULT_SEED, epochs: 
         cal = next(iter(m["runs"].values())).get("calibration")
         _say(f"  judge panels, {len(pred)} test dives ({m['protocol']} protocol; calibration fitted on the "
              f"{cal['fitted_on'] if cal else 'nothing: none fitted'}):")
-        _say(f"    {'sampler':<34s}{'coverage':>10s}{'CRPS':>8s}{'panel sd':>10s}{'final 80%':>11s}")
+        _say(f"    {'sampler':<34s}{'coverage':>10s}{'expected':>10s}{'CRPS':>8s}{'panel sd':>10s}{'final 80%':>11s}")
         rows = [("calibrated (default)", m), ("paper's prior draws", base_m["paper"]),
                 ("mean + training residuals", base_m["residual"])]
         def final80(mm):  # absent when there are too few draws for an 80% interval
@@ -227,14 +227,18 @@ def run_demo(*, n_dives: int = DEFAULT_DIVES, seed: int = DEFAULT_SEED, epochs: 
         for name, mm in rows:
             for tname, pm in mm["panel"].items():
                 fc = final80(mm)
-                _say(f"    {name:<34s}{pm['coverage']:>10.2f}{pm['crps']:>8.3f}{pm['sampled_sd']:>10.2f}{fc:>11.2f}")
+                _say(f"    {name:<34s}{pm['coverage']:>10.2f}{pm['coverage_expected']:>10.2f}{pm['crps']:>8.3f}"
+                     f"{pm['sampled_sd']:>10.2f}{fc:>11.2f}")
         pm = next(iter(m["panel"].values()))
         res["calibration"] = {name: {"coverage": next(iter(mm["panel"].values()))["coverage"],
+                                     "expected_coverage": next(iter(mm["panel"].values()))["coverage_expected"],
                                      "crps": next(iter(mm["panel"].values()))["crps"],
                                      "final_coverage80": final80(mm)}
                               for name, mm in rows}
-        _say(f"    nominal coverage {pm['coverage_nominal']:.2f}; real panel sd {pm['real_sd']:.2f}; "
-             f"rho(uncertainty u, real judge spread) {pm['uncertainty_vs_spread_rho']:.3f}")
+        _say(f"    coverage: share of real judges inside a sampled panel; expected: the sampler's own share "
+             f"(of its other panels' judges), {pm['coverage_nominal']:.2f} for i.i.d. judges")
+        _say(f"    real panel sd {pm['real_sd']:.2f}; rho(uncertainty u, real judge spread) "
+             f"{pm['uncertainty_vs_spread_rho']:.3f}")
     _say(f"  success criterion (Spearman > 0.5 and R-l2 below the baseline): {'met' if ok else 'NOT met'}")
     _say("")
     row = by_id[d["id"]]

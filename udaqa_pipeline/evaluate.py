@@ -139,7 +139,7 @@ def evaluate(run_dir: str | Path | None = None, *, dataset: str | None = None, f
                          .replace("paper", "test"),
                          "selection_score": ck["best"]["score"], "epochs_trained": ck["epoch"] + 1,
                          "sampler": sampler if sampler != "calibrated" or ck.get("calibration") else "paper",
-                         "calibration": {k: ck["calibration"][k] for k in ("tau", "sigma", "fitted_on")}
+                         "calibration": {k: ck["calibration"].get(k, 0.0) for k in ("tau", "sigma", "mu", "fitted_on")}
                          if ck.get("calibration") and sampler == "calibrated" else None}
     if not ids:
         raise CheckpointError(f"{run_dir}: the test fold is empty")
@@ -259,8 +259,9 @@ def format_metrics(m: dict) -> str:
         lines.append(f"[{p}] pooled over groups: Spearman {m['overall']['spearman']:.4f}  R-l2x100 "
                      f"{m['overall']['rl2x100']:.4f}  (n={m['overall']['n']}; mostly tells the groups apart)")
     for t, v in m.get("panel", {}).items():
-        lines.append(f"[{p}] panel {t}: CRPS {v['crps']:.4f}  coverage {v['coverage']:.3f} (nominal "
-                     f"{v['coverage_nominal']:.3f})  sd sampled/real {v['sampled_sd']:.3f}/{v['real_sd']:.3f}  "
+        lines.append(f"[{p}] panel {t}: CRPS {v['crps']:.4f}  coverage {v['coverage']:.3f} (expected "
+                     f"{'-' if v['coverage_expected'] is None else format(v['coverage_expected'], '.3f')}, "
+                     f"i.i.d. {v['coverage_nominal']:.3f})  sd sampled/real {v['sampled_sd']:.3f}/{v['real_sd']:.3f}  "
                      f"rho(u, real spread) {v['uncertainty_vs_spread_rho']:.3f}  NLL {v['nll']:.3f}  (n={v['n']})")
     fc = m.get("final_calibration") or {}
     if "interval_coverage" in fc:

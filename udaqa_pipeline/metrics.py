@@ -130,6 +130,29 @@ def nominal_panel_coverage(t: int) -> float:
     return (t - 1) / (t + 1)
 
 
+def expected_panel_coverage(panels: np.ndarray) -> np.ndarray:
+    """panels (N, S, T) sampled, S >= 2 -> (N,) the :func:`panel_coverage` a real panel would show if
+    it were one more panel of the sampler: the share of the judges of sampled panel s' inside
+    [min, max] of sampled panel s, over all pairs s != s'.
+
+    Why beside :func:`nominal_panel_coverage`: (T-1)/(T+1) holds for judges drawn i.i.d. from one
+    distribution. A sampler unsure of the performance as a whole draws panels that share an offset
+    (``udaqa_pipeline.calibration``), and one of its panels covers fewer judges of another: on data
+    made by the sampler's own equation, the true sampler itself shows 0.43 for T = 7
+    (``tests/test_calibration.py``). This is the coverage a sampler with that structure should
+    show; with an offset sd of 0 and continuous scores it is (T-1)/(T+1), with awards (ties count
+    as inside) a little more. Raises ValueError for S < 2."""
+    panels = np.asarray(panels, float)
+    if panels.ndim != 3 or panels.shape[1] < 2:
+        raise ValueError(f"panels must be (N, S, T) with S >= 2; got {panels.shape}")
+    s = panels.shape[1]
+    lo = panels.min(axis=2)[:, :, None, None]
+    hi = panels.max(axis=2)[:, :, None, None]
+    inside = (panels[:, None, :, :] >= lo) & (panels[:, None, :, :] <= hi)  # (N, s, s', T)
+    own = inside[:, np.arange(s), np.arange(s)].sum(axis=(1, 2))  # a panel always covers itself
+    return (inside.sum(axis=(1, 2, 3)) - own) / (s * (s - 1) * panels.shape[2])
+
+
 def sampled_panel_sd(panels: np.ndarray, ddof: int = 1) -> np.ndarray:
     """panels (N, S, T) -> (N,) sd over the T judges of each sampled panel (``ddof`` as in
     ``np.std``; 1 = sample sd), averaged over the S panels, in score units. Raises ValueError when
@@ -266,6 +289,8 @@ def calibration_metrics(panels: np.ndarray, real: np.ndarray, uncertainty: np.nd
     - ``crps`` mean :func:`crps_ensemble` of the S*T sampled judges against each real judge (score
       units, lower is better);
     - ``coverage`` mean :func:`panel_coverage`; ``coverage_nominal`` (T-1)/(T+1);
+      ``coverage_expected`` mean :func:`expected_panel_coverage` (None for S = 1), the coverage a
+      calibrated sampler of this structure shows;
     - ``uncertainty_vs_spread_rho`` Spearman(uncertainty, real panel sd with ddof 0);
     - ``spread_mae``, ``spread_bias``, ``spread_rho``, ``sampled_sd``, ``real_sd`` from
       :func:`spread_error` with ``ddof`` (recorded as ``spread_ddof``);
@@ -291,6 +316,7 @@ def calibration_metrics(panels: np.ndarray, real: np.ndarray, uncertainty: np.nd
         "crps": float(crps_ensemble(ens, real).mean()),
         "coverage": float(panel_coverage(panels, real).mean()),
         "coverage_nominal": nominal_panel_coverage(t),
+        "coverage_expected": float(expected_panel_coverage(panels).mean()) if s > 1 else None,
         "uncertainty_vs_spread_rho": spearman(uncertainty, real.std(axis=1)),
         **spread_error(panels, real, ddof),
         "spread_ddof": int(ddof),

@@ -77,7 +77,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, save_checkpoint, state_to_cpu
+from .checkpoint import CHECKPOINT, CheckpointError, heads_state, load_checkpoint, save_checkpoint, state_to_cpu
 from .config import ConfigError, apply_overrides, load_stage
 from .curriculum import Curriculum, select
 from .datasets.rules import apply_rule
@@ -574,7 +574,7 @@ def _train_one(cfg: dict, data: TrainingSet, train_rows: np.ndarray,
     avg: dict = {"n": 0, "state": None}
     start_epoch = 0
     if ck is not None:
-        fit.model.load_state_dict(ck["model"])
+        fit.model.load_state_dict(heads_state(ck["model"], fit.model))
         fit.opt.load_state_dict(ck["optimizer"])
         if src.module is not None and ck.get("source") is not None:
             src.module.load_state_dict(ck["source"])
@@ -679,25 +679,33 @@ def _calibrate(cfg: dict, data: TrainingSet, ck: dict, heldout: Any, mode: str,
     kept = int(ck["best"]["epoch"]) if ck["best"]["model"] is not None else int(ck["epoch"])
     from .calibration import concat_heldout
 
+    model = UDAQA(ModelConfig.from_dict(ck["model_config"]))
+    model.load_state_dict(heads_state(state, model))
+    model.to(device)
+
+    def draws(rows: np.ndarray) -> Any:
+        return heldout_draws(model, src, labels, rows, ck["scaling"], n_samples=CALIBRATION_SAMPLES,
+                             seed=int(tcfg["seed"]), step=float(tcfg["award_step"]))
+
     parts, source = [], []
     if mode == "val":
-        model = UDAQA(ModelConfig.from_dict(ck["model_config"]))
-        model.load_state_dict(state)
-        model.to(device)
-        parts.append(heldout_draws(model, src, labels, sel_rows, ck["scaling"], n_samples=CALIBRATION_SAMPLES,
-                                   seed=int(tcfg["seed"]), step=float(tcfg["award_step"])))
+        parts.append(draws(sel_rows))
         source.append("validation split")
     # "oof" on a validation split adds out-of-fold draws when the fit rows are enough for the inner folds
     oof = tcfg["calibrate"] == "oof" and len(fit_rows) >= 2 * int(tcfg["inner_folds"])
     if mode != "val" or oof:
         if heldout is None:
-            _, draws = inner_folds(cfg, data, fit_rows, device=device, epochs=kept + 1, keep=[kept])
-            heldout = draws[kept]
+            _, inner = inner_folds(cfg, data, fit_rows, device=device, epochs=kept + 1, keep=[kept])
+            heldout = inner[kept]
         parts.append(heldout)
         source.append(f"out-of-fold predictions of {int(tcfg['inner_folds'])} inner folds at epoch {kept + 1}")
+    other = np.concatenate([np.full(len(p.loc), p is heldout) for p in parts])  # the inner models' rows
     heldout, source = concat_heldout(parts), " + ".join(source)
-    fit = fit_calibration(heldout, seed=int(tcfg["seed"]))
-    state["calib"] = torch.tensor([fit["tau"], fit["sigma"], fit["step"]], dtype=torch.float32)
+    # the centre shift from the kept model's own training rows, its bias being its own (calibration.py);
+    # the validation rows are training rows too, the paper protocol's sel_rows are the test fold
+    own = draws(np.concatenate([fit_rows, sel_rows if mode == "val" else sel_rows[:0]]).astype(int))
+    fit = fit_calibration(heldout, seed=int(tcfg["seed"]), own=own, other=other)
+    state["calib"] = torch.tensor([fit["tau"], fit["sigma"], fit["step"], fit["mu"]], dtype=torch.float32)
     ck["calibration"] = {**fit, "fitted_on": source}
 
 

@@ -94,8 +94,8 @@ class UDAQA(nn.Module):
         self.mean_head = Regressor(fv, cfg.regressor_hidden) if cfg.regressors == 2 else None
         self.register_buffer("scale_lo", torch.zeros(cfg.n_groups))
         self.register_buffer("scale_hi", torch.ones(cfg.n_groups))
-        # calibrated sampler [tau, sigma, award step] (udaqa_pipeline.calibration); zeros = the paper's
-        self.register_buffer("calib", torch.zeros(3))
+        # calibrated sampler [tau, sigma, award step, shift mu] (udaqa_pipeline.calibration); zeros = the paper's
+        self.register_buffer("calib", torch.zeros(4))
 
     # -- pieces ---------------------------------------------------------------------------------
     def encode(self, features: torch.Tensor, video: torch.Tensor | None
@@ -217,11 +217,11 @@ class UDAQA(nn.Module):
         hi = self.scale_hi[gi].view(shape)
         return y_scaled * (hi - lo) + lo
 
-    def set_calibration(self, tau: float, sigma: float, step: float = 0.0) -> None:
-        """Judge deviation scale ``tau`` and shared panel offset sd ``sigma`` (scaled label units) of
-        the calibrated sampler, and its award ``step`` (score units; 0 = continuous, unclipped), see
-        :mod:`udaqa_pipeline.calibration`; 0, 0 = the paper's sampler."""
-        self.calib.copy_(torch.tensor([float(tau), float(sigma), float(step)]))
+    def set_calibration(self, tau: float, sigma: float, step: float = 0.0, mu: float = 0.0) -> None:
+        """Judge deviation scale ``tau``, shared panel offset sd ``sigma`` and centre shift ``mu``
+        (scaled label units) of the calibrated sampler, and its award ``step`` (score units; 0 =
+        continuous, unclipped), see :mod:`udaqa_pipeline.calibration`; all 0 = the paper's sampler."""
+        self.calib.copy_(torch.tensor([float(tau), float(sigma), float(step), float(mu)]))
 
     @torch.no_grad()
     def sample_judges(self, features: torch.Tensor, video: torch.Tensor | None, n_judges: int,
@@ -232,7 +232,8 @@ class UDAQA(nn.Module):
 
         features (B, K, M) float, video (B, L, 3, h, w) uint8. ``location`` (B, S, T) is the regressor's
         output for one independent prior draw of z per judge (the paper's "more samples = more
-        judges", and its sampler); ``judges`` (B, S, T) adds, with a fitted calibration (``calib``,
+        judges", and its sampler), moved by the fitted centre shift mu when ``calibrated``;
+        ``judges`` (B, S, T) adds, with a fitted calibration (``calib``,
         :meth:`set_calibration`) and ``calibrated``, each judge's Laplace deviation (scale tau) and
         each panel's shared offset (sd sigma), rounded to awards (a fitted step: multiples of it
         inside the label range), see :mod:`udaqa_pipeline.calibration` (equal to ``location``
@@ -245,9 +246,11 @@ class UDAQA(nn.Module):
         b = y.shape[0]
         y = y.view(b, n_samples, n_judges)
         loc = self.to_score_units(y.reshape(b, -1), group_index).view(b, n_samples, n_judges)
-        tau, sigma, step = (float(x) for x in self.calib)
-        if not calibrated or (tau == 0 and sigma == 0):
+        tau, sigma, step, mu = (float(x) for x in self.calib)
+        if not calibrated or (tau == 0 and sigma == 0 and mu == 0):
             return loc, loc, u.mean(dim=1)
+        y = y + mu
+        loc = self.to_score_units(y.reshape(b, -1), group_index).view(b, n_samples, n_judges)
         uni = torch.rand(y.shape, generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12) - 0.5
         lap = (-torch.sign(uni) * torch.log1p(-2.0 * uni.abs())).to(y.device, y.dtype)
         gauss = torch.randn(y.shape[:2], generator=generator, dtype=torch.float64).to(y.device, y.dtype)

@@ -78,3 +78,31 @@ class JudgePanel:
     def score(self, factors: dict[str, float], rng: np.random.Generator) -> np.ndarray:
         """Awards in 0..10, steps of 0.5, shape (7,), float64."""
         return round_half(self.expected(factors) + rng.normal(0.0, 1.0, N_JUDGES) * self.noise)
+
+
+def spread_ceiling(seed: int, n_dives: int = 1000, dives_per_video: int = 10, n_panels: int = 2000,
+                   mc_seed: int = 123, panel: JudgePanel | None = None) -> float:
+    """The best Spearman's rho any predictor can reach between its per-dive uncertainty and the
+    real panel's sd on this generator: that of an oracle which knows each dive's expected panel sd
+    (the mean sd over ``n_panels`` fresh panels of the same dive, judged as :meth:`JudgePanel.score`
+    judges, seeded by ``mc_seed``) against the sd of one such panel per dive, over ``n_dives`` dives
+    drawn like the generator's with ``seed`` (videos of ``dives_per_video``), judged by ``panel``
+    (default the generator's, ``JudgePanel.draw(seed)``). Unitless, in [-1, 1].
+
+    Why it is low (0.15-0.21 for seeds 0-2): every judge's noise sd is fixed per seat, so what a
+    dive changes is only how the seats' weights and the awards' rounding and clipping act on its
+    faults; the sd of 7 awards from one panel is mostly the luck of that panel. Issue 11's target of
+    0.4 for rho(uncertainty, real panel sd) is out of reach on the demo for any model."""
+    from ..metrics import spearman
+    from .dives import draw_dive, draw_event
+
+    panel = panel or JudgePanel.draw(seed)
+    rng = np.random.default_rng(mc_seed)
+    expected_sd, one_sd = np.empty(n_dives), np.empty(n_dives)
+    for k in range(n_dives):
+        vv, dd = k // dives_per_video + 1, k % dives_per_video + 1
+        e = panel.expected(draw_dive(seed, vv, dd, draw_event(seed, vv)).factors)
+        sims = round_half(e[None] + rng.normal(size=(n_panels, N_JUDGES)) * panel.noise)
+        expected_sd[k] = sims.std(axis=1, ddof=1).mean()
+        one_sd[k] = round_half(e + rng.normal(size=N_JUDGES) * panel.noise).std(ddof=1)
+    return float(spearman(expected_sd, one_sd))
