@@ -115,18 +115,26 @@ def main(argv: list[str] | None = None) -> int:
     # the set, its cache and training seed 0's run (all reused when there)
     demo = run_demo(progress=False, seed=gseed, cache_root=args.cache_root, runs_root=args.runs_root)
     per_seed: dict[str, list[dict]] = {k: [] for k in SAMPLERS}
+    fits = []
     for seed in range(args.seeds):
+        t = time.perf_counter()
         rd = Path(demo["run"]) if seed == 0 else train(
             STAGE, cache=demo["cache"], run_dir=runs_root(args.runs_root) / f"{STAGE}-calibration" / f"seed{seed}",
             overrides=[f"train.seed={seed}"], progress=False)
+        train_s = time.perf_counter() - t  # small when a finished run was reused (seed 0: the demo's)
         for name, sampler in SAMPLERS.items():
             m = evaluate(rd, cache=demo["cache"], samples=args.samples, sampler=sampler, make_plots=False)
             per_seed[name].append(_measures(m))
+            if sampler == "calibrated":
+                cal = next(iter(m["runs"].values()))["calibration"]
+                fits.append({"seed": seed, "run": str(rd), "train_s": round(train_s, 1),
+                             **{k: cal[k] for k in ("mu", "tau", "sigma")}})
         print(f"seed {seed}: " + "; ".join(f"{n.split(':')[0]} CRPS {per_seed[n][-1]['judge CRPS']:.3f}"
                                            for n in SAMPLERS), flush=True)
     table = {name: {k: _stat([r[k] for r in rows]) for k in MEASURES} for name, rows in per_seed.items()}
     res = {"protocol": "honest", "stage": STAGE, "data": demo["data"], "n_test": demo["n_test"],
            "seeds": list(range(args.seeds)), "samples": args.samples, "table": table,
+           "fits": fits,  # each run's calibration, fractions of the label range
            "generator_seed": gseed,
            "spread_ceiling": {"rho": spread_ceiling(gseed), "generator_seed": gseed,
                               "what": "Spearman(expected panel sd, one panel's sd) of an oracle, 1000 dives"}}

@@ -171,3 +171,17 @@ def test_awards_are_the_judge_scale_in_numpy_and_in_the_model_sampler():
     m.set_calibration(0.3, 0.2, 0.5)
     j = m.predict_judges(torch.rand(4, 10, 16), None, 7, 50, generator=torch.Generator().manual_seed(0))[0]
     assert torch.equal(j, torch.round(j * 2) / 2) and j.min() >= 0 and j.max() <= 10 and j.std() > 0.5
+
+
+@pytest.mark.parametrize("sets, match", [
+    (["train.award_step=-0.5"], "must be 0 .continuous draws. or a positive"),
+    (["train.award_step=0.3"], "ends of train.label_range .0, 10. are not"),
+    (["train.award_step=0.5", "train.label_range=[]"], "needs train.label_range"),
+])
+def test_award_step_config_errors_say_what_to_set(sets, match):
+    from udaqa_pipeline.config import ConfigError
+    from udaqa_pipeline.train import resolve_config
+
+    assert resolve_config("mtl")["train"]["award_step"] == 0.5
+    with pytest.raises(ConfigError, match=match):
+        resolve_config("mtl", sets)

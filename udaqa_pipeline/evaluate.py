@@ -195,7 +195,9 @@ def residual_prediction(run: Any, src: Any, labels: Labels, rows: np.ndarray, p:
     """Baseline (b) of the calibration table: the model's predicted judge mean (mean over the paper
     sampler's draws) plus residuals drawn from the pool of the training rows' residuals (real judge
     minus predicted judge mean), each judge independently; ``p`` (:func:`predict` of ``rows``) gets
-    its panels and sampled finals replaced (its point prediction is kept)."""
+    its panels and sampled finals replaced, and its point prediction becomes the mean of those
+    finals: the pool's mean residual moves the baseline's centre, as ``mu`` moves the calibrated
+    sampler's, so both are scored with the centre they sample around."""
     from .calibration import residual_panels
     from .datasets.rules import apply_rule
 
@@ -208,7 +210,8 @@ def residual_prediction(run: Any, src: Any, labels: Labels, rows: np.ndarray, p:
         pan = residual_panels(np.asarray([p["panels"][k].mean()]), pool, t, s_, seed=seed + k)[0]
         out["panels"][k] = pan
         out["finals"][k] = apply_rule(labels.rule[r], pan, labels.difficulty_of(r))
-    return out  # the point prediction stays the model's: only the spread is the baseline's
+    out["final"] = out["finals"].mean(axis=1)
+    return out
 
 
 #: Fewest prior draws per sample for final-score intervals (their quantiles are too coarse below).
@@ -277,6 +280,7 @@ def format_metrics(m: dict) -> str:
                      + ("" if sc is None or math.isnan(sc) else f" (score {sc:.4f})"))
         cal = r.get("calibration")
         lines.append(f"[{p}] {name}: sampler {r.get('sampler', 'paper')}" + (
-            f" (judge noise tau {cal['tau']:.3g} x exp(u), panel offset sd {cal['sigma']:.3g} of the label range; "
-            f"fitted on the {cal['fitted_on']})" if cal else ""))
+            f" (fractions of the label range: centre shift mu {cal['mu']:+.3g}, judge Laplace scale tau "
+            f"{cal['tau']:.3g}, panel offset sd sigma {cal['sigma']:.3g}; fitted on the {cal['fitted_on']})"
+            if cal else ""))
     return "\n".join(lines)

@@ -25,7 +25,10 @@ Design choices:
 - **Output**: S = ``samples`` (default 50) seeded draws (``seed``) of T judges from the run's
   calibrated sampler (:mod:`udaqa_pipeline.calibration`; the paper's prior draws for runs without a
   fitted calibration, ``calibrated`` False); ``final_score`` is the mean over S of the rule applied
-  to each panel, ``final_lo``/``final_hi`` the central 80% interval of those S final scores,
+  to each panel (the mean of the sampled final scores, so it sits inside their interval; ``evaluate``'s
+  point prediction is the rule on the panels' locations before the judge noise and awards, free of
+  Monte-Carlo noise for its Spearman, so the two differ by a little),
+  ``final_lo``/``final_hi`` the central 80% interval of those S final scores,
   ``final_std`` their spread, ``uncertainty`` the model's mean predicted log-uncertainty u (the
   quantity ``evaluate`` reports).
 - **Batches**: a folder of videos gives one row per video; a video that cannot be read gets
@@ -232,15 +235,16 @@ def score_video(scorer: Scorer, path: str | Path, *, judges: int | None = None, 
     }
 
 
-#: Central interval of the sampled final scores that ``score`` reports.
+#: Central interval of the sampled final scores that ``score`` reports, and the fewest draws for one.
 INTERVAL = 0.8
+INTERVAL_MIN_SAMPLES = 10
 
 
 def final_interval(finals: np.ndarray, level: float = INTERVAL) -> tuple[float | None, float | None]:
     """Central ``level`` interval of S sampled final scores (type-6 quantiles, as
-    :func:`udaqa_pipeline.metrics.interval_coverage`); (None, None) below 10 draws, too few for one."""
+    :func:`udaqa_pipeline.metrics.interval_coverage`); (None, None) below ``INTERVAL_MIN_SAMPLES`` draws, too few for one."""
     finals = np.asarray(finals, float)
-    if finals.size < 10:
+    if finals.size < INTERVAL_MIN_SAMPLES:
         return None, None
     lo, hi = np.quantile(finals, [(1 - level) / 2, (1 + level) / 2], method="weibull")
     return float(lo), float(hi)
@@ -343,7 +347,8 @@ def format_row(row: dict) -> str:
              + (f", {round(100 * row['interval_level'])}% interval {row['final_lo']:.2f}-{row['final_hi']:.2f}"
                 f" ({'calibrated' if row.get('calibrated') else 'paper sampler, not calibrated'}, {s} draws)"
                 if row.get("final_lo") is not None else
-                (f" +- {row['final_std']:.2f} over {s} draws" if s > 1 else "")),
+                (f" +- {row['final_std']:.2f} over {s} draws" if s > 1 else "")
+                + f" (an interval needs --samples >= {INTERVAL_MIN_SAMPLES})"),
              f"  uncertainty (predicted log-uncertainty u): {row['uncertainty']:.3f}"]
     if row.get("short"):
         lines.append(f"  note: the video has {row['n_source_frames']} frames, fewer than the window: padded with its "

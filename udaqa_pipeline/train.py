@@ -199,7 +199,16 @@ def resolve_config(dataset: str, overrides: Iterable[str] = ()) -> dict:
             raise ConfigError(f"train.{key} must be one of {allowed}, not {t[key]!r}")
     if int(t["inner_folds"]) < 2:
         raise ConfigError(f"train.inner_folds must be at least 2, not {t['inner_folds']}")
-    if float(t["award_step"]) < 0 or (float(t["award_step"]) > 0 and (not t["label_range"] or t["label_scale"] != "global")):
+    step = float(t["award_step"])
+    if step < 0:
+        raise ConfigError(f"train.award_step must be 0 (continuous draws) or a positive award step, not {step}")
+    if step > 0 and t["label_range"] and t["label_scale"] == "global":
+        lo, hi = (float(x) for x in t["label_range"])
+        if any(abs(x / step - round(x / step)) > 1e-6 for x in (lo, hi)):
+            raise ConfigError(f"train.award_step={step}: awards are multiples of the step, and the ends of "
+                              f"train.label_range [{lo:g}, {hi:g}] are not, so they would not be awards; use the "
+                              f"judge scale's step (diving: 0.5)")
+    if step > 0 and (not t["label_range"] or t["label_scale"] != "global"):
         raise ConfigError(f"train.award_step={t['award_step']} rounds sampled judges to awards clipped to the judge "
                           f"scale, so it needs train.label_range = [lo, hi] with train.label_scale = 'global' "
                           f"(set them, or award_step = 0 for continuous draws)")
