@@ -1,7 +1,8 @@
 """Score a trained run on its test fold: metrics JSON, predictions Parquet, PNG plots.
 
 - Predicted final score = mean over S prior draws of the scoring rule applied to T sampled judges'
-  locations (T = the rule's panel size, or ``judges``; see ``train.predict``); the S sampled final
+  locations (T = the rule's panel size, or ``judges``; moved by the calibration's centre shift; see
+  ``train.predict``); the S sampled final
   scores of the (calibrated) sampler give its spread and its central intervals. The Parquet keeps
   the T judges of the first draw and the 80% interval.
 - Headline: Spearman's rho over the test set; with several groups (JIGSAWS tasks, AQA-7 actions)
@@ -11,8 +12,9 @@
   undefined (constant labels or predictions) is named in ``undefined_groups``, never averaged in
   silently.
 - Panel calibration (:func:`udaqa_pipeline.metrics.calibration_metrics`) on samples whose real panel
-  has more than one judge and as many judges as were sampled: CRPS, panel coverage with its nominal
-  (T-1)/(T+1), spread error, KDE negative log-likelihood, central-interval coverage of the judges,
+  has more than one judge and as many judges as were sampled: CRPS, panel coverage beside the
+  sampler's expected coverage (what a calibrated sampler of its structure shows) and the i.i.d.
+  value (T-1)/(T+1), spread error, KDE negative log-likelihood, central-interval coverage of the judges,
   Spearman of the model's log-uncertainty u against the real panel's sd.
 - Final-score calibration (every dataset, S >= 50 draws): coverage of the central 10..90% intervals
   of the S sampled final scores against the true final score

@@ -144,8 +144,9 @@ def predict(model: UDAQA, source: FeatureSource, labels: Labels, rows: np.ndarra
             batch_size: int = 64, calibrated: bool = True) -> dict[str, np.ndarray]:
     """Sample S panels for ``rows`` (view 0) -> final (N,), finals (N, S) (the rule on each drawn
     panel), panels (N entries of (S, T); T may vary), u (N,). ``final``, the point prediction, is
-    the mean over S of the rule on the panels' locations (the paper's sampler), so a calibration
-    widens the distribution without adding Monte-Carlo noise to the point prediction. Seeded, so
+    the mean over S of the rule on the panels' locations (the paper's sampler's draws, moved by a
+    fitted calibration's centre shift ``mu``), so the calibration's judge noise widens the
+    distribution without adding Monte-Carlo noise to the point prediction. Seeded, so
     selection numbers are reproducible. ``calibrated=False`` draws with the paper's sampler even
     when the model carries a fitted calibration."""
     model.eval()
