@@ -150,8 +150,12 @@ def judges_in_score_units(h: HeldOut, y_scaled: np.ndarray) -> np.ndarray:
 
 def _finals(h: HeldOut, y_scaled: np.ndarray) -> np.ndarray:
     """Rule of every drawn panel, score units: y_scaled (N, S, T) -> (N, S)."""
-    out = np.empty(y_scaled.shape[:2])
-    score = judges_in_score_units(h, y_scaled)
+    return _rule_of(h, judges_in_score_units(h, y_scaled))
+
+
+def _rule_of(h: HeldOut, score: np.ndarray) -> np.ndarray:
+    """Each row's rule on its drawn judges in score units (N, S, T) -> final scores (N, S)."""
+    out = np.empty(score.shape[:2])
     for r in sorted(set(h.rule)):
         rows = np.asarray([i for i, x in enumerate(h.rule) if x == r])
         d = h.difficulty[rows]
@@ -198,27 +202,20 @@ def fit_calibration(h: HeldOut, seed: int = 0, own: HeldOut | None = None,
         other = np.zeros(n, bool) if other is None else np.asarray(other, bool)
         h = replace(h, loc=h.loc + np.where(other, centre_shift(h, other), mu)[:, None, None])
 
-    def draw(tau: float, sigma: float, hh: HeldOut = h) -> np.ndarray:
-        return sample_panels(hh.loc, tau, sigma, lap, gauss)
-
-    def final_crps(tau: float, sigma: float, hh: HeldOut = h) -> float:
-        return float(crps_ensemble(_finals(hh, draw(tau, sigma, hh)), hh.final[:, None]).mean())
-
-    def judges(tau: float, sigma: float, hh: HeldOut = h) -> np.ndarray:  # score units, panel rows
-        return judges_in_score_units(hh, draw(tau, sigma, hh))[panel]
-
-    def coverage(tau: float, sigma: float, hh: HeldOut = h) -> float:
-        return float(panel_coverage(judges(tau, sigma, hh), real).mean())
-
-    def judge_crps(tau: float, sigma: float, hh: HeldOut = h) -> float:
-        return float(crps_ensemble(judges(tau, sigma, hh).reshape(len(real), -1), real).mean())
+    def measure(tau: float, sigma: float, hh: HeldOut = h) -> dict:
+        """One candidate's draws, scored: its judges (score units, panel rows), and the CRPS of its
+        final scores and, with panels, of its judges."""
+        score = judges_in_score_units(hh, sample_panels(hh.loc, tau, sigma, lap, gauss))
+        out = {"final": float(crps_ensemble(_rule_of(hh, score), hh.final[:, None]).mean())}
+        if real is not None:
+            out["judges"] = score[panel]
+            out["judge"] = float(crps_ensemble(out["judges"].reshape(len(real), -1), real).mean())
+        return out
 
     if panel.any():
-        score = np.vectorize(lambda a, b: (judge_crps(float(a), float(b)), final_crps(float(a), float(b))),
-                             otypes=[float, float])
-
         def best(ti: np.ndarray, si: np.ndarray) -> tuple[int, int]:
-            jc, fc = score(TAU_GRID[ti][:, None], SIGMA_GRID[si][None, :])
+            m = [[measure(float(a), float(b)) for b in SIGMA_GRID[si]] for a in TAU_GRID[ti]]
+            jc, fc = (np.asarray([[x[key] for x in row] for row in m]) for key in ("judge", "final"))
             k = np.unravel_index(np.argmin(jc / jc.min() + fc / fc.min()), jc.shape)
             return int(ti[k[0]]), int(si[k[1]])
 
@@ -227,16 +224,18 @@ def fit_calibration(h: HeldOut, seed: int = 0, own: HeldOut | None = None,
         i, k = best(np.arange(max(i - 4, 0), min(i + 5, len(TAU_GRID))),
                     np.arange(max(k - 3, 0), min(k + 4, len(SIGMA_GRID))))
         tau, sigma = float(TAU_GRID[i]), float(SIGMA_GRID[k])
-        extra = {"nominal_coverage": nominal_panel_coverage(t), "coverage": (coverage(0.0, 0.0, raw), coverage(tau, sigma)),
-                 "expected_coverage": float(expected_panel_coverage(judges(tau, sigma)).mean()),
-                 "crps_judges": (judge_crps(0.0, 0.0, raw), judge_crps(tau, sigma))}
     else:  # single labels: eps carries the spread
-        tau = float(TAU_GRID[int(np.argmin([final_crps(x, 0.0) for x in TAU_GRID]))])
-        sigma = 0.0
-        extra = {"nominal_coverage": None, "coverage": None, "expected_coverage": None, "crps_judges": None}
+        tau, sigma = float(TAU_GRID[int(np.argmin([measure(x, 0.0)["final"] for x in TAU_GRID]))]), 0.0
+    before, after = measure(0.0, 0.0, raw), measure(tau, sigma)  # before: the paper's sampler
+    extra: dict = {"nominal_coverage": None, "coverage": None, "expected_coverage": None, "crps_judges": None}
+    if panel.any():
+        extra = {"nominal_coverage": nominal_panel_coverage(t),
+                 "coverage": tuple(float(panel_coverage(x["judges"], real).mean()) for x in (before, after)),
+                 "expected_coverage": float(expected_panel_coverage(after["judges"]).mean()),
+                 "crps_judges": (before["judge"], after["judge"])}
     return {"tau": tau, "sigma": sigma, "mu": mu, "step": float(h.step), "n_rows": int(n),
             "n_panel_rows": int(panel.sum()),
-            "crps_final": (final_crps(0.0, 0.0, raw), final_crps(tau, sigma)), **extra}
+            "crps_final": (before["final"], after["final"]), **extra}
 
 
 def residual_panels(pred_mean: np.ndarray, residuals: np.ndarray, n_judges: int, n_samples: int,

@@ -230,11 +230,9 @@ def run_demo(*, n_dives: int = DEFAULT_DIVES, seed: int = DEFAULT_SEED, epochs: 
                 _say(f"    {name:<34s}{pm['coverage']:>10.2f}{pm['coverage_expected']:>10.2f}{pm['crps']:>8.3f}"
                      f"{pm['sampled_sd']:>10.2f}{fc:>11.2f}")
         pm = next(iter(m["panel"].values()))
-        res["calibration"] = {name: {"coverage": next(iter(mm["panel"].values()))["coverage"],
-                                     "expected_coverage": next(iter(mm["panel"].values()))["coverage_expected"],
-                                     "crps": next(iter(mm["panel"].values()))["crps"],
-                                     "final_coverage80": final80(mm)}
-                              for name, mm in rows}
+        res["calibration"] = {name: {"coverage": p_["coverage"], "expected_coverage": p_["coverage_expected"],
+                                     "crps": p_["crps"], "final_coverage80": final80(mm)}
+                              for name, mm in rows for p_ in [next(iter(mm["panel"].values()))]}
         _say(f"    coverage: share of real judges inside a sampled panel; expected: the sampler's own share "
              f"(of its other panels' judges), {pm['coverage_nominal']:.2f} for i.i.d. judges")
         _say(f"    real panel sd {pm['real_sd']:.2f}; rho(uncertainty u, real judge spread) "

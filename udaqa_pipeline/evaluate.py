@@ -141,7 +141,8 @@ def evaluate(run_dir: str | Path | None = None, *, dataset: str | None = None, f
                          .replace("paper", "test"),
                          "selection_score": ck["best"]["score"], "epochs_trained": ck["epoch"] + 1,
                          "sampler": sampler if sampler != "calibrated" or ck.get("calibration") else "paper",
-                         "calibration": {k: ck["calibration"].get(k, 0.0) for k in ("tau", "sigma", "mu", "fitted_on")}
+                         "calibration": {"mu": 0.0, **{k: v for k, v in ck["calibration"].items()  # mu: 0 before the shift
+                                                          if k in ("tau", "sigma", "mu", "fitted_on")}}
                          if ck.get("calibration") and sampler == "calibrated" else None}
     if not ids:
         raise CheckpointError(f"{run_dir}: the test fold is empty")

@@ -237,14 +237,14 @@ def score_video(scorer: Scorer, path: str | Path, *, judges: int | None = None, 
 
 #: Central interval of the sampled final scores that ``score`` reports, and the fewest draws for one.
 INTERVAL = 0.8
-INTERVAL_MIN_SAMPLES = 10
+INTERVAL_MIN_DRAWS = 10
 
 
 def final_interval(finals: np.ndarray, level: float = INTERVAL) -> tuple[float | None, float | None]:
     """Central ``level`` interval of S sampled final scores (type-6 quantiles, as
-    :func:`udaqa_pipeline.metrics.interval_coverage`); (None, None) below ``INTERVAL_MIN_SAMPLES`` draws, too few for one."""
+    :func:`udaqa_pipeline.metrics.interval_coverage`); (None, None) below ``INTERVAL_MIN_DRAWS`` draws, too few for one."""
     finals = np.asarray(finals, float)
-    if finals.size < INTERVAL_MIN_SAMPLES:
+    if finals.size < INTERVAL_MIN_DRAWS:
         return None, None
     lo, hi = np.quantile(finals, [(1 - level) / 2, (1 + level) / 2], method="weibull")
     return float(lo), float(hi)
@@ -348,7 +348,7 @@ def format_row(row: dict) -> str:
                 f" ({'calibrated' if row.get('calibrated') else 'paper sampler, not calibrated'}, {s} draws)"
                 if row.get("final_lo") is not None else
                 (f" +- {row['final_std']:.2f} over {s} draws" if s > 1 else "")
-                + f" (an interval needs --samples >= {INTERVAL_MIN_SAMPLES})"),
+                + f" (an interval needs --samples >= {INTERVAL_MIN_DRAWS})"),
              f"  uncertainty (predicted log-uncertainty u): {row['uncertainty']:.3f}"]
     if row.get("short"):
         lines.append(f"  note: the video has {row['n_source_frames']} frames, fewer than the window: padded with its "

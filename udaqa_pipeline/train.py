@@ -713,7 +713,8 @@ def _calibrate(cfg: dict, data: TrainingSet, ck: dict, heldout: Any, mode: str,
     heldout, source = concat_heldout(parts), " + ".join(source)
     # the centre shift from the kept model's own training rows, its bias being its own (calibration.py);
     # the validation rows are training rows too, the paper protocol's sel_rows are the test fold
-    own = draws(np.concatenate([fit_rows, sel_rows if mode == "val" else sel_rows[:0]]).astype(int))
+    own = (draws(np.concatenate([fit_rows, sel_rows if mode == "val" else sel_rows[:0]]).astype(int))
+           if any(len(r) > 1 for r in heldout.real) else None)  # single labels: no shift to estimate
     fit = fit_calibration(heldout, seed=int(tcfg["seed"]), own=own, other=other)
     state["calib"] = torch.tensor([fit["tau"], fit["sigma"], fit["step"], fit["mu"]], dtype=torch.float32)
     ck["calibration"] = {**fit, "fitted_on": source}
