@@ -193,6 +193,15 @@ def test_oof_calibration_trains_its_inner_models_on_the_validation_split_too(tmp
     assert cal["n_rows"] == len(fit) + len(sel)
 
 
+def test_oof_calibration_with_too_few_fit_rows_says_it_used_the_validation_split(tmp_path, capsys):
+    cache = write_toy_cache(tmp_path / "toy", n=32, noise=0.2)
+    ov = ["train.batch_size=8", "train.wa_hidden=16", "train.video_channels=[4,8,8,8]", "train.eval_samples=4",
+          "train.epochs=1", "train.val_fraction=0.25", "train.calibrate=oof", "train.inner_folds=20"]
+    run = train("mtl", cache=cache, run_dir=tmp_path / "r", overrides=ov, progress=False)
+    assert load_checkpoint(run / CHECKPOINT)["calibration"]["fitted_on"] == "validation split"
+    assert "calibration is fitted on the validation split alone (lower train.inner_folds" in capsys.readouterr().err
+
+
 def test_awards_are_the_judge_scale_in_numpy_and_in_the_model_sampler():
     from udaqa_pipeline.calibration import awards
 
@@ -211,6 +220,8 @@ def test_awards_are_the_judge_scale_in_numpy_and_in_the_model_sampler():
     (["train.award_step=-0.5"], "must be 0 .continuous draws. or a positive"),
     (["train.award_step=0.3"], "ends of train.label_range .0, 10. are not"),
     (["train.award_step=0.5", "train.label_range=[]"], "needs train.label_range"),
+    (["train.inner_folds=1.5"], "whole number of folds, at least 2, not 1.5"),
+    (["train.inner_folds=1"], "at least 2, not 1"),
 ])
 def test_award_step_config_errors_say_what_to_set(sets, match):
     from udaqa_pipeline.config import ConfigError

@@ -67,6 +67,7 @@ import copy
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,8 +199,8 @@ def resolve_config(dataset: str, overrides: Iterable[str] = ()) -> dict:
                          ("calibrate", ("heldout", "oof", "none"))):
         if t[key] not in allowed:
             raise ConfigError(f"train.{key} must be one of {allowed}, not {t[key]!r}")
-    if int(t["inner_folds"]) < 2:
-        raise ConfigError(f"train.inner_folds must be at least 2, not {t['inner_folds']}")
+    if not isinstance(t["inner_folds"], int) or isinstance(t["inner_folds"], bool) or t["inner_folds"] < 2:
+        raise ConfigError(f"train.inner_folds must be a whole number of folds, at least 2, not {t['inner_folds']!r}")
     step = float(t["award_step"])
     if step < 0:
         raise ConfigError(f"train.award_step must be 0 (continuous draws) or a positive award step, not {step}")
@@ -708,6 +709,10 @@ def _calibrate(cfg: dict, data: TrainingSet, ck: dict, heldout: Any, mode: str,
         source.append("validation split")
     # "oof" on a validation split adds out-of-fold draws when the fit rows are enough for the inner folds
     oof = tcfg["calibrate"] == "oof" and len(fit_rows) >= 2 * int(tcfg["inner_folds"])
+    if tcfg["calibrate"] == "oof" and not oof and mode == "val":
+        print(f"warning: train.calibrate = 'oof' needs at least 2 x train.inner_folds = {2 * int(tcfg['inner_folds'])} "
+              f"fit rows for its inner folds; this run has {len(fit_rows)}, so the calibration is fitted on the "
+              f"validation split alone (lower train.inner_folds to get the out-of-fold rows)", file=sys.stderr)
     if mode != "val" or oof:
         if heldout is None:
             # with a validation split the inner models train on it too: trained on two thirds of the
