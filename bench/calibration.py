@@ -8,12 +8,12 @@ chosen on the training dives only, never on the test dives) trained with ``train
 the issue's table: the calibrated sampler (the default), the paper's prior draws, and baseline (b)
 (the model's judge mean plus residuals of the training rows, :func:`udaqa_pipeline.evaluate.
 residual_prediction`). Writes ``bench/calibration.json``: per sampler and measure, the per-seed
-values and their mean and sd; the generator's spread ceiling
+values and their mean and sd (:func:`udaqa_pipeline.cv.mean_sd`); the generator's spread ceiling
 (:func:`udaqa_pipeline.synth.judges.spread_ceiling`); the issue's targets checked on the means.
 
-``--generator-seed 1`` (with its own ``--cache-root``/``--runs-root``/``--out``) measures the same
-on another synthetic set, the dev set on which the calibration's fit was chosen
-(``bench/calibration_dev.json``).
+``--generator-seed 1`` or ``2`` (each with its own ``--cache-root``/``--runs-root``/``--out``)
+measures the same on another synthetic set, the dev sets on which the calibration's fit was chosen
+(``bench/calibration_dev.json``, ``bench/calibration_dev2.json``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 SAMPLERS = {"calibrated (default)": "calibrated", "paper's prior draws": "paper",
@@ -47,11 +46,6 @@ def _measures(m: dict) -> dict[str, float]:
     panel = next(iter(m["panel"].values()))
     src = {"overall": m["overall"], "panel": panel, "final": m["final_calibration"]["interval_coverage"]}
     return {name: float(src[a][b]) for name, ((a, b), _) in MEASURES.items()}
-
-
-def _stat(xs: list[float]) -> dict:
-    a = np.asarray(xs, float)
-    return {"mean": float(a.mean()), "sd": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "values": a.tolist()}
 
 
 def targets(table: dict) -> dict[str, dict]:
@@ -83,10 +77,12 @@ README_COLUMNS = ["Spearman", "R-l2 x100", "panel coverage", "expected coverage"
 
 def markdown(res: dict, columns: list[str] = README_COLUMNS) -> str:
     """The README's table: one row per sampler, one column per measure, mean +- sd over seeds."""
+    from udaqa_pipeline.cv import mean_sd_text
+
     names = list(columns)
     lines = ["| sampler | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for row, ms in res["table"].items():
-        cells = [f"{ms[k]['mean']:.{MEASURES[k][1]}f} +- {ms[k]['sd']:.{MEASURES[k][1]}f}" for k in names]
+        cells = [mean_sd_text(ms[k], MEASURES[k][1]) for k in names]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -104,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from udaqa_pipeline.config import runs_root
+    from udaqa_pipeline.cv import mean_sd
     from udaqa_pipeline.demo import DEFAULT_SEED, STAGE, run_demo
     from udaqa_pipeline.evaluate import evaluate
     from udaqa_pipeline.fileutil import strict_json
@@ -131,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                              **{k: cal[k] for k in ("mu", "tau", "sigma")}})
         print(f"seed {seed}: " + "; ".join(f"{n.split(':')[0]} CRPS {per_seed[n][-1]['judge CRPS']:.3f}"
                                            for n in SAMPLERS), flush=True)
-    table = {name: {k: _stat([r[k] for r in rows]) for k in MEASURES} for name, rows in per_seed.items()}
+    table = {name: {k: mean_sd([r[k] for r in rows]) for k in MEASURES} for name, rows in per_seed.items()}
     res = {"protocol": "honest", "stage": STAGE, "data": demo["data"], "n_test": demo["n_test"],
            "seeds": list(range(args.seeds)), "samples": args.samples, "table": table,
            "fits": fits,  # each run's calibration, fractions of the label range

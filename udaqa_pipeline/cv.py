@@ -181,7 +181,9 @@ def _ridge_records(labels: Any, features: np.ndarray, folds: list[int], split: s
 # --------------------------------------------------------------------------- statistics
 
 
-def _mean_sd(values: list[float]) -> dict:
+def mean_sd(values: list[float]) -> dict:
+    """Mean and sample sd (ddof 1; 0 for one value) of per-seed values, NaNs left out ->
+    {"mean", "sd", "per_seed"}."""
     v = np.asarray(values, float)
     return {"mean": float(np.nanmean(v)) if np.isfinite(v).any() else float("nan"),
             "sd": float(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else 0.0,
@@ -233,20 +235,20 @@ def summarize(records: list[dict], ranges: dict[str, float]) -> dict:
             folds = sorted({r["fold"] for r in rows_g})
             ens = _ensemble(rows_g)
             res = {"method": method, "protocol": protocol, "group": g, "seeds": seeds,
-                   **{k: _mean_sd([st[k] for st in per_seed]) for k in STATS},
-                   "folds": {str(f): {**_mean_sd([st["fold_spearman"][f] for st in per_seed]),
+                   **{k: mean_sd([st[k] for st in per_seed]) for k in STATS},
+                   "folds": {str(f): {**mean_sd([st["fold_spearman"][f] for st in per_seed]),
                                       "n": sum(1 for r in rows_g if r["fold"] == f and r["seed"] == seeds[0])}
                              for f in folds},
                    "undefined_folds": sorted({f for st in per_seed for f in st["undefined_folds"]}),
                    "ensemble": {k: v for k, v in seed_statistics(ens, ranges[g]).items()
                                 if k in STATS} if len(seeds) > 1 else None,
-                   "selected_epochs": _mean_sd([r["selected_epoch"] for r in rows_g])}
+                   "selected_epochs": mean_sd([r["selected_epoch"] for r in rows_g])}
             res["selected_epochs"].pop("per_seed")
             results.append(res)
         if len(per_group_seed) > 1:
             seeds = sorted(set.intersection(*(set(v) for v in per_group_seed.values())))
             overall.append({"method": method, "protocol": protocol, "groups": sorted(per_group_seed),
-                            "fisher_z_over_groups": _mean_sd([fisher_z_mean([v[s] for v in per_group_seed.values()])
+                            "fisher_z_over_groups": mean_sd([fisher_z_mean([v[s] for v in per_group_seed.values()])
                                                               for s in seeds])})
     return {"results": results, "overall": overall}
 

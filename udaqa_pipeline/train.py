@@ -472,8 +472,8 @@ def inner_folds(cfg: dict, data: TrainingSet, rows: np.ndarray, *, device: str,
     folds = []
     for i in range(k):
         val = np.sort(perm[i::k])
-        fit = build_fit(cfg, data, np.union1d(np.setdiff1d(rows, val), [] if also is None else also).astype(int),
-                        device=device)
+        train_rows = np.setdiff1d(rows, val)
+        fit = build_fit(cfg, data, train_rows if also is None else np.union1d(train_rows, also), device=device)
         folds.append(val)
         for e in range(epochs):
             run_epoch(fit, data, e, where=f"inner fold {i + 1}/{k}")

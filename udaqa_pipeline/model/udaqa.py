@@ -244,13 +244,12 @@ class UDAQA(nn.Module):
         self.eval()
         y, u = self.sample_scaled(features, video, n_judges * n_samples, generator)
         b = y.shape[0]
-        y = y.view(b, n_samples, n_judges)
-        loc = self.to_score_units(y.reshape(b, -1), group_index).view(b, n_samples, n_judges)
         tau, sigma, step, mu = (float(x) for x in self.calib)
-        if not calibrated or (tau == 0 and sigma == 0 and mu == 0):
-            return loc, loc, u.mean(dim=1)
-        y = y + mu
+        on = calibrated and not (tau == 0 and sigma == 0 and mu == 0)
+        y = y.view(b, n_samples, n_judges) + (mu if on else 0.0)
         loc = self.to_score_units(y.reshape(b, -1), group_index).view(b, n_samples, n_judges)
+        if not on:
+            return loc, loc, u.mean(dim=1)
         uni = torch.rand(y.shape, generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12) - 0.5
         lap = (-torch.sign(uni) * torch.log1p(-2.0 * uni.abs())).to(y.device, y.dtype)
         gauss = torch.randn(y.shape[:2], generator=generator, dtype=torch.float64).to(y.device, y.dtype)
