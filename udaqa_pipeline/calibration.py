@@ -39,8 +39,9 @@ every candidate):
    error sd near 1). Why its own rows and not held-out ones: out-of-fold rows are drawn by the inner
    folds' models, whose offsets are theirs (one seed: -0.83 there, +0.36 on the kept model's own
    rows, +0.58 on its test dives). The point prediction of a calibrated sampler moves with ``mu``
-   (``UDAQA.sample_judges``). Why not for single labels: JIGSAWS' numbers in ``bench/real.json``
-   were measured without it, and a shift there is not measured yet;
+   (``UDAQA.sample_judges``). A panel here is any set of T > 1 labels per sample whose rule makes
+   the final score: JIGSAWS' six GRS items too (``bench/real_calibration.json``: 80% coverage 0.86
+   on real Suturing with this fit);
 2. ``tau``: the judge scale at which the sampled panels' mean sd equals the real panels' mean sd on
    the held-out rows with a real panel of the sampled size T > 1 (:func:`panel_sd_match`). Why not
    a score: a judge's CRPS sees only the marginal spread of ``tau`` and ``sigma`` together, and on
