@@ -66,14 +66,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from . import resolve
-from .config import ConfigError, load_stage
+from .config import DEFAULTS, ConfigError, load_stage
 from .errors import UdaqaError
 
 #: Defaults of the ``[finetune]`` section (see the module docstring).
-FINETUNE_DEFAULTS: dict[str, Any] = {
-    "lr_scale": 0.1, "freeze_backbone": False, "freeze_bn": False, "amp": "auto", "checkpointing": "auto",
-    "max_shift": 3, "flip": True, "random_crop": True,
-}
+FINETUNE_DEFAULTS: dict[str, Any] = DEFAULTS["finetune"]
 
 #: I3D blocks in forward order (the unit of activation checkpointing).
 BLOCKS = ("Conv3d_1a_7x7", "MaxPool3d_2a_3x3", "Conv3d_2b_1x1", "Conv3d_2c_3x3", "MaxPool3d_3a_3x3",

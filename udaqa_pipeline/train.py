@@ -79,7 +79,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .checkpoint import CHECKPOINT, CheckpointError, heads_state, load_checkpoint, save_checkpoint, state_to_cpu
-from .config import ConfigError, apply_overrides, load_stage
+from .config import DEFAULTS, ConfigError, apply_overrides, load_stage
 from .curriculum import Curriculum, select
 from .datasets.rules import apply_rule
 from .errors import UdaqaError
@@ -95,19 +95,9 @@ PROTOCOLS = ("honest", "paper")
 #: [train] keys that may change when a run resumes (everything else must match the checkpoint).
 RESUMABLE_KEYS = frozenset({"epochs", "checkpoint_every"})
 
-#: Defaults for [train] keys a stage file may leave out (model switches, eval sampling).
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "lr": 1e-4, "weight_decay": 1e-5, "epochs": 200, "batch_size": 32, "alpha": 1.0, "beta": 10.0,
-    "latent_dim": 6, "curriculum_start": 0.4, "curriculum_step": 0.2, "curriculum_patience": 3,
-    "val_fraction": 0.1, "seed": 0, "per_group": False, "label_scale": "global", "label_range": [],
-    "use_wa": True, "use_cvae": True, "use_uncertainty": True, "use_curriculum": True,
-    "latent_input": "video", "regressors": 1, "wa_hidden": 256, "dropout": 0.3,
-    "video_channels": [16, 32, 64, 128], "eval_samples": 8,
-    "select": "val", "select_metric": "spearman", "inner_folds": 3, "inner_smooth": 5, "average_last": 0,
-    "optimizer": "adam", "lr_schedule": "constant", "feature_norm": False, "feature_dropout": 0.0,
-    "regressor_hidden": [256, 64], "checkpoint_every": 1, "clip_l2": False, "pool_std": False,
-    "calibrate": "heldout", "award_step": 0.0,
-}
+#: Defaults for [train] keys a stage file may leave out (model switches, eval sampling): the
+#: ``[train]`` section of :data:`udaqa_pipeline.config.DEFAULTS`, where every default has its home.
+TRAIN_DEFAULTS: dict[str, Any] = DEFAULTS["train"]
 #: The paper's model and training switches (REFERENCE section 1), as ``--set`` overrides on top of a
 #: stage: weight attention, the CVAE on the video, uncertainty re-weighting and curriculum, one
 #: regressor (256, 64), no feature standardisation or clip pooling extras, constant Adam, the epoch

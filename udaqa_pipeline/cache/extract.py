@@ -48,6 +48,8 @@ Design choices:
 
 from __future__ import annotations
 
+import copy
+
 import hashlib
 import json
 import os
@@ -63,7 +65,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from ..config import apply_overrides, cache_root as _cache_root, load_stage
+from ..config import DEFAULTS, apply_overrides, cache_root as _cache_root, check_value, load_stage
 from .lock import CacheLock
 from .manifest import (
     FEATURE_DIM,
@@ -93,7 +95,7 @@ from .shard import Shard, parse_shard, shard_indices, torchrun_env
 from .store import add_backend, now_iso
 from .verify import FILLED_NOTE, padding_summary
 
-DEFAULT_VIEW_SHIFT = 3
+DEFAULT_VIEW_SHIFT = DEFAULTS["cache"]["view_shift"]
 DTYPES = ("fp32", "bf16")
 
 
@@ -295,17 +297,11 @@ def resolve_config(
     """Stage config with ``section.key=value`` overrides, then the explicit keyword settings."""
     cfg = apply_overrides(load_stage(dataset), list(overrides))
     c = cfg.setdefault("cache", {})
-    if backend is not None:
-        c["backend"] = backend
-    if views is not None:
-        c["views"] = int(views)
-    if dtype is not None:
-        c["dtype"] = dtype
-    c.setdefault("backend", "hdf5")
-    c.setdefault("views", 1)
-    c.setdefault("dtype", "fp32")
-    c.setdefault("view_shift", DEFAULT_VIEW_SHIFT)
-    c.setdefault("video_size", [64, 64])
+    for key, value in (("backend", backend), ("views", views), ("dtype", dtype)):
+        if value is not None:
+            c[key] = check_value(f"cache.{key}", value, source="argument")
+    for key, value in DEFAULTS["cache"].items():
+        c.setdefault(key, copy.deepcopy(value))
     if c["backend"] not in STORE_NAMES:
         raise CacheError(f"cache.backend {c['backend']!r}: use one of {', '.join(STORE_NAMES)}")
     if c["dtype"] not in DTYPES:
