@@ -425,12 +425,12 @@ def test_finetune_without_weights_prints_one_line(tmp_path, monkeypatch):
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):
-    import udaqa_pipeline.train
+    import importlib
 
     def bug(*a, **k):
         raise KeyError("a bug, not a user error")
 
-    monkeypatch.setattr(udaqa_pipeline.train, "train", bug)
+    monkeypatch.setattr(importlib.import_module("udaqa_pipeline.train"), "train", bug)
     r = CliRunner().invoke(main, ["train", "mtl"])
     assert isinstance(r.exception, KeyError) and "error:" not in r.output  # click re-raises: python prints it
 
@@ -461,9 +461,9 @@ def _runs(root: Path, ages: dict[str, float]) -> None:
 
 def test_stage_from_runs(tmp_path):
     assert stage_from_runs.__module__ == "udaqa_pipeline.resolve"
-    from udaqa_pipeline import resolve, train
+    from udaqa_pipeline import checkpoint, resolve
 
-    assert resolve.CHECKPOINT == train.CHECKPOINT
+    assert resolve.CHECKPOINT == checkpoint.CHECKPOINT
     with pytest.raises(ResolveError, match="no run under"):
         stage_from_runs(tmp_path / "none")
     _runs(tmp_path / "a", {"mtl": 500, "jigsaws": 500 - AMBIGUOUS_WITHIN_S - 1, "aqa7": 5000})

@@ -2,6 +2,7 @@
 options (selection by inner CV / end of training with weight averaging, cosine schedule, feature
 standardisation) and the non-finite-loss stop, on small JIGSAWS-like synthetic caches."""
 
+import importlib
 import json
 import math
 
@@ -119,7 +120,7 @@ def test_select_inner_cv_picks_an_epoch_count_from_training_rows_only(cache, tmp
     assert len(inner["curve"]) == 4 and inner["epochs"] == int(np.nanargmax(inner["curve"])) + 1
     assert ck["epoch"] + 1 == inner["epochs"] == ck["epochs_planned"]
     # a rerun resumes from the checkpoint and never repeats the inner cross-validation
-    import udaqa_pipeline.train as T
+    T = importlib.import_module("udaqa_pipeline.train")  # the package binds `train` to the function
 
     monkeypatch.setattr(T, "inner_cv_epochs", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rerun")))
     train("jigsaws", cache=cache, run_dir=tmp_path / "r", fold=1, overrides=ov, progress=False)
@@ -127,7 +128,7 @@ def test_select_inner_cv_picks_an_epoch_count_from_training_rows_only(cache, tmp
 
 def test_inner_cv_never_reads_the_test_fold(cache, tmp_path, monkeypatch):
     """Scramble the test fold's labels: the inner-CV curve and the kept model do not change."""
-    import udaqa_pipeline.train as T
+    T = importlib.import_module("udaqa_pipeline.train")  # the package binds `train` to the function
 
     ov = FAST + ["train.select=inner_cv", "train.inner_folds=2", "train.epochs=3"]
     a = train("jigsaws", cache=cache, run_dir=tmp_path / "a", fold=2, overrides=ov, progress=False)

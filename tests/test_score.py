@@ -227,3 +227,19 @@ def test_checkpoint_carries_what_scoring_needs(trained, tmp_path):
 
     row = score(folder, _rewrite_checkpoint(run, tmp_path / "rule", other_rule), samples=1)["rows"][0]
     assert row["rule"] == "mean" and row["judges"] == 5  # the checkpoint's rule wins over the cache's
+
+
+def test_library_api_scores_like_the_command(trained):
+    """``udaqa_pipeline.load_run(run).score(video)``: the five-line script of the README."""
+    import udaqa_pipeline as u
+    from udaqa_pipeline.score import score
+
+    root, _, run = trained
+    folder = root / "frames" / "01_01"
+    got = u.load_run(run).score(folder, difficulty=3.2, samples=12)
+    want = score(folder, run, difficulty=3.2, samples=12)["rows"][0]
+    assert got["panels"] == want["panels"] and got["final_score"] == want["final_score"]
+    assert got["final_lo"] is not None and got["final_lo"] <= got["final_score"] <= got["final_hi"]
+    assert np.isfinite(got["uncertainty"])
+    assert {"load_stage", "extract_features", "open_cache", "train", "evaluate", "cross_validate",
+            "load_run"} <= set(u.__all__)

@@ -74,7 +74,7 @@ def load_checkpoint(path: str | Path) -> dict:
 
 @dataclass
 class Run:
-    """A trained run as :func:`load_run` returns it (also unpackable as a tuple)."""
+    """A trained run as :func:`load_run` returns it; :meth:`score` scores a video with it."""
 
     model: UDAQA
     config: dict
@@ -82,9 +82,26 @@ class Run:
     scaling: dict
     checkpoint: dict
     source_state: dict | None
+    run_dir: Path | None = None
 
-    def __iter__(self):
-        return iter((self.model, self.config, self.cache_hash, self.scaling, self.checkpoint))
+    def score(self, video: str | Path, *, difficulty: float | None = None, judges: int | None = None,
+              samples: int = 50, group: str | None = None, rule: str | None = None, seed: int = 0,
+              device: str | None = None) -> dict:
+        """Score one video file or frame folder with this run (its I3D: the Kinetics weights, or
+        the run's fine-tuned backbone): a dict with ``panels`` (S sampled judge panels, S x T, in
+        the judges' units), ``final_score`` (mean of the S final scores under the run's rule),
+        ``final_scores`` (S,), ``final_lo``/``final_hi`` (the central 80% interval; None below 10
+        draws), ``uncertainty`` (the predicted u) and what was used (rule, judges, backbone).
+        ``difficulty`` is needed by rules that multiply by the degree of difficulty (MTL-AQA,
+        FineDiving). Raises :class:`~udaqa_pipeline.score.ScoreError` (bad arguments) or the
+        decoder's error for an unreadable video; see :func:`udaqa_pipeline.score.score_video`."""
+        from .score import load_scorer, score_video
+
+        if self.run_dir is None:
+            raise CheckpointError("this Run was not loaded from a run directory; use load_run(path)")
+        scorer = load_scorer(self.run_dir, device=device)
+        return score_video(scorer, video, judges=judges, difficulty=difficulty, samples=samples, group=group,
+                           rule=rule, seed=seed)
 
 
 def heads_state(state: dict, model: UDAQA) -> dict:
@@ -118,4 +135,4 @@ def load_run(run_dir: str | Path, *, which: str = "best") -> Run:
     model.eval()
     # The source (e.g. a fine-tuned backbone) always comes from the same epoch as the heads.
     src_state = ck["best"].get("source") if best else ck.get("source")
-    return Run(model, ck["config"], ck["cache_hash"], ck["scaling"], ck, src_state)
+    return Run(model, ck["config"], ck["cache_hash"], ck["scaling"], ck, src_state, Path(run_dir))
