@@ -262,7 +262,7 @@ def run_demo(*, n_dives: int = DEFAULT_DIVES, seed: int = DEFAULT_SEED, epochs: 
 
 def parser() -> argparse.ArgumentParser:
     """The demo's options, spelled as in the ``udaqa-pipeline`` commands (``--set``,
-    ``--progress/--no-progress``, ``--cache-root``); ``-o/--override`` is kept one release."""
+    ``--progress/--no-progress``, ``--cache-root``)."""
     ap = argparse.ArgumentParser(prog="python -m udaqa_pipeline.demo", description=__doc__.split("\n\n")[0],
                                  allow_abbrev=False)
     ap.add_argument("--n", type=int, default=DEFAULT_DIVES, help=f"dives to generate (default {DEFAULT_DIVES})")
@@ -275,7 +275,6 @@ def parser() -> argparse.ArgumentParser:
                     help="progress bars (default: on)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="stage config override for both stages, e.g. --set train.lr=3e-4 (repeatable)")
-    ap.add_argument("-o", "--override", dest="old_overrides", action="append", default=[], help=argparse.SUPPRESS)
     return ap
 
 
@@ -287,11 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import UdaqaError
 
     a = parser().parse_args(argv)
-    if a.old_overrides:
-        print("warning: -o/--override is deprecated and goes in the next release; use --set", file=sys.stderr)
     try:
         run_demo(n_dives=a.n, seed=a.seed, epochs=a.epochs, fresh=a.fresh, cache_root=a.cache_root,
-                 runs_root=a.runs_root, progress=a.progress, overrides=tuple(a.overrides + a.old_overrides))
+                 runs_root=a.runs_root, progress=a.progress, overrides=tuple(a.overrides))
     except StageFailed as exc:
         if not isinstance(exc.__cause__, UdaqaError):
             traceback.print_exception(exc.__cause__, file=sys.stderr)

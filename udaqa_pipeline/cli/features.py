@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from .options import (Group, cache_root_option, command, device_option, json_option, progress_option, renamed,
+from .options import (Group, cache_root_option, command, device_option, json_option, progress_option,
                       root_option, set_option, stage_argument, threads_option)
 
 
@@ -34,7 +34,6 @@ def _shard(ctx: click.Context, param: click.Parameter, value: str | None):
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Clips per I3D forward, across videos (default: the cache's recorded one, else 16 CPU / 64 GPU).")
 @threads_option("Decoding threads (default: half the cores, 2 to 8).")
-@renamed("--workers", new="--threads", dest="threads", type=click.IntRange(min=1), default=None)
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default=None,
               help="fp32 (default) or bf16 autocast (a different cache: changes the numbers).")
 @click.option("--shard", default=None, metavar="i/n", callback=_shard,

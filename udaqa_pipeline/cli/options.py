@@ -4,9 +4,6 @@ meaning in every command (the table of what each means is the README's "Commands
 (optional for stage two: :func:`stage_or_latest`), ``--root``, ``--cache``, ``--cache-root``,
 ``--run``, ``--set``, ``--progress/--no-progress``, ``--device``, ``--json``, ``--jobs``
 (processes) and ``--threads`` (threads).
-
-An old spelling (:func:`renamed`) is a hidden option that says on stderr which spelling replaces
-it and hands its value to the new one; giving both is refused.
 """
 
 from __future__ import annotations
@@ -14,29 +11,12 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import click
-from click.core import ParameterSource
 
 F = Callable[..., Any]
 
 
 class Command(click.Command):
-    """A command whose renamed (deprecated) spellings hand their value to the new parameter."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        rest = super().parse_args(ctx, args)
-        for p in self.params:
-            renamed = getattr(p, "renamed", None)
-            if renamed is None:
-                continue
-            old, new, dest = renamed
-            value = ctx.params.pop(p.name, None)
-            if ctx.get_parameter_source(p.name) != ParameterSource.COMMANDLINE:
-                continue
-            click.echo(f"warning: {old} is deprecated and goes in the next release; use {new}", err=True)
-            if ctx.get_parameter_source(dest) == ParameterSource.COMMANDLINE:
-                raise click.UsageError(f"{old} (deprecated) and {new} both given: pass only {new}", ctx)
-            ctx.params[dest] = value
-        return rest
+    """A command of the convention (the one class, so that the convention has one place to grow)."""
 
 
 class Group(click.Group):
@@ -49,26 +29,6 @@ class Group(click.Group):
 def command(name: str) -> Callable[[F], Command]:
     """``click.command`` with :class:`Command`."""
     return click.command(name, cls=Command)
-
-
-def renamed(*decls: str, new: str, dest: str, argument: bool = False, **kwargs: Any) -> Callable[[F], F]:
-    """Keep an old spelling ``decls`` (option strings, or with ``argument`` the metavar of a
-    positional) for one release: hidden from the options in ``--help``, it warns on stderr naming
-    ``new`` (how the replacement is spelled) and passes its value to the parameter ``dest``."""
-    name = f"_deprecated_{dest}_{decls[0].lstrip('-').replace('-', '_').lower()}"
-
-    def deco(fn: F) -> F:
-        if argument:
-            param: click.Parameter = click.Argument([name], required=False, metavar=f"[{decls[0]}]", **kwargs)
-            old = f"the positional {decls[0]}"
-        else:
-            param = click.Option([*decls, name], hidden=True, **kwargs)
-            old = "/".join(decls)
-        param.renamed = (old, new, dest)  # type: ignore[attr-defined]
-        fn.__click_params__ = [*getattr(fn, "__click_params__", []), param]  # as click's own decorators
-        return fn
-
-    return deco
 
 
 def stage_argument(*, required: bool) -> Callable[[F], F]:

@@ -8,7 +8,7 @@ import click
 
 from ..fileutil import strict_json
 from .options import (command, device_option, force_option, jobs_option, json_option,
-                      max_epoch_minutes_option, progress_option, renamed, root_option, run_option, set_option,
+                      max_epoch_minutes_option, progress_option, root_option, run_option, set_option,
                       stage_argument, stage_or_latest)
 
 
@@ -35,7 +35,6 @@ _DECODE_JOBS = "decoding processes (default: min(8, CPU cores) on GPU, 0 = in th
 @device_option
 @click.option("--expect-stage", default=None, metavar="STAGE",
               help="refuse a run trained on another stage or dataset")
-@renamed("--dataset", new="--expect-stage", dest="expect_stage")
 @json_option
 @click.option("--out", type=click.Path(), default=None,
               help="Parquet table of the rows (default for a folder of videos: ./scores.parquet)")
@@ -70,7 +69,6 @@ def score_cmd(path, run_dir, judges, difficulty, samples, group, rule, seed, dev
 @force_option
 @max_epoch_minutes_option
 @jobs_option(_DECODE_JOBS)
-@renamed("--workers", new="--jobs", dest="jobs", type=int, default=None)
 @device_option
 @click.option("--limit", type=int, default=None, help="first N samples only")
 @progress_option
@@ -88,17 +86,15 @@ def finetune_cmd(stage, root, fold, cv, run_dir, protocol, overrides, resume, fo
 
 @command("evaluate-finetuned")
 @run_option("the fine-tuned run directory (holds checkpoint.pt)")
-@renamed("RUN_DIR", new="--run", dest="run_dir", argument=True, type=click.Path())
 @root_option
 @click.option("--judges", type=int, default=None, help="judges T per sampled panel (default: the rule's)")
 @click.option("--samples", type=int, default=10, show_default=True, help="panels S drawn per sample")
 @device_option
 @jobs_option(_DECODE_JOBS)
-@renamed("--workers", new="--jobs", dest="jobs", type=int, default=None)
 @json_option
 def evaluate_finetuned_cmd(run_dir, root, judges, samples, device, jobs, as_json):
     """Evaluate the fine-tuned run --run on its test fold, features from its own backbone (writes
-    <run>/eval/). [RUN_DIR] is the previous release's spelling of --run (deprecated)."""
+    <run>/eval/)."""
     from ..evaluate import format_metrics
     from ..finetune import evaluate_finetuned
 

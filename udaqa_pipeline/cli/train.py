@@ -11,7 +11,7 @@ import click
 
 from ..fileutil import strict_json
 from .options import (cache_option, cache_root_option, command, device_option, force_option, jobs_option,
-                      json_option, max_epoch_minutes_option, progress_option, renamed, root_option, run_option,
+                      json_option, max_epoch_minutes_option, progress_option, root_option, run_option,
                       set_option, stage_argument, stage_or_latest, threads_option)
 
 
@@ -100,7 +100,6 @@ def evaluate_cmd(stage, fold, cv, split, run_dir, cache, cache_root, judges, sam
 
 @command("ablate")
 @stage_argument(required=False)
-@renamed("--dataset", new="STAGE (the first argument)", dest="stage")
 @click.option("--fold", type=int, default=0, show_default=True, help="test fold")
 @cache_option
 @cache_root_option
@@ -139,7 +138,6 @@ def ablate_cmd(stage, fold, cache, cache_root, run_dir, jobs, threads, protocol,
               help="panels S drawn per test sample, with the run's sampler (the 80% coverage needs 50 or more)")
 @run_option("folder of the cross-validation runs, cv.json and predictions.parquet (default: "
             "runs/<stage>/cv-<split>)")
-@renamed("--out", new="--run", dest="run_dir", type=click.Path(file_okay=False))
 @set_option
 @progress_option
 @json_option
