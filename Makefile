@@ -59,7 +59,7 @@ bench: $(STAMP) weights
 bench-real: $(STAMP) weights
 	$(PY) -m bench.real $(ARGS)
 
-# Issue 11's judge-panel calibration table on the demo (its set and cache, made when missing), 5
+# The judge-panel calibration table on the demo (its set and cache, made when missing), 5
 # training seeds, honest protocol -> bench/calibration.json; about 10 minutes on 2 cores.
 bench-calibration: $(STAMP) weights
 	$(PY) -m bench.calibration $(ARGS)

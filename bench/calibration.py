@@ -1,4 +1,4 @@
-"""``make bench-calibration``: issue 11's judge-panel calibration table on the demo, over seeds.
+"""``make bench-calibration``: the judge-panel calibration table on the demo, over seeds.
 
 The demo's synthetic set and feature cache (``make demo``; made here when missing, reused when
 there) and the demo stage (``stages/demo.toml``, honest protocol: the epoch and the calibration are
@@ -49,7 +49,7 @@ def _measures(m: dict) -> dict[str, float]:
 
 
 def targets(table: dict) -> dict[str, dict]:
-    """Issue 11's targets on the demo (section 4), each {"target", "value", "met"} on seed means."""
+    """The calibration targets on the demo (README "Judge panels and intervals"), each {"target", "value", "met"} on seed means."""
     cal, paper, base = (table[k] for k in SAMPLERS)
     mean = lambda row, k: row[k]["mean"]  # noqa: E731
     cov, crps = mean(cal, "panel coverage"), mean(cal, "judge CRPS")

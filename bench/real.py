@@ -1,4 +1,4 @@
-"""``make bench-real``: the cross-validated table on real JIGSAWS Suturing video (issue 9).
+"""``make bench-real``: the cross-validated table on real JIGSAWS Suturing video.
 
 Runs :func:`udaqa_pipeline.cv.cross_validate` on the 38 right-camera Suturing trials in
 ``../shared/data/jigsaws-suturing-capture2`` (or ``$UDAQA_REAL_DATA``): stage one once (reused

@@ -181,7 +181,7 @@ def run_demo(*, n_dives: int = DEFAULT_DIVES, seed: int = DEFAULT_SEED, epochs: 
 
     t = time.perf_counter()
     m = _stage("evaluation", evaluate, run_dir, cache=cache_dir, samples=samples)
-    # the calibration table's two baselines, on the same run and test dives (issue 11)
+    # the calibration table's two baselines, on the same run and test dives
     base_m = {s: _stage("evaluation", evaluate, run_dir, cache=cache_dir, samples=samples, sampler=s, make_plots=False)
               for s in ("paper", "residual")}
     timings["evaluate"] = time.perf_counter() - t

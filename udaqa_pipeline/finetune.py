@@ -1,4 +1,4 @@
-"""Fine-tune I3D end to end with the stage-two heads (issue 6: ``--finetune-backbone``).
+"""Fine-tune I3D end to end with the stage-two heads (``train --finetune-backbone``, ``finetune``).
 
 Stage two's loop (:func:`udaqa_pipeline.train.train`) is reused as is: the same heads, losses,
 judge draws, curriculum, honest/paper protocols, checkpoint file and resume. What changes is the

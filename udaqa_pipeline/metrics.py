@@ -345,7 +345,7 @@ def final_score_calibration(samples: np.ndarray, y_true: np.ndarray, levels=DEFA
     fewer, the widest central intervals rest on a handful of extreme draws); y_true: (N,). Returns a
     JSON-ready dict: ``interval_coverage`` {"0.1": observed, ...} (:func:`interval_coverage`),
     ``reliability_error`` (mean |observed - nominal|), ``crps`` (mean :func:`crps_ensemble`, score
-    units), ``n`` (N), ``samples`` (S). The 50/80/90% coverages of issue 11 are in
+    units), ``n`` (N), ``samples`` (S). The 50/80/90% coverages the README reports are in
     ``interval_coverage`` when ``levels`` holds them (the default 0.1..0.9 does).
     Raises ValueError on mismatched shapes or S < min_samples.
     """

@@ -1,4 +1,4 @@
-"""`score` (a user's own video with a trained run), `finetune` (I3D unfrozen, issue 6) and
+"""`score` (a user's own video with a trained run), `finetune` (I3D unfrozen) and
 `evaluate-finetuned`."""
 
 from __future__ import annotations

@@ -91,8 +91,8 @@ def spread_ceiling(seed: int, n_dives: int = 1000, dives_per_video: int = 10, n_
 
     Why it is low (0.15-0.21 for seeds 0-2): every judge's noise sd is fixed per seat, so what a
     dive changes is only how the seats' weights and the awards' rounding and clipping act on its
-    faults; the sd of 7 awards from one panel is mostly the luck of that panel. Issue 11's target of
-    0.4 for rho(uncertainty, real panel sd) is out of reach on the demo for any model."""
+    faults; the sd of 7 awards from one panel is mostly the luck of that panel. A target of 0.4 for
+    rho(uncertainty, real panel sd) is out of reach on the demo for any model."""
     from ..metrics import spearman
     from .dives import draw_dive, draw_event
 

@@ -120,15 +120,6 @@ def natural_key(name: str) -> list:
 _LAST_NUMBER = re.compile(r"(\d+)\D*$")
 
 
-def list_frame_files(folder: str | os.PathLike) -> list[Path]:
-    """The image files of a frame folder, naturally sorted by name (hidden files skipped).
-
-    Listings are cached by (folder, modification time): an untrimmed MTL-AQA folder holds ~15k
-    frames shared by ~90 dives, and listing + sorting it costs ~0.3 s each time.
-    """
-    return list(_cached_listing(folder)[0])
-
-
 def frame_numbers(names: Sequence[str | os.PathLike]) -> tuple[int, ...] | None:
     """The frame number of each name (the last run of digits of its stem), or ``None`` when the names
     do not number the frames: a name without digits, or numbers that do not strictly increase in
