@@ -1,4 +1,4 @@
-"""Decoding a uniform window over whole videos: the path stage one used before issue 10 beside today's.
+"""Decoding a uniform window over whole videos: the previous decoder (frozen here) beside today's.
 
 The JIGSAWS protocol samples 160 frames uniformly over each video (``stages/jigsaws.toml``:
 ``frames.mode = "uniform"``), 1 to 3 minutes of 640x480 MPEG-4 (DivX, packed B-frames, a key frame

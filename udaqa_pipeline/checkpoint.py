@@ -95,11 +95,11 @@ class Run:
         ``difficulty`` is needed by rules that multiply by the degree of difficulty (MTL-AQA,
         FineDiving). Raises :class:`~udaqa_pipeline.score.ScoreError` (bad arguments) or the
         decoder's error for an unreadable video; see :func:`udaqa_pipeline.score.score_video`."""
-        from .score import load_scorer, score_video
+        from .score import _cached_scorer, score_video
 
         if self.run_dir is None:
             raise CheckpointError("this Run was not loaded from a run directory; use load_run(path)")
-        scorer = load_scorer(self.run_dir, device=device)
+        scorer = _cached_scorer(self.run_dir, device=device)  # I3D loaded once for many videos
         return score_video(scorer, video, judges=judges, difficulty=difficulty, samples=samples, group=group,
                            rule=rule, seed=seed)
 

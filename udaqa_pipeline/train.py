@@ -189,7 +189,7 @@ def resolve_config(dataset: str, overrides: Iterable[str] = ()) -> dict:
                          ("calibrate", ("heldout", "oof", "none"))):
         if t[key] not in allowed:
             raise ConfigError(f"train.{key} must be one of {allowed}, not {t[key]!r}")
-    if not isinstance(t["inner_folds"], int) or isinstance(t["inner_folds"], bool) or t["inner_folds"] < 2:
+    if t["inner_folds"] < 2:  # its type is checked where it is read (config.check_value)
         raise ConfigError(f"train.inner_folds must be a whole number of folds, at least 2, not {t['inner_folds']!r}")
     step = float(t["award_step"])
     if step < 0:
