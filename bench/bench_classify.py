@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SIZE = (720, 1280)
 # A real video for the logits comparison (the synthetic pattern is far from Kinetics): its first 320
 # frames, 5 windows. Used when the shared data is there; research data, never copied into the repo.
-REAL_VIDEO = ROOT.parent / "shared/data/jigsaws-suturing-capture2/Suturing/video/Suturing_B001_capture2.avi"
+REAL_VIDEO = ROOT.parent / "shared/data/jigsaws-capture2/Suturing/video/Suturing_B001_capture2.avi"
 REAL_FRAMES = 320
 
 

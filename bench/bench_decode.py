@@ -15,7 +15,7 @@ ratios, ``cpu_ratio`` the same for process CPU seconds (decoder threads included
 also read on the exact-count path (count by decoding, then read: two decodes) and the three must
 give identical arrays and frame indices (``identical``): features unchanged means these frames.
 
-Videos: ``$UDAQA_BENCH_JIGSAWS`` or ``../shared/data/jigsaws-suturing-capture2/Suturing/video``
+Videos: ``$UDAQA_BENCH_JIGSAWS`` or ``../shared/data/jigsaws-capture2/Suturing/video``
 next to the repository (never copied into it). Without them the part measures MPEG-4 AVIs with
 B-frames it writes itself and says so in ``videos``. ``--quick``: 4 videos.
 """
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DIR = REPO.parent / "shared" / "data" / "jigsaws-suturing-capture2" / "Suturing" / "video"
+DEFAULT_DIR = REPO.parent / "shared" / "data" / "jigsaws-capture2" / "Suturing" / "video"
 CFG = {"frames": {"n_frames": 160, "mode": "uniform", "short_policy": "pad_last"}}
 
 

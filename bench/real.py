@@ -1,7 +1,7 @@
 """``make bench-real``: the cross-validated table on real JIGSAWS Suturing video.
 
 Runs :func:`udaqa_pipeline.cv.cross_validate` on the 38 right-camera Suturing trials in
-``../shared/data/jigsaws-suturing-capture2`` (or ``$UDAQA_REAL_DATA``): stage one once (reused
+``../shared/data/jigsaws-capture2`` (or ``$UDAQA_REAL_DATA``): stage one once (reused
 when its cache exists), then the official MUSDL 4-fold split under both protocols and
 leave-one-surgeon-out under the honest protocol, UD-AQA with the stage's recipe beside the I3D+MLP
 and ridge baselines, ``--seeds`` seeds each; writes ``bench/real.json`` (the two cv dicts, the
@@ -23,10 +23,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-DATA = Path(os.environ.get("UDAQA_REAL_DATA", REPO.parent / "shared" / "data" / "jigsaws-suturing-capture2"))
+DATA = Path(os.environ.get("UDAQA_REAL_DATA", REPO.parent / "shared" / "data" / "jigsaws-capture2"))
 STAGE = "jigsaws"
-#: The shared copy holds the right camera only (capture2), Suturing only.
-DATA_SETTINGS = ["dataset.video={task}/video/{trial}_capture2.avi"]
+#: The shared copy holds the right camera only (capture2); this table is the Suturing task's.
+DATA_SETTINGS = ["dataset.video={task}/video/{trial}_capture2.avi", 'dataset.tasks=["Suturing"]']
 
 #: Recipes compared on the dev split (``--dev``): name -> train overrides on top of the stage's.
 #: No recipe fits a calibration here: they differ in the point prediction, which calibration does
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown())
         return 0
     if not (DATA / "info" / "label.pkl").is_file():
-        print(f"bench-real: no real data at {DATA} (set UDAQA_REAL_DATA to the jigsaws-suturing-capture2 folder)")
+        print(f"bench-real: no real data at {DATA} (set UDAQA_REAL_DATA to the jigsaws-capture2 folder)")
         return 1
     out = Path(a.out) if a.out else REPO / "runs" / "bench-real"
     t0 = time.perf_counter()

@@ -2,7 +2,7 @@
 minutes each) through stage one with the real I3D, stage two and evaluation.
 
 The data is research-use and is never copied into the repository: the test reads it where it lies
-(``../shared/data/jigsaws-suturing-capture2`` or ``$UDAQA_REAL_DATA``), links four videos into a
+(``../shared/data/jigsaws-capture2`` or ``$UDAQA_REAL_DATA``), links four videos into a
 temporary root and writes that root's label and split files as the four trials' entries of the
 published ones. It skips where the data or the I3D weights are absent. The full cross-validated
 table is ``make bench-real``.
@@ -21,7 +21,7 @@ from udaqa_pipeline.backbone.weights import weights_path
 from udaqa_pipeline.safe_pickle import safe_load
 
 DATA = Path(os.environ.get("UDAQA_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"
-                           / "jigsaws-suturing-capture2"))
+                           / "jigsaws-capture2"))
 TRIALS = ["Suturing_B001", "Suturing_C001", "Suturing_C004", "Suturing_D001"]  # official folds 0, 3, 1, 2
 # One feature view: the stage's 6 augmented views would make stage one 6x slower for a smoke test.
 SETTINGS = ["dataset.video={task}/video/{trial}_capture2.avi", 'dataset.tasks=["Suturing"]', "cache.views=1"]
