@@ -5,7 +5,7 @@ The JIGSAWS protocol samples 160 frames uniformly over each video (``stages/jigs
 every 300 frames). Per video, back to back in one run, in the order before, now, now, before (the
 faster of each pair counts, so a load spike on a shared machine does not decide the ratio):
 
-- ``before``: the pre-issue-10 ``sample_frames``: demux to count packets, then decode in order up to
+- ``before``: the previous decoder's ``sample_frames``: demux to count packets, then decode in order up to
   the last window frame (here the last frame), recounting by decoding when the decoder gave fewer
   frames than packets. A frozen copy of that code (PyAV calls only), same decoder settings.
 - ``now``: ``datasets.frames.sample_frames`` as stage one calls it.
@@ -37,7 +37,7 @@ CFG = {"frames": {"n_frames": 160, "mode": "uniform", "short_policy": "pad_last"
 
 
 def _old_read(path: Path, idx: np.ndarray):
-    """The pre-issue-10 ``VideoFile.read``, frozen: decode in order (frame threads), convert the
+    """The previous decoder's ``VideoFile.read``, frozen: decode in order (frame threads), convert the
     wanted frames with ``to_ndarray``, stop at the last one; ``None`` when the file has fewer."""
     import av
 
@@ -55,7 +55,7 @@ def _old_read(path: Path, idx: np.ndarray):
 
 
 def before_issue_10(source: Path, cfg: dict):
-    """The pre-issue-10 ``sample_frames`` for a video file, frozen here so the comparison stays
+    """The previous decoder's ``sample_frames`` for a video file, frozen here so the comparison stays
     honest whatever ``video/decode.py`` becomes: count demuxed packets, decode in order up to the
     last window frame, and when the decoder gave fewer frames, count by decoding and read again."""
     import av
