@@ -87,7 +87,8 @@ def _load_time(tmp: Path, backend: str, n: int = 1412) -> tuple[float, int]:
 
 def run(quick: bool = False) -> dict:
     from udaqa_pipeline.backbone.weights import load_i3d
-    from udaqa_pipeline.cache.extract import default_batch_size, extract_features, forward_clips
+    from udaqa_pipeline.cache.extract import extract_features
+    from udaqa_pipeline.features import default_batch_size, forward_clips
     from udaqa_pipeline.cache.verify import cache_info
 
     n_videos = 3 if quick else 8

@@ -141,3 +141,14 @@ def test_max_pool_same_equals_explicit_tf_padding() -> None:
             out = MaxPoolSame(kernel, stride)(x)
             assert torch.equal(out, ref), (kernel, stride, shape)
             assert out.shape[2:] == tuple(math.ceil(n / s) for n, s in zip(shape, stride))
+
+
+def test_blocks_are_named_in_order_and_bad_cuts_are_refused() -> None:
+    from udaqa_pipeline.backbone.i3d import BLOCKS
+
+    model = I3D()
+    assert BLOCKS[-1] == "Mixed_5c" and all(hasattr(model, b) for b in BLOCKS)
+    with pytest.raises(ValueError, match="no block 'Mixed_9z'"):
+        model.features(torch.zeros(1, 3, 9, 193, 193), stop="Mixed_9z")
+    with pytest.raises(ValueError, match="not before"):
+        model.features(torch.zeros(1, 832, 2, 7, 7), start="Mixed_5b", stop="Mixed_4f")

@@ -79,3 +79,16 @@ def test_cached_weights_are_deepmind_checkpoint() -> None:
     var = tree["batch_stats"]["Conv3d_1a_7x7"]["BatchNorm_0"]["var"]
     np.testing.assert_array_equal(sd["Conv3d_1a_7x7.bn.running_var"].numpy(), var.reshape(-1))
     assert (sd["Conv3d_1a_7x7.bn.running_var"] > 0).all()
+
+
+@pytest.mark.parametrize("cut", ["Mixed_4f", "Mixed_5b"])
+def test_forward_split_at_a_block_equals_the_whole_forward(cut: str) -> None:
+    from udaqa_pipeline.features import activations_at, features_from, forward_clips
+
+    model = load_i3d().prepare_for_inference()
+    clips = torch.from_numpy(procedural_clip(t=9, size=193)).permute(3, 0, 1, 2)[None]
+    whole = forward_clips(model, clips, batch_size=1)
+    acts = activations_at(model, clips, cut, batch_size=1)
+    parts = features_from(model, torch.from_numpy(acts), cut, batch_size=1)
+    assert acts.shape[:2] == (1, model.get_submodule(cut).out_channels)
+    assert parts.shape == (1, 1024) and np.array_equal(parts, whole)

@@ -21,7 +21,8 @@ import pytest
 
 from test_cache_util import TINY, make_dataset, tiny_model
 from udaqa_pipeline.cache import open_cache
-from udaqa_pipeline.cache.extract import ExtractionError, extract_features, featurize, resolve_config
+from udaqa_pipeline.cache.extract import ExtractionError, extract_features, resolve_config
+from udaqa_pipeline.features import featurize
 from udaqa_pipeline.cache.lock import CacheLockedError
 from udaqa_pipeline.cache.merge import STAGING
 
@@ -249,7 +250,7 @@ def test_retry_failed_after_fixing_a_video(tmp_path):
 
 
 def test_failure_status_follows_the_error_kind_not_its_wording(tmp_path):
-    from udaqa_pipeline.cache.extract import STATUS_OF_KIND, failure_status
+    from udaqa_pipeline.features import STATUS_OF_KIND, failure_status
     from udaqa_pipeline.video.clips import ShortVideoError
     from udaqa_pipeline.video.decode import VIDEO_ERROR_KINDS, VideoError
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from udaqa_pipeline.cache import CacheError, apply_view, find_cache, open_cache, write_cache
-from udaqa_pipeline.cache.extract import make_views, shift_frames
+from udaqa_pipeline.cache import CacheError, find_cache, open_cache, write_cache
+from udaqa_pipeline.features import apply_view, make_views, shift_frames
 from udaqa_pipeline.cache.lock import CacheLock, CacheLockedError, read_lock
 from udaqa_pipeline.cache.manifest import read_manifest, write_manifest
 from udaqa_pipeline.cache.shard import Shard, parse_shard, shard_indices

@@ -113,7 +113,7 @@ def test_step_updates_backbone_and_frozen_does_not(i3d_state):
 
 
 def test_frame_source_augments_training_steps_only(synth, tmp_path, i3d_state):
-    from udaqa_pipeline.cache.extract import featurize
+    from udaqa_pipeline.features import featurize
     from udaqa_pipeline.finetune import prepare
 
     ov = TINY + FT_TRAIN + ("finetune.freeze_backbone=true",)  # frozen: no backward needed here

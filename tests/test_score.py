@@ -82,7 +82,7 @@ def test_score_features_match_the_cache(trained):
     """The scored video goes through stage one's own featurize with the cache's settings (one batch
     of K clips instead of the cache's padded batch: equal to float rounding)."""
     from udaqa_pipeline.cache import open_cache
-    from udaqa_pipeline.cache.extract import featurize
+    from udaqa_pipeline.features import featurize
     from udaqa_pipeline.datasets.base import Sample
     from udaqa_pipeline.datasets.frames import sample_frames
     from udaqa_pipeline.score import load_scorer

@@ -261,7 +261,7 @@ class _Items(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, key: tuple[int, int, bool]) -> dict:
-        from .cache.extract import video_size_of, shift_frames
+        from .features import video_size_of, shift_frames
         from .datasets.frames import sample_frames
         from .video.transforms import downsample_video, i3d_input
 
@@ -356,7 +356,7 @@ class FrameSource:
     n_views = 1
 
     def __init__(self, data: FrameData, backbone: Backbone, *, workers: int = 0, infer_batch: int = 4) -> None:
-        from .cache.extract import layout_of
+        from .features import layout_of
 
         self.data = data
         self.module = backbone
@@ -477,7 +477,7 @@ def time_step(backbone: Backbone, cfg: dict, batch_size: int, *, n_videos: int |
 
     ``n_videos`` videos of K clips each (default ``batch_size`` on CUDA, 1 on CPU, scaled to
     ``batch_size``). Returns seconds per step (batch ``batch_size``) and per video inference."""
-    from .cache.extract import layout_of
+    from .features import layout_of
 
     dev = next(backbone.i3d.parameters()).device
     probe = Backbone(copy.deepcopy(backbone.i3d), lr=backbone.lr, weight_decay=backbone.weight_decay,

@@ -200,7 +200,7 @@ def _group_index(scorer: Scorer, group: str | None) -> torch.Tensor:
 def score_video(scorer: Scorer, path: str | Path, *, judges: int | None = None, difficulty: float | None = None,
                 samples: int = 50, group: str | None = None, rule: str | None = None, seed: int = 0) -> dict:
     """Score one video file or frame folder; raises on an unreadable video (see :func:`score`)."""
-    from .cache.extract import featurize, layout_of
+    from .features import featurize, layout_of
     from .datasets.base import Sample
     from .datasets.frames import sample_frames
     from .datasets.rules import DIFFICULTY_RULES, apply_rule
@@ -308,7 +308,7 @@ def score(path: str | Path, run_dir: str | Path, *, judges: int | None = None, d
     (missing difficulty, wrong T, bad checkpoint, a run of another ``dataset`` than asked) raise
     before any decoding; in a batch a video that cannot be read is reported in its row.
     """
-    from .cache.extract import failure_status
+    from .features import failure_status
     from .datasets.rules import DIFFICULTY_RULES
 
     batch, inputs = list_inputs(path)

@@ -55,7 +55,7 @@ class CacheSource:
         self.n_views = int(self.features.shape[1])
 
     def batch(self, indices: np.ndarray, views: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        from .cache import apply_view
+        from .features import apply_view
 
         idx = np.asarray(indices)
         v = np.asarray(views)

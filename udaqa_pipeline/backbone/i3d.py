@@ -63,6 +63,21 @@ INCEPTION_CHANNELS: dict[str, tuple[int, int, int, int, int, int]] = {
     "Mixed_5c": (384, 192, 384, 48, 128, 128),
 }
 
+#: The blocks of the forward, in order: the names ``I3D.features`` starts after and stops at.
+BLOCKS: tuple[str, ...] = (
+    "Conv3d_1a_7x7", "MaxPool3d_2a_3x3", "Conv3d_2b_1x1", "Conv3d_2c_3x3", "MaxPool3d_3a_3x3",
+    "Mixed_3b", "Mixed_3c", "MaxPool3d_4a_3x3", "Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e",
+    "Mixed_4f", "MaxPool3d_5a_2x2", "Mixed_5b", "Mixed_5c",
+)  # fmt: skip
+
+
+def block_index(name: str) -> int:
+    """Position of block ``name`` in :data:`BLOCKS`; ``ValueError`` naming the blocks otherwise."""
+    try:
+        return BLOCKS.index(name)
+    except ValueError:
+        raise ValueError(f"I3D has no block {name!r}; blocks: {', '.join(BLOCKS)}") from None
+
 
 def same_padding(n: int, k: int, s: int) -> tuple[int, int]:
     """TensorFlow "SAME" padding (front, back) for one dimension of size ``n``, kernel ``k``, stride ``s``.
@@ -317,26 +332,45 @@ class I3D(nn.Module):
         return super().train(mode)
 
     # -- forward ---------------------------------------------------------------------------------
-    def mixed_5c(self, x: torch.Tensor) -> torch.Tensor:
-        """Mixed_5c activations (B, 1024, T', H', W') for a clip batch (B, 3, T, H, W)."""
-        check_input_shape(x.shape)
+    def blocks(self, x: torch.Tensor, start: str | None = None, stop: str = "Mixed_5c") -> torch.Tensor:
+        """Activations of block ``stop`` (inclusive). ``x`` is a clip batch (B, 3, T, H, W) when
+        ``start`` is None, else the activations of block ``start`` (what ``blocks(..., stop=start)``
+        returned); ``start`` must come before ``stop`` in :data:`BLOCKS`."""
+        first = 0 if start is None else block_index(start) + 1
+        last = block_index(stop)
+        if first > last:
+            raise ValueError(f"start {start!r} is not before stop {stop!r}; blocks: {', '.join(BLOCKS)}")
+        if start is None:
+            check_input_shape(x.shape)
         if self._channels_last and not self.training:
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        for name in (
-            "Conv3d_1a_7x7", "MaxPool3d_2a_3x3", "Conv3d_2b_1x1", "Conv3d_2c_3x3", "MaxPool3d_3a_3x3",
-            "Mixed_3b", "Mixed_3c", "MaxPool3d_4a_3x3", "Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e",
-            "Mixed_4f", "MaxPool3d_5a_2x2", "Mixed_5b", "Mixed_5c",
-        ):  # fmt: skip
+        for name in BLOCKS[first : last + 1]:
             x = getattr(self, name)(x)
         return x
 
-    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+    def mixed_5c(self, x: torch.Tensor) -> torch.Tensor:
+        """Mixed_5c activations (B, 1024, T', H', W') for a clip batch (B, 3, T, H, W)."""
+        return self.blocks(x)
+
+    def pool(self, mixed_5c: torch.Tensor) -> torch.Tensor:
+        """Pooled 1024-d feature per clip, (B, 1024) float32, of Mixed_5c activations; averaged over
+        time (and space) when more than one position remains."""
         # AvgPool (2, 7, 7), stride 1, VALID: (B, 1024, T'-1, H'-6, W'-6).
-        return F.avg_pool3d(self.mixed_5c(x), (2, 7, 7), stride=1)
+        return F.avg_pool3d(mixed_5c, (2, 7, 7), stride=1).mean(dim=(2, 3, 4)).float()
+
+    def features(self, x: torch.Tensor, start: str | None = None, stop: str | None = None) -> torch.Tensor:
+        """The forward between two named blocks: from the clips (``start`` None) or the activations of
+        block ``start``, to the activations of block ``stop`` or (``stop`` None) the pooled feature
+        (B, 1024) float32. ``features(x) == features(features(x, stop=b), start=b)`` bit for bit."""
+        if stop is not None:
+            return self.blocks(x, start, stop)
+        if start == BLOCKS[-1]:
+            return self.pool(x)
+        return self.pool(self.blocks(x, start))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled 1024-d feature per clip, (B, 1024) float32; averaged over time if T > 16."""
-        return self._pooled(x).mean(dim=(2, 3, 4)).float()
+        return self.features(x)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes) from pooled features (B, 1024) (eval-mode equivalent of the head)."""
@@ -345,7 +379,7 @@ class I3D(nn.Module):
 
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Kinetics logits (B, num_classes), the per-position logits averaged over time (and space)."""
-        y = self.logits(self.dropout(self._pooled(x)))
+        y = self.logits(self.dropout(F.avg_pool3d(self.mixed_5c(x), (2, 7, 7), stride=1)))
         return y.mean(dim=(2, 3, 4)).float()
 
     forward = forward_logits

@@ -8,7 +8,6 @@ from .store import (
     SAMPLE_SCHEMA,
     FeatureCache,
     add_backend,
-    apply_view,
     find_cache,
     open_cache,
     samples_table,
@@ -16,6 +15,6 @@ from .store import (
 )
 
 __all__ = [
-    "SCHEMA_VERSION", "SAMPLE_SCHEMA", "CacheError", "FeatureCache", "add_backend", "apply_view", "find_cache",
+    "SCHEMA_VERSION", "SAMPLE_SCHEMA", "CacheError", "FeatureCache", "add_backend", "find_cache",
     "open_cache", "samples_table", "write_cache",
 ]

@@ -65,7 +65,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from ..config import DEFAULTS, apply_overrides, cache_root as _cache_root, check_value, load_stage
+from ..config import DEFAULTS, DTYPES, apply_overrides, cache_root as _cache_root, check_value, load_stage
+from ..features import (default_batch_size, failure_status, forward_clips, layout_of, make_views, video_size_of,
+                        view_input)
 from .lock import CacheLock
 from .manifest import (
     FEATURE_DIM,
@@ -95,8 +97,6 @@ from .shard import Shard, parse_shard, shard_indices, torchrun_env
 from .store import add_backend, now_iso
 from .verify import FILLED_NOTE, padding_summary
 
-DEFAULT_VIEW_SHIFT = DEFAULTS["cache"]["view_shift"]
-DTYPES = ("fp32", "bf16")
 
 
 class ExtractionError(CacheError):
@@ -109,80 +109,6 @@ class ExtractionError(CacheError):
 
 
 # ----------------------------------------------------------------------------- pure helpers
-
-
-def make_views(n_views: int, shift: int = DEFAULT_VIEW_SHIFT) -> list[dict[str, Any]]:
-    """The first ``n_views`` views: plain, flip, +s, -s, flip+s, flip-s, +2s, ... (see module doc)."""
-    if n_views < 1:
-        raise ValueError(f"views must be >= 1, got {n_views}")
-    if n_views > 1 and shift < 1 and n_views > 2:
-        raise ValueError(f"{n_views} views need cache.view_shift >= 1 (got {shift})")
-    out: list[dict[str, Any]] = []
-    mag = 0
-    while len(out) < n_views:
-        shifts = [0] if mag == 0 else [mag * shift, -mag * shift]
-        for flip in (False, True):
-            out.extend({"flip": flip, "shift": s} for s in shifts)
-        mag += 1
-    return out[:n_views]
-
-
-def shift_frames(frames: np.ndarray, shift: int) -> np.ndarray:
-    """Frames moved ``shift`` positions later in time (earlier if negative), edge frame repeated."""
-    if shift == 0:
-        return frames
-    idx = np.clip(np.arange(frames.shape[0]) + shift, 0, frames.shape[0] - 1)
-    return frames[idx]
-
-
-def layout_of(cfg: Mapping[str, Any]):
-    """The stage config's :class:`~udaqa_pipeline.video.clips.ClipLayout`."""
-    from ..video.clips import clip_layout
-
-    c = cfg["clips"]
-    return clip_layout(c.get("layout", "overlapping"), int(cfg["frames"]["n_frames"]), int(c["n_clips"]),
-                       int(c["clip_len"]))
-
-
-def view_input(frames: np.ndarray, cfg: Mapping[str, Any], view: Mapping[str, Any]) -> torch.Tensor:
-    """I3D input (3, L, crop, crop) of one view of the L sampled frames."""
-    from ..video.transforms import i3d_input
-
-    p = cfg.get("preprocess", {})
-    return i3d_input(
-        shift_frames(frames, int(view.get("shift", 0))), resize=int(p.get("resize", 256)), crop=int(p.get("crop", 224)),
-        crop_mode="center", flip=bool(view.get("flip", False)), norm=p.get("norm", "i3d"),
-    )
-
-
-def video_size_of(cfg: Mapping[str, Any]) -> tuple[int, int]:
-    h, w = cfg.get("cache", {}).get("video_size", [64, 64])
-    return int(h), int(w)
-
-
-#: Sample status of each :data:`~udaqa_pipeline.video.decode.VIDEO_ERROR_KINDS` value: a file that is
-#: there but cannot be decoded (empty or damaged) is ``corrupt``; an OS refusal or a request no file
-#: could meet is not the video's fault, so it is a plain ``error``.
-#: A truncated file and a frame folder with a gap in the window are damaged sources (``corrupt``); a
-#: rotation that cannot be applied is not the file's fault (``error``).
-STATUS_OF_KIND: dict[str, str] = {"missing": "missing", "too_short": "too_short", "empty": "corrupt",
-                                  "corrupt": "corrupt", "truncated": "corrupt", "gap": "corrupt",
-                                  "unsupported": "error", "unreadable": "error", "bad_request": "error"}
-
-
-def failure_status(exc: BaseException) -> str:
-    """Map an exception raised while reading a sample to its ``status`` in the sample table
-    (a :class:`~udaqa_pipeline.video.decode.VideoError` by its ``kind``, see :data:`STATUS_OF_KIND`)."""
-    from ..video.clips import ShortVideoError
-    from ..video.decode import VideoError
-
-    if isinstance(exc, ShortVideoError):
-        return "too_short"
-    if isinstance(exc, FileNotFoundError):
-        return "missing"
-    if isinstance(exc, VideoError):
-        return STATUS_OF_KIND.get(getattr(exc, "kind", "corrupt"), "corrupt")
-    return "error"
 
 
 def filled_note(filled) -> str:
@@ -199,68 +125,6 @@ def default_workers() -> int:
     """Decoding threads: half the cores, 2 to 8 (the model's own threads need the rest on CPU; on a
     GPU, raise ``--threads`` until videos/s stops growing)."""
     return min(8, max(2, (os.cpu_count() or 2) // 2))
-
-
-def default_batch_size(device: torch.device) -> int:
-    return 64 if device.type == "cuda" else 16
-
-
-def forward_clips(model: torch.nn.Module, clips: torch.Tensor, batch_size: int, dtype: str = "fp32") -> np.ndarray:
-    """I3D features (n, 1024) float32 of ``clips`` (n, 3, T, H, W), in zero-padded batches of exactly
-    ``batch_size`` (see the module docstring for why the shape is fixed)."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    device = next(model.parameters()).device
-    out = np.empty((clips.shape[0], FEATURE_DIM), np.float32)
-    for start in range(0, clips.shape[0], batch_size):
-        part = clips[start : start + batch_size]
-        n = part.shape[0]
-        if n < batch_size:
-            part = torch.cat([part, part.new_zeros((batch_size - n,) + tuple(part.shape[1:]))])
-        x = part.to(device, non_blocking=True)
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
-            y = model.forward_features(x)
-        out[start : start + n] = y.float().cpu().numpy()[:n]
-    return out
-
-
-def featurize(
-    frames: np.ndarray,
-    model: torch.nn.Module,
-    cfg: Mapping[str, Any],
-    view: Mapping[str, Any] | int | None = None,
-    *,
-    batch_size: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Features (K, 1024) float32 and downsampled video (L, 3, h, w) uint8 of one video's L sampled
-    frames (``datasets.frames.sample_frames(...).frames``), exactly as stage one caches them.
-
-    ``view``: a view dict ({"flip", "shift"}), an index into the config's views, or None (view 0).
-    The returned video has the same view applied. ``model`` should be an eval I3D, ideally after
-    ``prepare_for_inference()`` as extraction uses; use the extraction's ``batch_size`` (default
-    16 on CPU, 64 on GPU) for bit-identical numbers.
-    """
-    from ..video.transforms import downsample_video
-    from .store import apply_view
-
-    L = int(cfg["frames"]["n_frames"])
-    if frames.shape[0] != L:
-        raise ValueError(
-            f"featurize needs the L = {L} sampled frames (frames.n_frames), got {frames.shape[0]}; "
-            f"sample them with udaqa_pipeline.datasets.frames.sample_frames"
-        )
-    if view is None or isinstance(view, int):
-        c = cfg.get("cache", {})
-        views = make_views(max(int(c.get("views", 1)), (view or 0) + 1), int(c.get("view_shift", DEFAULT_VIEW_SHIFT)))
-        view = views[view or 0]
-    layout = layout_of(cfg)
-    x = view_input(frames, cfg, view)
-    clips = torch.stack([x[:, s : s + layout.clip_len] for s in layout.starts])
-    device = next(model.parameters()).device
-    feats = forward_clips(model, clips, batch_size or default_batch_size(device),
-                          str(cfg.get("cache", {}).get("dtype", "fp32")))
-    video = apply_view(downsample_video(frames, video_size_of(cfg)), view)
-    return feats, video
 
 
 def state_fingerprint(model: torch.nn.Module) -> str:

@@ -15,7 +15,7 @@ Arrays in a store (R store rows, V views, K clips, L frames):
 
 - ``features`` (R, V, K, 1024) float32; rows of failed samples are NaN so accidental use is loud.
 - ``video`` (R, L, 3, h, w) uint8, the view-0 video downsampled for the latent branch (zeros for
-  failed samples). Apply ``views[v]`` to it with :func:`apply_view` to match feature view v.
+  failed samples). Apply ``views[v]`` to it with :func:`udaqa_pipeline.features.apply_view` to match feature view v.
 - ``clip_starts`` (K,) int64, clip start indices into the L sampled frames.
 
 :class:`FeatureCache` shows the store through the label table: ``features[i]`` / ``video[i]`` are
@@ -169,23 +169,6 @@ def rows_of_samples(samples: pa.Table) -> pa.Table:
     :func:`write_cache`); ``stamp`` is unknown there ("")."""
     names = [n for n in ROW_SCHEMA.names if n in samples.column_names]
     return rows_table(samples.select(names).to_pylist())
-
-
-def apply_view(video: np.ndarray, view: Mapping[str, Any]) -> np.ndarray:
-    """Apply a feature view's flip/shift to a cached view-0 video (..., L, 3, h, w).
-
-    ``shift`` s moves the window s frames later (earlier when negative) with the edge frame
-    repeated, exactly as :mod:`.extract` shifts the L sampled frames before I3D.
-    """
-    out = video
-    s = int(view.get("shift", 0))
-    if s:
-        L = video.shape[-4]
-        idx = np.clip(np.arange(L) + s, 0, L - 1)
-        out = np.take(out, idx, axis=-4)
-    if view.get("flip", False):
-        out = out[..., ::-1]
-    return np.ascontiguousarray(out)
 
 
 # ----------------------------------------------------------------------------- backends
@@ -688,6 +671,6 @@ def now_iso() -> str:
 
 __all__ = [
     "BACKENDS", "EXTRACTION_COLUMNS", "ROW_SCHEMA", "SAMPLE_SCHEMA", "CacheError", "FeatureCache", "StoreReader",
-    "add_backend", "apply_view", "find_cache", "open_cache", "read_store_arrays", "rows_of_samples", "rows_table",
+    "add_backend", "find_cache", "open_cache", "read_store_arrays", "rows_of_samples", "rows_table",
     "samples_table", "write_cache", "write_rows", "write_samples", "write_store",
 ]
