@@ -21,7 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from udaqa_pipeline.cache.extract import layout_of, make_views, samples_fingerprint
+from udaqa_pipeline.cache.legacy import samples_fingerprint
+from udaqa_pipeline.features import layout_of, make_views
 from udaqa_pipeline.cache.manifest import STORE_NAMES, key_hash, legacy_key, write_manifest
 from udaqa_pipeline.cache.store import write_store
 from udaqa_pipeline.fileutil import file_sha256

@@ -24,7 +24,7 @@ from udaqa_pipeline.cache import open_cache
 from udaqa_pipeline.cache.extract import ExtractionError, extract_features, resolve_config
 from udaqa_pipeline.features import featurize
 from udaqa_pipeline.cache.lock import CacheLockedError
-from udaqa_pipeline.cache.merge import STAGING
+from udaqa_pipeline.cache.staging import STAGING
 
 TESTS = Path(__file__).resolve().parent
 BS = 4

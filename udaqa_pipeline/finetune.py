@@ -319,7 +319,8 @@ class FrameData:
 
     def __init__(self, stage: str, cfg: dict, samples: Sequence[Any], root: Path) -> None:
         from .cache import samples_table
-        from .cache.extract import base_rows, samples_fingerprint
+        from .cache.legacy import samples_fingerprint
+        from .cache.plan import base_rows
         from .cache.manifest import extraction_key, key_hash
         from .trainset import FEATURE_SECTIONS, Labels, Provenance
 

@@ -51,7 +51,6 @@ from __future__ import annotations
 import copy
 
 import hashlib
-import json
 import os
 import sys
 import time
@@ -80,20 +79,11 @@ from .manifest import (
     read_manifest,
     write_manifest,
 )
-from .merge import (
-    cleanup_staging,
-    existing_rows,
-    drop_failed_staged,
-    merge_cache,
-    missing_jobs,
-    refresh_labels,
-    shard_dir,
-    staged_files,
-    write_plan,
-    write_staged,
-)
-from .plan import base_rows, build_plan, describe_changes, find_legacy, keep_staged, label_changes
+from .legacy import find_legacy
+from .merge import existing_rows, merge_cache, missing_jobs, refresh_labels, write_plan
+from .plan import base_rows, build_plan, describe_changes, keep_staged, label_changes
 from .shard import Shard, parse_shard, shard_indices, torchrun_env
+from .staging import cleanup_staging, drop_failed_staged, shard_dir, staged_files, write_staged
 from .store import add_backend, now_iso
 from .verify import FILLED_NOTE, padding_summary
 
@@ -134,15 +124,6 @@ def state_fingerprint(model: torch.nn.Module) -> str:
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def samples_fingerprint(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The schema-1 cache key's fingerprint of label rows (ids, sources, windows, labels); fine-tuning
-    still names its frame data with it (:func:`.manifest.legacy_key`)."""
-    keys = ("id", "source", "frame_start", "frame_end", "final_score", "judge_scores", "difficulty", "rule",
-            "action", "group", "fold")
-    blob = json.dumps([[r[k] for k in keys] for r in rows], sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def stage_name(dataset: str | Path) -> str:

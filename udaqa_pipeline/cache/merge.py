@@ -26,8 +26,6 @@ refresh (:func:`refresh_labels`) rewrites only ``samples.parquet`` and the manif
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import shutil
 from pathlib import Path
@@ -39,7 +37,9 @@ import pyarrow.parquet as pq
 from ..fileutil import atomic_write_bytes, file_sha256
 from .lock import CacheLock
 from .manifest import ROWS, SAMPLES, STORE_NAMES, CacheError, read_manifest, write_manifest
-from .plan import JOB, SELF, Plan, label_table_rows, labels_hash, legacy_staged
+from .legacy import AdoptedRows, adopted
+from .plan import JOB, SELF, Plan, label_table_rows, labels_hash
+from .staging import STAGING, cleanup_staging, read_staged, shard_dir, staged_files
 from .store import (
     EXTRACTION_DEFAULTS,
     EXTRACTION_COLUMNS,
@@ -53,55 +53,7 @@ from .store import (
     write_store,
 )
 
-STAGING = "staging"
 PLAN = "plan.json"
-
-
-def shard_dir(cache_dir: Path, shard_name: str) -> Path:
-    return Path(cache_dir) / STAGING / shard_name
-
-
-def write_staged(
-    directory: Path,
-    name: str,
-    record: Mapping[str, Any],
-    features: np.ndarray | None = None,
-    video: np.ndarray | None = None,
-) -> Path:
-    """Atomically stage one extracted row as ``<directory>/<name>.npz``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    arrays: dict[str, np.ndarray] = {"record": np.asarray(json.dumps(dict(record), sort_keys=True))}
-    if features is not None:
-        arrays["features"] = np.asarray(features, dtype=np.float32)
-    if video is not None:
-        arrays["video"] = np.asarray(video, dtype=np.uint8)
-    final = directory / f"{name}.npz"
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write_bytes(final, buf.getvalue())  # the rename is what marks the row done
-    return final
-
-
-def read_staged(path: Path) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]:
-    """(record, features or None, video or None) of a staged row file."""
-    with np.load(path, allow_pickle=False) as z:
-        record = json.loads(str(z["record"]))
-        feats = z["features"] if "features" in z.files else None
-        video = z["video"] if "video" in z.files else None
-    return record, feats, video
-
-
-def staged_files(cache_dir: Path) -> dict[str, Path]:
-    """Row name -> staged file, over every shard folder (first by sorted shard name on duplicates)."""
-    out: dict[str, Path] = {}
-    root = Path(cache_dir) / STAGING
-    if not root.is_dir():
-        return out
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        for f in d.iterdir():
-            if f.suffix == ".npz" and not f.name.startswith("."):
-                out.setdefault(f.stem, f)
-    return out
 
 
 def write_plan(cache_dir: Path, plan: Plan) -> None:
@@ -231,7 +183,7 @@ def existing_rows(cache_dir: Path, manifest: Mapping[str, Any]) -> list[dict[str
 
 def _commit(cache_dir: Path, manifest: dict[str, Any], plan: Plan, files: Mapping[str, Path], backend: str) -> None:
     existing = existing_rows(cache_dir, manifest)
-    legacy: dict[str, _Legacy] = {}
+    legacy: dict[str, AdoptedRows] = {}
     records: list[dict[str, Any]] = []
     for i, r in enumerate(plan.rows):
         keep = {k: r[k] for k in ("id", "source", "frame_start", "frame_end", "stamp")}
@@ -246,7 +198,7 @@ def _commit(cache_dir: Path, manifest: dict[str, Any], plan: Plan, files: Mappin
                                  f"delete {cache_dir / STAGING} and rerun the extraction")
             rec = existing[i]
         else:
-            rec = _legacy(cache_dir, r["origin"], legacy).record(int(r["origin_row"]))
+            rec = adopted(cache_dir, r["origin"], legacy).record(int(r["origin_row"]))
         # a failed row's record has no frame counts: the table defaults (0 frames, not short) as before
         records.append({**keep, **{k: rec[k] if rec.get(k) is not None else EXTRACTION_DEFAULTS[k] for k in EXTRACTION_COLUMNS}})
     label_rows = label_table_rows(plan.samples, records)
@@ -290,54 +242,6 @@ def _commit(cache_dir: Path, manifest: dict[str, Any], plan: Plan, files: Mappin
     write_manifest(cache_dir, manifest)
 
 
-class _Legacy:
-    """Rows of a schema-1 cache being adopted, by sample index: from its store when it is complete,
-    else from its staged samples (it may have been completed by older code since it was planned)."""
-
-    def __init__(self, d: Path) -> None:
-        self.path = d
-        try:
-            m = read_manifest(d)
-            self.complete = bool(m.get("complete"))
-            if self.complete:
-                stores = m.get("stores", {})
-                self.backend = m.get("backend") if m.get("backend") in stores else next(iter(stores))
-                self.rows = pq.read_table(d / SAMPLES).to_pylist()
-            else:
-                self.staged = legacy_staged(d)
-        except (CacheError, OSError, ValueError, StopIteration) as e:
-            raise CacheError(f"{d}, whose rows this cache is adopting, cannot be read ({e}); rerun "
-                             f"`udaqa-pipeline features ...` (it plans again without it)") from e
-        self._reader: StoreReader | None = None
-
-    def _staged(self, i: int) -> Path:
-        if i not in self.staged:
-            raise CacheError(f"{self.path} no longer holds sample {i} that this cache is adopting; rerun "
-                             f"`udaqa-pipeline features ...` (it plans again)")
-        return self.staged[i]
-
-    def record(self, i: int) -> dict[str, Any]:
-        return self.rows[i] if self.complete else read_staged(self._staged(i))[0]
-
-    def row(self, i: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-        if not self.complete:
-            return read_staged(self._staged(i))[1:]
-        if self._reader is None:
-            self._reader = StoreReader(self.path / STORE_NAMES[self.backend], self.backend)
-        return self._reader.row(i)
-
-    def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
-
-
-def _legacy(cache_dir: Path, name: str, memo: dict) -> _Legacy:
-    if name not in memo:
-        memo[name] = _Legacy(cache_dir.parent / name)
-    return memo[name]
-
-
 def _write_store(cache_dir: Path, manifest: Mapping[str, Any], plan: Plan, files: Mapping[str, Path], backend: str,
                  primary: str | None, legacy: dict) -> None:
     L = int(manifest["n_frames"])
@@ -355,7 +259,7 @@ def _write_store(cache_dir: Path, manifest: Mapping[str, Any], plan: Plan, files
                     own = StoreReader(cache_dir / STORE_NAMES[primary], primary)
                 yield (i, *own.row(int(r["origin_row"])))
             else:
-                yield (i, *_legacy(cache_dir, r["origin"], legacy).row(int(r["origin_row"])))
+                yield (i, *adopted(cache_dir, r["origin"], legacy).row(int(r["origin_row"])))
 
     try:
         write_store(
@@ -368,16 +272,3 @@ def _write_store(cache_dir: Path, manifest: Mapping[str, Any], plan: Plan, files
             own.close()
 
 
-def cleanup_staging(cache_dir: Path) -> None:
-    shutil.rmtree(Path(cache_dir) / STAGING, ignore_errors=True)
-
-
-def drop_failed_staged(cache_dir: Path) -> int:
-    """Delete the staged records of failed rows so that the next run extracts them again."""
-    n = 0
-    for f in staged_files(cache_dir).values():
-        record, _, _ = read_staged(f)
-        if record.get("status") != "ok":
-            f.unlink(missing_ok=True)
-            n += 1
-    return n

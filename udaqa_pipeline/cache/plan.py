@@ -24,7 +24,7 @@ sample of the annotation files, in their order: labels, fold, group, judge panel
 - a cache of schema 1 (written before labels left the key, so named by another hash) with the same
   feature settings and the same dataset root is *adopted*: its ``ok`` rows (or, for an extraction that
   was stopped, its ``ok`` staged samples) are copied into this cache instead of being extracted again
-  (:func:`find_legacy`); the old directory is left as it was.
+  (:func:`.legacy.find_legacy`); the old directory is left as it was.
 
 Source stamp (:func:`source_stamp`): a video file's size in bytes; a frame folder's number of
 entries and the sizes of its first and last entries (sorted by name); ``missing``. One stat, or one
@@ -48,14 +48,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import pyarrow.parquet as pq
-
-from .manifest import LEGACY_SCHEMA, MANIFEST, SAMPLES, CacheError, feature_settings, read_manifest
+from .staging import read_staged, staged_files
 from .store import EXTRACTION_COLUMNS
 
 PLAN_VERSION = 1
-#: A stopped schema-1 extraction's sample list (its staged files are numbered by index into it).
-LEGACY_BASE = "samples_base.parquet"
 #: Origins of a store row in a plan (besides a schema-1 cache directory's name).
 SELF, JOB = "self", "job"
 #: Label-table columns whose change counts as a changed label (the rest come from the store row).
@@ -121,89 +117,6 @@ def base_rows(samples: Sequence[Any], stage: str, root: Path) -> list[dict[str, 
     return rows
 
 
-# ----------------------------------------------------------------------------- schema-1 caches
-
-
-@dataclass
-class Legacy:
-    """A schema-1 cache with this cache's feature settings: its ok rows by (source, start, end)
-    (store rows of a complete one; staged samples, by their index, of one whose extraction was
-    stopped: in schema 1 both are numbered by the sample's index)."""
-
-    path: Path
-    by_window: dict[tuple, int]
-
-
-def find_legacy(cache_root: Path, stage: str, key: Mapping[str, Any], root: Path,
-                log: Callable[[str], None] | None = None) -> list[Legacy]:
-    """The schema-1 caches of ``stage`` under ``cache_root`` whose recorded feature settings
-    (everything but the sample fingerprint) equal ``key``'s and whose dataset root is ``root``; newest
-    first. Complete ones offer their ok store rows, stopped ones (killed, or still being written by
-    the code before this change) their ok staged samples. One of another root is named through
-    ``log`` and skipped: other data can sit under the same relative paths, and schema 1 recorded no
-    source stamps to tell."""
-    want = feature_settings(dict(key))
-    found: list[tuple[str, Legacy]] = []
-    for d in sorted(Path(cache_root).glob(f"{stage}-*")):
-        if not (d / MANIFEST).is_file():
-            continue
-        try:
-            m = read_manifest(d)
-        except CacheError:
-            continue
-        if m.get("schema_version") != LEGACY_SCHEMA or m.get("dataset") != stage:
-            continue
-        if feature_settings(m.get("hashed") or {}) != want:
-            continue
-        if not _same_root(m.get("root"), root):
-            if log is not None:
-                log(f"{d}: an older cache with these feature settings, extracted from another data root "
-                    f"({m.get('root')}); not reused (extract from that root to reuse it)")
-            continue
-        try:
-            by_window = _legacy_rows(d, m)
-        except (OSError, ValueError, KeyError):
-            continue  # unreadable: nothing to adopt from it
-        if by_window:
-            found.append((str(m.get("finished", "")), Legacy(d, by_window)))
-    return [lg for _, lg in sorted(found, key=lambda x: x[0], reverse=True)]
-
-
-def _legacy_rows(d: Path, m: Mapping[str, Any]) -> dict[tuple, int]:
-    by_window: dict[tuple, int] = {}
-    if m.get("complete"):
-        stores = m.get("stores", {})
-        if not any((d / name).exists() for name in stores.values()):
-            return by_window
-        t = pq.read_table(d / SAMPLES, columns=["source", "frame_start", "frame_end", "status"]).to_pylist()
-        ok = [i for i, r in enumerate(t) if r["status"] == "ok"]
-    else:
-        from .merge import read_staged
-
-        t = pq.read_table(d / LEGACY_BASE, columns=["source", "frame_start", "frame_end"]).to_pylist()
-        ok = [i for i, f in sorted(legacy_staged(d).items()) if i < len(t) and read_staged(f)[0].get("status") == "ok"]
-    for i in ok:
-        r = t[i]
-        by_window.setdefault((str(r["source"]), r["frame_start"], r["frame_end"]), i)
-    return by_window
-
-
-def legacy_staged(d: Path) -> dict[int, Path]:
-    """Sample index -> staged file of a stopped schema-1 extraction (``staging/<shard>/<index:07d>.npz``)."""
-    from .merge import staged_files
-
-    return {int(name): f for name, f in staged_files(d).items() if name.isdigit()}
-
-
-def _same_root(recorded: Any, root: Path) -> bool:
-    if not recorded:
-        return False
-    try:
-        return Path(str(recorded)).resolve() == Path(root).resolve()
-    except OSError:
-        return False
-
-
 # ----------------------------------------------------------------------------- the plan
 
 
@@ -262,11 +175,12 @@ def build_plan(
     *,
     root: Path,
     retry_failed: bool = False,
-    legacy: Callable[[], list[Legacy]] | None = None,
+    legacy: Callable[[], Sequence[Any]] | None = None,
 ) -> Plan:
     """The plan that gives ``samples`` (with their label rows ``labels``, :func:`base_rows`) features,
     starting from the store row table ``existing`` (see the module docstring for the rules).
-    ``legacy`` is called only when some row would otherwise be extracted. Fills each label row's
+    ``legacy`` (:func:`.legacy.find_legacy` bound to this cache: schema-1 caches, each with ``path`` and
+    ``by_window``) is called only when some row would otherwise be extracted. Fills each label row's
     ``feature_row``."""
     memo: dict[str, str] = {}
     rows: list[dict[str, Any]] = [_row(r, SELF, i) for i, r in enumerate(existing)]
@@ -309,8 +223,6 @@ def keep_staged(cache_dir: Path, plan: Plan) -> int:
     """Append to ``plan`` the ok rows staged in ``cache_dir`` by an earlier plan that this one does not
     hold (samples removed from the annotation files while they were being extracted), so that their
     features are kept like any store row. Returns how many."""
-    from .merge import read_staged, staged_files
-
     planned = {r["name"] for r in plan.rows}
     added = 0
     for name, f in sorted(staged_files(cache_dir).items()):

@@ -89,7 +89,7 @@ def cache_info(path: str | Path) -> dict[str, Any]:
     }
     if m.get("adopted_from"):
         info["adopted_from"] = m["adopted_from"]
-    from .merge import staged_files
+    from .staging import staged_files
 
     staged = len(staged_files(path))
     if staged or not info["complete"]:
