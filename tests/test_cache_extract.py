@@ -8,6 +8,7 @@ path is ``test_cache_cli``).
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -30,10 +31,18 @@ TESTS = Path(__file__).resolve().parent
 BS = 4
 
 
+def _logged(caplog) -> str:
+    """The log records since the last call, as text."""
+    text = caplog.text
+    caplog.clear()
+    return text
+
+
 def _extract(root, cache_root, overrides=TINY, **kw):
     kw.setdefault("model", tiny_model())
     kw.setdefault("batch_size", BS)
-    return extract_features("folder", root, overrides=overrides, cache_root=cache_root, progress=False, **kw)
+    cfg = resolve_config("folder", overrides, **{k: kw.pop(k) for k in ("backend", "views", "dtype") if k in kw})
+    return extract_features("folder", cfg, root, cache_root=cache_root, progress=False, **kw)
 
 
 def _same_cache(a: Path, b: Path) -> None:
@@ -44,7 +53,8 @@ def _same_cache(a: Path, b: Path) -> None:
     assert ca.samples.equals(cb.samples)
 
 
-def test_failure_isolation(tmp_path, capsys):
+def test_failure_isolation(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="udaqa_pipeline")
     root = make_dataset(tmp_path / "data", {"good": 14, "short": 5, "broken": "corrupt", "gone": "missing"})
     over = TINY + ("frames.short_policy=error",)
     p = _extract(root, tmp_path / "cache", over)
@@ -54,7 +64,7 @@ def test_failure_isolation(tmp_path, capsys):
     errors = dict(zip(c.samples.column("id").to_pylist(), c.samples.column("error").to_pylist()))
     assert "broken.mkv" in errors["broken"] and "gone.mkv" in errors["gone"] and "too short" in errors["short"]
     assert np.isfinite(c.features[0]).all() and np.isnan(c.features[1:]).all()
-    assert "1 of 4 samples ok, 3 failed" in capsys.readouterr().err
+    assert "1 of 4 samples ok, 3 failed" in _logged(caplog)
     # --strict: same cache (reused, nothing recomputed), but an error
     with pytest.raises(ExtractionError, match="3 samples failed"):
         _extract(root, tmp_path / "cache", over, strict=True)
@@ -118,8 +128,8 @@ DRIVER = textwrap.dedent("""
         mg.os.replace = replace
     elif kind == "merge":  # die after the store is written, before samples.parquet and the manifest
         mg.write_samples = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
-    ex.extract_features("folder", root, overrides=TINY, cache_root=cache, batch_size={bs}, progress=False,
-                        model=tiny_model())
+    ex.extract_features("folder", ex.resolve_config("folder", TINY), root, cache_root=cache, batch_size={bs},
+                        progress=False, model=tiny_model())
 """)
 
 
@@ -186,9 +196,9 @@ TORCHRUN_DRIVER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
     from test_cache_util import TINY, tiny_model
-    from udaqa_pipeline.cache.extract import extract_features
-    p = extract_features("folder", sys.argv[1], overrides=TINY, cache_root=sys.argv[2], batch_size={bs},
-                         progress=False, model=tiny_model())
+    from udaqa_pipeline.cache.extract import extract_features, resolve_config
+    p = extract_features("folder", resolve_config("folder", TINY), sys.argv[1], cache_root=sys.argv[2],
+                         batch_size={bs}, progress=False, model=tiny_model())
     print("CACHE", p, flush=True)
 """)
 
@@ -268,11 +278,12 @@ def test_failure_status_follows_the_error_kind_not_its_wording(tmp_path):
     assert failure_status(RuntimeError("x")) == "error"
 
 
-def test_bad_input_kinds_in_one_run(tmp_path, capsys):
+def test_bad_input_kinds_in_one_run(tmp_path, caplog):
     """Issue 10 items 1-3 through stage one: a phone video stored on its side equals its upright twin
     (frames, features, small video); a cut download is a failure naming both counts, never a padded
     sample; a short complete video is padded and counted apart from ok in the summary and cache info;
     a frame folder with a gap fails naming the missing numbers."""
+    caplog.set_level(logging.INFO, logger="udaqa_pipeline")
     import csv
 
     from PIL import Image
@@ -315,7 +326,7 @@ def test_bad_input_kinds_in_one_run(tmp_path, capsys):
     gapped = by["gapped"][1]  # the uniform window samples frame 5 (not 4): it names what it needs
     assert gapped["status"] == "corrupt" and "number 5 needed" in gapped["error"] and "00003.png -> 00006.png" in gapped["error"]
     assert by["short"][1]["short"] and by["shorter"][1]["n_source_frames"] == 5
-    err = capsys.readouterr().err
+    err = _logged(caplog)
     assert "2 of 6 samples ok, 2 short (padded to 12 frames; shortest 5 frames: shorter), 2 failed" in err
     info = cache_info(p)
     assert info["counts"]["ok"] == 4
@@ -323,7 +334,8 @@ def test_bad_input_kinds_in_one_run(tmp_path, capsys):
                               "filled": 0}
 
 
-def test_gap_policy_nearest_is_counted_apart(tmp_path, capsys):
+def test_gap_policy_nearest_is_counted_apart(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="udaqa_pipeline")
     from PIL import Image
 
     from udaqa_pipeline.cache.verify import cache_info
@@ -343,5 +355,5 @@ def test_gap_policy_nearest_is_counted_apart(tmp_path, capsys):
     window = np.floor(np.linspace(0, 15, 12)).astype(int).tolist()  # folder stage: uniform, L = 12
     assert rows["holed"]["frame_indices"] == [1 if i == 2 else i for i in window]  # frame 3 shows frame 2 (tie: earlier)
     assert rows["whole"]["frame_indices"] == window
-    assert "1 of 2 samples ok, 1 with frame-folder gaps filled from the nearest frame" in capsys.readouterr().err
+    assert "1 of 2 samples ok, 1 with frame-folder gaps filled from the nearest frame" in _logged(caplog)
     assert cache_info(p)["padded"]["filled"] == 1

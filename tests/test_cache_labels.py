@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,13 @@ BS = 4  # clips per forward; a sample is K = 2 clips (TINY), so one sample is on
 VIDEOS = {"a": 14, "b": 13, "c": 16}
 
 
+def _logged(caplog) -> str:
+    """The log records since the last call, as text."""
+    text = caplog.text
+    caplog.clear()
+    return text
+
+
 class Counted:
     """A seeded tiny I3D whose first unit counts forwards (batches) and clips."""
 
@@ -45,7 +53,8 @@ class Counted:
 
 def _extract(root: Path, cache_root: Path, counted: Counted | None = None, **kw):
     stats: dict = {}
-    p = extract_features("folder", root, overrides=TINY, cache_root=cache_root, progress=False, batch_size=BS,
+    cfg = resolve_config("folder", TINY, **{k: kw.pop(k) for k in ("backend", "views", "dtype") if k in kw})
+    p = extract_features("folder", cfg, root, cache_root=cache_root, progress=False, batch_size=BS,
                          model=(counted or Counted()).model, stats=stats, **kw)
     return p, stats
 
@@ -74,7 +83,8 @@ def _store_rows(path: Path) -> np.ndarray:
         return f["features"][()]
 
 
-def test_label_fix_extracts_nothing_and_train_reads_the_new_label(tmp_path, capsys):
+def test_label_fix_extracts_nothing_and_train_reads_the_new_label(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="udaqa_pipeline")
     root = make_dataset(tmp_path / "data", VIDEOS)
     p, _ = _extract(root, tmp_path / "cache")
     before = open_cache(p)
@@ -87,7 +97,7 @@ def test_label_fix_extracts_nothing_and_train_reads_the_new_label(tmp_path, caps
     rows[0]["judge_scores"] = "9;9"
     _write_rows(root, rows)
     counted = Counted()
-    capsys.readouterr()
+    caplog.clear()
     p2, stats = _extract(root, tmp_path / "cache", counted)
 
     assert p2 == p  # same directory: the key has no labels
@@ -102,14 +112,14 @@ def test_label_fix_extracts_nothing_and_train_reads_the_new_label(tmp_path, caps
                                       "ids": {"added": [], "removed": [], "changed": ["a", "b", "c"]}}
     assert m["labels"]["refreshed"] == m["updated"] and m["labels"]["n_samples"] == 3
     assert m["config_hash"] == before.manifest["config_hash"] and m["finished"] == before.manifest["finished"]
-    err = capsys.readouterr().err
+    err = _logged(caplog)
     assert "reusing it (nothing extracted); label table refreshed from the annotation files: 3 changed (a, b, c)" in err
     assert verify_cache(p)["ok"], verify_cache(p)["problems"]
 
     # an unchanged rerun writes nothing at all
     before_bytes = {f.name: f.read_bytes() for f in p.iterdir() if f.is_file() and f.suffix != ".lock"}
     _, stats = _extract(root, tmp_path / "cache")
-    assert stats["processed"] == 0 and "labels unchanged" in capsys.readouterr().err
+    assert stats["processed"] == 0 and "labels unchanged" in _logged(caplog)
     assert {f.name: f.read_bytes() for f in p.iterdir() if f.is_file() and f.suffix != ".lock"} == before_bytes
 
 
@@ -311,7 +321,8 @@ def _files(d: Path) -> dict[str, bytes]:
     return {str(f.relative_to(d)): f.read_bytes() for f in sorted(d.rglob("*")) if f.is_file()}
 
 
-def test_legacy_cache_opens_and_features_adopts_it(tmp_path, capsys):
+def test_legacy_cache_opens_and_features_adopts_it(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="udaqa_pipeline")
     root = make_dataset(tmp_path / "data", VIDEOS)
     croot = tmp_path / "cache"
     old = _legacy(tmp_path, root, croot, scores={"b": 99.0})  # extracted before a label fix
@@ -321,7 +332,7 @@ def test_legacy_cache_opens_and_features_adopts_it(tmp_path, capsys):
     old_files = _files(old)
 
     counted = Counted()
-    capsys.readouterr()
+    caplog.clear()
     p, stats = _extract(root, croot, counted)
     assert counted.batches == 0 and stats["processed"] == 0 and stats["adopted"] == 3 and stats["reused"] is True
     assert p != old and p.name.startswith("folder-")
@@ -330,7 +341,7 @@ def test_legacy_cache_opens_and_features_adopts_it(tmp_path, capsys):
     assert Labels.from_table(new.samples).final.tolist() == [10.0, 11.0, 12.0]  # labels from the annotation file
     assert read_manifest(p)["adopted_from"] == [old.name]
     assert read_manifest(p)["extraction"]["batch_size"] == BS  # what later rows are extracted with
-    assert f"3 samples' features copied from {old}" in capsys.readouterr().err
+    assert f"3 samples' features copied from {old}" in _logged(caplog)
     assert _files(old) == old_files  # the old cache is left as it was (runs trained on it still find it)
     assert verify_cache(p)["ok"] and verify_cache(old)["ok"]
     from udaqa_pipeline.cache import find_cache
@@ -354,17 +365,18 @@ def test_stopped_legacy_extraction_gives_its_staged_samples(tmp_path):
     assert _files(old) == old_files
 
 
-def test_legacy_cache_of_another_root_is_not_adopted(tmp_path, capsys):
+def test_legacy_cache_of_another_root_is_not_adopted(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="udaqa_pipeline")
     root = make_dataset(tmp_path / "data", VIDEOS)
     croot = tmp_path / "cache"
     old = _legacy(tmp_path, root, croot)
     moved = tmp_path / "elsewhere"
     root.rename(moved)
-    capsys.readouterr()
+    caplog.clear()
     counted = Counted()
     _, stats = _extract(moved, croot, counted)
     assert stats["adopted"] == 0 and stats["processed"] == 3 and counted.batches == 2  # 6 clips in batches of 4
-    err = capsys.readouterr().err
+    err = _logged(caplog)
     assert f"{old}: an older cache with these feature settings, extracted from another data root" in err
 
 

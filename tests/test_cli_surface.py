@@ -93,7 +93,7 @@ ROWS: dict[str, Row] = {
                             _cells(stage="name", root="root", set="cfg", json=""), stage=["mtl"],
                             stubs={"udaqa_pipeline.cli.datasets:_human": lambda info: TEXT}),
     "features": Row(["features"], "udaqa_pipeline.cache.extract:extract_features", Path("/data/cache/mtl-0123"),
-                    _cells(stage="dataset", root="root", cache_root="cache_root", set="overrides",
+                    _cells(stage="stage", root="root", cache_root="cache_root", set="cfg",
                            progress="progress", no_progress="progress", device="device", threads="threads"),
                     stage=["mtl"]),
     "cache info": Row(["cache", "info", "{tmp}"], "udaqa_pipeline.cache.verify:cache_info", RESULT,

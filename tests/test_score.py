@@ -44,13 +44,13 @@ def write_mp4(frames_dir: Path, path: Path) -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(data root, cache root, stage-two run dir) for the tiny synthetic set."""
-    from udaqa_pipeline.cache.extract import extract_features
+    from udaqa_pipeline.cache.extract import extract_features, resolve_config
     from udaqa_pipeline.train import train
 
     base = tmp_path_factory.mktemp("score")
     root = make_synth(base / "data")
     cache_root = base / "cache"
-    cache = extract_features("mtl", root, overrides=TINY, cache_root=cache_root, progress=False, threads=1)
+    cache = extract_features("mtl", resolve_config("mtl", TINY), root, cache_root=cache_root, progress=False, threads=1)
     run = train("mtl", cache=cache, run_dir=base / "run", overrides=TINY + TRAIN, progress=False)
     return root, cache_root, run
 

@@ -284,7 +284,7 @@ def cross_validate(stage: str, *, root: str | Path | None = None, cache: str | P
     from tqdm import tqdm
 
     from . import resolve
-    from .cache.extract import extract_features
+    from .cache.extract import extract_features, resolve_config
     from .trainset import SPLITS
 
     methods = list(methods)
@@ -301,7 +301,8 @@ def cross_validate(stage: str, *, root: str | Path | None = None, cache: str | P
     overrides = list(overrides)
     if cache is None:
         stage_one = [o for o in overrides if not o.strip().startswith("train.")]
-        cache = extract_features(stage, root, overrides=stage_one, cache_root=cache_root, progress=progress)
+        cache = extract_features(stage, resolve_config(stage, stage_one), root, cache_root=cache_root,
+                                 device=resolve.device(), progress=progress)
     cache = str(resolve.cache_dir(stage, cache=cache, cache_root=cache_root))
     data = resolve.training_set(stage, cache=cache)
     labels = data.labels

@@ -148,12 +148,14 @@ def run_demo(*, n_dives: int = DEFAULT_DIVES, seed: int = DEFAULT_SEED, epochs: 
 
     # 2. stage one -------------------------------------------------------------------------------
     from .cache import open_cache
-    from .cache.extract import extract_features
+    from . import resolve
+    from .cache.extract import extract_features, resolve_config
 
     t = time.perf_counter()
     st: dict[str, Any] = {}
-    cache_dir = Path(_stage("stage one (features)", extract_features, STAGE, data_dir, overrides=ov,
-                            cache_root=croot, progress=progress, stats=st, strict=True))
+    cache_dir = Path(_stage("stage one (features)", lambda: extract_features(
+        STAGE, resolve_config(STAGE, ov), data_dir, cache_root=croot, device=resolve.device(), progress=progress,
+        stats=st, strict=True)))
     timings["stage_one"] = time.perf_counter() - t
     res["cache"] = str(cache_dir)
     res["cache_reused"] = bool(st.get("reused"))

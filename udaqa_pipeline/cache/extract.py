@@ -1,7 +1,8 @@
 """Stage one: decode -> L frames -> K clips -> frozen I3D -> staged samples -> merged cache.
 
-:func:`extract_features` is the whole stage (``udaqa-pipeline features`` is a thin shell over it);
-:func:`featurize` is the same computation for one already-sampled video (scoring a user's video).
+:func:`extract_features` is the whole stage (``udaqa-pipeline features`` is a thin shell over it); what
+goes into I3D and how (clip layout, views, the batched forward) is :mod:`udaqa_pipeline.features`,
+whose :func:`~udaqa_pipeline.features.featurize` is the same computation for one already-sampled video.
 
 Design choices:
 
@@ -11,7 +12,8 @@ Design choices:
   cache of the same settings, and rewrites the label table (``samples.parquet``: labels, folds,
   groups, judge panels) when it changed. A label fix is no I3D work and loads no model (:mod:`.plan`).
 - Frozen I3D in inference mode (``prepare_for_inference``: eval, BatchNorm folded, channels-last)
-  under ``torch.inference_mode``; the GPU when present (``cuda:LOCAL_RANK`` under torchrun), else CPU.
+  under ``torch.inference_mode``, on the device the caller gives (the CLI picks the GPU when present,
+  ``cuda:LOCAL_RANK`` under torchrun, else CPU).
 - Clips are batched *across videos*: every forward is exactly ``batch_size`` clips (default 16 on
   CPU, 64 on GPU), the last batch padded with zero clips. A fixed batch shape makes each clip's
   feature independent of which other clips share its batch (the kernels are picked by shape; with
@@ -36,7 +38,7 @@ Design choices:
 - Failure isolation: a missing, corrupt, truncated or too-short video, a frame folder with a gap in
   the window (or any other error while reading one sample) is staged with ``status`` = ``missing`` /
   ``corrupt`` / ``too_short`` / ``error`` (from ``VideoError.kind``, see :data:`STATUS_OF_KIND`) and
-  the message; the run goes on and prints a summary. :class:`ExtractionError` is raised only with
+  the message; the run goes on and logs a summary. :class:`ExtractionError` is raised only with
   ``strict=True`` (any failure) or when no sample succeeded.
 - The summary counts plain ``ok`` samples apart from ``short`` ones (padded with their last frame;
   the shortest is named with its length) and gap-filled ones (``frames.gap_policy = "nearest"``,
@@ -51,8 +53,8 @@ from __future__ import annotations
 import copy
 
 import hashlib
+import logging
 import os
-import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -86,6 +88,8 @@ from .shard import Shard, parse_shard, shard_indices, torchrun_env
 from .staging import cleanup_staging, drop_failed_staged, shard_dir, staged_files, write_staged
 from .store import add_backend, now_iso
 from .verify import FILLED_NOTE, padding_summary
+
+log = logging.getLogger(__name__)
 
 
 
@@ -187,6 +191,33 @@ def _prepare(sample: Any, cfg: Mapping[str, Any], views: Sequence[Mapping[str, A
         return {"id": str(sample.id), "status": failure_status(e), "error": f"{type(e).__name__}: {e}"}, None, None
 
 
+class _Stager:
+    """Hands finished rows to the one staged-write thread and keeps the counts and the progress bar."""
+
+    def __init__(self, out_dir: Path, writer: ThreadPoolExecutor, bar: Any,
+                 records: Mapping[int, Mapping[str, Any]] | None, on_sample: Callable[[int, dict], None] | None):
+        self.out_dir, self.writer, self.bar, self.records, self.on_sample = out_dir, writer, bar, records, on_sample
+        self.writes: deque[Future] = deque()
+        self.counts: dict[str, int] = {}
+        self.n_done = 0
+
+    def finish(self, i: int, record: dict, feats: np.ndarray | None = None, video: np.ndarray | None = None) -> None:
+        record.update(self.records[i] if self.records is not None else {"name": f"{i:07d}"})
+        self.writes.append(self.writer.submit(write_staged, self.out_dir, record["name"], record, feats, video))
+        while len(self.writes) > 8 or (self.writes and self.writes[0].done()):
+            self.writes.popleft().result()  # surfaces write errors; bounds memory held by queued writes
+        self.counts[record["status"]] = self.counts.get(record["status"], 0) + 1
+        self.n_done += 1
+        self.bar.update(1)
+        self.bar.set_postfix({k: v for k, v in sorted(self.counts.items())}, refresh=False)
+        if self.on_sample is not None:
+            self.on_sample(i, record)
+
+    def drain(self) -> None:
+        while self.writes:
+            self.writes.popleft().result()
+
+
 def run_shard(
     samples: Sequence[Any] | Mapping[int, Any],
     indices: Sequence[int],
@@ -212,134 +243,177 @@ def run_shard(
     """
     from tqdm import tqdm
 
-    layout = layout_of(cfg)
-    K, T, V = len(layout.starts), layout.clip_len, len(views)
-    pending: dict[int, _Pending] = {}
-    clip_queue: deque[tuple[int, int, int]] = deque()
-    counts: dict[str, int] = {}
-    writes: deque[Future] = deque()
-    todo = iter(indices)
-    ahead: deque[tuple[int, Future]] = deque()
-    prefetch = max(1, workers) + 2
     t0 = time.perf_counter()
-    n_done = 0
     bar = tqdm(total=total if total is not None else len(indices), initial=initial, unit="video",
                disable=not progress, dynamic_ncols=True, smoothing=0.1, desc=out_dir.name)
-
-    def finish(i: int, record: dict, feats: np.ndarray | None = None, video: np.ndarray | None = None) -> None:
-        nonlocal n_done
-        record.update(records[i] if records is not None else {"name": f"{i:07d}"})
-        writes.append(writer.submit(write_staged, out_dir, record["name"], record, feats, video))
-        while len(writes) > 8 or (writes and writes[0].done()):
-            writes.popleft().result()  # surfaces write errors; bounds memory held by queued writes
-        counts[record["status"]] = counts.get(record["status"], 0) + 1
-        n_done += 1
-        bar.update(1)
-        bar.set_postfix({k: v for k, v in sorted(counts.items())}, refresh=False)
-        if on_sample is not None:
-            on_sample(i, record)
-
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="decode") as pool, \
             ThreadPoolExecutor(1, thread_name_prefix="stage-write") as writer:
-
-        def refill() -> None:
-            while len(ahead) < prefetch:
-                i = next(todo, None)
-                if i is None:
-                    return
-                ahead.append((i, pool.submit(_prepare, samples[i], cfg, views)))
-
-        refill()
-        while ahead or clip_queue:
-            while len(clip_queue) < batch_size and ahead:
-                i, fut = ahead.popleft()
-                refill()
-                record, xs, video = fut.result()
-                if xs is None:
-                    finish(i, record)
-                    continue
-                pending[i] = _Pending(xs, video, record, np.empty((V, K, FEATURE_DIM), np.float32), V * K)
-                clip_queue.extend((i, v, k) for v in range(V) for k in range(K))
-            if not clip_queue:
-                break
-            take = [clip_queue.popleft() for _ in range(min(batch_size, len(clip_queue)))]
-            batch = torch.stack([pending[i].xs[v][:, layout.starts[k] : layout.starts[k] + T] for i, v, k in take])
-            out = forward_clips(model, batch, batch_size, dtype)
-            for (i, v, k), f in zip(take, out):
-                p = pending[i]
-                p.feats[v, k] = f
-                p.remaining -= 1
-                if p.remaining == 0:
-                    del pending[i]
-                    finish(i, p.record, p.feats, p.video)
-        while writes:
-            writes.popleft().result()
+        stager = _Stager(out_dir, writer, bar, records, on_sample)
+        ahead = _Prefetch(pool, samples, indices, cfg, views, max(1, workers) + 2)
+        _clip_loop(ahead, stager, model, layout_of(cfg), len(views), batch_size, dtype)
+        stager.drain()
     bar.close()
     secs = time.perf_counter() - t0
+    n_done = stager.n_done
     return {"processed": n_done, "seconds": secs, "videos_per_s": n_done / secs if secs > 0 else 0.0,
-            "counts": counts}
+            "counts": stager.counts}
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+class _Prefetch:
+    """Samples being decoded and preprocessed ``prefetch`` ahead of the model, in ``indices`` order."""
+
+    def __init__(self, pool: ThreadPoolExecutor, samples: Sequence[Any] | Mapping[int, Any], indices: Sequence[int],
+                 cfg: Mapping[str, Any], views: Sequence[Mapping[str, Any]], prefetch: int):
+        self.pool, self.samples, self.cfg, self.views, self.prefetch = pool, samples, cfg, views, prefetch
+        self.todo = iter(indices)
+        self.ahead: deque[tuple[int, Future]] = deque()
+        self.refill()
+
+    def refill(self) -> None:
+        while len(self.ahead) < self.prefetch:
+            i = next(self.todo, None)
+            if i is None:
+                return
+            self.ahead.append((i, self.pool.submit(_prepare, self.samples[i], self.cfg, self.views)))
+
+    def __bool__(self) -> bool:
+        return bool(self.ahead)
+
+    def next(self) -> tuple[int, tuple]:
+        i, fut = self.ahead.popleft()
+        self.refill()
+        return i, fut.result()
+
+
+def _clip_loop(ahead: _Prefetch, stager: _Stager, model: torch.nn.Module, layout: Any, V: int, batch_size: int,
+               dtype: str) -> None:
+    """Fill batches of exactly ``batch_size`` clips across videos, run them, and stage each video when
+    the last of its V x K clips is done (failed samples are staged as they come)."""
+    K, T = len(layout.starts), layout.clip_len
+    pending: dict[int, _Pending] = {}
+    clip_queue: deque[tuple[int, int, int]] = deque()
+    while ahead or clip_queue:
+        while len(clip_queue) < batch_size and ahead:
+            i, (record, xs, video) = ahead.next()
+            if xs is None:
+                stager.finish(i, record)
+                continue
+            pending[i] = _Pending(xs, video, record, np.empty((V, K, FEATURE_DIM), np.float32), V * K)
+            clip_queue.extend((i, v, k) for v in range(V) for k in range(K))
+        if not clip_queue:
+            break
+        take = [clip_queue.popleft() for _ in range(min(batch_size, len(clip_queue)))]
+        batch = torch.stack([pending[i].xs[v][:, layout.starts[k] : layout.starts[k] + T] for i, v, k in take])
+        out = forward_clips(model, batch, batch_size, dtype)
+        for (i, v, k), f in zip(take, out):
+            p = pending[i]
+            p.feats[v, k] = f
+            p.remaining -= 1
+            if p.remaining == 0:
+                del pending[i]
+                stager.finish(i, p.record, p.feats, p.video)
 
 
 def extract_features(
-    dataset: str | Path,
+    stage: str | Path,
+    cfg: Mapping[str, Any],
     root: str | Path | None = None,
     *,
-    overrides: Iterable[str] = (),
     cache_root: str | Path | None = None,
-    backend: str | None = None,
-    views: int | None = None,
-    batch_size: int | None = None,
-    threads: int | None = None,
-    dtype: str | None = None,
-    shard: str | Shard | None = None,
-    strict: bool = False,
     limit: int | None = None,
+    shard: str | Shard | None = None,
     device: str | torch.device | None = None,
     model: torch.nn.Module | None = None,
-    progress: bool = True,
-    merge: bool = True,
+    batch_size: int | None = None,
+    threads: int | None = None,
+    strict: bool = False,
     retry_failed: bool = False,
+    progress: bool = True,
     stats: dict | None = None,
 ) -> Path:
-    """Build, extend, finish or reuse the feature cache of ``dataset``, and refresh its label table
+    """Build, extend, finish or reuse the feature cache of ``stage``, and refresh its label table
     from the annotation files; returns its directory.
 
-    ``dataset`` is a stage name (``mtl``) or a stage TOML path; ``root`` the data folder (default
-    ``dataset.root`` of the stage). ``overrides`` are ``section.key=value`` strings. ``backend``
-    (hdf5|zarr), ``views`` (V; V times the I3D work), ``dtype`` (fp32|bf16) override ``[cache]``.
+    ``stage`` is a stage name (``mtl``) or a stage TOML path, ``cfg`` its config as
+    :func:`resolve_config` returns it (``[cache]`` complete); ``root`` the data folder (default
+    ``dataset.root`` of the stage). ``limit`` N: the label table holds the first N samples and only
+    their features are extracted (same cache directory: features extracted under a limit are reused
+    by a run without it). ``shard`` "i/n" extracts only the rows ``i % n`` of those to extract (under
+    torchrun the rank/world size are used instead and rank 0 merges). ``device``: where I3D runs
+    (default CPU; the caller picks the GPU, as the CLI does); ``model`` replaces the cached Kinetics
+    I3D (its state dict is hashed instead of the weights file, and its device is used).
     ``batch_size`` clips per forward (default: the cache's recorded one, else 16 CPU / 64 GPU),
-    ``threads`` decoding threads (default half the cores, 2 to 8). ``shard`` "i/n" extracts only the
-    rows ``i % n`` of those to extract (under torchrun the rank/world size are used instead and rank 0
-    merges). ``limit`` N: the label table holds the first N samples and only their features are
-    extracted (same cache directory: features extracted under a limit are reused by a run without it).
-    ``model`` replaces the cached Kinetics I3D (its state dict is hashed instead of the weights file).
-    ``retry_failed``: extract again the rows recorded as failed (after fixing their videos); the others
-    are kept. ``stats``, if given, receives the run's figures (``processed``: rows extracted by this
-    process, ``adopted``, ``labels``: the label changes).
+    ``threads`` decoding threads (default half the cores, 2 to 8). ``retry_failed``: extract again
+    the rows recorded as failed (after fixing their videos); the others are kept. ``stats``, if
+    given, receives the run's figures (``processed``: rows extracted by this process, ``adopted``,
+    ``labels``: the label changes). Raises :class:`ExtractionError` after the summary when nothing
+    succeeded, or with ``strict`` when a sample failed.
 
     Only rows whose identity (source, frame window, source size) the cache lacks are extracted; a run
     that finds every row there loads no model and only rewrites the label table if the annotation
     files changed (:mod:`.plan`).
     """
+    run, samples = _open_run(stage, cfg, root, cache_root=cache_root, limit=limit, shard=shard, model=model)
+    manifest = _settle(run, retry_failed)
+    plan, said = _plan(run, samples, manifest, limit=limit, retry_failed=retry_failed)
+    if stats is not None:
+        stats.update(labels=plan.changes)
+    if not plan.store_work:  # every sample's features are in the store
+        if run.lead:
+            _refresh_only(run, plan, manifest, len(samples), said)
+        if stats is not None:
+            stats.update(processed=0, reused=True, adopted=0)
+        return finish_cache(run.cache_dir, strict, quiet=not run.lead)
+    if manifest is None:
+        manifest = _start_manifest(run, plan, len(samples))
+    if run.lead or run.tr is None:
+        write_plan(run.cache_dir, plan)
+    if run.lead:
+        for name, n in plan.adopted.items():
+            log.info(f"{run.cache_dir}: {n} samples' features copied from {run.croot / name} (an older cache with "
+                     f"these feature settings; it is left as it was)")
+    st = _extract_mine(run, manifest, plan, samples, model=model, device=device, batch_size=batch_size,
+                       threads=threads, progress=progress)
+    if stats is not None:  # reused: no row of the plan is extracted (all in this store or adopted)
+        stats.update(st, cache=str(run.cache_dir), adopted=sum(plan.adopted.values()), reused=not plan.jobs)
+    return _merge_run(run, plan, said, strict)
+
+
+@dataclass
+class _Run:
+    """What every step of one ``extract_features`` call shares: the stage, its config, where the
+    cache is, its key, its views and clip layout, and this process's shard."""
+
+    stage: str
+    cfg: Mapping[str, Any]
+    root: Path
+    croot: Path
+    cache_dir: Path
+    key: dict[str, Any]
+    wsha: str
+    views: list[dict[str, Any]]
+    layout: Any
+    sh: Shard
+    tr: Shard | None  # torchrun's rank/world size, None outside torchrun
+    lead: bool  # the process that writes state shared by all shards
+
+
+def _open_run(stage_arg: str | Path, cfg: Mapping[str, Any], root: str | Path | None, *,
+              cache_root: str | Path | None, limit: int | None, shard: str | Shard | None,
+              model: torch.nn.Module | None) -> tuple[_Run, list[Any]]:
+    """The run's shared state and the samples of the annotation files (the first ``limit``)."""
     from ..datasets import load_stage_samples
 
-    cfg = resolve_config(dataset, overrides, backend=backend, views=views, dtype=dtype)
-    stage = stage_name(dataset)
+    stage = stage_name(stage_arg)
     c = cfg["cache"]
     samples, root = load_stage_samples(cfg, stage, root)
     if not samples:
         raise CacheError(f"dataset {stage!r} under {root} has no samples; check --root and the annotation files")
     if limit is not None and int(limit) < len(samples):
-        _log(f"{stage}: --limit {int(limit)}: the label table holds the first {int(limit)} of the {len(samples)} samples "
-             f"of the annotation files (a run without --limit adds the rest and reuses these)")
+        log.info(f"{stage}: --limit {int(limit)}: the label table holds the first {int(limit)} of the {len(samples)} "
+                 f"samples of the annotation files (a run without --limit adds the rest and reuses these)")
         samples = samples[: int(limit)]
     view_list = make_views(int(c["views"]), int(c["view_shift"]))
-    layout = layout_of(cfg)
-
     if model is None:
         from ..backbone.weights import weights_sha256
 
@@ -347,130 +421,149 @@ def extract_features(
     else:
         wsha = "state:" + state_fingerprint(model)
     key = extraction_key(dataset=stage, cfg=cfg, views=view_list, dtype=c["dtype"], weights_sha256=wsha)
-    chash = key_hash(key)
     croot = _cache_root(cache_root)
-    cache_dir = croot / f"{stage}-{chash}"
     tr = torchrun_env()
     sh = tr if tr is not None else (shard if isinstance(shard, Shard) else parse_shard(shard))
-    lead = tr is None or tr.index == 0  # the process that writes state shared by all shards
+    run = _Run(stage=stage, cfg=cfg, root=root, croot=croot, cache_dir=croot / f"{stage}-{key_hash(key)}", key=key,
+               wsha=wsha, views=view_list, layout=layout_of(cfg), sh=sh, tr=tr, lead=tr is None or tr.index == 0)
+    return run, samples
 
-    if tr is not None:
+
+def _read_manifest_if_any(cache_dir: Path) -> dict[str, Any] | None:
+    return read_manifest(cache_dir) if (cache_dir / "manifest.json").exists() else None
+
+
+def _settle(run: _Run, retry_failed: bool) -> dict[str, Any] | None:
+    """Finish a merge that was interrupted and drop staged failures to retry (the lead process), then
+    the cache's manifest (None for a new cache)."""
+    if run.tr is not None:
         _init_gloo()
-    manifest = read_manifest(cache_dir) if (cache_dir / "manifest.json").exists() else None
-    if lead and manifest is not None and manifest.get("merging"):
-        _log(f"{cache_dir}: finishing a merge that was interrupted")
-        merge_cache(cache_dir)
-    if lead and manifest is not None and retry_failed:
-        n = drop_failed_staged(cache_dir)
+    manifest = _read_manifest_if_any(run.cache_dir)
+    if run.lead and manifest is not None and manifest.get("merging"):
+        log.info(f"{run.cache_dir}: finishing a merge that was interrupted")
+        merge_cache(run.cache_dir)
+    if run.lead and manifest is not None and retry_failed:
+        n = drop_failed_staged(run.cache_dir)
         if n:
-            _log(f"{cache_dir}: {n} staged failed samples will be extracted again")
-    if tr is not None:
+            log.info(f"{run.cache_dir}: {n} staged failed samples will be extracted again")
+    if run.tr is not None:
         import torch.distributed as dist
 
         dist.barrier()  # rank 0 has finished any interrupted merge before anyone reads the cache's state
-    manifest = read_manifest(cache_dir) if (cache_dir / "manifest.json").exists() else None
+    return _read_manifest_if_any(run.cache_dir)
 
-    labels = base_rows(samples, stage, root)
+
+def _plan(run: _Run, samples: Sequence[Any], manifest: Mapping[str, Any] | None, *, limit: int | None,
+          retry_failed: bool) -> tuple[Any, str | None]:
+    """The plan of this run (:func:`.plan.build_plan`) and the description of its label changes
+    (None for a new cache, which has no labels to compare with)."""
+    cache_dir = run.cache_dir
+    labels = base_rows(samples, run.stage, run.root)
     existing = existing_rows(cache_dir, manifest) if manifest is not None else []
     old_labels = (pq.read_table(cache_dir / SAMPLES).to_pylist()
                   if manifest is not None and manifest.get("complete") and (cache_dir / SAMPLES).exists() else [])
-    plan = build_plan(samples, labels, existing, root=root, retry_failed=retry_failed,
-                      legacy=lambda: find_legacy(croot, stage, key, root, _log if lead else None))
+    said_to = log.info if run.lead else None
+    plan = build_plan(samples, labels, existing, root=run.root, retry_failed=retry_failed,
+                      legacy=lambda: find_legacy(run.croot, run.stage, run.key, run.root, said_to))
     stray = keep_staged(cache_dir, plan)
-    if stray and lead:
-        _log(f"{cache_dir}: {stray} extracted samples staged by an earlier run are no longer in the annotation "
-             f"files; they are kept in the store")
+    if stray and run.lead:
+        log.info(f"{cache_dir}: {stray} extracted samples staged by an earlier run are no longer in the annotation "
+                 f"files; they are kept in the store")
     plan.limit = None if limit is None else int(limit)
-    plan.dataset_config = dict(cfg.get("dataset", {}))
+    plan.dataset_config = dict(run.cfg.get("dataset", {}))
     plan.changes = label_changes(old_labels, plan.samples)
-    if stats is not None:
-        stats.update(labels=plan.changes)
-    said = describe_changes(plan.changes) if old_labels else None  # a new cache has no labels to compare with
+    return plan, (describe_changes(plan.changes) if old_labels else None)
 
-    if not plan.store_work:  # every sample's features are in the store
-        if lead:
-            if c["backend"] not in manifest.get("stores", {}):
-                _log(f"cache {cache_dir} is complete; adding a {c['backend']} store from the existing one")
-                add_backend(cache_dir, c["backend"])
-            wrote = refresh_labels(cache_dir, plan)
-            cleanup_staging(cache_dir)  # staging left by an earlier plan: nothing in it is needed
-            _log(f"cache {cache_dir} has the features of all {len(samples)} samples: reusing it (nothing extracted); "
-                 + (f"label table refreshed from the annotation files: {said}" if wrote else "labels unchanged"))
-        if stats is not None:
-            stats.update(processed=0, reused=True, adopted=0)
-        return finish_cache(cache_dir, strict, quiet=not lead)
 
-    if manifest is None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        h, w = video_size_of(cfg)
-        manifest = {
-            "schema_version": SCHEMA_VERSION, "dataset": stage, "adapter": cfg["dataset"]["name"],
-            "config_hash": chash, "hashed": key, "config": cfg, "complete": False, "backend": c["backend"],
-            "stores": {}, "n_samples": len(samples), "n_rows": 0, "n_views": len(view_list),
-            "n_clips": len(layout.starts), "clip_len": layout.clip_len, "n_frames": layout.n_frames,
-            "clip_layout": layout.kind, "clip_starts": list(layout.starts), "video_size": [h, w],
-            "feature_dim": FEATURE_DIM, "views": view_list, "weights_sha256": wsha, "dtype": c["dtype"],
-            "root": str(root), "extraction": {"started": now_iso()},
-        }
-        if plan.adopted:  # rows added later use the batch size and threads the adopted rows were made with
-            first = read_manifest(croot / next(iter(plan.adopted))).get("extraction", {})
-            manifest["extraction"].update({k: first[k] for k in ("batch_size", "device", "torch", "torch_threads")
-                                           if k in first})
-        if lead:
-            write_manifest(cache_dir, manifest)
-    if lead or tr is None:
-        write_plan(cache_dir, plan)
-    adopted = plan.adopted
-    if lead:
-        for name, n in adopted.items():
-            _log(f"{cache_dir}: {n} samples' features copied from {croot / name} (an older cache with these "
-                 f"feature settings; it is left as it was)")
-    jobs = plan.jobs
+def _refresh_only(run: _Run, plan: Any, manifest: Mapping[str, Any], n_samples: int, said: str | None) -> None:
+    """Commit a plan without store work: add a missing backend's store, rewrite the label table."""
+    cache_dir, backend = run.cache_dir, run.cfg["cache"]["backend"]
+    if backend not in manifest.get("stores", {}):
+        log.info(f"cache {cache_dir} is complete; adding a {backend} store from the existing one")
+        add_backend(cache_dir, backend)
+    wrote = refresh_labels(cache_dir, plan)
+    cleanup_staging(cache_dir)  # staging left by an earlier plan: nothing in it is needed
+    log.info(f"cache {cache_dir} has the features of all {n_samples} samples: reusing it (nothing extracted); "
+             + (f"label table refreshed from the annotation files: {said}" if wrote else "labels unchanged"))
+
+
+def _start_manifest(run: _Run, plan: Any, n_samples: int) -> dict[str, Any]:
+    """The manifest of a new cache (written by the lead process), marked incomplete."""
+    run.cache_dir.mkdir(parents=True, exist_ok=True)
+    c, layout = run.cfg["cache"], run.layout
+    h, w = video_size_of(run.cfg)
+    manifest = {
+        "schema_version": SCHEMA_VERSION, "dataset": run.stage, "adapter": run.cfg["dataset"]["name"],
+        "config_hash": key_hash(run.key), "hashed": run.key, "config": run.cfg, "complete": False,
+        "backend": c["backend"], "stores": {}, "n_samples": n_samples, "n_rows": 0, "n_views": len(run.views),
+        "n_clips": len(layout.starts), "clip_len": layout.clip_len, "n_frames": layout.n_frames,
+        "clip_layout": layout.kind, "clip_starts": list(layout.starts), "video_size": [h, w],
+        "feature_dim": FEATURE_DIM, "views": run.views, "weights_sha256": run.wsha, "dtype": c["dtype"],
+        "root": str(run.root), "extraction": {"started": now_iso()},
+    }
+    if plan.adopted:  # rows added later use the batch size and threads the adopted rows were made with
+        first = read_manifest(run.croot / next(iter(plan.adopted))).get("extraction", {})
+        manifest["extraction"].update({k: first[k] for k in ("batch_size", "device", "torch", "torch_threads")
+                                       if k in first})
+    if run.lead:
+        write_manifest(run.cache_dir, manifest)
+    return manifest
+
+
+def _extract_mine(run: _Run, manifest: dict[str, Any], plan: Any, samples: Sequence[Any], *,
+                  model: torch.nn.Module | None, device: str | torch.device | None, batch_size: int | None,
+                  threads: int | None, progress: bool) -> dict[str, Any]:
+    """Extract the plan's jobs of this shard that are not staged yet, under the shard's writer lock;
+    returns the run's figures (``processed`` 0 when there was nothing to do)."""
+    jobs, cache_dir, sh = plan.jobs, run.cache_dir, run.sh
     job_sample: dict[int, Any] = {}
     for s, lab in zip(samples, plan.samples):
         job_sample.setdefault(lab["feature_row"], s)
     mine = [jobs[j] for j in shard_indices(len(jobs), sh)]
-    st: dict[str, Any] = {"processed": 0}
-    if mine:
-        with CacheLock(cache_dir / f"writer-{sh.name}.lock", "cache") as lock:  # before any slow step: fail fast
-            if lock.previous and lock.previous.get("pid"):
-                _log(f"previous writer pid {lock.previous.get('pid')} on {lock.previous.get('host')} is gone; resuming")
-            done = staged_files(cache_dir)
-            todo = [i for i in mine if plan.rows[i]["name"] not in done]
-            if len(todo) < len(mine):
-                _log(f"{stage} [{sh.name}]: {len(mine) - len(todo)} of {len(mine)} samples already done, "
+    if not mine:
+        return {"processed": 0}
+    with CacheLock(cache_dir / f"writer-{sh.name}.lock", "cache") as lock:  # before any slow step: fail fast
+        if lock.previous and lock.previous.get("pid"):
+            log.info(f"previous writer pid {lock.previous.get('pid')} on {lock.previous.get('host')} is gone; resuming")
+        done = staged_files(cache_dir)
+        todo = [i for i in mine if plan.rows[i]["name"] not in done]
+        if len(todo) < len(mine):
+            log.info(f"{run.stage} [{sh.name}]: {len(mine) - len(todo)} of {len(mine)} samples already done, "
                      f"{len(todo)} to go")
-            elif plan.n_before:
-                _log(f"{stage}: {len(jobs)} of {len(samples)} samples to extract; the features of the others are in "
-                     f"{cache_dir} already")
-            if todo:
-                st = _extract_rows(cache_dir, manifest, plan, todo, job_sample, cfg, view_list, sh, len(mine),
-                                   model=model, device=device, batch_size=batch_size, threads=threads,
-                                   progress=progress)
-    if stats is not None:  # reused: no row of the plan is extracted (all in this store or adopted)
-        stats.update(st, cache=str(cache_dir), adopted=sum(adopted.values()), reused=not jobs)
-    if tr is not None:
+        elif plan.n_before:
+            log.info(f"{run.stage}: {len(jobs)} of {len(samples)} samples to extract; the features of the others "
+                     f"are in {cache_dir} already")
+        if not todo:
+            return {"processed": 0}
+        return _extract_rows(cache_dir, manifest, plan, todo, job_sample, run.cfg, run.views, sh, len(mine),
+                             model=model, device=device, batch_size=batch_size, threads=threads, progress=progress)
+
+
+def _merge_run(run: _Run, plan: Any, said: str | None, strict: bool) -> Path:
+    """Merge the staged rows into the cache once every shard is done (rank 0 under torchrun; else
+    this process when no rows of other shards are missing), then the summary."""
+    cache_dir, backend = run.cache_dir, run.cfg["cache"]["backend"]
+    if run.tr is not None:
         import torch.distributed as dist
 
         dist.barrier()
-        if tr.index == 0:
-            merge_cache(cache_dir, backend=c["backend"])
+        if run.tr.index == 0:
+            merge_cache(cache_dir, backend=backend)
             if said:
-                _log(f"{cache_dir}: label table refreshed from the annotation files: {said}")
+                log.info(f"{cache_dir}: label table refreshed from the annotation files: {said}")
         dist.barrier()
-        if tr.index != 0:
-            return finish_cache(cache_dir, strict, quiet=True)  # rank 0 prints the summary
-    elif merge:
-        left = missing_jobs(cache_dir, plan)
-        if not left:
-            merge_cache(cache_dir, backend=c["backend"])
-            if said:
-                _log(f"{cache_dir}: label table refreshed from the annotation files: {said}")
-        else:
-            _log(f"{sh.name} done; {len(left)} samples belong to other shards. When all shards have finished, "
+        if run.tr.index != 0:
+            return finish_cache(cache_dir, strict, quiet=True)  # rank 0 gives the summary
+        return finish_cache(cache_dir, strict)
+    left = missing_jobs(cache_dir, plan)
+    if left:
+        log.info(f"{run.sh.name} done; {len(left)} samples belong to other shards. When all shards have finished, "
                  f"run `udaqa-pipeline cache merge {cache_dir}` (copy other hosts' cache folders there first, "
                  f"or pass them as extra arguments)")
-            return cache_dir
+        return cache_dir
+    merge_cache(cache_dir, backend=backend)
+    if said:
+        log.info(f"{cache_dir}: label table refreshed from the annotation files: {said}")
     return finish_cache(cache_dir, strict)
 
 
@@ -484,17 +577,11 @@ def _init_gloo() -> None:
         dist.init_process_group("gloo", timeout=_dt.timedelta(days=7))
 
 
-def _extract_rows(cache_dir: Path, manifest: dict[str, Any], plan, todo: list[int], job_sample: Mapping[int, Any],
-                  cfg: dict[str, Any], view_list: list[dict[str, Any]], sh: Shard, n_mine: int, *,
-                  model: torch.nn.Module | None, device: str | torch.device | None, batch_size: int | None,
-                  threads: int | None, progress: bool) -> dict[str, Any]:
-    """Load and prepare I3D, then extract the plan rows ``todo`` of this shard into its staging folder
-    (the caller holds the shard's writer lock)."""
-    c = cfg["cache"]
-    from .. import resolve
-
-    dev = torch.device(resolve.device(device))
-    if c["dtype"] == "bf16":
+def _load_model(model: torch.nn.Module | None, device: str | torch.device | None, dtype: str) -> torch.nn.Module:
+    """The I3D to extract with (the cached Kinetics one on ``device``, default CPU, unless ``model`` is
+    given), prepared for inference. Raises :class:`CacheError` when bf16 cannot run on the device."""
+    dev = torch.device(device if device is not None else "cpu") if model is None else next(model.parameters()).device
+    if dtype == "bf16":
         from ..backbone import bf16_supported
 
         if not bf16_supported(dev):
@@ -504,22 +591,32 @@ def _extract_rows(cache_dir: Path, manifest: dict[str, Any], plan, todo: list[in
         from ..backbone.weights import load_i3d
 
         model = load_i3d(device=dev)
-    else:
-        dev = next(model.parameters()).device
     if hasattr(model, "prepare_for_inference"):
         model.prepare_for_inference()
     else:
         model.eval()
+    return model
+
+
+def _extract_rows(cache_dir: Path, manifest: dict[str, Any], plan, todo: list[int], job_sample: Mapping[int, Any],
+                  cfg: Mapping[str, Any], view_list: list[dict[str, Any]], sh: Shard, n_mine: int, *,
+                  model: torch.nn.Module | None, device: str | torch.device | None, batch_size: int | None,
+                  threads: int | None, progress: bool) -> dict[str, Any]:
+    """Load and prepare I3D, then extract the plan rows ``todo`` of this shard into its staging folder
+    (the caller holds the shard's writer lock)."""
+    c = cfg["cache"]
+    model = _load_model(model, device, c["dtype"])
+    dev = next(model.parameters()).device
     recorded = manifest.get("extraction", {})
     recorded_bs = recorded.get("batch_size")
     bs = int(batch_size or recorded_bs or default_batch_size(dev))
     if recorded_bs and bs != recorded_bs:
-        _log(f"warning: batch size {bs} differs from the {recorded_bs} this cache was started with; its new "
-             f"features may differ from an uninterrupted run in the last bits")
+        log.warning(f"warning: batch size {bs} differs from the {recorded_bs} this cache was started with; its new "
+                    f"features may differ from an uninterrupted run in the last bits")
     recorded_threads = recorded.get("torch_threads")
     if dev.type == "cpu" and recorded_threads and recorded_threads != torch.get_num_threads():
-        _log(f"warning: {torch.get_num_threads()} torch threads, this cache was started with {recorded_threads} "
-             f"(set OMP_NUM_THREADS={recorded_threads} for bit-identical features)")
+        log.warning(f"warning: {torch.get_num_threads()} torch threads, this cache was started with {recorded_threads} "
+                    f"(set OMP_NUM_THREADS={recorded_threads} for bit-identical features)")
     if not recorded_bs and (torchrun_env() is None or torchrun_env().index == 0):
         manifest = read_manifest(cache_dir)
         manifest["extraction"] = {**recorded, "batch_size": bs, "device": str(dev), "torch": torch.__version__,
@@ -567,7 +664,7 @@ def finish_cache(cache_dir: Path, strict: bool, quiet: bool = False) -> Path:
     if len(failed) > 20:
         lines.append(f"  ... and {len(failed) - 20} more (see samples.parquet, column error)")
     if not quiet:
-        _log("\n".join(lines))
+        log.info("\n".join(lines))
     if ok == 0:
         raise ExtractionError(f"no sample of {cache_dir} was extracted successfully; see the errors above", cache_dir, counts)
     if strict and failed:

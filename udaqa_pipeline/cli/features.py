@@ -57,13 +57,14 @@ def features_cmd(stage, root, backend, views, batch_size, threads, dtype, shard,
     Videos that cannot be read are recorded (status, error) and skipped; the exit status is non-zero only
     with --strict or when no video succeeded (the cache path is printed then too).
     """
-    from ..cache.extract import ExtractionError, extract_features
+    from .. import resolve
+    from ..cache.extract import ExtractionError, extract_features, resolve_config
 
+    cfg = resolve_config(stage, overrides, backend=backend, views=views, dtype=dtype)
     try:
         path = extract_features(
-            stage, root, overrides=overrides, cache_root=cache_root, backend=backend, views=views,
-            batch_size=batch_size, threads=threads, dtype=dtype, shard=shard, strict=strict, limit=limit,
-            device=device, progress=progress, retry_failed=retry_failed,
+            stage, cfg, root, cache_root=cache_root, limit=limit, shard=shard, device=resolve.device(device),
+            batch_size=batch_size, threads=threads, strict=strict, retry_failed=retry_failed, progress=progress,
         )
     except ExtractionError as e:
         click.echo(e.path)  # the cache holds what did succeed; the error line follows on stderr
