@@ -2,8 +2,8 @@
 
 ``score(path, run_dir)`` decodes ``path`` (a video file, a folder of frame images, or a folder of
 videos), samples the L-frame window and K clips exactly as the run's stage config says, computes
-the clip features and the downsampled video with stage one's own :func:`~udaqa_pipeline.cache.
-extract.featurize` (so a scored video sees the same numbers training saw), then draws S panels of T
+the clip features and the downsampled video with stage one's own :func:`~udaqa_pipeline.features.
+featurize` (so a scored video sees the same numbers training saw), then draws S panels of T
 judges from the run's heads and applies the dataset's scoring rule.
 
 Design choices:

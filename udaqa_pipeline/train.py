@@ -7,7 +7,7 @@ One loop, read top to bottom (nanoGPT style). Policies, fixed here:
   judge scale (MTL-AQA, FineDiving: 0..10), else the min/max of the training judges; with
   ``train.label_scale = "per_group"`` (AQA-7) one range per group (action) from its training samples.
 - Views: where the cache holds V > 1 augmented feature views, each sample draws one view per epoch
-  and its video tensor gets the same flip/shift (``cache.apply_view``). Evaluation uses view 0.
+  and its video tensor gets the same flip/shift (``features.apply_view``). Evaluation uses view 0.
 - Folds: ``fold K`` trains on every fold but K (and on train-only rows, fold -1) and tests on K.
   ``cv=N`` replaces the cache's folds by a seeded N-fold split of all samples. ``train.per_group``
   trains one model per group (JIGSAWS task) in ``<run>/<group>/``.
