@@ -2,7 +2,7 @@
 labels left the cache key (schema 1, up to commit a490347).
 
 Schema 1: the directory is named by a hash that includes a fingerprint of the sample list and its
-labels (:func:`udaqa_pipeline.cache.manifest.legacy_key`); ``samples.parquet`` is one row per store
+labels (:func:`udaqa_pipeline.cache.legacy.legacy_key`); ``samples.parquet`` is one row per store
 row, in store order, without ``feature_row``; there is no ``rows.parquet``; the manifest has no
 ``n_rows``/``labels``. The manifest fields and their values below are those the old
 ``extract_features`` wrote (checked against a cache made by that code: same directory name, same
@@ -21,9 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from udaqa_pipeline.cache.legacy import samples_fingerprint
+from udaqa_pipeline.cache.legacy import legacy_key, samples_fingerprint
 from udaqa_pipeline.features import layout_of, make_views
-from udaqa_pipeline.cache.manifest import STORE_NAMES, key_hash, legacy_key, write_manifest
+from udaqa_pipeline.cache.manifest import STORE_NAMES, key_hash, write_manifest
 from udaqa_pipeline.cache.store import write_store
 from udaqa_pipeline.fileutil import file_sha256
 

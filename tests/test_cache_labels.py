@@ -23,7 +23,8 @@ from legacy_cache import write_legacy_cache
 from test_cache_util import TINY, make_dataset, tiny_model, write_video
 from udaqa_pipeline.cache import open_cache
 from udaqa_pipeline.cache.extract import base_rows, extract_features, resolve_config, state_fingerprint
-from udaqa_pipeline.cache.manifest import key_hash, legacy_key, read_manifest
+from udaqa_pipeline.cache.legacy import legacy_key
+from udaqa_pipeline.cache.manifest import key_hash, read_manifest
 from udaqa_pipeline.cache.verify import cache_info, verify_cache
 from udaqa_pipeline.datasets import load_stage_samples
 from udaqa_pipeline.trainset import Labels

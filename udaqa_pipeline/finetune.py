@@ -319,9 +319,9 @@ class FrameData:
 
     def __init__(self, stage: str, cfg: dict, samples: Sequence[Any], root: Path) -> None:
         from .cache import samples_table
-        from .cache.legacy import samples_fingerprint
+        from .cache.legacy import legacy_key, samples_fingerprint
         from .cache.plan import base_rows
-        from .cache.manifest import extraction_key, key_hash
+        from .cache.manifest import key_hash
         from .trainset import FEATURE_SECTIONS, Labels, Provenance
 
         self.sample_list = list(samples)
@@ -331,8 +331,8 @@ class FrameData:
         for r in rows:
             r["status"] = "ok"
         self.labels = Labels.from_table(samples_table(rows))
-        key = extraction_key(dataset=stage, cfg=cfg, views=[{"flip": False, "shift": 0}], dtype="finetune",
-                             weights_sha256="frames", samples_fingerprint=fp)
+        key = legacy_key(dataset=stage, cfg=cfg, views=[{"flip": False, "shift": 0}], dtype="finetune",
+                         weights_sha256="frames", samples_fingerprint=fp)
         self.provenance = Provenance(stage=stage, adapter=str(cfg["dataset"].get("name", stage)),
                                      cache_hash="ft-" + key_hash(key),
                                      feature_config={k: copy.deepcopy(cfg[k]) for k in FEATURE_SECTIONS if k in cfg})

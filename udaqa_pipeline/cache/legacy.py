@@ -19,7 +19,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pyarrow.parquet as pq
 
-from .manifest import LEGACY_SCHEMA, MANIFEST, SAMPLES, STORE_NAMES, CacheError, feature_settings, read_manifest
+from .manifest import (LEGACY_SCHEMA, MANIFEST, SAMPLES, STORE_NAMES, CacheError, extraction_key, feature_settings,
+                       read_manifest)
 from .staging import read_staged, staged_files
 from .store import StoreReader
 
@@ -27,9 +28,18 @@ from .store import StoreReader
 LEGACY_BASE = "samples_base.parquet"
 
 
+def legacy_key(*, dataset: str, cfg: dict[str, Any], views: list[dict[str, Any]], dtype: str, weights_sha256: str,
+               samples_fingerprint: str) -> dict[str, Any]:
+    """The schema-1 key, byte for byte: the feature settings of :func:`.manifest.extraction_key` plus
+    ``samples``, a fingerprint of the ids, sources, frame ranges and labels of the extracted samples
+    (so a changed label got a new cache). Fine-tuning still names its frame data with it."""
+    key = extraction_key(dataset=dataset, cfg=cfg, views=views, dtype=dtype, weights_sha256=weights_sha256)
+    return {**key, "schema_version": LEGACY_SCHEMA, "samples": samples_fingerprint}
+
+
 def samples_fingerprint(rows: Sequence[Mapping[str, Any]]) -> str:
     """The schema-1 cache key's fingerprint of label rows (ids, sources, windows, labels); fine-tuning
-    still names its frame data with it (:func:`.manifest.legacy_key`)."""
+    still names its frame data with it (:func:`legacy_key`)."""
     keys = ("id", "source", "frame_start", "frame_end", "final_score", "judge_scores", "difficulty", "rule",
             "action", "group", "fold")
     blob = json.dumps([[r[k] for k in keys] for r in rows], sort_keys=True, default=str).encode()

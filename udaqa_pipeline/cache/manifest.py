@@ -9,8 +9,8 @@ label table is refreshed, see :mod:`.plan`). Settings that do not change the num
 size, workers, device) are recorded in ``extraction`` but not hashed.
 
 Schema versions: 2 (this code) keys the directory by the feature settings alone; 1 (before labels
-left the key) hashed the sample list and its labels too (:func:`legacy_key`). Both are read; a
-version-1 cache whose feature settings match is adopted by ``features`` (:mod:`.plan`).
+left the key) hashed the sample list and its labels too (:func:`.legacy.legacy_key`). Both are read;
+a version-1 cache whose feature settings match is adopted by ``features`` (:mod:`.legacy`).
 
 Every manifest write is atomic (temporary file, fsync, ``os.replace``): a kill at any moment
 leaves the previous manifest or the new one, never half of one.
@@ -79,7 +79,6 @@ def extraction_key(
     views: list[dict[str, Any]],
     dtype: str,
     weights_sha256: str,
-    samples_fingerprint: str | None = None,
 ) -> dict[str, Any]:
     """The object whose hash names the cache: everything that changes the stored numbers.
 
@@ -92,28 +91,9 @@ def extraction_key(
     Not in it: the samples. Which videos a cache holds is its row table (each row keyed by its source
     relative to the dataset root, its frame window and the source's size, :func:`.plan.row_identity`),
     and labels, folds, groups and judge panels are its label table; both change without a new
-    directory. ``samples_fingerprint`` (given: the schema-1 key, :func:`legacy_key`) is kept for
-    callers that name something by features *and* samples (fine-tuning's frame data).
+    directory (the schema-1 key, which hashed the samples too, is :func:`.legacy.legacy_key`).
     """
-    if samples_fingerprint is not None:
-        return legacy_key(dataset=dataset, cfg=cfg, views=views, dtype=dtype, weights_sha256=weights_sha256,
-                          samples_fingerprint=samples_fingerprint)
     return {"schema_version": SCHEMA_VERSION, **_feature_settings(dataset, cfg, views, dtype, weights_sha256)}
-
-
-def legacy_key(
-    *,
-    dataset: str,
-    cfg: dict[str, Any],
-    views: list[dict[str, Any]],
-    dtype: str,
-    weights_sha256: str,
-    samples_fingerprint: str,
-) -> dict[str, Any]:
-    """The schema-1 key, byte for byte: the feature settings plus ``samples``, a fingerprint of the
-    ids, sources, frame ranges and labels of the extracted samples (so a changed label got a new cache)."""
-    return {"schema_version": LEGACY_SCHEMA, **_feature_settings(dataset, cfg, views, dtype, weights_sha256),
-            "samples": samples_fingerprint}
 
 
 def _feature_settings(dataset: str, cfg: dict[str, Any], views: list[dict[str, Any]], dtype: str,
