@@ -535,8 +535,8 @@ def _extract_mine(run: _Run, manifest: dict[str, Any], plan: Any, samples: Seque
                      f"are in {cache_dir} already")
         if not todo:
             return {"processed": 0}
-        return _extract_rows(cache_dir, manifest, plan, todo, job_sample, run.cfg, run.views, sh, len(mine),
-                             model=model, device=device, batch_size=batch_size, threads=threads, progress=progress)
+        return _extract_rows(run, manifest, plan, todo, job_sample, len(mine), model=model, device=device,
+                             batch_size=batch_size, threads=threads, progress=progress)
 
 
 def _merge_run(run: _Run, plan: Any, said: str | None, strict: bool) -> Path:
@@ -598,13 +598,12 @@ def _load_model(model: torch.nn.Module | None, device: str | torch.device | None
     return model
 
 
-def _extract_rows(cache_dir: Path, manifest: dict[str, Any], plan, todo: list[int], job_sample: Mapping[int, Any],
-                  cfg: Mapping[str, Any], view_list: list[dict[str, Any]], sh: Shard, n_mine: int, *,
-                  model: torch.nn.Module | None, device: str | torch.device | None, batch_size: int | None,
-                  threads: int | None, progress: bool) -> dict[str, Any]:
-    """Load and prepare I3D, then extract the plan rows ``todo`` of this shard into its staging folder
-    (the caller holds the shard's writer lock)."""
-    c = cfg["cache"]
+def _extract_rows(run: _Run, manifest: dict[str, Any], plan: Any, todo: list[int], job_sample: Mapping[int, Any],
+                  n_mine: int, *, model: torch.nn.Module | None, device: str | torch.device | None,
+                  batch_size: int | None, threads: int | None, progress: bool) -> dict[str, Any]:
+    """Load and prepare I3D, then extract the plan rows ``todo`` of this shard (``n_mine`` rows in all)
+    into its staging folder (the caller holds the shard's writer lock)."""
+    cache_dir, cfg, c = run.cache_dir, run.cfg, run.cfg["cache"]
     model = _load_model(model, device, c["dtype"])
     dev = next(model.parameters()).device
     recorded = manifest.get("extraction", {})
@@ -617,13 +616,13 @@ def _extract_rows(cache_dir: Path, manifest: dict[str, Any], plan, todo: list[in
     if dev.type == "cpu" and recorded_threads and recorded_threads != torch.get_num_threads():
         log.warning(f"warning: {torch.get_num_threads()} torch threads, this cache was started with {recorded_threads} "
                     f"(set OMP_NUM_THREADS={recorded_threads} for bit-identical features)")
-    if not recorded_bs and (torchrun_env() is None or torchrun_env().index == 0):
+    if not recorded_bs and run.lead:
         manifest = read_manifest(cache_dir)
         manifest["extraction"] = {**recorded, "batch_size": bs, "device": str(dev), "torch": torch.__version__,
                                   "torch_threads": torch.get_num_threads()}
         write_manifest(cache_dir, manifest)
     records = {i: {k: plan.rows[i][k] for k in ("name", "source", "frame_start", "frame_end", "stamp")} for i in todo}
-    st = run_shard(job_sample, todo, shard_dir(cache_dir, sh.name), model, cfg, view_list, batch_size=bs,
+    st = run_shard(job_sample, todo, shard_dir(cache_dir, run.sh.name), model, cfg, run.views, batch_size=bs,
                    workers=threads or default_workers(), dtype=c["dtype"], progress=progress,
                    initial=n_mine - len(todo), total=n_mine, records=records)
     st.update(batch_size=bs, device=str(dev))
