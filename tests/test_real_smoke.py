@@ -54,7 +54,7 @@ def test_real_surgical_video_end_to_end(root, tmp_path):
     from udaqa_pipeline.cache import open_cache
     from udaqa_pipeline.cache.extract import extract_features
     from udaqa_pipeline.evaluate import evaluate
-    from udaqa_pipeline.train import train
+    from udaqa_pipeline.engine.run import train
 
     cache = extract_features("jigsaws", root, overrides=SETTINGS, cache_root=tmp_path / "cache", progress=False,
                              strict=True)
