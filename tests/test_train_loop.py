@@ -121,6 +121,24 @@ def test_save_load_roundtrip(tmp_path):
     assert torch.equal(d["a"], torch.arange(3)) and d["b"] == {"c": [1, 2.5, None, "s"]}
 
 
+def test_a_checkpoint_without_a_spec_resumes_and_is_refused_by_another_spec(toy, tmp_path):
+    """Checkpoints written before the run spec was stored carry protocol/fold/cv/split_name/group
+    only: they resume as the same run, and another spec is refused naming the field."""
+    ov = SMALL + ["train.epochs=3"]
+    a = train("mtl", cache=toy, run_dir=tmp_path / "a", overrides=ov, progress=False)
+    c = train("mtl", cache=toy, run_dir=tmp_path / "c", overrides=ov, progress=False, stop_after=1)
+    ck = load_checkpoint(c / CHECKPOINT)
+    assert RunSpec.from_checkpoint(ck) == RunSpec("mtl")
+    del ck["spec"]
+    save_checkpoint(c / CHECKPOINT, ck)
+    assert RunSpec.from_checkpoint(ck) == RunSpec("mtl")
+    with pytest.raises(CheckpointError, match="protocol='honest', this run asks for 'paper'"):
+        train("mtl", cache=toy, run_dir=c, spec=RunSpec("mtl", protocol="paper"), overrides=ov, progress=False)
+    train("mtl", cache=toy, run_dir=c, overrides=ov, progress=False)
+    assert _log(c) == _log(a)
+    assert load_run(c).checkpoint["spec"] == RunSpec("mtl").to_dict()
+
+
 def test_folds_and_cv(toy, tmp_path):
     with pytest.raises(ConfigError, match="only fold 0.*--cv"):
         train("mtl", cache=toy, spec=RunSpec("mtl", fold=1), run_dir=tmp_path / "x", overrides=SMALL, progress=False)
