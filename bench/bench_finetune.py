@@ -30,7 +30,7 @@ BATCH = 4
 
 def _heads(cfg: dict):
     from udaqa_pipeline.model import UDAQA
-    from udaqa_pipeline.train import model_config
+    from udaqa_pipeline.engine.recipe import model_config
 
     model = UDAQA(model_config(cfg["train"], 1))
     model.set_scaling(torch.tensor([0.0]), torch.tensor([10.0]))

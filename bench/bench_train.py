@@ -1,6 +1,6 @@
 """Stage two's cost: one training epoch from the cache vs one epoch of published-style training.
 
-- Cache-based epoch: the real training loop (:func:`udaqa_pipeline.train.train`, full UD-AQA model,
+- Cache-based epoch: the real training loop (:func:`udaqa_pipeline.engine.run.train`, full UD-AQA model,
   paper protocol so all 1059 training samples are fitted) on an MTL-AQA-sized synthetic cache held
   in memory (1059 training + 8 test samples, K=10 clip features, video 103 x 3 x 64 x 64 uint8).
   The epoch time is the first epoch's ``seconds`` in the run log (100% of the samples: the
@@ -46,7 +46,7 @@ def _i3d_clip_fwd_bwd(reps: int) -> float:
 
 def run(quick: bool = False) -> dict:
     from udaqa_pipeline.testing import MemoryCache
-    from udaqa_pipeline.train import train
+    from udaqa_pipeline.engine.run import train
 
     n_train = 128 if quick else N_TRAIN
     cache = MemoryCache.toy(n=n_train + 8, n_test=8, n_frames=103, size=(64, 64), seed=0)

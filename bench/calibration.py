@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     from udaqa_pipeline.evaluate import evaluate
     from udaqa_pipeline.fileutil import strict_json
     from udaqa_pipeline.synth.judges import spread_ceiling
-    from udaqa_pipeline.train import train
+    from udaqa_pipeline.engine.run import train
 
     t0 = time.perf_counter()
     gseed = DEFAULT_SEED if args.generator_seed is None else args.generator_seed

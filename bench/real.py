@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     res: dict = {"data": str(DATA), "seeds": a.seeds}
     if a.dev:
-        from udaqa_pipeline.train import PAPER_RECIPE
+        from udaqa_pipeline.engine.recipe import PAPER_RECIPE
 
         for name, extra in RECIPES.items():
             extra = list(PAPER_RECIPE) if extra == ["PAPER"] else extra

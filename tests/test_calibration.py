@@ -12,8 +12,10 @@ from udaqa_pipeline.calibration import (HeldOut, concat_heldout, fit_calibration
 from udaqa_pipeline.evaluate import evaluate
 from udaqa_pipeline.model import UDAQA, ModelConfig
 from udaqa_pipeline.testing import write_toy_cache
-from udaqa_pipeline.checkpoint import CHECKPOINT, load_checkpoint, load_run
-from udaqa_pipeline.train import train
+from udaqa_pipeline.runs.checkpoint import CHECKPOINT, load_checkpoint, load_run
+from udaqa_pipeline.engine.fit import build_fit
+from udaqa_pipeline.engine.run import train
+from udaqa_pipeline.trainset import Labels
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -171,17 +173,17 @@ def test_run_fits_its_calibration_on_the_validation_split_and_evaluate_uses_it(t
 
 
 def test_oof_calibration_trains_its_inner_models_on_the_validation_split_too(tmp_path, monkeypatch):
-    T = importlib.import_module("udaqa_pipeline.train")  # the package binds `train` to the function
 
     cache = write_toy_cache(tmp_path / "toy", n=48, noise=0.2)
     ov = ["train.batch_size=8", "train.wa_hidden=16", "train.video_channels=[4,8,8,8]", "train.eval_samples=4",
           "train.epochs=2", "train.val_fraction=0.25", "train.calibrate=oof", "train.inner_folds=3"]
-    built, real_build = [], T.build_fit
-    monkeypatch.setattr(T, "build_fit", lambda cfg, data, rows, **k: built.append(np.asarray(rows)) or
-                        real_build(cfg, data, rows, **k))
+    built, real_build = [], build_fit
+    for where in ("udaqa_pipeline.engine.loop", "udaqa_pipeline.engine.selection"):
+        monkeypatch.setattr(importlib.import_module(where), "build_fit", lambda cfg, data, rows, **k:
+                            built.append(np.asarray(rows)) or real_build(cfg, data, rows, **k))
     run = train("mtl", cache=cache, run_dir=tmp_path / "r", overrides=ov, progress=False)
     ck = load_checkpoint(run / CHECKPOINT)
-    ids = T.Labels.from_table(open_cache(cache).samples).ids
+    ids = Labels.from_table(open_cache(cache).samples).ids
     pos = {s: i for i, s in enumerate(ids)}
     fit, sel = ({pos[s] for s in ck["split"][k]} for k in ("fit", "select"))
     kept, inner = set(built[0].tolist()), [set(b.tolist()) for b in built[1:]]
@@ -194,13 +196,13 @@ def test_oof_calibration_trains_its_inner_models_on_the_validation_split_too(tmp
     assert cal["n_rows"] == len(fit) + len(sel)
 
 
-def test_oof_calibration_with_too_few_fit_rows_says_it_used_the_validation_split(tmp_path, capsys):
+def test_oof_calibration_with_too_few_fit_rows_says_it_used_the_validation_split(tmp_path, caplog):
     cache = write_toy_cache(tmp_path / "toy", n=32, noise=0.2)
     ov = ["train.batch_size=8", "train.wa_hidden=16", "train.video_channels=[4,8,8,8]", "train.eval_samples=4",
           "train.epochs=1", "train.val_fraction=0.25", "train.calibrate=oof", "train.inner_folds=20"]
     run = train("mtl", cache=cache, run_dir=tmp_path / "r", overrides=ov, progress=False)
     assert load_checkpoint(run / CHECKPOINT)["calibration"]["fitted_on"] == "validation split"
-    assert "calibration is fitted on the validation split alone (lower train.inner_folds" in capsys.readouterr().err
+    assert "calibration is fitted on the validation split alone (lower train.inner_folds" in caplog.text
 
 
 def test_awards_are_the_judge_scale_in_numpy_and_in_the_model_sampler():
@@ -226,7 +228,7 @@ def test_awards_are_the_judge_scale_in_numpy_and_in_the_model_sampler():
 ])
 def test_award_step_config_errors_say_what_to_set(sets, match):
     from udaqa_pipeline.config import ConfigError
-    from udaqa_pipeline.train import resolve_config
+    from udaqa_pipeline.engine.recipe import resolve_config
 
     assert resolve_config("mtl")["train"]["award_step"] == 0.5
     with pytest.raises(ConfigError, match=match):

@@ -102,7 +102,7 @@ ROWS: dict[str, Row] = {
                         {"ok": True, "problems": []}, _cells(json="")),
     "cache merge": Row(["cache", "merge", "{tmp}"], "udaqa_pipeline.cache.merge:merge_cache", Path("/c"), _cells(),
                        stubs={"udaqa_pipeline.cache.extract:finish_cache": lambda out, strict: None}),
-    "train": Row(["train"], "udaqa_pipeline.train:train", Path("/data/runs/x"),
+    "train": Row(["train"], "udaqa_pipeline.engine.run:train", Path("/data/runs/x"),
                  # --root parses (for --finetune-backbone) but training from the cache reads no frames
                  _cells(stage="dataset", root="-", cache="cache", cache_root="cache_root", run="run_dir",
                         set="overrides",
@@ -362,8 +362,8 @@ def test_errors_raised_on_purpose_share_one_base():
     from udaqa_pipeline.finetune import FinetuneError
     from udaqa_pipeline.safe_pickle import UnsafePickleError
     from udaqa_pipeline.score import ScoreError
-    from udaqa_pipeline.checkpoint import CheckpointError
-    from udaqa_pipeline.train import TrainingError
+    from udaqa_pipeline.runs.checkpoint import CheckpointError
+    from udaqa_pipeline.engine.fit import TrainingError
     from udaqa_pipeline.video.clips import ShortVideoError
     from udaqa_pipeline.video.decode import VideoError
 
@@ -392,7 +392,7 @@ SMALL = ["train.batch_size=8", "train.lr=1e-3", "train.wa_hidden=32", "train.vid
 def toy_run(tmp_path_factory):
     """(toy cache, a one-epoch run trained on it)."""
     from udaqa_pipeline.testing import write_toy_cache
-    from udaqa_pipeline.train import train
+    from udaqa_pipeline.engine.run import train
 
     base = tmp_path_factory.mktemp("surface")
     cache = write_toy_cache(base / "toy", n=16)
@@ -426,7 +426,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     def bug(*a, **k):
         raise KeyError("a bug, not a user error")
 
-    monkeypatch.setattr(importlib.import_module("udaqa_pipeline.train"), "train", bug)
+    monkeypatch.setattr(importlib.import_module("udaqa_pipeline.engine.run"), "train", bug)
     r = CliRunner().invoke(main, ["train", "mtl"])
     assert isinstance(r.exception, KeyError) and "error:" not in r.output  # click re-raises: python prints it
 
@@ -457,7 +457,8 @@ def _runs(root: Path, ages: dict[str, float]) -> None:
 
 def test_stage_from_runs(tmp_path):
     assert stage_from_runs.__module__ == "udaqa_pipeline.resolve"
-    from udaqa_pipeline import checkpoint, resolve
+    from udaqa_pipeline import resolve
+    from udaqa_pipeline.runs import checkpoint
 
     assert resolve.CHECKPOINT == checkpoint.CHECKPOINT
     with pytest.raises(ResolveError, match="no run under"):

@@ -17,8 +17,12 @@ from udaqa_pipeline.cli import main as cli
 from udaqa_pipeline.config import ConfigError
 from udaqa_pipeline.cv import cross_validate, ridge_predict, seed_statistics, summarize
 from udaqa_pipeline.testing import toy_arrays
-from udaqa_pipeline.checkpoint import CHECKPOINT, load_checkpoint, load_run
-from udaqa_pipeline.train import average_weights, learning_rate, predict, train, TrainingError
+from udaqa_pipeline.runs.checkpoint import CHECKPOINT, load_checkpoint, load_run
+from udaqa_pipeline.engine.fit import TrainingError, average_weights
+from udaqa_pipeline.engine.recipe import learning_rate
+from udaqa_pipeline.engine.run import train
+from udaqa_pipeline.inference.predict import predict
+from udaqa_pipeline.runs.layout import RunSpec
 from udaqa_pipeline.trainset import CacheSource, Labels, split_folds, subject_folds
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -114,25 +118,23 @@ def test_select_last_keeps_the_average_of_the_last_epochs(cache, tmp_path):
 
 def test_select_inner_cv_picks_an_epoch_count_from_training_rows_only(cache, tmp_path, monkeypatch):
     ov = FAST + ["train.select=inner_cv", "train.inner_folds=2", "train.epochs=4", "train.inner_smooth=1"]
-    run = train("jigsaws", cache=cache, run_dir=tmp_path / "r", fold=1, overrides=ov, progress=False)
+    run = train("jigsaws", cache=cache, run_dir=tmp_path / "r", spec=RunSpec("jigsaws", fold=1), overrides=ov, progress=False)
     ck = load_checkpoint(run / "Suturing" / CHECKPOINT)
     inner = ck["inner_cv"]
     assert len(inner["curve"]) == 4 and inner["epochs"] == int(np.nanargmax(inner["curve"])) + 1
     assert ck["epoch"] + 1 == inner["epochs"] == ck["epochs_planned"]
     # a rerun resumes from the checkpoint and never repeats the inner cross-validation
-    T = importlib.import_module("udaqa_pipeline.train")  # the package binds `train` to the function
+    S = importlib.import_module("udaqa_pipeline.engine.selection")
 
-    monkeypatch.setattr(T, "inner_cv_epochs", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rerun")))
-    train("jigsaws", cache=cache, run_dir=tmp_path / "r", fold=1, overrides=ov, progress=False)
+    monkeypatch.setattr(S, "inner_cv_epochs", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rerun")))
+    train("jigsaws", cache=cache, run_dir=tmp_path / "r", spec=RunSpec("jigsaws", fold=1), overrides=ov, progress=False)
 
 
 def test_inner_cv_never_reads_the_test_fold(cache, tmp_path, monkeypatch):
     """Scramble the test fold's labels: the inner-CV curve and the kept model do not change."""
-    T = importlib.import_module("udaqa_pipeline.train")  # the package binds `train` to the function
-
     ov = FAST + ["train.select=inner_cv", "train.inner_folds=2", "train.epochs=3"]
-    a = train("jigsaws", cache=cache, run_dir=tmp_path / "a", fold=2, overrides=ov, progress=False)
-    real = T.Labels.from_table
+    a = train("jigsaws", cache=cache, run_dir=tmp_path / "a", spec=RunSpec("jigsaws", fold=2), overrides=ov, progress=False)
+    real = Labels.from_table
 
     def scrambled(table):
         lab = real(table)
@@ -141,8 +143,8 @@ def test_inner_cv_never_reads_the_test_fold(cache, tmp_path, monkeypatch):
         lab.judges = [j[::-1] + 1 if t else j for j, t in zip(lab.judges, te)]
         return lab
 
-    monkeypatch.setattr(T.Labels, "from_table", staticmethod(scrambled))
-    b = train("jigsaws", cache=cache, run_dir=tmp_path / "b", fold=2, overrides=ov, progress=False)
+    monkeypatch.setattr(Labels, "from_table", staticmethod(scrambled))
+    b = train("jigsaws", cache=cache, run_dir=tmp_path / "b", spec=RunSpec("jigsaws", fold=2), overrides=ov, progress=False)
     ca, cb = (load_checkpoint(x / "Suturing" / CHECKPOINT) for x in (a, b))
     assert ca["inner_cv"] == cb["inner_cv"]
     for k in ca["best"]["model"]:

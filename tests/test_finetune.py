@@ -22,7 +22,7 @@ from udaqa_pipeline.finetune import (
     estimate_epoch_seconds,
     to_toml,
 )
-from udaqa_pipeline.checkpoint import CheckpointError
+from udaqa_pipeline.runs.checkpoint import CheckpointError
 
 FT_TRAIN = ("train.epochs=1", "train.batch_size=2", "train.val_fraction=0.34", "train.eval_samples=2",
             "train.lr=1e-3")
@@ -143,7 +143,7 @@ def test_frame_source_augments_training_steps_only(synth, tmp_path, i3d_state):
 def test_finetune_run_scores_and_refuses_mismatches(synth, tmp_path, i3d_state):
     from udaqa_pipeline.finetune import evaluate_finetuned, finetune
     from udaqa_pipeline.score import score
-    from udaqa_pipeline.checkpoint import load_checkpoint
+    from udaqa_pipeline.runs.checkpoint import load_checkpoint
 
     ov = TINY + FT_TRAIN + ("finetune.freeze_backbone=true", "train.use_curriculum=false")
     run = finetune("mtl", synth, run_dir=tmp_path / "run", overrides=ov, force=True, progress=False, jobs=1,
@@ -214,7 +214,7 @@ def test_checkpointing_and_frozen_bn(i3d_state):
 @pytest.mark.slow
 def test_unfrozen_resume_equals_uninterrupted(synth, tmp_path, i3d_state):
     from udaqa_pipeline.finetune import finetune
-    from udaqa_pipeline.checkpoint import load_checkpoint
+    from udaqa_pipeline.runs.checkpoint import load_checkpoint
 
     ov = TINY + FT_TRAIN + ("train.epochs=2",)
     kw = dict(force=True, progress=False, device="cpu", jobs=0)

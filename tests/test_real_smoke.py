@@ -54,7 +54,7 @@ def test_real_surgical_video_end_to_end(root, tmp_path):
     from udaqa_pipeline.cache import open_cache
     from udaqa_pipeline.cache.extract import extract_features, resolve_config
     from udaqa_pipeline.evaluate import evaluate
-    from udaqa_pipeline.train import train
+    from udaqa_pipeline.engine.run import train
 
     cache = extract_features("jigsaws", resolve_config("jigsaws", SETTINGS), root, cache_root=tmp_path / "cache",
                              progress=False, strict=True)
@@ -66,7 +66,7 @@ def test_real_surgical_video_end_to_end(root, tmp_path):
     assert all(len(ix) == 160 and ix[-1] < n for ix, n in zip(t["frame_indices"], t["n_source_frames"]))
     # real clips differ from one another: the features are not a constant of the decoder or the model
     assert np.std(c.features[:, 0].mean(axis=1), axis=0).mean() > 1e-3
-    run = train("jigsaws", cache=cache, fold=0, run_dir=tmp_path / "run", progress=False,
+    run = train("jigsaws", cache=cache, run_dir=tmp_path / "run", progress=False,
                 overrides=SETTINGS + ["train.epochs=2", "train.select=last", "train.calibrate=none"])
     m = evaluate(run, cache=cache, make_plots=False)
     assert m["overall"]["n"] == 1  # fold 0 holds B001 only

@@ -15,7 +15,7 @@ import torch
 
 from fixtures.videos import encode_video
 from udaqa_pipeline.datasets.rules import apply_rule
-from udaqa_pipeline.checkpoint import CheckpointError
+from udaqa_pipeline.runs.checkpoint import CheckpointError
 
 #: mtl stage at the smallest I3D input: L = 9 frames, one 9-frame clip, 193 px, 8x8 video.
 TINY = ("frames.n_frames=9", "clips.n_clips=1", "clips.clip_len=9", "preprocess.resize=193",
@@ -45,7 +45,7 @@ def write_mp4(frames_dir: Path, path: Path) -> Path:
 def trained(tmp_path_factory):
     """(data root, cache root, stage-two run dir) for the tiny synthetic set."""
     from udaqa_pipeline.cache.extract import extract_features, resolve_config
-    from udaqa_pipeline.train import train
+    from udaqa_pipeline.engine.run import train
 
     base = tmp_path_factory.mktemp("score")
     root = make_synth(base / "data")
@@ -86,7 +86,7 @@ def test_score_features_match_the_cache(trained):
     from udaqa_pipeline.datasets.base import Sample
     from udaqa_pipeline.datasets.frames import sample_frames
     from udaqa_pipeline.score import load_scorer
-    from udaqa_pipeline.checkpoint import load_run
+    from udaqa_pipeline.runs.checkpoint import load_run
 
     root, cache_root, run = trained
     sc = load_scorer(run)
@@ -142,7 +142,7 @@ def test_score_folder_of_videos_survives_a_bad_file(trained, tmp_path):
 
 def test_tampered_and_foreign_checkpoints_are_refused(trained, tmp_path):
     from udaqa_pipeline.score import score
-    from udaqa_pipeline.checkpoint import CHECKPOINT_FORMAT
+    from udaqa_pipeline.runs.checkpoint import CHECKPOINT_FORMAT
 
     root, cache_root, run = trained
     folder = root / "frames" / "01_01"
@@ -190,7 +190,7 @@ def test_cli_score_json(trained):
 
 def _rewrite_checkpoint(src_run: Path, dst_run: Path, edit) -> Path:
     """A copy of a run whose checkpoint payload ``edit(ck)`` changed (re-sealed, so it stays valid)."""
-    from udaqa_pipeline.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+    from udaqa_pipeline.runs.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 
     shutil.copytree(src_run, dst_run)
     ck = load_checkpoint(dst_run / CHECKPOINT)
@@ -204,7 +204,7 @@ def test_checkpoint_carries_what_scoring_needs(trained, tmp_path):
     checkpoint without them still scores through the cache manifest."""
     from udaqa_pipeline.cache.manifest import read_manifest
     from udaqa_pipeline.score import score
-    from udaqa_pipeline.checkpoint import load_run
+    from udaqa_pipeline.runs.checkpoint import load_run
 
     root, cache_root, run = trained
     folder = root / "frames" / "01_01"

@@ -7,7 +7,7 @@ import torch
 
 from udaqa_pipeline.ablate import ablate, count_backbone_forwards, format_table
 from udaqa_pipeline.testing import write_toy_cache
-from udaqa_pipeline.checkpoint import CHECKPOINT, load_checkpoint
+from udaqa_pipeline.runs.checkpoint import CHECKPOINT, load_checkpoint
 
 SMALL = ["train.batch_size=8", "train.wa_hidden=16", "train.video_channels=[4,4,8,8]",
          "train.eval_samples=2", "train.epochs=2"]

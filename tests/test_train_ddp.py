@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from udaqa_pipeline.testing import write_toy_cache
-from udaqa_pipeline.checkpoint import CHECKPOINT, load_run
+from udaqa_pipeline.runs.checkpoint import CHECKPOINT, load_run
 
 
 def _free_port() -> int:
@@ -26,7 +26,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
         sets += ["--set", s]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "udaqa_pipeline.train", "mtl", "--cache", str(cache), "--run-dir", str(run),
+           "-m", "udaqa_pipeline", "train", "mtl", "--cache", str(cache), "--run-dir", str(run),
            "--no-progress", *sets]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)

@@ -16,9 +16,12 @@ from udaqa_pipeline.datasets.rules import apply_rule
 from udaqa_pipeline.evaluate import evaluate
 from udaqa_pipeline.metrics import fisher_z_mean
 from udaqa_pipeline.testing import write_toy_cache
-from udaqa_pipeline.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, load_run, save_checkpoint
-from udaqa_pipeline.train import PAPER_RECIPE, predict, train
-from udaqa_pipeline.trainset import CacheSource, Labels
+from udaqa_pipeline.runs.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, load_run, save_checkpoint
+from udaqa_pipeline.engine.recipe import PAPER_RECIPE
+from udaqa_pipeline.engine.run import train
+from udaqa_pipeline.inference.predict import predict
+from udaqa_pipeline.runs.layout import RunSpec
+from udaqa_pipeline.trainset import CacheSource, Labels, from_cache
 
 SMALL = ["train.batch_size=8", "train.lr=1e-3", "train.wa_hidden=32", "train.video_channels=[4,8,8,8]",
          "train.eval_samples=2", "train.dropout=0.0"]
@@ -40,7 +43,7 @@ def _log(run):
 
 
 def test_overfits_tiny_cache(toy, tmp_path):
-    run = train("mtl", cache=toy, run_dir=tmp_path / "r", progress=False, protocol="paper",
+    run = train("mtl", cache=toy, run_dir=tmp_path / "r", progress=False, spec=RunSpec("mtl", protocol="paper"),
                 overrides=SMALL + ["train.epochs=40", "train.use_curriculum=false"])
     r = load_run(run)
     from udaqa_pipeline.cache import open_cache
@@ -118,10 +121,28 @@ def test_save_load_roundtrip(tmp_path):
     assert torch.equal(d["a"], torch.arange(3)) and d["b"] == {"c": [1, 2.5, None, "s"]}
 
 
+def test_a_checkpoint_without_a_spec_resumes_and_is_refused_by_another_spec(toy, tmp_path):
+    """Checkpoints written before the run spec was stored carry protocol/fold/cv/split_name/group
+    only: they resume as the same run, and another spec is refused naming the field."""
+    ov = SMALL + ["train.epochs=3"]
+    a = train("mtl", cache=toy, run_dir=tmp_path / "a", overrides=ov, progress=False)
+    c = train("mtl", cache=toy, run_dir=tmp_path / "c", overrides=ov, progress=False, stop_after=1)
+    ck = load_checkpoint(c / CHECKPOINT)
+    assert RunSpec.from_checkpoint(ck) == RunSpec("mtl")
+    del ck["spec"]
+    save_checkpoint(c / CHECKPOINT, ck)
+    assert RunSpec.from_checkpoint(ck) == RunSpec("mtl")
+    with pytest.raises(CheckpointError, match="protocol='honest', this run asks for 'paper'"):
+        train("mtl", cache=toy, run_dir=c, spec=RunSpec("mtl", protocol="paper"), overrides=ov, progress=False)
+    train("mtl", cache=toy, run_dir=c, overrides=ov, progress=False)
+    assert _log(c) == _log(a)
+    assert load_run(c).checkpoint["spec"] == RunSpec("mtl").to_dict()
+
+
 def test_folds_and_cv(toy, tmp_path):
     with pytest.raises(ConfigError, match="only fold 0.*--cv"):
-        train("mtl", cache=toy, fold=1, run_dir=tmp_path / "x", overrides=SMALL, progress=False)
-    run = train("mtl", cache=toy, fold=2, cv=3, run_dir=tmp_path / "cv", progress=False,
+        train("mtl", cache=toy, spec=RunSpec("mtl", fold=1), run_dir=tmp_path / "x", overrides=SMALL, progress=False)
+    run = train("mtl", cache=toy, spec=RunSpec("mtl", fold=2, cv=3), run_dir=tmp_path / "cv", progress=False,
                 overrides=SMALL + ["train.epochs=1"])
     ck = load_checkpoint(run / CHECKPOINT)
     assert len(ck["split"]["test"]) == 16 and ck["cv"] == 3
@@ -133,7 +154,7 @@ def test_per_group_runs_and_evaluate(tmp_path):
     # told apart from their plain mean and from the pooled rho
     cache = write_toy_cache(tmp_path / "g", n=64, groups=("Suturing", "Knot_Tying"), n_folds=4, noise=0.3)
     # pinned to the paper's recipe so the stage file's recipe (stages/jigsaws.toml) can change under it
-    run = train("jigsaws", cache=cache, fold=1, run_dir=tmp_path / "run", progress=False,
+    run = train("jigsaws", cache=cache, spec=RunSpec("jigsaws", fold=1), run_dir=tmp_path / "run", progress=False,
                 overrides=[*PAPER_RECIPE, *SMALL, "train.epochs=2"])
     assert (run / "Suturing" / CHECKPOINT).exists() and (run / "Knot_Tying" / CHECKPOINT).exists()
     # one draw per sample from the paper's sampler (the panel's locations, which the point prediction
@@ -185,7 +206,7 @@ def test_cli_train_evaluate(toy, tmp_path):
 
 
 def test_batch_slices_never_leave_a_single_sample():
-    from udaqa_pipeline.train import batch_slices
+    from udaqa_pipeline.engine.fit import batch_slices
 
     assert [(s.start, s.stop) for s in batch_slices(17, 8)] == [(0, 8), (8, 17)]
     assert [(s.start, s.stop) for s in batch_slices(16, 8)] == [(0, 8), (8, 16)]
@@ -222,7 +243,7 @@ def test_custom_feature_source_is_trained_and_checkpointed(toy, tmp_path):
     from udaqa_pipeline.cache import open_cache
 
     src = _AdaptedSource(open_cache(toy))
-    run = train("mtl", cache=toy, run_dir=tmp_path / "r", source=src, progress=False,
+    run = train("mtl", data=from_cache(open_cache(toy), "mtl", src), run_dir=tmp_path / "r", progress=False,
                 overrides=SMALL + ["train.epochs=2"])
     r = load_run(run)
     assert not torch.equal(r.source_state["weight"], torch.eye(1024))  # the source was optimised
@@ -238,7 +259,7 @@ def test_no_selected_epoch_falls_back_to_last_heads_and_source(toy, tmp_path):
     from udaqa_pipeline.cache import open_cache
 
     src = _AdaptedSource(open_cache(toy))
-    run = train("mtl", cache=toy, run_dir=tmp_path / "r", source=src, progress=False,
+    run = train("mtl", data=from_cache(open_cache(toy), "mtl", src), run_dir=tmp_path / "r", progress=False,
                 overrides=SMALL + ["train.epochs=2", "train.val_fraction=0.01"])
     ck = load_checkpoint(run / CHECKPOINT)
     assert ck["best"]["model"] is None and ck["best"]["source"] is None
@@ -282,8 +303,8 @@ _DDP_SCRIPT = '''
 import os, sys
 import torch
 from udaqa_pipeline.cache import open_cache
-from udaqa_pipeline.train import train
-from udaqa_pipeline.trainset import CacheSource
+from udaqa_pipeline.engine.run import train
+from udaqa_pipeline.trainset import CacheSource, from_cache
 
 
 class Source(CacheSource):
@@ -304,7 +325,7 @@ class Source(CacheSource):
 
 cache, run = sys.argv[1], sys.argv[2]
 src = Source(open_cache(cache))
-train("mtl", cache=cache, run_dir=run, source=src, progress=False,
+train("mtl", data=from_cache(open_cache(cache), "mtl", src), run_dir=run, progress=False,
       overrides=["train.epochs=2", "train.batch_size=8", "train.wa_hidden=16", "train.video_channels=[4,4,8,8]",
                  "train.eval_samples=2", "train.use_curriculum=false"])
 torch.save(src.module.state_dict(), os.path.join(run, "rank%s.pt" % os.environ["RANK"]))
@@ -347,13 +368,14 @@ def test_evaluate_finds_the_run_cache_by_hash_whatever_the_stage_name(tmp_path):
     # reads the mtl adapter), so evaluate must not look the cache up by dataset.name.
     from udaqa_pipeline.cache import open_cache
     from udaqa_pipeline.evaluate import evaluate
-    from udaqa_pipeline.train import train
+    from udaqa_pipeline.engine.run import train
+    from udaqa_pipeline.runs.layout import RunSpec
 
     probe = write_toy_cache(tmp_path / "probe", n=24)
     h = open_cache(probe).manifest["config_hash"]
     root = tmp_path / "cache_root"
     cache = write_toy_cache(root / f"somestage-{h}", n=24)
     run = train("mtl", cache=cache, run_dir=tmp_path / "run", overrides=SMALL + ["train.epochs=1"],
-                protocol="paper", progress=False)
+                spec=RunSpec("mtl", protocol="paper"), progress=False)
     m = evaluate(run, cache_root=root, samples=2, make_plots=False)
     assert m["overall"]["n"] == 6  # toy_arrays' test fold: the last n // 4 of 24 rows

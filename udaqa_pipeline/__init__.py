@@ -16,16 +16,16 @@ The library API, the functions the commands call with the same arguments::
 
 __version__ = "0.1.0"
 
-# The API's functions, bound here as whisper and timm bind theirs: ``udaqa_pipeline.train`` and
-# ``udaqa_pipeline.evaluate`` are these functions (their modules stay importable by name through
-# ``importlib.import_module``, e.g. for torchrun's ``python -m udaqa_pipeline.train``).
+# The API's functions, bound here as whisper and timm bind theirs: ``udaqa_pipeline.train`` is
+# :func:`udaqa_pipeline.engine.run.train`; ``udaqa_pipeline.evaluate`` is the function (its module stays
+# importable by name through ``importlib.import_module``).
 from .cache import open_cache  # noqa: E402
 from .cache.extract import extract_features  # noqa: E402
-from .checkpoint import Run, load_run  # noqa: E402
+from .runs.checkpoint import Run, load_run  # noqa: E402
 from .config import load_stage  # noqa: E402
 from .cv import cross_validate  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
-from .train import train  # noqa: E402
+from .engine.run import train  # noqa: E402
 
 __all__ = ["__version__", "load_stage", "extract_features", "open_cache", "train", "evaluate", "cross_validate",
            "load_run", "Run"]

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import ArgumentError
+from .runs.layout import RunSpec, stage_name
+from .trainset import TrainingSet
 
 
 #: name -> (overrides on top of the paper's recipe, paper's MTL-AQA Spearman or None)
@@ -61,19 +63,20 @@ def count_backbone_forwards():
     return counter, torch.nn.modules.module.register_module_forward_hook(hook)
 
 
-def _run_row(name: str, dataset: str, fold: int, cache: Any, cache_root: Any, run_dir: Path,
-             protocol: str, overrides: list[str], threads: int) -> dict:
+def _run_row(name: str, spec: RunSpec, data: TrainingSet, run_dir: Path, overrides: list[str], threads: int,
+             device: str) -> dict:
     import torch
 
+    from .engine.loop import RunOptions, train_run
+    from .engine.recipe import resolve_config
     from .evaluate import evaluate
-    from .train import train
 
     torch.set_num_threads(threads)
     counter, handle = count_backbone_forwards()
     try:
-        rd = train(dataset, fold=fold, cache=cache, cache_root=cache_root, run_dir=run_dir,
-                   overrides=overrides, protocol=protocol, progress=False)
-        m = evaluate(rd, cache=cache, cache_root=cache_root, make_plots=False)
+        rd = train_run(resolve_config(spec.stage, overrides), spec, data, run_dir, device=device,
+                       options=RunOptions(progress=False))
+        m = evaluate(rd, data=data, make_plots=False)
     finally:
         handle.remove()
     panel = next(iter(m.get("panel", {}).values()), {})
@@ -106,7 +109,7 @@ def ablate(dataset: str, *, fold: int = 0, cache: Any = None, cache_root: Any = 
     from . import resolve
 
     cache = resolve.cache_dir(dataset, cache=cache, cache_root=cache_root)
-    from .train import PAPER_RECIPE, resolve_config
+    from .engine.recipe import PAPER_RECIPE, resolve_config
 
     table = {n: ([*PAPER_RECIPE, *ov], paper) for n, (ov, paper) in ROWS.items()}
     base = list(overrides)
@@ -119,13 +122,14 @@ def ablate(dataset: str, *, fold: int = 0, cache: Any = None, cache_root: Any = 
         raise ArgumentError(f"unknown ablation rows {unknown}; known: {list(table)}")
     parent = Path(run_dir) if run_dir is not None else resolve.run_dir(dataset, "ablate", fold=fold)
     before = _store_stamp(cache)
-    resolve.training_set(dataset, cache=cache)  # fail early with the cache's own message
+    data = resolve.training_set(dataset, cache=cache)  # opened once (and fails early with the cache's message)
+    spec = RunSpec(stage_name(dataset), fold=fold, protocol=protocol)
+    device = resolve.device()
     cores = os.cpu_count() or 1
     jobs = max(1, min(jobs or cores, len(names)))
     threads = threads or max(1, cores // jobs)
     results = Parallel(n_jobs=jobs, backend="loky" if jobs > 1 else "sequential")(
-        delayed(_run_row)(n, dataset, fold, cache, cache_root, parent / _slug(n), protocol,
-                          base + table[n][0], threads) for n in names)
+        delayed(_run_row)(n, spec, data, parent / _slug(n), base + table[n][0], threads, device) for n in names)
     for r in results:
         r["paper_spearman"] = table[r["row"]][1]
     after = _store_stamp(cache)

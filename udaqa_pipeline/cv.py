@@ -60,8 +60,10 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .fileutil import strict_json
 from .errors import ArgumentError
+from .fileutil import strict_json
+from .runs.layout import RunSpec, stage_name
+from .trainset import TrainingSet
 
 
 METHODS = ("udaqa", "paper", "i3d+mlp", "ridge")
@@ -79,7 +81,7 @@ def method_overrides(method: str) -> list[str]:
     if method == "udaqa":
         return []
     if method == "paper":
-        from .train import PAPER_RECIPE
+        from .engine.recipe import PAPER_RECIPE
 
         return list(PAPER_RECIPE)
     if method == "i3d+mlp":
@@ -117,23 +119,23 @@ def fold_ids(labels: Any, split: str) -> list[int]:
     return sorted(set(labels.fold[ok].tolist()) - {-1})
 
 
-def _train_job(stage: str, method: str, protocol: str, seed: int, fold: int, *, cache: str, split: str,
-               overrides: list[str], run_dir: Path, samples: int, threads: int) -> list[dict]:
-    """One run (train, or reuse a finished one) -> its test predictions as records."""
+def _train_job(data: TrainingSet, spec: RunSpec, method: str, seed: int, *, overrides: list[str], run_dir: Path,
+               samples: int, threads: int, device: str) -> list[dict]:
+    """One run of ``spec`` on the opened training set ``data`` (train, or reuse a finished one) ->
+    its test predictions as records."""
     import torch
 
-    from . import resolve
-    from .checkpoint import load_run
+    from .engine.loop import RunOptions, train_run
+    from .engine.recipe import resolve_config
     from .evaluate import run_dirs
-    from .train import predict, train
+    from .inference.predict import predict
+    from .runs.checkpoint import load_run
 
     torch.set_num_threads(threads)
     # checkpoints every 25 epochs: a cv run is short to redo, and a checkpoint per epoch costs more than
     # the epoch itself on small data
     sets = ["train.checkpoint_every=25", *overrides, *method_overrides(method), f"train.seed={seed}"]
-    data = resolve.training_set(stage, cache=cache)
-    train(stage, fold=fold, run_dir=run_dir, overrides=sets, protocol=protocol, split=split, progress=False,
-          data=data)
+    train_run(resolve_config(spec.stage, sets), spec, data, run_dir, device=device, options=RunOptions(progress=False))
     labels, src = data.labels, data.source
     pos = {s: i for i, s in enumerate(labels.ids)}
     out = []
@@ -145,7 +147,7 @@ def _train_job(stage: str, method: str, protocol: str, seed: int, fold: int, *, 
         p = predict(run.model, src, labels, rows, run.scaling, n_samples=samples, seed=0)
         epoch = int(run.checkpoint["best"]["epoch"]) + 1
         for k, r in enumerate(rows):
-            out.append(_record(method, protocol, seed, fold, labels, r, p["final"][k], p["finals"][k],
+            out.append(_record(method, spec.protocol, seed, spec.fold, labels, r, p["final"][k], p["finals"][k],
                                float(p["u"][k]), epoch))
     return out
 
@@ -304,7 +306,9 @@ def cross_validate(stage: str, *, root: str | Path | None = None, cache: str | P
         cache = extract_features(stage, resolve_config(stage, stage_one), root, cache_root=cache_root,
                                  device=resolve.device(), progress=progress)
     cache = str(resolve.cache_dir(stage, cache=cache, cache_root=cache_root))
-    data = resolve.training_set(stage, cache=cache)
+    data = resolve.training_set(stage, cache=cache)  # opened once, handed to every job
+    device = resolve.device()
+    name = stage_name(stage)
     labels = data.labels
     folds = fold_ids(labels, split)
     protocols = PROTOCOL_CHOICES[protocol]
@@ -318,9 +322,9 @@ def cross_validate(stage: str, *, root: str | Path | None = None, cache: str | P
     cores = os.cpu_count() or 1
     n_jobs = max(1, min(jobs or cores, len(tasks) or 1))
     threads = max(1, cores // n_jobs)
-    work = (delayed(_train_job)(stage, m, p, s, f, cache=cache, split=split, overrides=overrides,
+    work = (delayed(_train_job)(data, RunSpec(name, fold=f, split=split, protocol=p), m, s, overrides=overrides,
                                 run_dir=out / "runs" / m.replace("+", "_") / p / f"seed{s}" / f"fold{f}",
-                                samples=samples, threads=threads) for m, p, s, f in tasks)
+                                samples=samples, threads=threads, device=device) for m, p, s, f in tasks)
     bar = tqdm(total=len(tasks), desc=f"cv {stage} ({split})", unit="run", disable=not progress)
     for recs in Parallel(n_jobs=n_jobs, backend="loky" if n_jobs > 1 else "sequential",
                          return_as="generator_unordered")(work):

@@ -8,7 +8,7 @@
 2. Stage one: :func:`udaqa_pipeline.cache.extract.extract_features` with ``stages/demo.toml`` (the
    MTL-AQA frame/clip/preprocess settings, the ``mtl`` adapter, the real Kinetics I3D); reused when
    the cache for these settings is complete, and the output says so.
-3. Stage two: :func:`udaqa_pipeline.train.train` with the demo's short schedule (``[train]`` of
+3. Stage two: :func:`udaqa_pipeline.engine.run.train` with the demo's short schedule (``[train]`` of
    ``stages/demo.toml``) into ``<runs root>/demo/fold0``; a finished run of the same cache and config
    is reused (the trainer resumes to its last epoch and has nothing left to do), a run left by
    another cache or config is replaced.
@@ -93,8 +93,10 @@ def _fmt_panel(p: list[float] | np.ndarray) -> str:
 
 def _train_stage(cache_dir: Path, run_dir: Path, overrides: list[str], progress: bool) -> tuple[Path, bool]:
     """Train (or reuse) the demo run; returns (run_dir, reused)."""
-    from .checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
-    from .train import resolve_config, train
+    from .runs.checkpoint import CheckpointError, load_checkpoint
+    from .runs.layout import CHECKPOINT
+    from .engine.recipe import resolve_config
+    from .engine.run import train
 
     ckpt = run_dir / CHECKPOINT
     epochs = int(resolve_config(STAGE, overrides)["train"]["epochs"])

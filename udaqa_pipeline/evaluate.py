@@ -37,10 +37,11 @@ import pyarrow.parquet as pq
 
 from .fileutil import strict_json
 from . import plots
-from .checkpoint import CheckpointError, load_run
+from .runs.checkpoint import CheckpointError, load_run
 from .errors import ArgumentError
 from .metrics import calibration_metrics, final_score_calibration, fisher_z_mean, score_metrics, spearman
-from .train import LOG, predict, safe_name
+from .inference.predict import predict
+from .runs.layout import LOG, safe_name
 from .trainset import Labels, TrainingSet
 
 

@@ -1,6 +1,6 @@
 """Fine-tune I3D end to end with the stage-two heads (``train --finetune-backbone``, ``finetune``).
 
-Stage two's loop (:func:`udaqa_pipeline.train.train`) is reused as is: the same heads, losses,
+Stage two's loop (:func:`udaqa_pipeline.engine.run.train`) is reused as is: the same heads, losses,
 judge draws, curriculum, honest/paper protocols, checkpoint file and resume. What changes is the
 feature source: :class:`FrameSource` decodes the frames of each sample (dataset adapter +
 ``sample_frames``, never the cache) and computes the K clip features with a trainable I3D
@@ -52,9 +52,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -68,6 +70,7 @@ from torch.utils.checkpoint import checkpoint
 from . import resolve
 from .config import DEFAULTS, ConfigError, load_stage
 from .errors import UdaqaError
+from .runs.layout import RunSpec
 
 #: Defaults of the ``[finetune]`` section (see the module docstring).
 FINETUNE_DEFAULTS: dict[str, Any] = DEFAULTS["finetune"]
@@ -78,6 +81,8 @@ BLOCKS = ("Conv3d_1a_7x7", "MaxPool3d_2a_3x3", "Conv3d_2b_1x1", "Conv3d_2c_3x3",
           "Mixed_4f", "MaxPool3d_5a_2x2", "Mixed_5b", "Mixed_5c")
 
 ADAM_BETAS = (0.9, 0.999)
+
+log = logging.getLogger(__name__)
 ADAM_EPS = 1e-8
 
 
@@ -529,7 +534,7 @@ def _check_time(src: FrameSource, cfg: dict, n_fit: int, n_sel: int, workers: in
     msg = (f"fine-tuning estimate on {dev}: {t['step_s']:.2f} s per step of {bs} videos x "
            f"{t['clips_per_video']} clips, about {epoch / 60:.1f} min per epoch over {n_fit} training + {n_sel} "
            f"selection videos, {est['total_h']:.1f} h for {cfg['train']['epochs']} epochs")
-    print(msg, flush=True)
+    log.info(msg)
     if epoch > max_minutes * 60 and not force:
         raise FinetuneError(f"{msg}: more than {max_minutes:g} min per epoch, so it is refused on this machine. "
                             f"Run it on a GPU, shrink it (--set train.epochs=..., fewer clips), or pass --force")
@@ -545,16 +550,18 @@ def _load_samples(cfg: dict, stage: str, root: str | Path | None, limit: int | N
     return samples, root_p
 
 
-def prepare(dataset: str, root: str | Path | None = None, *, run_dir: str | Path | None = None, fold: int = 0,
-            cv: int | None = None, overrides: Iterable[str] = (), samples: Sequence[Any] | None = None,
+def prepare(dataset: str, root: str | Path | None = None, *, run_dir: str | Path | None = None,
+            spec: RunSpec | None = None, overrides: Iterable[str] = (), samples: Sequence[Any] | None = None,
             limit: int | None = None, device: str | torch.device | None = None, jobs: int | None = None,
             i3d: nn.Module | None = None) -> tuple[Path, dict, FrameData, FrameSource]:
-    """Resolve the run's config and build its frame data and trainable source (no training)."""
+    """Resolve the run's config and build its frame data and trainable source (no training);
+    ``spec`` names the default run directory (``<runs>/<stage>/finetune-fold<k>``)."""
     from .cache.extract import stage_name
-    from .train import resolve_config
+    from .engine.recipe import resolve_config
 
     stage = stage_name(dataset)
-    run = Path(run_dir) if run_dir is not None else resolve.run_dir(stage, "finetune", fold=fold, cv=cv)
+    spec = spec or RunSpec(stage)
+    run = Path(run_dir) if run_dir is not None else resolve.run_dir(stage, "finetune", fold=spec.fold, cv=spec.cv)
     cfg = resolve_config(str(write_stage(dataset, run)), list(overrides))
     if cfg["train"]["per_group"]:
         raise FinetuneError("train.per_group with a fine-tuned backbone would carry one group's backbone into the "
@@ -571,28 +578,30 @@ def prepare(dataset: str, root: str | Path | None = None, *, run_dir: str | Path
     return run, cfg, data, src
 
 
-def finetune(dataset: str, root: str | Path | None = None, *, fold: int = 0, cv: int | None = None,
-             run_dir: str | Path | None = None, overrides: Iterable[str] = (), protocol: str = "honest",
-             resume: bool = True, progress: bool = True, force: bool = False, jobs: int | None = None,
-             device: str | None = None, max_epoch_minutes: float = 30.0, stop_after: int | None = None,
-             limit: int | None = None, samples: Sequence[Any] | None = None,
-             i3d: nn.Module | None = None) -> Path:
-    """Train UD-AQA with I3D unfrozen on ``dataset``'s frames for test fold ``fold``; returns the run dir.
+def finetune(dataset: str, root: str | Path | None = None, *, spec: RunSpec | None = None,
+             run_dir: str | Path | None = None, overrides: Iterable[str] = (), resume: bool = True,
+             progress: bool = True, force: bool = False, jobs: int | None = None, device: str | None = None,
+             max_epoch_minutes: float = 30.0, stop_after: int | None = None, limit: int | None = None,
+             samples: Sequence[Any] | None = None, i3d: nn.Module | None = None) -> Path:
+    """Train UD-AQA with I3D unfrozen on ``dataset``'s frames for the run ``spec`` (its fold, cv and
+    protocol; default fold 0, honest); returns the run dir.
 
-    Same arguments as :func:`udaqa_pipeline.train.train` where they overlap (``overrides`` also take
+    Same arguments as :func:`udaqa_pipeline.engine.run.train` where they overlap (``overrides`` also take
     ``finetune.*`` keys: lr_scale, freeze_backbone, freeze_bn, amp, checkpointing, max_shift, flip,
     random_crop). ``root``: the dataset folder (default the stage's ``dataset.root``). ``force``: run
     even when the estimated epoch exceeds ``max_epoch_minutes``. ``jobs``: decoding processes.
     ``limit``: the first N samples only. ``samples`` / ``i3d``: explicit samples and backbone (tests).
     Default run dir: ``<runs>/<stage>/finetune-fold<k>``.
     """
-    from .train import train as train_loop
+    from .engine.loop import RunOptions, train_run
     from .trainset import carve_validation, split_folds
 
-    run, cfg, data, src = prepare(dataset, root, run_dir=run_dir, fold=fold, cv=cv, overrides=overrides,
+    run, cfg, data, src = prepare(dataset, root, run_dir=run_dir, spec=spec, overrides=overrides,
                                   samples=samples, limit=limit, device=device, jobs=jobs, i3d=i3d)
+    spec = replace(spec, stage=data.provenance.stage) if spec is not None else RunSpec(data.provenance.stage)
     labels = data.labels
-    tr, te = split_folds(labels, fold, cv, int(cfg["train"]["seed"]))
+    tr, te = split_folds(labels, spec.fold, spec.cv, int(cfg["train"]["seed"]))
+    protocol = spec.protocol
     n_sel = len(te) if protocol == "paper" else max(1, int(round(float(cfg["train"]["val_fraction"]) * len(tr))))
     if protocol == "honest":
         carve_validation(tr, float(cfg["train"]["val_fraction"]), int(cfg["train"]["seed"]))  # fails early if too few
@@ -600,9 +609,8 @@ def finetune(dataset: str, root: str | Path | None = None, *, fold: int = 0, cv:
         _check_time(src, cfg, len(tr) - (n_sel if protocol == "honest" else 0), n_sel, src.workers,
                     max_epoch_minutes, force)
     try:
-        return train_loop(str(run / "stage.toml"), fold=fold, cv=cv, data=data.training_set(src), run_dir=run,
-                          overrides=overrides, protocol=protocol, resume=resume, progress=progress,
-                          stop_after=stop_after, device=str(next(src.module.i3d.parameters()).device))
+        return train_run(cfg, spec, data.training_set(src), run, device=str(next(src.module.i3d.parameters()).device),
+                         options=RunOptions(resume=resume, progress=progress, stop_after=stop_after))
     finally:
         src.close()
 
@@ -614,7 +622,7 @@ def evaluate_finetuned(run_dir: str | Path, root: str | Path | None = None, *, j
     features are computed from their frames with the run's fine-tuned backbone (centre view)."""
     from .backbone.i3d import I3D
     from .evaluate import evaluate
-    from .checkpoint import load_run
+    from .runs.checkpoint import load_run
 
     run_dir = Path(run_dir)
     run = load_run(run_dir)

@@ -23,10 +23,7 @@ from typing import Any
 from .config import cache_root as _cache_root
 from .config import runs_root as _runs_root
 from .errors import UdaqaError
-
-#: The file that makes a directory a run (``train.CHECKPOINT``, spelled out so that resolving a
-#: stage does not import torch).
-CHECKPOINT = "checkpoint.pt"
+from .runs.layout import CHECKPOINT, RunSpec, stage_name
 
 #: Two stages whose newest runs are closer in time than this are both "the most recent".
 AMBIGUOUS_WITHIN_S = 60.0
@@ -87,23 +84,14 @@ def device(explicit: Any = None) -> str:
     return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
 
 
-#: Run directory names under ``<runs>/<stage>/`` by kind (see :func:`run_dir`).
-RUN_KINDS = ("train", "finetune", "ablate", "cv")
-
-
 def run_dir(stage: str, kind: str = "train", *, fold: int = 0, cv: int | None = None, split: str = "official",
             runs_root: str | Path | None = None) -> Path:
-    """Default directory of a run: ``<runs>/<stage>/`` + ``fold<k>`` (train; ``cv<K>-fold<k>`` with
-    ``--cv K``, ``<split>-fold<k>`` for another split), ``finetune-fold<k>``, ``ablate-fold<k>`` or
-    ``cv-<split>``. ``stage`` may be a stage TOML path (its stem is used)."""
-    if kind not in RUN_KINDS:
-        raise ValueError(f"run kind must be one of {RUN_KINDS}, not {kind!r}")
-    p = Path(str(stage))
-    name = p.stem if p.suffix == ".toml" else str(stage)
-    folds = f"fold{fold}" if cv is None else f"cv{cv}-fold{fold}"
-    leaf = {"train": folds if split == "official" else f"{split}-{folds}", "finetune": f"finetune-{folds}",
-            "ablate": f"ablate-fold{fold}", "cv": f"cv-{split}"}[kind]
-    return _runs_root(runs_root) / name / leaf
+    """Default directory of a run: ``<runs>/<stage>/`` + the name the run's spec gives it
+    (:meth:`~udaqa_pipeline.runs.layout.RunSpec.leaf`: ``fold<k>``, ``cv<K>-fold<k>``,
+    ``<split>-fold<k>``, ``finetune-fold<k>``, ``ablate-fold<k>`` or ``cv-<split>``). ``stage`` may
+    be a stage TOML path (its stem is used)."""
+    name = stage_name(stage)
+    return _runs_root(runs_root) / name / RunSpec(name, fold=fold, cv=cv, split=split).leaf(kind)
 
 
 def cache_by_hash(cache_hash: str, cache_root: str | Path | None = None) -> Path | None:
@@ -132,8 +120,7 @@ def cache_dir(stage: str | None = None, *, cache: str | Path | None = None, cach
         return d
     if stage is None:
         raise ValueError("cache_dir needs a stage, a cache or a cache hash")
-    p = Path(str(stage))
-    return find_cache(p.stem if p.suffix == ".toml" else str(stage), cache_root)
+    return find_cache(stage_name(stage), cache_root)
 
 
 def training_set(stage: str | None = None, *, cache: Any = None, cache_root: str | Path | None = None,
@@ -146,5 +133,4 @@ def training_set(stage: str | None = None, *, cache: Any = None, cache_root: str
 
     if cache is None or isinstance(cache, (str, Path)):
         cache = open_cache(cache_dir(stage, cache=cache, cache_root=cache_root, cache_hash=cache_hash))
-    p = Path(str(stage)) if stage is not None else None
-    return from_cache(cache, (p.stem if p is not None and p.suffix == ".toml" else stage), source)
+    return from_cache(cache, stage_name(stage) if stage is not None else None, source)

@@ -93,7 +93,7 @@ def load_scorer(run_dir: str | Path, *, device: str | None = None,
     """Load ``<run_dir>/checkpoint.pt`` (verified, ``weights_only=True``) and its backbone.
 
     ``dataset``: refuse a run trained on another dataset (adapter name or stage name)."""
-    from .checkpoint import CHECKPOINT, CheckpointError, load_run
+    from .runs.checkpoint import CHECKPOINT, CheckpointError, load_run
 
     run_dir = Path(run_dir)
     if not (run_dir / CHECKPOINT).is_file() and (run_dir / "groups.json").is_file():
@@ -137,7 +137,7 @@ _SCORERS: dict[tuple, Scorer] = {}
 def _cached_scorer(run_dir: str | Path, **kw: Any) -> Scorer:
     """:func:`load_scorer`, reusing the last two loaded runs while their checkpoint file is unchanged
     (scoring many files in one process should not reload I3D each time)."""
-    from .checkpoint import CHECKPOINT
+    from .runs.checkpoint import CHECKPOINT
 
     ck = Path(run_dir) / CHECKPOINT
     st = ck.stat() if ck.is_file() else None

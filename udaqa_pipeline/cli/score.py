@@ -77,9 +77,11 @@ def finetune_cmd(stage, root, fold, cv, run_dir, protocol, overrides, resume, fo
     """Train UD-AQA with the I3D backbone unfrozen, from STAGE's frames (not the cache); the same as
     `train --finetune-backbone`, with --jobs and --limit."""
     from ..finetune import finetune
+    from ..runs.layout import RunSpec, stage_name
 
-    out = finetune(stage_or_latest(stage), root, fold=fold, cv=cv, run_dir=run_dir, overrides=overrides,
-                   protocol=protocol, resume=resume, progress=progress, force=force, jobs=jobs, device=device,
+    stage = stage_or_latest(stage)
+    out = finetune(stage, root, spec=RunSpec(stage_name(stage), fold=fold, cv=cv, protocol=protocol), run_dir=run_dir,
+                   overrides=overrides, resume=resume, progress=progress, force=force, jobs=jobs, device=device,
                    max_epoch_minutes=max_epoch_minutes, limit=limit)
     click.echo(str(out))
 

@@ -54,19 +54,20 @@ _CV = click.option("--cv", type=int, default=None, help="K-fold cross-validation
 def train_cmd(stage, fold, cv, cache, cache_root, run_dir, protocol, split, overrides, resume, progress, device,
               finetune_backbone, root, force, max_epoch_minutes):
     """Train UD-AQA on STAGE's feature cache (no I3D forward), or end to end with --finetune-backbone."""
+    from ..runs.layout import RunSpec, stage_name
+
     stage = stage_or_latest(stage)
+    spec = RunSpec(stage_name(stage), fold=fold, cv=cv, split=split, protocol=protocol)
     if finetune_backbone:
         from ..finetune import finetune
 
-        click.echo(str(finetune(stage, root, fold=fold, cv=cv, run_dir=run_dir, overrides=overrides,
-                                protocol=protocol, resume=resume, progress=progress, force=force, device=device,
-                                max_epoch_minutes=max_epoch_minutes)))
+        click.echo(str(finetune(stage, root, spec=spec, run_dir=run_dir, overrides=overrides, resume=resume,
+                                progress=progress, force=force, device=device, max_epoch_minutes=max_epoch_minutes)))
         return
-    from ..train import train
+    from ..engine.run import train
 
-    out = train(stage, fold=fold, cv=cv, cache=cache, cache_root=cache_root, run_dir=run_dir,
-                overrides=overrides, protocol=protocol, split=split, resume=resume, progress=progress,
-                device=device)
+    out = train(stage, cache=cache, cache_root=cache_root, spec=spec, run_dir=run_dir, overrides=overrides,
+                resume=resume, progress=progress, device=device)
     click.echo(str(out))
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from .errors import UdaqaError
-from .fileutil import atomic_write_bytes
-from .model import UDAQA, ModelConfig
+from ..errors import UdaqaError
+from ..fileutil import atomic_write_bytes
+from ..model import UDAQA, ModelConfig
+from .layout import CHECKPOINT
 
-CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "udaqa-pipeline/run"
 CHECKPOINT_VERSION = 1
 
@@ -95,7 +95,7 @@ class Run:
         ``difficulty`` is needed by rules that multiply by the degree of difficulty (MTL-AQA,
         FineDiving). Raises :class:`~udaqa_pipeline.score.ScoreError` (bad arguments) or the
         decoder's error for an unreadable video; see :func:`udaqa_pipeline.score.score_video`."""
-        from .score import _cached_scorer, score_video
+        from ..score import _cached_scorer, score_video
 
         if self.run_dir is None:
             raise CheckpointError("this Run was not loaded from a run directory; use load_run(path)")
