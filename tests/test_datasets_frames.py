@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image
 
 from fixtures.videos import encode_video
+from udaqa_pipeline.config import Frames
 from udaqa_pipeline.datasets.base import Sample
 from udaqa_pipeline.datasets.frames import sample_frames
 from udaqa_pipeline.video.decode import VideoError
@@ -22,8 +24,8 @@ def _folder(path: Path, n: int, pattern: str = "{:05d}.png") -> np.ndarray:
     return frames
 
 
-def _cfg(n_frames: int, mode: str, policy: str = "pad_last") -> dict:
-    return {"frames": {"n_frames": n_frames, "mode": mode, "short_policy": policy}}
+def _cfg(n_frames: int, mode: str, policy: str = "pad_last") -> Frames:
+    return Frames(n_frames=n_frames, mode=mode, short_policy=policy)
 
 
 def _sample(source: Path, **kw) -> Sample:
@@ -120,15 +122,14 @@ def test_untrimmed_gap_inside_the_window_is_an_error_naming_the_numbers(tmp_path
 
 def test_gap_policy_nearest_fills_and_flags(tmp_path):
     frames = _numbered(tmp_path / "g", [k for k in range(1, 41) if k not in (10, 11, 12, 30)], "img_{:05d}.png")
-    cfg = _cfg(40, "first")
-    cfg["frames"]["gap_policy"] = "nearest"
+    cfg = dataclasses.replace(_cfg(40, "first"), gap_policy="nearest")
     out = sample_frames(_sample(tmp_path / "g"), cfg)  # AQA-7 style: 1-based, index 0 = frame 1
     assert out.filled == (10, 11, 12, 30) and not out.short and out.n_source_frames == 40
     used = [k for k in range(1, 41)]
     used[9], used[10], used[11], used[29] = 9, 9, 13, 29  # nearest; the earlier one on a tie
     assert (out.indices + 1).tolist() == used
     np.testing.assert_array_equal(out.frames, np.stack([frames[k] for k in used]))
-    cfg["frames"]["gap_policy"] = "skip"
+    cfg = dataclasses.replace(cfg, gap_policy="skip")
     for source in (tmp_path / "g", encode_video(tmp_path / "v.mkv", frames[1][None].repeat(3, 0))):
         with pytest.raises(VideoError, match="gap_policy") as e:
             sample_frames(_sample(source), cfg)

@@ -1,11 +1,11 @@
 """A sample's frame window, decoded: the bridge from :class:`~.base.Sample` to pixels.
 
-``cfg["frames"]`` keys:
+The ``[frames]`` section (:class:`~udaqa_pipeline.config.Frames`):
 
 - ``n_frames`` (L): window length (103; 160 for JIGSAWS).
 - ``mode``: ``"first"``, ``"last"``, ``"uniform"`` (see :mod:`udaqa_pipeline.video.clips`) or
   ``"auto"`` = ``"last"`` when the sample sits inside an untrimmed source (``frame_end`` set: the
-  CoRe MTL-AQA layout) and ``"first"`` otherwise (MUSDL trimmed folders). Default ``"first"``.
+  CoRe MTL-AQA layout) and ``"first"`` otherwise (MUSDL trimmed folders), the default.
 - ``short_policy``: ``"pad_last"`` (default) or ``"error"``.
 - ``gap_policy`` (numbered frame folders): ``"error"`` (default) refuses a window over a missing
   frame number, naming the numbers; ``"nearest"`` takes each missing frame from its nearest
@@ -36,6 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..config import Frames
 from ..video.clips import ShortVideoError, window_indices
 from ..video.decode import GAP_POLICIES, FrameFolder, VideoError, VideoFile, open_video
 from .base import Sample
@@ -51,19 +52,18 @@ class SampledFrames(NamedTuple):
     filled: tuple[int, ...] = ()  #: frame numbers missing from a folder, filled from a neighbour (gap_policy "nearest")
 
 
-def window_mode(sample: Sample, cfg: dict) -> str:
-    mode = cfg.get("frames", {}).get("mode", "first")
+def window_mode(sample: Sample, fcfg: Frames) -> str:
+    mode = fcfg.mode
     if mode == "auto":
         return "last" if sample.frame_end is not None else "first"
     return mode
 
 
-def _window(sample: Sample, n_source: int, cfg: dict):
-    fcfg = cfg.get("frames", {})
+def _window(sample: Sample, n_source: int, fcfg: Frames):
     try:
         return window_indices(
-            n_source, int(fcfg["n_frames"]), window_mode(sample, cfg), end=sample.frame_end,
-            start=sample.frame_start, short_policy=fcfg.get("short_policy", "pad_last"),
+            n_source, fcfg.n_frames, window_mode(sample, fcfg), end=sample.frame_end,
+            start=sample.frame_start, short_policy=fcfg.short_policy,
         )
     except ShortVideoError as exc:
         raise VideoError(sample.source, f"too short: {exc}", "set frames.short_policy=pad_last to pad it",
@@ -77,31 +77,32 @@ def _window(sample: Sample, n_source: int, cfg: dict):
                          kind="too_short" if past_end else "bad_request") from exc
 
 
-def sample_frames(sample: Sample, cfg: dict) -> SampledFrames:
-    """Decode the ``cfg["frames"]`` window of ``sample`` (raises :class:`VideoError` on any failure)."""
-    _gap_policy(sample, cfg)  # a mistyped policy is refused for video files too, not only where it applies
+def sample_frames(sample: Sample, fcfg: Frames) -> SampledFrames:
+    """Decode the ``fcfg`` window (the stage's ``[frames]`` section) of ``sample`` (raises
+    :class:`VideoError` on any failure)."""
+    _gap_policy(sample, fcfg)  # a mistyped policy is refused for video files too, not only where it applies
     src = open_video(sample.source)
     try:
         if isinstance(src, FrameFolder):
-            return _folder_frames(src, sample, cfg)
+            return _folder_frames(src, sample, fcfg)
         assert isinstance(src, VideoFile)
-        return _video_frames(src, sample, cfg)
+        return _video_frames(src, sample, fcfg)
     finally:
         src.close()
 
 
-def _gap_policy(sample: Sample, cfg: dict) -> str:
-    policy = cfg.get("frames", {}).get("gap_policy", "error")
+def _gap_policy(sample: Sample, fcfg: Frames) -> str:
+    policy = fcfg.gap_policy
     if policy not in GAP_POLICIES:
         raise VideoError(sample.source, f"frames.gap_policy = {policy!r} is not a gap policy",
                          f"set frames.gap_policy to one of {', '.join(GAP_POLICIES)}", kind="bad_request")
     return policy
 
 
-def _folder_frames(src: FrameFolder, sample: Sample, cfg: dict) -> SampledFrames:
+def _folder_frames(src: FrameFolder, sample: Sample, fcfg: Frames) -> SampledFrames:
     n = src.n_frames()
-    win = _window(sample, n, cfg)
-    frames = src.read(win.indices, gap_policy=_gap_policy(sample, cfg))
+    win = _window(sample, n, fcfg)
+    frames = src.read(win.indices, gap_policy=_gap_policy(sample, fcfg))
     indices = win.indices
     if src.filled:  # record the frame each window position really shows
         pos, _ = src.locate(win.indices, "nearest")
@@ -109,15 +110,15 @@ def _folder_frames(src: FrameFolder, sample: Sample, cfg: dict) -> SampledFrames
     return SampledFrames(frames, indices, n, win.short, src.filled)
 
 
-def _video_frames(src: VideoFile, sample: Sample, cfg: dict) -> SampledFrames:
+def _video_frames(src: VideoFile, sample: Sample, fcfg: Frames) -> SampledFrames:
     count = src.container_count()
     if count.frames == 0:  # the container says nothing usable: count by decoding (raises empty if nothing decodes)
         n = src.n_frames()
-        win = _window(sample, n, cfg)
+        win = _window(sample, n, fcfg)
         return SampledFrames(src.read(win.indices), win.indices, n, win.short)
     exact: int | None = None
     try:
-        win = _window(sample, count.frames, cfg)
+        win = _window(sample, count.frames, fcfg)
         frames = src.read(win.indices, count=count)
         if src.decoded_frames is None or src.decoded_frames == count.frames:
             return SampledFrames(frames, win.indices, count.frames, win.short)
@@ -129,5 +130,5 @@ def _video_frames(src: VideoFile, sample: Sample, cfg: dict) -> SampledFrames:
             raise
         exact = src.decoded_frames
     n = exact if exact is not None else src.n_frames()  # count by decoding only when no pass has yet
-    win = _window(sample, n, cfg)
+    win = _window(sample, n, fcfg)
     return SampledFrames(src.read(win.indices), win.indices, n, win.short)
