@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import numpy as np
@@ -156,10 +157,23 @@ def test_names_without_numbers_keep_name_order(tmp_path):
     f = FrameFolder(d)
     assert f.numbers is None and f.n_frames() == 3
     assert f.read([2, 0])[:, 0, 0, 0].tolist() == [ord("c"), ord("a")]
-    # several numbering schemes mixed, or a repeated number: not a numbering
-    assert frame_numbers(["cam1_0002.jpg", "cam2_0001.jpg"]) is None
-    assert frame_numbers(["0001.jpg", "0001.png"]) is None
     assert frame_numbers(["v03_0009.jpg", "v03_0010.jpg"]) == (9, 10)
+
+
+@pytest.mark.parametrize("names, says", [
+    (["00001.jpg", "00002.jpg", "00001.png", "00002.png"], "mixes image types (.jpg, .png)"),  # two exports
+    (["img_00001.png", "img_00002.png", "img_00001_copy.png"], "used twice"),
+    (["cam1_0002.png", "cam1_0003.png", "cam2_0001.png"], "do not increase"),  # two cameras in one folder
+    (["00001.png", "00002.png", "poster.png"], "without a frame number"),
+])
+def test_a_folder_without_one_frame_order_is_refused(tmp_path, names, says):
+    d = tmp_path / "amb"
+    d.mkdir()
+    for i, name in enumerate(names):
+        Image.fromarray(np.full((4, 4, 3), i, np.uint8)).save(d / name)
+    with pytest.raises(VideoError, match=re.escape(says)) as e:
+        sample_frames(_sample(d), _cfg(2, "first"))
+    assert e.value.kind == "ambiguous" and str(d) in str(e.value) and "move the other files out" in str(e.value)
 
 
 # ----------------------------------------------------------------------------- video files: counts, one pass

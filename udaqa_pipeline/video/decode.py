@@ -38,7 +38,11 @@ Design choices:
   ``first..last``, so a missing file is a gap, never a silent shift of every later frame. Reading
   a gap raises ``gap`` naming the missing numbers, or with ``gap_policy="nearest"`` takes the
   nearest existing frame (earlier on a tie) and records the numbers it filled. Names without
-  numbers keep plain name order. A gap before the first file cannot be seen.
+  numbers keep plain name order. A gap before the first file cannot be seen. A folder whose names
+  do not say one frame order is refused (``ambiguous``), never read in some order: two image types
+  (``00001.jpg`` and ``00001.png``), numbered and unnumbered names side by side, a number used
+  twice, or numbers that do not increase in name order (two numbering schemes, ``cam1_0002`` /
+  ``cam2_0001``).
 - ``start``/``stop`` follow Python slice rules (a ``stop`` past the end gives fewer frames, the
   caller sees it in ``len``). ``indices`` are strict: an index past the end raises
   :class:`VideoError`, because a window that silently shrinks would misalign clips.
@@ -93,6 +97,8 @@ VIDEO_ERROR_KINDS: dict[str, str] = {
                  "shorter than the window under frames.short_policy = \"error\"",
     "bad_request": "no file could satisfy the request: a negative index, an empty annotation span, bad window "
                    "settings",
+    "ambiguous": "a frame folder whose names do not say one frame order: two image types, numbered and "
+                 "unnumbered names, a repeated number or two numbering schemes",
 }
 
 
@@ -121,17 +127,21 @@ _LAST_NUMBER = re.compile(r"(\d+)\D*$")
 
 
 def frame_numbers(names: Sequence[str | os.PathLike]) -> tuple[int, ...] | None:
-    """The frame number of each name (the last run of digits of its stem), or ``None`` when the names
-    do not number the frames: a name without digits, or numbers that do not strictly increase in
-    the given (natural) order, i.e. repeated numbers or several numbering schemes mixed."""
-    nums = []
-    for name in names:
-        m = _LAST_NUMBER.search(Path(name).stem)
-        if m is None:
-            return None
-        nums.append(int(m.group(1)))
-    if any(b <= a for a, b in zip(nums, nums[1:])):
+    """The frame number of each name (the last run of digits of its stem), given in natural name
+    order; ``None`` when no name carries a number (the folder keeps name order). Raises
+    ``ValueError`` saying why when the names do not say one order: some names numbered and others
+    not, a repeated number, or numbers that do not increase in name order (two numbering schemes)."""
+    found = [_LAST_NUMBER.search(Path(name).stem) for name in names]
+    if not any(found):
         return None
+    if not all(found):
+        bare = [Path(n).name for n, m in zip(names, found) if m is None]
+        raise ValueError(f"{len(bare)} name(s) without a frame number beside numbered ones (e.g. {bare[0]})")
+    nums = [int(m.group(1)) for m in found]
+    for (a, na), (b, nb) in zip(zip(nums, names), zip(nums[1:], names[1:])):
+        if b <= a:
+            what = "the frame number is used twice" if a == b else "the numbers do not increase in name order"
+            raise ValueError(f"{Path(na).name} and {Path(nb).name}: {what} (two numbering schemes in one folder)")
     return tuple(nums)
 
 
@@ -159,8 +169,18 @@ def _listing(folder: str, mtime_ns: int) -> tuple[tuple[Path, ...], tuple[int, .
         raise VideoError(folder, f"cannot list frame folder ({exc.strerror or exc})", "check permissions",
                          kind=kind) from exc
     names.sort(key=natural_key)
+    types = sorted({os.path.splitext(n)[1].lower() for n in names})
+    fix = "keep one set of frames per folder: move the other files out, or extract the video again"
+    if len(types) > 1:
+        raise VideoError(folder, f"frame folder mixes image types ({', '.join(types)}): which files are the "
+                                 f"frames is ambiguous", fix, kind="ambiguous")
+    try:
+        numbers = frame_numbers(names)
+    except ValueError as exc:
+        raise VideoError(folder, f"frame folder names do not say one frame order: {exc}", fix,
+                         kind="ambiguous") from exc
     base = Path(folder)
-    return tuple(base / n for n in names), frame_numbers(names)
+    return tuple(base / n for n in names), numbers
 
 
 class VideoSource(Protocol):
