@@ -25,8 +25,8 @@ def _folder(path: Path, n: int, pattern: str = "{:05d}.png") -> np.ndarray:
     return frames
 
 
-def _cfg(n_frames: int, mode: str, policy: str = "pad_last") -> Frames:
-    return Frames(n_frames=n_frames, mode=mode, short_policy=policy)
+def _cfg(n_frames: int, mode: str, policy: str = "pad_last", **kw) -> Frames:
+    return Frames(n_frames=n_frames, mode=mode, short_policy=policy, **kw)
 
 
 def _sample(source: Path, **kw) -> Sample:
@@ -226,3 +226,33 @@ def test_rotated_phone_video_samples_upright(tmp_path):
     a, b = (sample_frames(_sample(p), _cfg(10, "uniform")) for p in (up, side))
     assert b.frames.shape == (10, 40, 24, 3)
     np.testing.assert_array_equal(a.frames, b.frames)
+
+
+# ----------------------------------------------------------------------------- decoder damage
+
+
+def _moving(n: int = 30, h: int = 64, w: int = 96) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack([np.stack([(xx * 3 + t * 5) % 256, (yy * 4 + t * 3) % 256, ((xx + yy) * 2 + t * 7) % 256], -1)
+                     for t in range(n)]).astype(np.uint8)
+
+
+@pytest.mark.parametrize("codec, pix_fmt", [("libx264", "yuv420p"), ("mpeg4", "yuv420p")])
+def test_a_window_over_damaged_frames_fails_unless_kept(tmp_path, codec, pix_fmt):
+    from fixtures.videos import damage_key_frame
+
+    clean = encode_video(tmp_path / "clean.mp4", _moving(), codec, pix_fmt, gop=10, max_b_frames=0)
+    bad = damage_key_frame(clean, 1, tmp_path / "bad.mp4")  # the key frame at 10: frames 10..19 carry it
+    assert bad.stat().st_size == clean.stat().st_size
+    whole = _cfg(30, "first")
+    assert sample_frames(_sample(clean), whole).damaged == ()
+    with pytest.raises(VideoError, match=r"10 of the window's 30 frames decode from damaged data") as e:
+        sample_frames(_sample(bad), whole)
+    assert e.value.kind == "damaged" and str(bad) in str(e.value) and 'frames.damaged = "keep"' in str(e.value)
+    kept = sample_frames(_sample(bad), dataclasses.replace(whole, damaged="keep"))
+    assert kept.damaged == tuple(range(10, 20)) and kept.frames.shape[0] == 30
+    # a window that ends before the damage never sees it (decoding stops at its last frame)
+    assert sample_frames(_sample(bad), _cfg(10, "first")).damaged == ()
+    # a sparse window (MPEG-4: the pass that skips B-frames nobody needs) counts its own frames only
+    sparse = sample_frames(_sample(bad), _cfg(6, "uniform", damaged="keep"))
+    assert sparse.indices.tolist() == [0, 5, 11, 17, 23, 29] and sparse.damaged == (11, 17)

@@ -10,6 +10,10 @@ The ``[frames]`` section (:class:`~udaqa_pipeline.config.Frames`):
 - ``gap_policy`` (numbered frame folders): ``"error"`` (default) refuses a window over a missing
   frame number, naming the numbers; ``"nearest"`` takes each missing frame from its nearest
   existing neighbour and records the filled numbers in :attr:`SampledFrames.filled`.
+- ``damaged`` (video files): ``"fail"`` (default) refuses a window holding frames FFmpeg decoded
+  from damaged data (``damaged``, see :attr:`~udaqa_pipeline.video.decode.VideoFile.damaged`):
+  error concealment makes them look like frames, and the features move with them; ``"keep"``
+  decodes it anyway and records those frames in :attr:`SampledFrames.damaged`.
 
 Every failure raises :class:`~udaqa_pipeline.video.decode.VideoError` with its ``kind``: a span
 shorter than the window under ``"error"`` or ending past the source is ``too_short``, any other
@@ -38,7 +42,7 @@ import numpy as np
 
 from ..config import Frames
 from ..video.clips import ShortVideoError, window_indices
-from ..video.decode import GAP_POLICIES, FrameFolder, VideoError, VideoFile, open_video
+from ..video.decode import GAP_POLICIES, FrameFolder, VideoError, VideoFile, number_ranges, open_video
 from .base import Sample
 
 
@@ -50,6 +54,7 @@ class SampledFrames(NamedTuple):
     n_source_frames: int  #: frames in the source (whole file / folder span)
     short: bool  #: the span had fewer than L frames and was padded (short_policy "pad_last")
     filled: tuple[int, ...] = ()  #: frame numbers missing from a folder, filled from a neighbour (gap_policy "nearest")
+    damaged: tuple[int, ...] = ()  #: source frames of the window decoded from damaged data (damaged "keep")
 
 
 def window_mode(sample: Sample, fcfg: Frames) -> str:
@@ -86,9 +91,18 @@ def sample_frames(sample: Sample, fcfg: Frames) -> SampledFrames:
         if isinstance(src, FrameFolder):
             return _folder_frames(src, sample, fcfg)
         assert isinstance(src, VideoFile)
-        return _video_frames(src, sample, fcfg)
+        out = _video_frames(src, sample, fcfg)
     finally:
         src.close()
+    out = out._replace(damaged=src.damaged)
+    if out.damaged and fcfg.damaged == "fail":
+        used = int(np.isin(out.indices, out.damaged).sum())
+        raise VideoError(sample.source, f"{used} of the window's {len(out.indices)} frames decode from damaged data "
+                         f"(FFmpeg flags frame {number_ranges(list(src.corrupt_frames))} corrupt; the frames after "
+                         f"it up to the next key frame predict from it)",
+                         "fetch or re-encode the video again, or set frames.damaged = \"keep\" to use it as "
+                         "decoded (the sample is flagged in the table)", kind="damaged")
+    return out
 
 
 def _gap_policy(sample: Sample, fcfg: Frames) -> str:

@@ -97,6 +97,8 @@ VIDEO_ERROR_KINDS: dict[str, str] = {
                  "shorter than the window under frames.short_policy = \"error\"",
     "bad_request": "no file could satisfy the request: a negative index, an empty annotation span, bad window "
                    "settings",
+    "damaged": "decoded, but FFmpeg reports frames of the window as damaged (their data did not decode and "
+               "error concealment painted over it; frames.damaged = \"fail\")",
     "ambiguous": "a frame folder whose names do not say one frame order: two image types, numbered and "
                  "unnumbered names, a repeated number or two numbering schemes",
 }
@@ -415,6 +417,12 @@ class VideoFile:
     ``decoded_frames`` is the exact frame count once a :meth:`read` decoded to the end of the file
     (it does when a window reaches the last frame the container states, or when frames run out);
     ``None`` until then.
+
+    ``damaged`` holds the indices, among those the last :meth:`read` returned, of frames FFmpeg
+    decoded from damaged data: a frame it flags corrupt (``AV_FRAME_FLAG_CORRUPT``, PyAV's
+    ``is_corrupt``: its error concealment painted over what it could not decode) and every frame
+    after it up to the next clean key frame, which predict from it and carry the damage on (FFmpeg
+    flags only the first). ``corrupt_frames`` are the flagged frames themselves.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -431,6 +439,8 @@ class VideoFile:
         self._ops: tuple[str, ...] | None = None  # display transform, known after the first decoded frame
         self._count: ContainerCount | None = None
         self.decoded_frames: int | None = None
+        self.damaged: tuple[int, ...] = ()
+        self.corrupt_frames: tuple[int, ...] = ()
 
     def _open(self):
         import av
@@ -595,6 +605,7 @@ class VideoFile:
         ``truncated`` when the container promised the missing frames, ``corrupt`` / ``empty``.
         """
         idx = _check_indices(self.path, indices)
+        self.damaged, self.corrupt_frames = (), ()
         if not idx.size:
             return np.zeros((0, 0, 0, 3), np.uint8)
         got = None
@@ -613,10 +624,12 @@ class VideoFile:
         last = int(idx.max())
         to_end = expect is not None and last >= expect - 1
         got: dict[int, np.ndarray] = {}
+        damage = _Damage()
         n, err = 0, None
         try:
             for i, frame in enumerate(self._frames()):
                 n = i + 1
+                damage.see(i, frame, i in wanted)
                 if i in wanted:
                     got[i] = self.to_rgb(frame)
                 if i >= last and not to_end:
@@ -629,6 +642,7 @@ class VideoFile:
             self._rewind()
         if err is None and to_end:
             self.decoded_frames = n
+        self.damaged, self.corrupt_frames = damage.result()
         if last >= n or (err is not None and not (to_end and n == expect)):
             if err is not None or n == 0 or self._cut_short(n):
                 raise self._stopped_error(n, err)
@@ -656,6 +670,7 @@ class VideoFile:
         flushed: list = []
         delay, prev, k, current = None, -1, 0, None
         packed_before, is_mpeg4 = False, ctx.name == "mpeg4"
+        damage = _Damage()
         try:
             for pkt in self._container.demux(stream):
                 if pkt.size:
@@ -684,6 +699,7 @@ class VideoFile:
                         return None
                     prev = i
                     emitted.add(s)
+                    damage.see(i, frame, i in wanted)
                     if i in wanted:
                         got[i] = self.to_rgb(frame)
         except av.FFmpegError:
@@ -697,6 +713,7 @@ class VideoFile:
             if i <= prev:
                 return None
             prev = i
+            damage.see(i, frame, i in wanted)
             if i in wanted:
                 got[i] = self.to_rgb(frame)
         # Inside the fully decoded steps nothing was skipped, so each step past the delay output a frame;
@@ -706,6 +723,7 @@ class VideoFile:
         # runs) and MPEG-4 not-coded VOPs are refused packet by packet (_mpeg4_step_safe).
         if any(delay <= s < n and s not in emitted for s in full) or not wanted <= got.keys():
             return None
+        self.damaged, self.corrupt_frames = damage.result()
         return got
 
     def read_range(self, start: int, stop: int | None) -> np.ndarray:
@@ -745,6 +763,30 @@ class VideoFile:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _Damage:
+    """Which decoded frames carry decoder damage: a frame FFmpeg flags corrupt taints itself and the
+    frames after it until a clean key frame (an approximation of the reference chain that errs on
+    the side of counting: a B-frame of the next group that references the damaged one is counted,
+    one whose references are all clean still is until the key frame)."""
+
+    def __init__(self) -> None:
+        self.tainted = False
+        self.hit: list[int] = []
+        self.flagged: list[int] = []
+
+    def see(self, i: int, frame, wanted: bool) -> None:
+        if frame.is_corrupt:
+            self.tainted = True
+            self.flagged.append(i)
+        elif frame.key_frame:
+            self.tainted = False
+        if wanted and self.tainted:
+            self.hit.append(i)
+
+    def result(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        return tuple(sorted(set(self.hit))), tuple(self.flagged)
 
 
 _MPEG4_VOP = b"\x00\x00\x01\xb6"  # MPEG-4 Part 2 VOP start code
