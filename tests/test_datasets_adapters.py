@@ -18,7 +18,7 @@ from fixtures.annotations import (
     write_mtl,
 )
 
-from udaqa_pipeline.config import apply_overrides, load_stage
+from udaqa_pipeline.config import resolve
 from udaqa_pipeline.datasets import TRAIN_ONLY, AnnotationError, inspect_dataset, load_dataset, read_index
 from udaqa_pipeline.datasets.rules import apply_rule
 
@@ -223,7 +223,7 @@ def test_aqa7_x100_detected(roots):
     plain = load_dataset("aqa7", roots["aqa7"])
     scaled = load_dataset("aqa7", roots["aqa7_x100"])
     np.testing.assert_allclose([s.final_score for s in scaled], [s.final_score for s in plain], atol=1e-9)
-    forced = apply_overrides(load_stage("aqa7"), ["dataset.score_scale=1"])
+    forced = resolve("aqa7", ["dataset.score_scale=1"])
     assert max(s.final_score for s in load_dataset("aqa7", roots["aqa7_x100"], forced)) > 1000
 
 
@@ -253,7 +253,7 @@ def test_folder_errors(tmp_path):
     with pytest.raises(AnnotationError, match="row 2.*not a number"):
         load_dataset("folder", tmp_path)
     write_folder(tmp_path, [{"id": "a", "path": "a.mp4", "final_score": "3", "judge_scores": "1;2"}])
-    cfg = apply_overrides(load_stage("folder"), ["dataset.rule=sum_dd"])
+    cfg = resolve("folder", ["dataset.rule=sum_dd"])
     with pytest.raises(AnnotationError, match="needs 3 judge scores"):
         load_dataset("folder", tmp_path, cfg)
     with pytest.raises(AnnotationError, match="annotations.csv"):

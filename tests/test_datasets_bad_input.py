@@ -32,7 +32,7 @@ from fixtures.annotations import (
 )
 
 from udaqa_pipeline.cache.extract import base_rows
-from udaqa_pipeline.config import ConfigError, apply_overrides, load_stage
+from udaqa_pipeline.config import Config, ConfigError, resolve
 from udaqa_pipeline.datasets import AnnotationError, load_dataset, load_stage_samples, read_index
 from udaqa_pipeline.datasets.common import DIVING_SCALE, JudgeScale, judge_scale, settle_judges
 from udaqa_pipeline.datasets.rules import apply_rule
@@ -43,8 +43,8 @@ def _dump(obj, path: Path) -> None:
         pickle.dump(obj, f)
 
 
-def _cfg(stage: str, *overrides: str) -> dict:
-    return apply_overrides(load_stage(stage), list(overrides))
+def _cfg(stage: str, *overrides: str) -> Config:
+    return resolve(stage, overrides)
 
 
 # ----------------------------------------------------------------------------- the judge policy
@@ -79,18 +79,18 @@ def test_policy_leaves_a_clean_panel_alone_and_treats_a_mixed_panel_as_one():
 
 
 def test_judge_scale_from_the_stage_config():
-    assert judge_scale(_cfg("mtl")["dataset"], None, "mtl") == DIVING_SCALE
-    assert judge_scale(_cfg("folder")["dataset"], None, "folder") is None
-    d = _cfg("folder", "dataset.judge_scale=[0, 10]", "dataset.judge_step=0.5")["dataset"]
+    assert judge_scale(_cfg("mtl").dataset, None, "mtl") == DIVING_SCALE
+    assert judge_scale(_cfg("folder").dataset, None, "folder") is None
+    d = _cfg("folder", "dataset.judge_scale=[0, 10]", "dataset.judge_step=0.5").dataset
     assert judge_scale(d, None, "folder") == JudgeScale(0.0, 10.0, 0.5)
-    d = _cfg("jigsaws", "dataset.judge_step=0")["dataset"]
+    d = _cfg("jigsaws", "dataset.judge_step=0").dataset
     assert judge_scale(d, None, "jigsaws") == JudgeScale(1.0, 5.0, None)
     with pytest.raises(ConfigError, match=r"dataset.judge_scale.*lo < hi.*stages/folder.toml"):
-        judge_scale(_cfg("folder", "dataset.judge_scale=[10, 0]")["dataset"], None, "folder")
+        judge_scale(_cfg("folder", "dataset.judge_scale=[10, 0]").dataset, None, "folder")
     with pytest.raises(ConfigError, match=r"dataset.judge_scale.*not \[lo, hi\]"):
-        judge_scale(_cfg("folder", "dataset.judge_scale=[1, 2, 3]")["dataset"], None, "folder")
+        judge_scale(_cfg("folder", "dataset.judge_scale=[1, 2, 3]").dataset, None, "folder")
     with pytest.raises(ConfigError, match="judge_step = 0.5 is set but there is no judge scale"):
-        judge_scale(_cfg("folder", "dataset.judge_step=0.5")["dataset"], None, "folder")
+        judge_scale(_cfg("folder", "dataset.judge_step=0.5").dataset, None, "folder")
 
 
 # ------------------------------------------------------------------ FineDiving's 55.5, 45.0, 8.9
@@ -119,7 +119,7 @@ def test_finediving_outliers_reported_by_key_and_never_trained_on(fd_root, capsy
     assert s55.final_score == coarse[odd[55.5][0]]["dive_score"]  # the published score is kept
 
     # what stage one writes into the cache's sample table: every judge on the scale
-    samples, _ = load_stage_samples(load_stage("finediving"), "finediving", fd_root)
+    samples, _ = load_stage_samples(resolve("finediving"), "finediving", fd_root)
     assert "3 judge value(s) off the judge scale were corrected or dropped" in capsys.readouterr().err
     rows = base_rows(samples, "finediving", fd_root)
     assert all(DIVING_SCALE.allows(j) for r in rows for j in r["judge_scores"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 from PIL import Image
 
 from fixtures.videos import encode_video
+from udaqa_pipeline.config import Frames
 from udaqa_pipeline.datasets.base import Sample
 from udaqa_pipeline.datasets.frames import sample_frames
 from udaqa_pipeline.video.decode import VideoError
@@ -22,8 +25,8 @@ def _folder(path: Path, n: int, pattern: str = "{:05d}.png") -> np.ndarray:
     return frames
 
 
-def _cfg(n_frames: int, mode: str, policy: str = "pad_last") -> dict:
-    return {"frames": {"n_frames": n_frames, "mode": mode, "short_policy": policy}}
+def _cfg(n_frames: int, mode: str, policy: str = "pad_last", **kw) -> Frames:
+    return Frames(n_frames=n_frames, mode=mode, short_policy=policy, **kw)
 
 
 def _sample(source: Path, **kw) -> Sample:
@@ -120,15 +123,14 @@ def test_untrimmed_gap_inside_the_window_is_an_error_naming_the_numbers(tmp_path
 
 def test_gap_policy_nearest_fills_and_flags(tmp_path):
     frames = _numbered(tmp_path / "g", [k for k in range(1, 41) if k not in (10, 11, 12, 30)], "img_{:05d}.png")
-    cfg = _cfg(40, "first")
-    cfg["frames"]["gap_policy"] = "nearest"
+    cfg = dataclasses.replace(_cfg(40, "first"), gap_policy="nearest")
     out = sample_frames(_sample(tmp_path / "g"), cfg)  # AQA-7 style: 1-based, index 0 = frame 1
     assert out.filled == (10, 11, 12, 30) and not out.short and out.n_source_frames == 40
     used = [k for k in range(1, 41)]
     used[9], used[10], used[11], used[29] = 9, 9, 13, 29  # nearest; the earlier one on a tie
     assert (out.indices + 1).tolist() == used
     np.testing.assert_array_equal(out.frames, np.stack([frames[k] for k in used]))
-    cfg["frames"]["gap_policy"] = "skip"
+    cfg = dataclasses.replace(cfg, gap_policy="skip")
     for source in (tmp_path / "g", encode_video(tmp_path / "v.mkv", frames[1][None].repeat(3, 0))):
         with pytest.raises(VideoError, match="gap_policy") as e:
             sample_frames(_sample(source), cfg)
@@ -155,10 +157,23 @@ def test_names_without_numbers_keep_name_order(tmp_path):
     f = FrameFolder(d)
     assert f.numbers is None and f.n_frames() == 3
     assert f.read([2, 0])[:, 0, 0, 0].tolist() == [ord("c"), ord("a")]
-    # several numbering schemes mixed, or a repeated number: not a numbering
-    assert frame_numbers(["cam1_0002.jpg", "cam2_0001.jpg"]) is None
-    assert frame_numbers(["0001.jpg", "0001.png"]) is None
     assert frame_numbers(["v03_0009.jpg", "v03_0010.jpg"]) == (9, 10)
+
+
+@pytest.mark.parametrize("names, says", [
+    (["00001.jpg", "00002.jpg", "00001.png", "00002.png"], "mixes image types (.jpg, .png)"),  # two exports
+    (["img_00001.png", "img_00002.png", "img_00001_copy.png"], "used twice"),
+    (["cam1_0002.png", "cam1_0003.png", "cam2_0001.png"], "do not increase"),  # two cameras in one folder
+    (["00001.png", "00002.png", "poster.png"], "without a frame number"),
+])
+def test_a_folder_without_one_frame_order_is_refused(tmp_path, names, says):
+    d = tmp_path / "amb"
+    d.mkdir()
+    for i, name in enumerate(names):
+        Image.fromarray(np.full((4, 4, 3), i, np.uint8)).save(d / name)
+    with pytest.raises(VideoError, match=re.escape(says)) as e:
+        sample_frames(_sample(d), _cfg(2, "first"))
+    assert e.value.kind == "ambiguous" and str(d) in str(e.value) and "move the other files out" in str(e.value)
 
 
 # ----------------------------------------------------------------------------- video files: counts, one pass
@@ -211,3 +226,33 @@ def test_rotated_phone_video_samples_upright(tmp_path):
     a, b = (sample_frames(_sample(p), _cfg(10, "uniform")) for p in (up, side))
     assert b.frames.shape == (10, 40, 24, 3)
     np.testing.assert_array_equal(a.frames, b.frames)
+
+
+# ----------------------------------------------------------------------------- decoder damage
+
+
+def _moving(n: int = 30, h: int = 64, w: int = 96) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack([np.stack([(xx * 3 + t * 5) % 256, (yy * 4 + t * 3) % 256, ((xx + yy) * 2 + t * 7) % 256], -1)
+                     for t in range(n)]).astype(np.uint8)
+
+
+@pytest.mark.parametrize("codec, pix_fmt", [("libx264", "yuv420p"), ("mpeg4", "yuv420p")])
+def test_a_window_over_damaged_frames_fails_unless_kept(tmp_path, codec, pix_fmt):
+    from fixtures.videos import damage_key_frame
+
+    clean = encode_video(tmp_path / "clean.mp4", _moving(), codec, pix_fmt, gop=10, max_b_frames=0)
+    bad = damage_key_frame(clean, 1, tmp_path / "bad.mp4")  # the key frame at 10: frames 10..19 carry it
+    assert bad.stat().st_size == clean.stat().st_size
+    whole = _cfg(30, "first")
+    assert sample_frames(_sample(clean), whole).damaged == ()
+    with pytest.raises(VideoError, match=r"10 of the window's 30 frames decode from damaged data") as e:
+        sample_frames(_sample(bad), whole)
+    assert e.value.kind == "damaged" and str(bad) in str(e.value) and 'frames.damaged = "keep"' in str(e.value)
+    kept = sample_frames(_sample(bad), dataclasses.replace(whole, damaged="keep"))
+    assert kept.damaged == tuple(range(10, 20)) and kept.frames.shape[0] == 30
+    # a window that ends before the damage never sees it (decoding stops at its last frame)
+    assert sample_frames(_sample(bad), _cfg(10, "first")).damaged == ()
+    # a sparse window (MPEG-4: the pass that skips B-frames nobody needs) counts its own frames only
+    sparse = sample_frames(_sample(bad), _cfg(6, "uniform", damaged="keep"))
+    assert sparse.indices.tolist() == [0, 5, 11, 17, 23, 29] and sparse.damaged == (11, 17)

@@ -60,11 +60,11 @@ def inspect_cmd(stage, root, overrides, as_json) -> None:
     prints one object (dataset, n_samples, folds, judges_per_sample, rule_mismatches, score_range,
     judge_outliers, ...).
     """
-    from ..config import apply_overrides, load_stage
+    from ..config import resolve
     from ..datasets import inspect_dataset
 
-    cfg = apply_overrides(load_stage(stage), overrides)
-    info = inspect_dataset(cfg.get("dataset", {}).get("name", stage), root, cfg)
+    cfg = resolve(stage, overrides)
+    info = inspect_dataset(cfg.dataset.name or stage, root, cfg)
     click.echo(json.dumps(info, indent=2) if as_json else _human(info))
 
 

@@ -60,6 +60,7 @@ class Frames:
     short_policy: str = "pad_last"  # videos with fewer than L frames
     gap_policy: str = "error"       # numbered frame folders with a missing number
     mode: str = "auto"              # where the window sits: auto / first / last / uniform
+    damaged: str = _choice("fail", ("fail", "keep"))  # window frames FFmpeg decodes from damaged data
 
 
 @dataclass(frozen=True)

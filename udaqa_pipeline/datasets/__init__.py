@@ -1,8 +1,8 @@
 """Dataset adapters: published annotation files -> a list of :class:`~.base.Sample`.
 
 One thin module per dataset (``mtl``, ``finediving``, ``jigsaws``, ``aqa7``, ``folder``), each
-with ``read(root, cfg) -> DatasetIndex``. The stage config (``stages/<name>.toml``, section
-``[dataset]``) says where each file sits under the root; ``dataset.adapter`` (default: the
+with ``read(root, dcfg) -> DatasetIndex`` where ``dcfg`` is the stage's ``[dataset]`` section
+(:class:`~udaqa_pipeline.config.DatasetConfig`, read-only), which says where each file sits under the root; ``dataset.adapter`` (default: the
 dataset's name) picks the module, so a new stage can reuse an adapter under another name.
 
 :func:`inspect_dataset` needs only the annotation files and returns the summary of
@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from ..config import load_stage
+from .. import config
+from ..config import Config
 from . import aqa7, finediving, folder, jigsaws, mtl
 from .base import TRAIN_ONLY, Sample
 from .common import AnnotationError, DatasetIndex
@@ -36,10 +37,10 @@ __all__ = ["DATASETS", "TRAIN_ONLY", "AnnotationError", "DatasetIndex", "Sample"
            "load_dataset", "read_index"]
 
 
-def _resolve(name: str, root: str | Path | None, cfg: dict | None) -> tuple[ModuleType, Path, dict]:
+def _resolve(name: str, root: str | Path | None, cfg: Config | None) -> tuple[ModuleType, Path, Config]:
     if cfg is None:
-        cfg = load_stage(name)
-    dcfg = cfg.get("dataset", {})
+        cfg = config.resolve(name)
+    dcfg = cfg.dataset
     adapter = dcfg.get("adapter", dcfg.get("name", name))
     if adapter not in DATASETS:
         adapter = name
@@ -53,25 +54,24 @@ def _resolve(name: str, root: str | Path | None, cfg: dict | None) -> tuple[Modu
     return DATASETS[adapter], root_path, cfg
 
 
-def read_index(name: str, root: str | Path | None = None, cfg: dict | None = None) -> DatasetIndex:
+def read_index(name: str, root: str | Path | None = None, cfg: Config | None = None) -> DatasetIndex:
     """Samples plus the adapter's warnings. ``cfg=None`` loads ``stages/<name>.toml``;
     ``root=None`` uses ``dataset.root``."""
     module, root_path, cfg = _resolve(name, root, cfg)
-    return module.read(root_path, cfg)
+    return module.read(root_path, cfg.dataset)
 
 
-def load_dataset(name: str, root: str | Path | None = None, cfg: dict | None = None) -> list[Sample]:
+def load_dataset(name: str, root: str | Path | None = None, cfg: Config | None = None) -> list[Sample]:
     """Every sample of a dataset, read from its annotation files (no frames are opened)."""
     return read_index(name, root, cfg).samples
 
 
-def load_stage_samples(cfg: dict, stage: str, root: str | Path | None = None, limit: int | None = None
+def load_stage_samples(cfg: Config, stage: str, root: str | Path | None = None, limit: int | None = None
                        ) -> tuple[list[Sample], Path]:
     """The samples a resolved stage config names (adapter ``dataset.name``, default the stage name),
     under ``root`` (default ``dataset.root``), the first ``limit`` only when given; and the root used."""
-    ds = cfg.get("dataset", {})
-    root_p = Path(root if root is not None else ds.get("root", "."))
-    index = read_index(ds.get("name", stage), root_p, cfg)
+    root_p = Path(root if root is not None else cfg.dataset.get("root", "."))
+    index = read_index(cfg.dataset.name or stage, root_p, cfg)
     if index.judge_outliers:
         # What training gets differs from the file here: say so where the cache is built, not only in inspect.
         print(f"labels: {len(index.judge_outliers)} judge value(s) off the judge scale were corrected or dropped "
@@ -128,7 +128,7 @@ def rule_mismatches(samples: list[Sample], atol: float = RULE_ATOL) -> list[str]
     return sorted(bad)
 
 
-def inspect_dataset(name: str, root: str | Path | None = None, cfg: dict | None = None) -> dict[str, Any]:
+def inspect_dataset(name: str, root: str | Path | None = None, cfg: Config | None = None) -> dict[str, Any]:
     """Summary from the annotation files alone (the JSON of ``datasets inspect``).
 
     Keys: ``dataset``, ``n_samples``, ``folds`` (``{"k": {"train", "test"}}``; JIGSAWS
@@ -142,9 +142,9 @@ def inspect_dataset(name: str, root: str | Path | None = None, cfg: dict | None 
     Raises :class:`AnnotationError` for a missing or malformed file and for non-finite scores.
     """
     module, root_path, cfg = _resolve(name, root, cfg)
-    index = module.read(root_path, cfg)
+    index = module.read(root_path, cfg.dataset)
     samples = index.samples
-    atol = float(cfg.get("dataset", {}).get("rule_atol", RULE_ATOL))
+    atol = float(cfg.dataset.get("rule_atol", RULE_ATOL))
     bad = rule_mismatches(samples, atol)
     ranges: dict[str, list[float]] = {}
     for s in samples:
@@ -152,7 +152,7 @@ def inspect_dataset(name: str, root: str | Path | None = None, cfg: dict | None 
         ranges[s.group] = [min(lo, s.final_score), max(hi, s.final_score)]
     judges = Counter(len(published_judges(s)) for s in samples)
     return {
-        "dataset": cfg.get("dataset", {}).get("name", name),
+        "dataset": cfg.dataset.name or name,
         "n_samples": len(samples),
         "folds": _folds(samples, getattr(module, "FOLDS_PER_GROUP", False)),
         "judges_per_sample": {str(k): judges[k] for k in sorted(judges)},

@@ -23,11 +23,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
 from .base import TRAIN_ONLY, Sample
-from .common import AnnotationError, DatasetIndex, LabelCheck, dataset_cfg, judge_scale, need_file
+from .common import AnnotationError, DatasetIndex, LabelCheck, judge_scale, need_file
 
 #: Class number (1-based, as in the .mat files) -> action name (= frame folder prefix).
 CLASSES = {1: "diving", 2: "gym_vault", 3: "ski_big_air", 4: "snowboard_big_air", 5: "sync_diving_3m", 6: "sync_diving_10m"}
@@ -126,11 +127,10 @@ def _read_mat(path: Path, var: str) -> tuple[np.ndarray, list[str]]:
     return arr, notes
 
 
-def read(root: str | Path, cfg: dict) -> DatasetIndex:
+def read(root: str | Path, dcfg: Mapping[str, Any]) -> DatasetIndex:
     """Samples of AQA-7 split 4 (module docstring). Raises :class:`AnnotationError` for a missing or
     malformed list (wrong shape, non-integer class or sample number, NaN/inf)."""
     root = Path(root)
-    dcfg = dataset_cfg(cfg)
     name = dcfg.get("name", "aqa7")
     scale_cfg = dcfg.get("score_scale", "auto")
     jscale = judge_scale(dcfg, None, name)

@@ -60,10 +60,6 @@ class DatasetIndex:
     judge_outliers: list[dict] = field(default_factory=list)
 
 
-def dataset_cfg(cfg: dict) -> dict:
-    return cfg.get("dataset", {}) if isinstance(cfg, dict) else {}
-
-
 def resolve(root: Path, rel: str | Path) -> Path:
     """``rel`` under ``root`` (an absolute ``rel`` wins, as ``Path`` joining does)."""
     return Path(root) / Path(rel)

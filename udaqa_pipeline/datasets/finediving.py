@@ -23,10 +23,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Mapping
 
 from .base import TRAIN_ONLY, Sample
 from .common import (
-    DIVING_SCALE, AnnotationError, DatasetIndex, LabelCheck, as_key_list, dataset_cfg, judge_scale, load_pickle, need_file,
+    DIVING_SCALE, AnnotationError, DatasetIndex, LabelCheck, as_key_list, judge_scale, load_pickle, need_file,
     norm_key, resolve, to_float, to_floats, to_int,
 )
 from .rules import RULE_ATOL, finediving_rule
@@ -42,11 +43,10 @@ def _key(raw, path: Path) -> tuple[str, int]:
     return str(k[0]), int(k[1])
 
 
-def read(root: str | Path, cfg: dict) -> DatasetIndex:
+def read(root: str | Path, dcfg: Mapping[str, Any]) -> DatasetIndex:
     """Samples of FineDiving (module docstring). Raises :class:`AnnotationError` for a missing or
     malformed file or non-finite scores; a judge off the scale is corrected or dropped and reported."""
     root = Path(root)
-    dcfg = dataset_cfg(cfg)
     name = dcfg.get("name", "finediving")
     warnings: list[str] = []
     coarse_path = resolve(root, dcfg["annotations"])

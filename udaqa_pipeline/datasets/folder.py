@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any, Mapping
 
 from .base import TRAIN_ONLY, Sample
-from .common import AnnotationError, DatasetIndex, LabelCheck, dataset_cfg, judge_scale, need_file
+from .common import AnnotationError, DatasetIndex, LabelCheck, judge_scale, need_file
 from .rules import DIFFICULTY_RULES, RULE_JUDGES, check_rule
 
 REQUIRED = ("id", "path", "final_score")
@@ -58,11 +59,10 @@ def _columns(path: Path, cols: list[str]) -> None:
                               f"rename or remove them: the columns are {expected}")
 
 
-def read(root: str | Path, cfg: dict) -> DatasetIndex:
+def read(root: str | Path, dcfg: Mapping[str, Any]) -> DatasetIndex:
     """Samples of ``annotations.csv`` (module docstring). Raises :class:`AnnotationError` naming the
     row for a malformed file or row, or non-finite scores."""
     root = Path(root)
-    dcfg = dataset_cfg(cfg)
     name = dcfg.get("name", "folder")
     rule_cfg = dcfg.get("rule", "auto")
     if rule_cfg != "auto":

@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
 from .base import Sample
-from .common import GRS_ITEM_SCALE, AnnotationError, DatasetIndex, LabelCheck, dataset_cfg, judge_scale, load_pickle, resolve, to_floats
+from .common import GRS_ITEM_SCALE, AnnotationError, DatasetIndex, LabelCheck, judge_scale, load_pickle, resolve, to_floats
 
 #: ``datasets inspect`` keys the folds "<Task>/<k>": each task has its own 4-fold CV.
 FOLDS_PER_GROUP = True
@@ -92,9 +93,8 @@ def _split_folds(obj, path: Path, tasks: list[str]) -> dict[str, int]:
     return fold_of
 
 
-def read(root: str | Path, cfg: dict) -> DatasetIndex:
+def read(root: str | Path, dcfg: Mapping[str, Any]) -> DatasetIndex:
     root = Path(root)
-    dcfg = dataset_cfg(cfg)
     name = dcfg.get("name", "jigsaws")
     tasks = list(dcfg.get("tasks", ["Suturing", "Knot_Tying", "Needle_Passing"]))
     warnings: list[str] = []

@@ -24,12 +24,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
 from .base import TRAIN_ONLY, Sample
 from .common import (
-    DIVING_SCALE, AnnotationError, DatasetIndex, LabelCheck, as_key_list, dataset_cfg, judge_scale, load_pickle, need_file,
+    DIVING_SCALE, AnnotationError, DatasetIndex, LabelCheck, as_key_list, judge_scale, load_pickle, need_file,
     resolve, to_float, to_floats, to_int,
 )
 from .rules import RULE_ATOL, RULE_JUDGES
@@ -70,11 +71,10 @@ def _split(root: Path, dcfg: dict, key: str, name: str) -> list[tuple[int, int]]
                                                                         key.replace("_", " "))]
 
 
-def read(root: str | Path, cfg: dict) -> DatasetIndex:
+def read(root: str | Path, dcfg: Mapping[str, Any]) -> DatasetIndex:
     """Samples of MTL-AQA split 0 (module docstring). Raises :class:`AnnotationError` for a missing
     or malformed file or non-finite scores; a judge off the scale is corrected or dropped and reported."""
     root = Path(root)
-    dcfg = dataset_cfg(cfg)
     name = dcfg.get("name", "mtl")
     ann_path = _annotation_file(root, dcfg)
     ann = load_pickle(ann_path, "MTL-AQA annotation file")

@@ -38,7 +38,11 @@ Design choices:
   ``first..last``, so a missing file is a gap, never a silent shift of every later frame. Reading
   a gap raises ``gap`` naming the missing numbers, or with ``gap_policy="nearest"`` takes the
   nearest existing frame (earlier on a tie) and records the numbers it filled. Names without
-  numbers keep plain name order. A gap before the first file cannot be seen.
+  numbers keep plain name order. A gap before the first file cannot be seen. A folder whose names
+  do not say one frame order is refused (``ambiguous``), never read in some order: two image types
+  (``00001.jpg`` and ``00001.png``), numbered and unnumbered names side by side, a number used
+  twice, or numbers that do not increase in name order (two numbering schemes, ``cam1_0002`` /
+  ``cam2_0001``).
 - ``start``/``stop`` follow Python slice rules (a ``stop`` past the end gives fewer frames, the
   caller sees it in ``len``). ``indices`` are strict: an index past the end raises
   :class:`VideoError`, because a window that silently shrinks would misalign clips.
@@ -93,6 +97,10 @@ VIDEO_ERROR_KINDS: dict[str, str] = {
                  "shorter than the window under frames.short_policy = \"error\"",
     "bad_request": "no file could satisfy the request: a negative index, an empty annotation span, bad window "
                    "settings",
+    "damaged": "decoded, but FFmpeg reports frames of the window as damaged (their data did not decode and "
+               "error concealment painted over it; frames.damaged = \"fail\")",
+    "ambiguous": "a frame folder whose names do not say one frame order: two image types, numbered and "
+                 "unnumbered names, a repeated number or two numbering schemes",
 }
 
 
@@ -121,17 +129,21 @@ _LAST_NUMBER = re.compile(r"(\d+)\D*$")
 
 
 def frame_numbers(names: Sequence[str | os.PathLike]) -> tuple[int, ...] | None:
-    """The frame number of each name (the last run of digits of its stem), or ``None`` when the names
-    do not number the frames: a name without digits, or numbers that do not strictly increase in
-    the given (natural) order, i.e. repeated numbers or several numbering schemes mixed."""
-    nums = []
-    for name in names:
-        m = _LAST_NUMBER.search(Path(name).stem)
-        if m is None:
-            return None
-        nums.append(int(m.group(1)))
-    if any(b <= a for a, b in zip(nums, nums[1:])):
+    """The frame number of each name (the last run of digits of its stem), given in natural name
+    order; ``None`` when no name carries a number (the folder keeps name order). Raises
+    ``ValueError`` saying why when the names do not say one order: some names numbered and others
+    not, a repeated number, or numbers that do not increase in name order (two numbering schemes)."""
+    found = [_LAST_NUMBER.search(Path(name).stem) for name in names]
+    if not any(found):
         return None
+    if not all(found):
+        bare = [Path(n).name for n, m in zip(names, found) if m is None]
+        raise ValueError(f"{len(bare)} name(s) without a frame number beside numbered ones (e.g. {bare[0]})")
+    nums = [int(m.group(1)) for m in found]
+    for (a, na), (b, nb) in zip(zip(nums, names), zip(nums[1:], names[1:])):
+        if b <= a:
+            what = "the frame number is used twice" if a == b else "the numbers do not increase in name order"
+            raise ValueError(f"{Path(na).name} and {Path(nb).name}: {what} (two numbering schemes in one folder)")
     return tuple(nums)
 
 
@@ -159,8 +171,18 @@ def _listing(folder: str, mtime_ns: int) -> tuple[tuple[Path, ...], tuple[int, .
         raise VideoError(folder, f"cannot list frame folder ({exc.strerror or exc})", "check permissions",
                          kind=kind) from exc
     names.sort(key=natural_key)
+    types = sorted({os.path.splitext(n)[1].lower() for n in names})
+    fix = "keep one set of frames per folder: move the other files out, or extract the video again"
+    if len(types) > 1:
+        raise VideoError(folder, f"frame folder mixes image types ({', '.join(types)}): which files are the "
+                                 f"frames is ambiguous", fix, kind="ambiguous")
+    try:
+        numbers = frame_numbers(names)
+    except ValueError as exc:
+        raise VideoError(folder, f"frame folder names do not say one frame order: {exc}", fix,
+                         kind="ambiguous") from exc
     base = Path(folder)
-    return tuple(base / n for n in names), frame_numbers(names)
+    return tuple(base / n for n in names), numbers
 
 
 class VideoSource(Protocol):
@@ -395,6 +417,12 @@ class VideoFile:
     ``decoded_frames`` is the exact frame count once a :meth:`read` decoded to the end of the file
     (it does when a window reaches the last frame the container states, or when frames run out);
     ``None`` until then.
+
+    ``damaged`` holds the indices, among those the last :meth:`read` returned, of frames FFmpeg
+    decoded from damaged data: a frame it flags corrupt (``AV_FRAME_FLAG_CORRUPT``, PyAV's
+    ``is_corrupt``: its error concealment painted over what it could not decode) and every frame
+    after it up to the next clean key frame, which predict from it and carry the damage on (FFmpeg
+    flags only the first). ``corrupt_frames`` are the flagged frames themselves.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -411,6 +439,8 @@ class VideoFile:
         self._ops: tuple[str, ...] | None = None  # display transform, known after the first decoded frame
         self._count: ContainerCount | None = None
         self.decoded_frames: int | None = None
+        self.damaged: tuple[int, ...] = ()
+        self.corrupt_frames: tuple[int, ...] = ()
 
     def _open(self):
         import av
@@ -575,6 +605,7 @@ class VideoFile:
         ``truncated`` when the container promised the missing frames, ``corrupt`` / ``empty``.
         """
         idx = _check_indices(self.path, indices)
+        self.damaged, self.corrupt_frames = (), ()
         if not idx.size:
             return np.zeros((0, 0, 0, 3), np.uint8)
         got = None
@@ -593,10 +624,12 @@ class VideoFile:
         last = int(idx.max())
         to_end = expect is not None and last >= expect - 1
         got: dict[int, np.ndarray] = {}
+        damage = _Damage()
         n, err = 0, None
         try:
             for i, frame in enumerate(self._frames()):
                 n = i + 1
+                damage.see(i, frame, i in wanted)
                 if i in wanted:
                     got[i] = self.to_rgb(frame)
                 if i >= last and not to_end:
@@ -609,6 +642,7 @@ class VideoFile:
             self._rewind()
         if err is None and to_end:
             self.decoded_frames = n
+        self.damaged, self.corrupt_frames = damage.result()
         if last >= n or (err is not None and not (to_end and n == expect)):
             if err is not None or n == 0 or self._cut_short(n):
                 raise self._stopped_error(n, err)
@@ -636,6 +670,7 @@ class VideoFile:
         flushed: list = []
         delay, prev, k, current = None, -1, 0, None
         packed_before, is_mpeg4 = False, ctx.name == "mpeg4"
+        damage = _Damage()
         try:
             for pkt in self._container.demux(stream):
                 if pkt.size:
@@ -664,6 +699,7 @@ class VideoFile:
                         return None
                     prev = i
                     emitted.add(s)
+                    damage.see(i, frame, i in wanted)
                     if i in wanted:
                         got[i] = self.to_rgb(frame)
         except av.FFmpegError:
@@ -677,6 +713,7 @@ class VideoFile:
             if i <= prev:
                 return None
             prev = i
+            damage.see(i, frame, i in wanted)
             if i in wanted:
                 got[i] = self.to_rgb(frame)
         # Inside the fully decoded steps nothing was skipped, so each step past the delay output a frame;
@@ -686,6 +723,7 @@ class VideoFile:
         # runs) and MPEG-4 not-coded VOPs are refused packet by packet (_mpeg4_step_safe).
         if any(delay <= s < n and s not in emitted for s in full) or not wanted <= got.keys():
             return None
+        self.damaged, self.corrupt_frames = damage.result()
         return got
 
     def read_range(self, start: int, stop: int | None) -> np.ndarray:
@@ -725,6 +763,30 @@ class VideoFile:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _Damage:
+    """Which decoded frames carry decoder damage: a frame FFmpeg flags corrupt taints itself and the
+    frames after it until a clean key frame (an approximation of the reference chain that errs on
+    the side of counting: a B-frame of the next group that references the damaged one is counted,
+    one whose references are all clean still is until the key frame)."""
+
+    def __init__(self) -> None:
+        self.tainted = False
+        self.hit: list[int] = []
+        self.flagged: list[int] = []
+
+    def see(self, i: int, frame, wanted: bool) -> None:
+        if frame.is_corrupt:
+            self.tainted = True
+            self.flagged.append(i)
+        elif frame.key_frame:
+            self.tainted = False
+        if wanted and self.tainted:
+            self.hit.append(i)
+
+    def result(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        return tuple(sorted(set(self.hit))), tuple(self.flagged)
 
 
 _MPEG4_VOP = b"\x00\x00\x01\xb6"  # MPEG-4 Part 2 VOP start code
