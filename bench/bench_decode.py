@@ -31,9 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
+from udaqa_pipeline.config import Frames
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = REPO.parent / "shared" / "data" / "jigsaws-capture2" / "Suturing" / "video"
-CFG = {"frames": {"n_frames": 160, "mode": "uniform", "short_policy": "pad_last"}}
+CFG = Frames(n_frames=160, mode="uniform", short_policy="pad_last")
 
 
 def _old_read(path: Path, idx: np.ndarray):
@@ -54,7 +56,7 @@ def _old_read(path: Path, idx: np.ndarray):
     return np.stack([got[i] for i in idx.tolist()]) if last < n else None
 
 
-def before_issue_10(source: Path, cfg: dict):
+def previous_decoder(source: Path, cfg: Frames):
     """The previous decoder's ``sample_frames`` for a video file, frozen here so the comparison stays
     honest whatever ``video/decode.py`` becomes: count demuxed packets, decode in order up to the
     last window frame, and when the decoder gave fewer frames, count by decoding and read again."""
@@ -76,7 +78,7 @@ def before_issue_10(source: Path, cfg: dict):
     return frames, win.indices, n
 
 
-def exact_count(source: Path, cfg: dict):
+def exact_count(source: Path, cfg: Frames):
     """The exact-count path: count every frame by decoding, then read the window (two decodes)."""
     from udaqa_pipeline.datasets.base import Sample
     from udaqa_pipeline.datasets.frames import _window
@@ -89,7 +91,7 @@ def exact_count(source: Path, cfg: dict):
         return src.read(win.indices), win.indices, n
 
 
-def now(source: Path, cfg: dict):
+def now(source: Path, cfg: Frames):
     from udaqa_pipeline.datasets.base import Sample
     from udaqa_pipeline.datasets.frames import sample_frames
 
@@ -146,12 +148,12 @@ def run(quick: bool = False) -> dict:
     try:
         for path in videos:
             res: dict = {}
-            for fn in (before_issue_10, now, now, before_issue_10):  # ABBA: drifting load hits both alike
+            for fn in (previous_decoder, now, now, previous_decoder):  # ABBA: drifting load hits both alike
                 out, wall, cpu = _timed(fn, path, CFG)
                 best = res.get(fn.__name__)
                 res[fn.__name__] = (out, wall, cpu) if best is None or wall < best[1] else best
             (ex, ex_s, _) = _timed(exact_count, path, CFG)
-            (bf, bi, bn), b_s, b_cpu = res["before_issue_10"]
+            (bf, bi, bn), b_s, b_cpu = res["previous_decoder"]
             (nf, ni, nn), n_s, n_cpu = res["now"]
             same = (bn == nn == ex[2] and np.array_equal(bi, ni) and np.array_equal(ni, ex[1])
                     and np.array_equal(bf, nf) and np.array_equal(nf, ex[0]))

@@ -87,7 +87,8 @@ def _load_time(tmp: Path, backend: str, n: int = 1412) -> tuple[float, int]:
 
 def run(quick: bool = False) -> dict:
     from udaqa_pipeline.backbone.weights import load_i3d
-    from udaqa_pipeline.cache.extract import extract_features, resolve_config
+    from udaqa_pipeline.cache.extract import extract_features
+    from udaqa_pipeline.config import resolve
     from udaqa_pipeline.features import default_batch_size, forward_clips
     from udaqa_pipeline.cache.verify import cache_info
 
@@ -111,7 +112,7 @@ def run(quick: bool = False) -> dict:
         before = model_only()
         stats: dict = {}
         t0 = time.perf_counter()
-        path = extract_features("folder", resolve_config("folder"), root, cache_root=tmp / "cache", model=model,
+        path = extract_features("folder", resolve("folder"), root, cache_root=tmp / "cache", model=model,
                                 batch_size=bs, threads=2,
                                 progress=False, stats=stats)
         e2e_s = time.perf_counter() - t0

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from udaqa_pipeline.config import Config
 from udaqa_pipeline.cache.legacy import legacy_key, samples_fingerprint
 from udaqa_pipeline.features import layout_of, make_views
 from udaqa_pipeline.cache.manifest import STORE_NAMES, key_hash, write_manifest
@@ -40,7 +41,7 @@ LEGACY_SAMPLE_SCHEMA = pa.schema([
 def write_legacy_cache(
     cache_root: Path,
     stage: str,
-    cfg: Mapping[str, Any],
+    cfg: Config,
     rows: Sequence[Mapping[str, Any]],
     features: np.ndarray,
     video: np.ndarray,
@@ -57,22 +58,24 @@ def write_legacy_cache(
 
     ``stopped_after``: the sample indices staged when the old extraction was stopped (killed): the
     cache is left incomplete, with ``samples_base.parquet`` and ``staging/shard-0-of-1/<index:07d>.npz``."""
-    c = cfg["cache"]
-    views = make_views(int(c["views"]), int(c["view_shift"]))
+    c = cfg.cache
+    old_config = cfg.to_dict()
+    del old_config["frames"]["damaged"]  # the old code had no such key
+    views = make_views(c.views, c.view_shift)
     layout = layout_of(cfg)
-    key = legacy_key(dataset=stage, cfg=dict(cfg), views=views, dtype=c["dtype"], weights_sha256=weights_sha256,
+    key = legacy_key(dataset=stage, cfg=cfg, views=views, dtype=c.dtype, weights_sha256=weights_sha256,
                      samples_fingerprint=samples_fingerprint(rows))
     chash = key_hash(key)
     d = Path(cache_root) / f"{stage}-{chash}"
     d.mkdir(parents=True)
-    h, w = (int(x) for x in c["video_size"])
+    h, w = (int(x) for x in c.video_size)
     manifest = {
-        "schema_version": 1, "dataset": stage, "adapter": cfg["dataset"]["name"],
-        "config_hash": chash, "hashed": key, "config": cfg, "complete": False, "backend": backend,
+        "schema_version": 1, "dataset": stage, "adapter": cfg.dataset.name,
+        "config_hash": chash, "hashed": key, "config": old_config, "complete": False, "backend": backend,
         "stores": {}, "n_samples": len(rows), "n_views": len(views), "n_clips": len(layout.starts),
         "clip_len": layout.clip_len, "n_frames": layout.n_frames, "clip_layout": layout.kind,
         "clip_starts": list(layout.starts), "video_size": [h, w], "feature_dim": 1024,
-        "views": views, "weights_sha256": weights_sha256, "dtype": c["dtype"], "root": str(root),
+        "views": views, "weights_sha256": weights_sha256, "dtype": c.dtype, "root": str(root),
         "extraction": {"batch_size": batch_size, "device": "cpu", "torch": torch.__version__,
                        "torch_threads": torch.get_num_threads(), "started": "2026-01-01T00:00:00+00:00"},
     }

@@ -22,7 +22,8 @@ import pytest
 
 from test_cache_util import TINY, make_dataset, tiny_model
 from udaqa_pipeline.cache import open_cache
-from udaqa_pipeline.cache.extract import ExtractionError, extract_features, resolve_config
+from udaqa_pipeline.cache.extract import ExtractionError, extract_features
+from udaqa_pipeline.config import resolve
 from udaqa_pipeline.features import featurize
 from udaqa_pipeline.cache.lock import CacheLockedError
 from udaqa_pipeline.cache.staging import STAGING
@@ -41,7 +42,7 @@ def _logged(caplog) -> str:
 def _extract(root, cache_root, overrides=TINY, **kw):
     kw.setdefault("model", tiny_model())
     kw.setdefault("batch_size", BS)
-    cfg = resolve_config("folder", overrides, **{k: kw.pop(k) for k in ("backend", "views", "dtype") if k in kw})
+    cfg = resolve("folder", overrides, {f"cache.{k}": kw.pop(k) for k in ("backend", "views", "dtype") if k in kw})
     return extract_features("folder", cfg, root, cache_root=cache_root, progress=False, **kw)
 
 
@@ -82,8 +83,8 @@ def test_short_video_padded_and_flagged_and_views_match_featurize(tmp_path):
     assert row["status"] == "ok" and row["short"] and row["n_source_frames"] == 7
     assert row["frame_indices"] == [0, 1, 2, 3, 4, 5, 6, 6, 6, 6, 6, 6]
     assert c.features.shape == (1, 2, 2, 1024) and c.views[1] == {"flip": True, "shift": 0}
-    cfg = resolve_config("folder", TINY, views=2)
-    frames = sample_frames(load_dataset("folder", root, cfg)[0], cfg).frames
+    cfg = resolve("folder", TINY, {"cache.views": 2})
+    frames = sample_frames(load_dataset("folder", root, cfg)[0], cfg.frames).frames
     for v in range(2):
         feats, video = featurize(frames, model, cfg, v, batch_size=2)
         assert feats.tobytes() == c.features[0, v].tobytes()  # scoring path == cached numbers
@@ -115,6 +116,7 @@ DRIVER = textwrap.dedent("""
     from test_cache_util import TINY, tiny_model
     import udaqa_pipeline.cache.extract as ex
     import udaqa_pipeline.cache.merge as mg
+    from udaqa_pipeline.config import resolve
     root, cache, mode = sys.argv[1:4]
     kind, _, arg = mode.partition(":")
     if kind == "during":  # die inside the k-th staged write: temp file written, not yet renamed
@@ -128,7 +130,7 @@ DRIVER = textwrap.dedent("""
         mg.os.replace = replace
     elif kind == "merge":  # die after the store is written, before samples.parquet and the manifest
         mg.write_samples = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
-    ex.extract_features("folder", ex.resolve_config("folder", TINY), root, cache_root=cache, batch_size={bs},
+    ex.extract_features("folder", resolve("folder", TINY), root, cache_root=cache, batch_size={bs},
                         progress=False, model=tiny_model())
 """)
 
@@ -196,8 +198,9 @@ TORCHRUN_DRIVER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
     from test_cache_util import TINY, tiny_model
-    from udaqa_pipeline.cache.extract import extract_features, resolve_config
-    p = extract_features("folder", resolve_config("folder", TINY), sys.argv[1], cache_root=sys.argv[2],
+    from udaqa_pipeline.cache.extract import extract_features
+    from udaqa_pipeline.config import resolve
+    p = extract_features("folder", resolve("folder", TINY), sys.argv[1], cache_root=sys.argv[2],
                          batch_size={bs}, progress=False, model=tiny_model())
     print("CACHE", p, flush=True)
 """)

@@ -22,9 +22,10 @@ import pytest
 from legacy_cache import write_legacy_cache
 from test_cache_util import TINY, make_dataset, tiny_model, write_video
 from udaqa_pipeline.cache import open_cache
-from udaqa_pipeline.cache.extract import base_rows, extract_features, resolve_config, state_fingerprint
+from udaqa_pipeline.cache.extract import base_rows, extract_features, state_fingerprint
+from udaqa_pipeline.config import resolve
 from udaqa_pipeline.cache.legacy import legacy_key
-from udaqa_pipeline.cache.manifest import key_hash, read_manifest
+from udaqa_pipeline.cache.manifest import extraction_key, key_hash, read_manifest
 from udaqa_pipeline.cache.verify import cache_info, verify_cache
 from udaqa_pipeline.datasets import load_stage_samples
 from udaqa_pipeline.trainset import Labels
@@ -54,7 +55,7 @@ class Counted:
 
 def _extract(root: Path, cache_root: Path, counted: Counted | None = None, **kw):
     stats: dict = {}
-    cfg = resolve_config("folder", TINY, **{k: kw.pop(k) for k in ("backend", "views", "dtype") if k in kw})
+    cfg = resolve("folder", TINY, {f"cache.{k}": kw.pop(k) for k in ("backend", "views", "dtype") if k in kw})
     p = extract_features("folder", cfg, root, cache_root=cache_root, progress=False, batch_size=BS,
                          model=(counted or Counted()).model, stats=stats, **kw)
     return p, stats
@@ -295,19 +296,24 @@ def test_interrupted_commit_of_an_update_is_finished_by_the_next_run(tmp_path, m
 
 
 def test_legacy_key_is_the_pre_change_key():
-    """``legacy_key`` hashes to what the code before this change named caches (value computed with it)."""
-    cfg = {"frames": {"n_frames": 12}, "clips": {"n_clips": 2}, "preprocess": {"crop": 193},
-           "cache": {"video_size": [8, 8]}}
-    key = legacy_key(dataset="folder", cfg=cfg, views=[{"flip": False, "shift": 0}], dtype="fp32",
-                     weights_sha256="w", samples_fingerprint="s")
-    assert key_hash(key) == "3e686d61c292"
+    """``legacy_key`` and ``extraction_key`` hash a resolved config to what the code before the typed
+    configuration named caches (values computed with that code on the same settings)."""
+    cfg = resolve("folder", ["frames.n_frames=12", "clips.n_clips=2", "preprocess.crop=193", "cache.video_size=[8, 8]"])
+    view = [{"flip": False, "shift": 0}]
+    key = legacy_key(dataset="folder", cfg=cfg, views=view, dtype="fp32", weights_sha256="w", samples_fingerprint="s")
+    assert key_hash(key) == "ef682c5361cd"
+    assert key_hash(extraction_key(dataset="folder", cfg=cfg, views=view, dtype="fp32", weights_sha256="w")) == "fbad9d578be5"
+    # frames.damaged chooses which samples are kept, not their numbers: outside the key
+    kept = cfg.replace({"frames.damaged": "keep"})
+    assert extraction_key(dataset="folder", cfg=kept, views=view, dtype="fp32", weights_sha256="w") == \
+        extraction_key(dataset="folder", cfg=cfg, views=view, dtype="fp32", weights_sha256="w")
 
 
 def _legacy(tmp_path: Path, root: Path, cache_root: Path, scores: dict[str, float] | None = None, **kw) -> Path:
     """A schema-1 cache of ``root``'s samples as the old code wrote it (features from a scratch extraction)."""
     scratch, _ = _extract(root, tmp_path / "scratch")
     c = open_cache(scratch)
-    cfg = resolve_config("folder", TINY)
+    cfg = resolve("folder", TINY)
     samples, _ = load_stage_samples(cfg, "folder", root)
     rows = base_rows(samples, "folder", root)
     for r, e in zip(rows, c.samples.to_pylist()):

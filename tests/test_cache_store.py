@@ -209,12 +209,12 @@ def test_lock_refuses_second_writer_and_takes_over_stale(tmp_path):
 
 
 def test_cache_key_covers_what_changes_numbers():
-    from udaqa_pipeline.cache.extract import resolve_config
+    from udaqa_pipeline.config import resolve
     from udaqa_pipeline.cache.manifest import extraction_key, key_hash
 
     def h(overrides=(), views=1, dtype="fp32", weights="w", **kw):
-        cfg = resolve_config("folder", overrides, views=views, dtype=dtype, **kw)
-        return key_hash(extraction_key(dataset="folder", cfg=cfg, views=make_views(views), dtype=cfg["cache"]["dtype"],
+        cfg = resolve("folder", overrides, {"cache.views": views, "cache.dtype": dtype, **{f"cache.{k}": v for k, v in kw.items()}})
+        return key_hash(extraction_key(dataset="folder", cfg=cfg, views=make_views(views), dtype=cfg.cache.dtype,
                                        weights_sha256=weights))
 
     base = h()

@@ -228,8 +228,8 @@ def test_awards_are_the_judge_scale_in_numpy_and_in_the_model_sampler():
 ])
 def test_award_step_config_errors_say_what_to_set(sets, match):
     from udaqa_pipeline.config import ConfigError
-    from udaqa_pipeline.engine.recipe import resolve_config
+    from udaqa_pipeline.config import resolve
 
-    assert resolve_config("mtl")["train"]["award_step"] == 0.5
+    assert resolve("mtl").train.award_step == 0.5
     with pytest.raises(ConfigError, match=match):
-        resolve_config("mtl", sets)
+        resolve("mtl", sets)

@@ -76,7 +76,7 @@ def _cells(**reach: str) -> dict[str, str | None]:
 
 
 def _inspect_cfg(bound: dict) -> Any:
-    return bound["cfg"]["train"]["epochs"], bound["cfg"]["train"]["lr"]
+    return bound["cfg"].train.epochs, bound["cfg"].train.lr
 
 
 ROWS: dict[str, Row] = {

@@ -8,7 +8,7 @@ import tomllib
 
 import pytest
 
-from udaqa_pipeline.config import (SECTIONS, Config, ConfigError, apply_overrides, check_value, load_stage, resolve,
+from udaqa_pipeline.config import (SECTIONS, Config, ConfigError, apply_overrides, check_value, read_stage, resolve,
                                    STAGES_DIR)
 
 
@@ -39,15 +39,16 @@ def test_values_outside_their_choices_are_refused(item):
         resolve("demo", [item])
 
 
-def test_floats_take_integers_as_written():
-    assert resolve("demo", ["train.lr=1"]).train.lr == 1
+def test_floats_take_integers():
+    lr = resolve("demo", ["train.lr=1"]).train.lr
+    assert lr == 1.0 and isinstance(lr, float)
     assert check_value("train.weight_decay", 0) == 0
 
 
 def test_defaulted_keys_the_stage_leaves_out_can_be_set(tmp_path):
     p = tmp_path / "bare.toml"
     p.write_text('[dataset]\nname = "mtl"\n')
-    assert "cache" not in load_stage(p)
+    assert "cache" not in read_stage(p)
     cfg = resolve(p, ["cache.view_shift=2", "cache.dtype=bf16", "finetune.lr_scale=0.3"])
     assert (cfg.cache.view_shift, cfg.cache.dtype, cfg.finetune.lr_scale) == (2, "bf16", 0.3)
     assert cfg.train == SECTIONS["train"]()  # everything else is the defaults
@@ -78,12 +79,12 @@ def test_a_stage_file_with_a_wrong_type_names_the_file(tmp_path):
     p = tmp_path / "bad.toml"
     p.write_text('[dataset]\nname = "mtl"\n[train]\nepochs = "ten"\n')
     with pytest.raises(ConfigError) as e:
-        load_stage(p)
+        read_stage(p)
     assert str(p) in str(e.value) and "train.epochs" in str(e.value)
 
 
 def test_extends_merges_key_by_key_over_the_named_stage(tmp_path):
-    demo, mtl = load_stage("demo"), load_stage("mtl")
+    demo, mtl = read_stage("demo"), read_stage("mtl")
     own = tomllib.loads((STAGES_DIR / "demo.toml").read_text())
     for section, body in mtl.items():
         for k, v in body.items():
@@ -91,7 +92,7 @@ def test_extends_merges_key_by_key_over_the_named_stage(tmp_path):
     (tmp_path / "base.toml").write_text('extends = "child.toml"\n[dataset]\nname = "mtl"\n')
     (tmp_path / "child.toml").write_text('extends = "base.toml"\n')
     with pytest.raises(ConfigError, match="loops"):
-        load_stage(tmp_path / "child.toml")
+        read_stage(tmp_path / "child.toml")
 
 
 @pytest.mark.parametrize("stage", ["mtl", "demo", "jigsaws", "aqa7", "finediving", "folder"])
@@ -105,7 +106,7 @@ def test_the_saved_form_reads_back_equal(stage):
 
 
 def test_a_config_saved_before_every_default_was_written_reads_as_the_full_one():
-    old = load_stage("mtl")  # what a run saved: the stage file with [train] filled, no [finetune]
+    old = read_stage("mtl")  # what a run saved: the stage file with [train] filled, no [finetune]
     old["train"] = dict(resolve("mtl").to_dict()["train"])
     del old["cache"]["dtype"]
     assert Config.from_dict(old) == resolve("mtl")

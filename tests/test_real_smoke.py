@@ -52,11 +52,12 @@ def root(tmp_path_factory) -> Path:
 
 def test_real_surgical_video_end_to_end(root, tmp_path):
     from udaqa_pipeline.cache import open_cache
-    from udaqa_pipeline.cache.extract import extract_features, resolve_config
+    from udaqa_pipeline.cache.extract import extract_features
+    from udaqa_pipeline.config import resolve
     from udaqa_pipeline.evaluate import evaluate
     from udaqa_pipeline.engine.run import train
 
-    cache = extract_features("jigsaws", resolve_config("jigsaws", SETTINGS), root, cache_root=tmp_path / "cache",
+    cache = extract_features("jigsaws", resolve("jigsaws", SETTINGS), root, cache_root=tmp_path / "cache",
                              progress=False, strict=True)
     c = open_cache(cache)
     t = c.samples.to_pydict()

@@ -44,13 +44,14 @@ def write_mp4(frames_dir: Path, path: Path) -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(data root, cache root, stage-two run dir) for the tiny synthetic set."""
-    from udaqa_pipeline.cache.extract import extract_features, resolve_config
+    from udaqa_pipeline.cache.extract import extract_features
+    from udaqa_pipeline.config import resolve
     from udaqa_pipeline.engine.run import train
 
     base = tmp_path_factory.mktemp("score")
     root = make_synth(base / "data")
     cache_root = base / "cache"
-    cache = extract_features("mtl", resolve_config("mtl", TINY), root, cache_root=cache_root, progress=False, threads=1)
+    cache = extract_features("mtl", resolve("mtl", TINY), root, cache_root=cache_root, progress=False, threads=1)
     run = train("mtl", cache=cache, run_dir=base / "run", overrides=TINY + TRAIN, progress=False)
     return root, cache_root, run
 
@@ -92,7 +93,7 @@ def test_score_features_match_the_cache(trained):
     sc = load_scorer(run)
     cache = open_cache(next(cache_root.glob(f"*-{load_run(run).cache_hash}")))
     frames = sample_frames(Sample(id="x", dataset="user", source=root / "frames" / "01_02", final_score=0.0),
-                           sc.config).frames
+                           sc.config.frames).frames
     feats, video = featurize(frames, sc.i3d, sc.config, None, batch_size=1)
     assert feats.shape == cache.features.shape[2:] and video.shape == cache.video.shape[1:]
     dist = [float(np.abs(cache.features[k, 0] - feats).max()) for k in range(cache.features.shape[0])]

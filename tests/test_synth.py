@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from udaqa_pipeline import synth
-from udaqa_pipeline.config import load_stage
+from udaqa_pipeline.config import resolve
 from udaqa_pipeline.datasets import inspect_dataset, load_dataset
 from udaqa_pipeline.datasets.frames import sample_frames
 from udaqa_pipeline.datasets.rules import apply_rule
@@ -170,7 +170,7 @@ def test_layout_and_annotation_types(small_set: Path):
 
 
 def test_read_by_the_mtl_adapter(small_set: Path):
-    cfg = load_stage("demo")
+    cfg = resolve("demo")
     samples = load_dataset("mtl", small_set, cfg)
     assert len(samples) == SMALL.n_dives
     assert sum(s.fold == 0 for s in samples) == 2
@@ -183,7 +183,7 @@ def test_read_by_the_mtl_adapter(small_set: Path):
     assert rep["judge_outliers"] == []
     finals = [s.final_score for s in samples]
     assert list(rep["score_range"].values()) == [[pytest.approx(min(finals)), pytest.approx(max(finals))]]
-    sf = sample_frames(samples[0], cfg)
+    sf = sample_frames(samples[0], cfg.frames)
     assert sf.frames.shape == (103, SMALL.height, SMALL.width, 3)
     assert sf.short  # 24 frames < 103: padded and flagged, as the stage config says
 

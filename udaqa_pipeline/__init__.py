@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 from .cache import open_cache  # noqa: E402
 from .cache.extract import extract_features  # noqa: E402
 from .runs.checkpoint import Run, load_run  # noqa: E402
-from .config import load_stage  # noqa: E402
+from .config import resolve as load_stage  # noqa: E402  (the resolved, typed stage config)
 from .cv import cross_validate  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
 from .engine.run import train  # noqa: E402

@@ -68,13 +68,13 @@ def _run_row(name: str, spec: RunSpec, data: TrainingSet, run_dir: Path, overrid
     import torch
 
     from .engine.loop import RunOptions, train_run
-    from .engine.recipe import resolve_config
+    from . import config
     from .evaluate import evaluate
 
     torch.set_num_threads(threads)
     counter, handle = count_backbone_forwards()
     try:
-        rd = train_run(resolve_config(spec.stage, overrides), spec, data, run_dir, device=device,
+        rd = train_run(config.resolve(spec.stage, overrides), spec, data, run_dir, device=device,
                        options=RunOptions(progress=False))
         m = evaluate(rd, data=data, make_plots=False)
     finally:
@@ -109,12 +109,13 @@ def ablate(dataset: str, *, fold: int = 0, cache: Any = None, cache_root: Any = 
     from . import resolve
 
     cache = resolve.cache_dir(dataset, cache=cache, cache_root=cache_root)
-    from .engine.recipe import PAPER_RECIPE, resolve_config
+    from . import config
+    from .engine.recipe import PAPER_RECIPE
 
     table = {n: ([*PAPER_RECIPE, *ov], paper) for n, (ov, paper) in ROWS.items()}
     base = list(overrides)
-    own = resolve_config(dataset, base)["train"]
-    if all(resolve_config(dataset, base + ov)["train"] != own for ov, _ in table.values()):
+    own = config.resolve(dataset, base).train
+    if all(config.resolve(dataset, base + ov).train != own for ov, _ in table.values()):
         table[STAGE_ROW] = ([], None)
     names = list(table) if rows is None else rows
     unknown = [n for n in names if n not in table]

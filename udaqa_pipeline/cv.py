@@ -126,7 +126,7 @@ def _train_job(data: TrainingSet, spec: RunSpec, method: str, seed: int, *, over
     import torch
 
     from .engine.loop import RunOptions, train_run
-    from .engine.recipe import resolve_config
+    from . import config
     from .evaluate import run_dirs
     from .inference.predict import predict
     from .runs.checkpoint import load_run
@@ -135,7 +135,7 @@ def _train_job(data: TrainingSet, spec: RunSpec, method: str, seed: int, *, over
     # checkpoints every 25 epochs: a cv run is short to redo, and a checkpoint per epoch costs more than
     # the epoch itself on small data
     sets = ["train.checkpoint_every=25", *overrides, *method_overrides(method), f"train.seed={seed}"]
-    train_run(resolve_config(spec.stage, sets), spec, data, run_dir, device=device, options=RunOptions(progress=False))
+    train_run(config.resolve(spec.stage, sets), spec, data, run_dir, device=device, options=RunOptions(progress=False))
     labels, src = data.labels, data.source
     pos = {s: i for i, s in enumerate(labels.ids)}
     out = []
@@ -286,7 +286,8 @@ def cross_validate(stage: str, *, root: str | Path | None = None, cache: str | P
     from tqdm import tqdm
 
     from . import resolve
-    from .cache.extract import extract_features, resolve_config
+    from . import config
+    from .cache.extract import extract_features
     from .trainset import SPLITS
 
     methods = list(methods)
@@ -303,7 +304,7 @@ def cross_validate(stage: str, *, root: str | Path | None = None, cache: str | P
     overrides = list(overrides)
     if cache is None:
         stage_one = [o for o in overrides if not o.strip().startswith("train.")]
-        cache = extract_features(stage, resolve_config(stage, stage_one), root, cache_root=cache_root,
+        cache = extract_features(stage, config.resolve(stage, stage_one), root, cache_root=cache_root,
                                  device=resolve.device(), progress=progress)
     cache = str(resolve.cache_dir(stage, cache=cache, cache_root=cache_root))
     data = resolve.training_set(stage, cache=cache)  # opened once, handed to every job

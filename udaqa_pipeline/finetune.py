@@ -36,9 +36,9 @@ Design choices:
   is set to 0 (and its counter restored) so running statistics are updated once per step.
 - **Decoding** runs in ``workers`` persistent DataLoader worker processes (default: min(8, CPUs)
   on CUDA, 0 on CPU); inference passes overlap decoding with the I3D forward.
-- **Config**: the stage TOML plus a ``[finetune]`` section (:data:`FINETUNE_DEFAULTS`) is written to
-  ``<run>/stage.toml`` and is what the loop loads, so the resolved config in the checkpoint holds
-  the fine-tuning settings and ``finetune.*`` overrides work like any other.
+- **Config**: the resolved stage config (:func:`udaqa_pipeline.config.resolve`) holds the
+  ``[finetune]`` section (:class:`~udaqa_pipeline.config.Finetune`) with its defaults, so the config in
+  the checkpoint carries the fine-tuning settings and ``finetune.*`` overrides work like any other.
 - **Cache hash**: no feature cache is read, but the run records the hash stage one would give these
   frames/clips/preprocess settings and samples, prefixed ``ft-`` (so ``evaluate`` on cached frozen
   features refuses the run instead of scoring it with the wrong features; use
@@ -67,18 +67,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from . import resolve
-from .config import DEFAULTS, ConfigError, load_stage
+from . import config, resolve
+from .config import Config
 from .errors import UdaqaError
+from .backbone.i3d import BLOCKS
 from .runs.layout import RunSpec
 
-#: Defaults of the ``[finetune]`` section (see the module docstring).
-FINETUNE_DEFAULTS: dict[str, Any] = DEFAULTS["finetune"]
-
-#: I3D blocks in forward order (the unit of activation checkpointing).
-BLOCKS = ("Conv3d_1a_7x7", "MaxPool3d_2a_3x3", "Conv3d_2b_1x1", "Conv3d_2c_3x3", "MaxPool3d_3a_3x3",
-          "Mixed_3b", "Mixed_3c", "MaxPool3d_4a_3x3", "Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e",
-          "Mixed_4f", "MaxPool3d_5a_2x2", "Mixed_5b", "Mixed_5c")
 
 ADAM_BETAS = (0.9, 0.999)
 
@@ -128,11 +122,9 @@ def estimate_epoch_seconds(step_s: float, infer_s: float, decode_s: float, *, n_
     return compute + (decode if workers == 0 else max(0.0, decode - compute))
 
 
-def _auto_flag(setting: Any, device: torch.device, key: str) -> bool:
-    """``auto`` (on for CUDA, off on CPU), on/true or off/false."""
+def _auto_flag(setting: str | bool, device: torch.device) -> bool:
+    """``auto`` (on for CUDA, off on CPU), on/true or off/false (checked by :class:`~udaqa_pipeline.config.Finetune`)."""
     s = str(setting).lower()
-    if s not in ("auto", "on", "off", "true", "false"):
-        raise ConfigError(f"finetune.{key} must be auto, on or off, not {setting!r}")
     return device.type == "cuda" if s == "auto" else s in ("on", "true")
 
 
@@ -258,7 +250,7 @@ def i3d_state(source_state: dict) -> dict:
 class _Items(torch.utils.data.Dataset):
     """Decodes and preprocesses one sample per key (row, seed, augment); runs in DataLoader workers."""
 
-    def __init__(self, samples: Sequence[Any], cfg: dict) -> None:
+    def __init__(self, samples: Sequence[Any], cfg: Config) -> None:
         self.samples = list(samples)
         self.cfg = cfg
 
@@ -274,18 +266,15 @@ class _Items(torch.utils.data.Dataset):
         sample = self.samples[row]
         try:
             t0 = time.perf_counter()
-            frames = sample_frames(sample, self.cfg).frames
-            L = int(self.cfg["frames"]["n_frames"])
+            frames = sample_frames(sample, self.cfg.frames).frames
+            L = self.cfg.frames.n_frames
             if frames.shape[0] != L:
                 raise ValueError(f"sample_frames returned {frames.shape[0]} frames, the config asks for {L}")
-            p = self.cfg.get("preprocess", {})
-            f = self.cfg.get("finetune", FINETUNE_DEFAULTS)
-            shift, flip, gen = (augmentation(seed, int(f["max_shift"]), bool(f["flip"])) if augment
-                                else (0, False, None))
+            p, f = self.cfg.preprocess, self.cfg.finetune
+            shift, flip, gen = augmentation(seed, f.max_shift, f.flip) if augment else (0, False, None)
             frames = shift_frames(frames, shift)
-            x = i3d_input(frames, resize=int(p.get("resize", 256)), crop=int(p.get("crop", 224)),
-                          crop_mode="random" if augment and f["random_crop"] else "center", flip=flip,
-                          norm=p.get("norm", "i3d"), generator=gen)
+            x = i3d_input(frames, resize=p.resize, crop=p.crop, crop_mode="random" if augment and f.random_crop
+                          else "center", flip=flip, norm=p.norm, generator=gen)
             video = downsample_video(frames, video_size_of(self.cfg))
             if flip:
                 video = np.ascontiguousarray(video[..., ::-1])
@@ -322,7 +311,7 @@ class FrameData:
     settings, not the backbone's weights (the features are computed while training), so evaluating a
     fine-tuned run rebuilds the same hash from the same dataset and refuses a changed one."""
 
-    def __init__(self, stage: str, cfg: dict, samples: Sequence[Any], root: Path) -> None:
+    def __init__(self, stage: str, cfg: Config, samples: Sequence[Any], root: Path) -> None:
         from .cache import samples_table
         from .cache.legacy import legacy_key, samples_fingerprint
         from .cache.plan import base_rows
@@ -338,9 +327,9 @@ class FrameData:
         self.labels = Labels.from_table(samples_table(rows))
         key = legacy_key(dataset=stage, cfg=cfg, views=[{"flip": False, "shift": 0}], dtype="finetune",
                          weights_sha256="frames", samples_fingerprint=fp)
-        self.provenance = Provenance(stage=stage, adapter=str(cfg["dataset"].get("name", stage)),
-                                     cache_hash="ft-" + key_hash(key),
-                                     feature_config={k: copy.deepcopy(cfg[k]) for k in FEATURE_SECTIONS if k in cfg})
+        saved = cfg.to_dict()
+        self.provenance = Provenance(stage=stage, adapter=cfg.dataset.name or stage, cache_hash="ft-" + key_hash(key),
+                                     feature_config={k: saved[k] for k in FEATURE_SECTIONS})
 
     def training_set(self, source: Any) -> Any:
         """The :class:`~udaqa_pipeline.trainset.TrainingSet` of these samples read through ``source``."""
@@ -424,59 +413,20 @@ class FrameSource:
 # --------------------------------------------------------------------------- setup
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise ConfigError(f"cannot write {v!r} to a stage TOML")
-
-
-def to_toml(cfg: dict) -> str:
-    """A stage config (sections of scalars and lists) as TOML text."""
-    out = []
-    for section, body in cfg.items():
-        if not isinstance(body, dict):
-            raise ConfigError(f"stage config key {section!r} is not a section")
-        out.append(f"[{section}]")
-        out.extend(f"{k} = {_toml_value(v)}" for k, v in body.items())
-        out.append("")
-    return "\n".join(out)
-
-
-def write_stage(dataset: str | Path, run_dir: Path) -> Path:
-    """``<run>/stage.toml``: the stage config plus the ``[finetune]`` defaults (keys the stage lacks)."""
-    cfg = load_stage(dataset)
-    ft = dict(FINETUNE_DEFAULTS)
-    ft.update(cfg.get("finetune", {}))
-    cfg["finetune"] = ft
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "stage.toml"
-    text = f"# written by udaqa-pipeline finetune from stage {dataset}\n" + to_toml(cfg)
-    if not path.exists() or path.read_text() != text:
-        path.write_text(text)
-    return path
-
-
-def build_backbone(cfg: dict, device: torch.device, i3d: nn.Module | None = None) -> Backbone:
+def build_backbone(cfg: Config, device: torch.device, i3d: nn.Module | None = None) -> Backbone:
     """The Kinetics I3D (cached weights) wrapped as a trainable :class:`Backbone` per ``cfg``."""
     from .backbone.weights import load_i3d
 
-    f = cfg["finetune"]
-    t = cfg["train"]
+    f = cfg.finetune
+    t = cfg.train
     i3d = i3d if i3d is not None else load_i3d(device=device)
     i3d.to(device)
-    return Backbone(i3d, lr=float(t["lr"]) * float(f["lr_scale"]), weight_decay=float(t["weight_decay"]),
-                    freeze=bool(f["freeze_backbone"]), freeze_bn=bool(f["freeze_bn"]),
-                    checkpointing=_auto_flag(f["checkpointing"], device, "checkpointing"),
-                    amp=_auto_flag(f["amp"], device, "amp"))
+    return Backbone(i3d, lr=t.lr * f.lr_scale, weight_decay=t.weight_decay, freeze=f.freeze_backbone,
+                    freeze_bn=f.freeze_bn, checkpointing=_auto_flag(f.checkpointing, device),
+                    amp=_auto_flag(f.amp, device))
 
 
-def time_step(backbone: Backbone, cfg: dict, batch_size: int, *, n_videos: int | None = None,
+def time_step(backbone: Backbone, cfg: Config, batch_size: int, *, n_videos: int | None = None,
               warmup: bool | None = None) -> dict[str, float]:
     """Time one training step (fwd + bwd + in-backward update) and one no-grad pass of the backbone on
     synthetic clips of the config's shape, on a copy (the real weights are not touched).
@@ -492,8 +442,8 @@ def time_step(backbone: Backbone, cfg: dict, batch_size: int, *, n_videos: int |
     probe.train()
     k = len(layout_of(cfg).starts)
     n = n_videos or (batch_size if dev.type == "cuda" else 1)
-    crop = int(cfg.get("preprocess", {}).get("crop", 224))
-    x = torch.rand(n * k, 3, int(cfg["clips"]["clip_len"]), crop, crop, generator=torch.Generator().manual_seed(0))
+    crop = cfg.preprocess.crop
+    x = torch.rand(n * k, 3, cfg.clips.clip_len, crop, crop, generator=torch.Generator().manual_seed(0))
     x = (x * 2 - 1).to(dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
@@ -519,21 +469,21 @@ def time_step(backbone: Backbone, cfg: dict, batch_size: int, *, n_videos: int |
     return {"step_s": t_step, "infer_s_per_video": t_inf, "videos_timed": n, "clips_per_video": k}
 
 
-def _check_time(src: FrameSource, cfg: dict, n_fit: int, n_sel: int, workers: int, max_minutes: float,
+def _check_time(src: FrameSource, cfg: Config, n_fit: int, n_sel: int, workers: int, max_minutes: float,
                 force: bool) -> dict:
-    bs = int(cfg["train"]["batch_size"])
+    bs = cfg.train.batch_size
     t = time_step(src.module, cfg, bs)
     t0 = time.perf_counter()
     src._check(src.items[(0, 0, False)])
     decode_s = time.perf_counter() - t0
     epoch = estimate_epoch_seconds(t["step_s"], t["infer_s_per_video"], decode_s, n_fit=n_fit, n_select=n_sel,
-                                   batch_size=bs, workers=workers, curriculum=bool(cfg["train"]["use_curriculum"]))
+                                   batch_size=bs, workers=workers, curriculum=cfg.train.use_curriculum)
     dev = next(src.module.i3d.parameters()).device
     est = {**t, "decode_s_per_video": decode_s, "epoch_s": epoch, "device": str(dev),
-           "total_h": epoch * int(cfg["train"]["epochs"]) / 3600}
+           "total_h": epoch * cfg.train.epochs / 3600}
     msg = (f"fine-tuning estimate on {dev}: {t['step_s']:.2f} s per step of {bs} videos x "
            f"{t['clips_per_video']} clips, about {epoch / 60:.1f} min per epoch over {n_fit} training + {n_sel} "
-           f"selection videos, {est['total_h']:.1f} h for {cfg['train']['epochs']} epochs")
+           f"selection videos, {est['total_h']:.1f} h for {cfg.train.epochs} epochs")
     log.info(msg)
     if epoch > max_minutes * 60 and not force:
         raise FinetuneError(f"{msg}: more than {max_minutes:g} min per epoch, so it is refused on this machine. "
@@ -541,7 +491,7 @@ def _check_time(src: FrameSource, cfg: dict, n_fit: int, n_sel: int, workers: in
     return est
 
 
-def _load_samples(cfg: dict, stage: str, root: str | Path | None, limit: int | None) -> tuple[list, Path]:
+def _load_samples(cfg: Config, stage: str, root: str | Path | None, limit: int | None) -> tuple[list, Path]:
     from .datasets import load_stage_samples
 
     samples, root_p = load_stage_samples(cfg, stage, root, limit)
@@ -553,17 +503,16 @@ def _load_samples(cfg: dict, stage: str, root: str | Path | None, limit: int | N
 def prepare(dataset: str, root: str | Path | None = None, *, run_dir: str | Path | None = None,
             spec: RunSpec | None = None, overrides: Iterable[str] = (), samples: Sequence[Any] | None = None,
             limit: int | None = None, device: str | torch.device | None = None, jobs: int | None = None,
-            i3d: nn.Module | None = None) -> tuple[Path, dict, FrameData, FrameSource]:
+            i3d: nn.Module | None = None) -> tuple[Path, Config, FrameData, FrameSource]:
     """Resolve the run's config and build its frame data and trainable source (no training);
     ``spec`` names the default run directory (``<runs>/<stage>/finetune-fold<k>``)."""
     from .cache.extract import stage_name
-    from .engine.recipe import resolve_config
 
     stage = stage_name(dataset)
     spec = spec or RunSpec(stage)
     run = Path(run_dir) if run_dir is not None else resolve.run_dir(stage, "finetune", fold=spec.fold, cv=spec.cv)
-    cfg = resolve_config(str(write_stage(dataset, run)), list(overrides))
-    if cfg["train"]["per_group"]:
+    cfg = config.resolve(dataset, overrides)
+    if cfg.train.per_group:
         raise FinetuneError("train.per_group with a fine-tuned backbone would carry one group's backbone into the "
                             "next; fine-tune one group at a time (a stage whose dataset holds that group only)")
     if samples is None:
@@ -600,11 +549,11 @@ def finetune(dataset: str, root: str | Path | None = None, *, spec: RunSpec | No
                                   samples=samples, limit=limit, device=device, jobs=jobs, i3d=i3d)
     spec = replace(spec, stage=data.provenance.stage) if spec is not None else RunSpec(data.provenance.stage)
     labels = data.labels
-    tr, te = split_folds(labels, spec.fold, spec.cv, int(cfg["train"]["seed"]))
+    tr, te = split_folds(labels, spec.fold, spec.cv, cfg.train.seed)
     protocol = spec.protocol
-    n_sel = len(te) if protocol == "paper" else max(1, int(round(float(cfg["train"]["val_fraction"]) * len(tr))))
+    n_sel = len(te) if protocol == "paper" else max(1, int(round(cfg.train.val_fraction * len(tr))))
     if protocol == "honest":
-        carve_validation(tr, float(cfg["train"]["val_fraction"]), int(cfg["train"]["seed"]))  # fails early if too few
+        carve_validation(tr, cfg.train.val_fraction, cfg.train.seed)  # fails early if too few
     if not force:  # forced runs skip the timing step altogether
         _check_time(src, cfg, len(tr) - (n_sel if protocol == "honest" else 0), n_sel, src.workers,
                     max_epoch_minutes, force)
@@ -630,7 +579,7 @@ def evaluate_finetuned(run_dir: str | Path, root: str | Path | None = None, *, j
     if state is None:
         raise FinetuneError(f"{run_dir} has no fine-tuned backbone; evaluate it with `udaqa-pipeline evaluate`")
     cfg = run.config
-    stage = str(run.checkpoint.get("stage") or run.checkpoint.get("dataset") or cfg["dataset"].get("name", ""))
+    stage = str(run.checkpoint.get("stage") or run.checkpoint.get("dataset") or cfg.dataset.get("name", ""))
     samples_, root_p = _load_samples(cfg, stage, root, None)
     dev = torch.device(resolve.device(device))
     i3d = I3D()

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from . import resolve
+from .config import Config
 from .errors import UdaqaError
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv",
@@ -68,7 +69,7 @@ class Scorer:
 
     run_dir: Path
     model: Any
-    config: dict
+    config: Config
     i3d: torch.nn.Module
     scaling: dict
     dataset: str
@@ -76,16 +77,15 @@ class Scorer:
     rules: dict[str, int] = field(default_factory=dict)  #: the checkpoint's {rule: T}, most common first
 
 
-def stage_config(run: Any) -> dict:
+def stage_config(run: Any) -> Config:
     """The run's config with the frames/clips/preprocess/cache sections its features were made with
     (the checkpoint's ``feature_config``, recorded from the cache it trained on; a cache written
     without a stage config, e.g. by a tool, leaves the run's own stage sections in place)."""
     import copy
 
-    cfg = copy.deepcopy(run.config)
-    for sec, body in ((getattr(run, "checkpoint", None) or {}).get("feature_config") or {}).items():
-        cfg[sec] = copy.deepcopy(body)
-    return cfg
+    saved = run.config.to_dict()
+    saved.update((getattr(run, "checkpoint", None) or {}).get("feature_config") or {})
+    return Config.from_dict(saved)
 
 
 def load_scorer(run_dir: str | Path, *, device: str | None = None,
@@ -100,7 +100,7 @@ def load_scorer(run_dir: str | Path, *, device: str | None = None,
         groups = json.loads((run_dir / "groups.json").read_text())["groups"]
         raise ScoreError(f"{run_dir} holds one model per group ({', '.join(groups)}): pass --run {run_dir}/<group>")
     run = load_run(run_dir)
-    names = {str(run.checkpoint.get("dataset", "")), str(run.config.get("dataset", {}).get("name", ""))}
+    names = {str(run.checkpoint.get("dataset", "")), run.config.dataset.name}
     if dataset is not None and dataset not in names:
         raise CheckpointError(f"{run_dir / CHECKPOINT} was trained on dataset {sorted(names - {''})[0]!r}, not "
                               f"{dataset!r}; pass the run of that dataset")
@@ -120,14 +120,14 @@ def load_scorer(run_dir: str | Path, *, device: str | None = None,
             raise CheckpointError(f"{run_dir}: the fine-tuned backbone does not fit this version's I3D ({e}); "
                                   f"retrain the run") from e
         i3d.to(dev)
-        amp = str(cfg.get("finetune", {}).get("amp", "auto")).lower()
-        cfg.setdefault("cache", {})["dtype"] = "bf16" if dev.type == "cuda" and amp in ("auto", "on", "true") else "fp32"
+        amp = str(cfg.finetune.amp).lower()
+        cfg = cfg.replace({"cache.dtype": "bf16" if dev.type == "cuda" and amp in ("auto", "on", "true") else "fp32"})
     else:
         from .backbone.weights import load_i3d
 
         i3d = load_i3d(device=dev)
     i3d.prepare_for_inference()
-    dataset = str(cfg.get("dataset", {}).get("name", ""))
+    dataset = cfg.dataset.name
     return Scorer(run_dir, run.model, cfg, i3d, run.scaling, dataset, finetuned, stored_rules)
 
 
@@ -167,7 +167,7 @@ def resolve_rule(scorer: Scorer, judges: int | None = None, rule: str | None = N
         elif scorer.dataset in DATASET_RULES:
             r, observed = DATASET_RULES[scorer.dataset]
         else:
-            r = str(scorer.config.get("dataset", {}).get("rule", "auto"))
+            r = str(scorer.config.dataset.get("rule", "auto"))
             if r == "auto":
                 raise ScoreError(f"the run's dataset {scorer.dataset!r} does not fix a scoring rule and its feature "
                                  f"cache is not here to say; pass --rule (one of {', '.join(RULE_JUDGES)})")
@@ -213,7 +213,7 @@ def score_video(scorer: Scorer, path: str | Path, *, judges: int | None = None, 
         raise ScoreError(f"--samples must be at least 1, got {samples}")
     gi = _group_index(scorer, group)
     path = Path(path)
-    sf = sample_frames(Sample(id=path.name, dataset="user", source=path, final_score=math.nan), scorer.config)
+    sf = sample_frames(Sample(id=path.name, dataset="user", source=path, final_score=math.nan), scorer.config.frames)
     k = len(layout_of(scorer.config).starts)
     feats, video = featurize(sf.frames, scorer.i3d, scorer.config, None, batch_size=k)
     gen = torch.Generator().manual_seed(int(seed))

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import ConfigError
+from .config import ConfigError, Train
 from .datasets.rules import judges_needed
 
 SPLITS = ("official", "louo", "dev")
@@ -100,14 +100,14 @@ class Labels:
         return None if math.isnan(d) else float(d)
 
 
-def label_scaling(labels: Labels, train_idx: np.ndarray, tcfg: dict) -> dict:
+def label_scaling(labels: Labels, train_idx: np.ndarray, tcfg: Train) -> dict:
     """The run's label scaling: {"mode", "groups": [names], "lo": [...], "hi": [...]}.
 
     ``global`` mode has one group "" (every sample maps to it)."""
-    mode = tcfg.get("label_scale", "global")
+    mode = tcfg.label_scale
     if mode not in ("global", "per_group"):
         raise ConfigError(f"train.label_scale must be 'global' or 'per_group', not {mode!r}")
-    rng = list(tcfg.get("label_range") or [])
+    rng = list(tcfg.label_range)
     if mode == "global":
         if rng:
             lo, hi = float(rng[0]), float(rng[1])

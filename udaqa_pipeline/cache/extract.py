@@ -66,7 +66,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from ..config import DEFAULTS, DTYPES, apply_overrides, cache_root as _cache_root, check_value, load_stage
+from ..config import Config, cache_root as _cache_root
 from ..features import (default_batch_size, failure_status, forward_clips, layout_of, make_views, video_size_of,
                         view_input)
 from .lock import CacheLock
@@ -135,29 +135,6 @@ def stage_name(dataset: str | Path) -> str:
     return p.stem if p.suffix == ".toml" else str(dataset)
 
 
-def resolve_config(
-    dataset: str | Path,
-    overrides: Iterable[str] = (),
-    *,
-    backend: str | None = None,
-    views: int | None = None,
-    dtype: str | None = None,
-) -> dict[str, Any]:
-    """Stage config with ``section.key=value`` overrides, then the explicit keyword settings."""
-    cfg = apply_overrides(load_stage(dataset), list(overrides))
-    c = cfg.setdefault("cache", {})
-    for key, value in (("backend", backend), ("views", views), ("dtype", dtype)):
-        if value is not None:
-            c[key] = check_value(f"cache.{key}", value, source="argument")
-    for key, value in DEFAULTS["cache"].items():
-        c.setdefault(key, copy.deepcopy(value))
-    if c["backend"] not in STORE_NAMES:
-        raise CacheError(f"cache.backend {c['backend']!r}: use one of {', '.join(STORE_NAMES)}")
-    if c["dtype"] not in DTYPES:
-        raise CacheError(f"cache.dtype {c['dtype']!r}: use one of {', '.join(DTYPES)}")
-    return cfg
-
-
 # ----------------------------------------------------------------------------- the run
 
 
@@ -170,15 +147,15 @@ class _Pending:
     remaining: int
 
 
-def _prepare(sample: Any, cfg: Mapping[str, Any], views: Sequence[Mapping[str, Any]]):
+def _prepare(sample: Any, cfg: Config, views: Sequence[Mapping[str, Any]]):
     """Worker: decode + preprocess one sample -> (record, [view inputs], video) or (record, None, None)."""
     from ..datasets.frames import sample_frames
     from ..video.transforms import downsample_video
 
     try:
-        sf = sample_frames(sample, cfg)
+        sf = sample_frames(sample, cfg.frames)
         frames = sf.frames
-        L = int(cfg["frames"]["n_frames"])
+        L = cfg.frames.n_frames
         if frames.shape[0] != L:
             raise ValueError(f"sample_frames returned {frames.shape[0]} frames, the config asks for {L}")
         xs = [view_input(frames, cfg, v) for v in views]
@@ -223,7 +200,7 @@ def run_shard(
     indices: Sequence[int],
     out_dir: Path,
     model: torch.nn.Module,
-    cfg: Mapping[str, Any],
+    cfg: Config,
     views: Sequence[Mapping[str, Any]],
     *,
     batch_size: int,
@@ -263,7 +240,7 @@ class _Prefetch:
     """Samples being decoded and preprocessed ``prefetch`` ahead of the model, in ``indices`` order."""
 
     def __init__(self, pool: ThreadPoolExecutor, samples: Sequence[Any] | Mapping[int, Any], indices: Sequence[int],
-                 cfg: Mapping[str, Any], views: Sequence[Mapping[str, Any]], prefetch: int):
+                 cfg: Config, views: Sequence[Mapping[str, Any]], prefetch: int):
         self.pool, self.samples, self.cfg, self.views, self.prefetch = pool, samples, cfg, views, prefetch
         self.todo = iter(indices)
         self.ahead: deque[tuple[int, Future]] = deque()
@@ -316,7 +293,7 @@ def _clip_loop(ahead: _Prefetch, stager: _Stager, model: torch.nn.Module, layout
 
 def extract_features(
     stage: str | Path,
-    cfg: Mapping[str, Any],
+    cfg: Config,
     root: str | Path | None = None,
     *,
     cache_root: str | Path | None = None,
@@ -385,7 +362,7 @@ class _Run:
     cache is, its key, its views and clip layout, and this process's shard."""
 
     stage: str
-    cfg: Mapping[str, Any]
+    cfg: Config
     root: Path
     croot: Path
     cache_dir: Path
@@ -398,14 +375,14 @@ class _Run:
     lead: bool  # the process that writes state shared by all shards
 
 
-def _open_run(stage_arg: str | Path, cfg: Mapping[str, Any], root: str | Path | None, *,
+def _open_run(stage_arg: str | Path, cfg: Config, root: str | Path | None, *,
               cache_root: str | Path | None, limit: int | None, shard: str | Shard | None,
               model: torch.nn.Module | None) -> tuple[_Run, list[Any]]:
     """The run's shared state and the samples of the annotation files (the first ``limit``)."""
     from ..datasets import load_stage_samples
 
     stage = stage_name(stage_arg)
-    c = cfg["cache"]
+    c = cfg.cache
     samples, root = load_stage_samples(cfg, stage, root)
     if not samples:
         raise CacheError(f"dataset {stage!r} under {root} has no samples; check --root and the annotation files")
@@ -413,14 +390,14 @@ def _open_run(stage_arg: str | Path, cfg: Mapping[str, Any], root: str | Path | 
         log.info(f"{stage}: --limit {int(limit)}: the label table holds the first {int(limit)} of the {len(samples)} "
                  f"samples of the annotation files (a run without --limit adds the rest and reuses these)")
         samples = samples[: int(limit)]
-    view_list = make_views(int(c["views"]), int(c["view_shift"]))
+    view_list = make_views(c.views, c.view_shift)
     if model is None:
         from ..backbone.weights import weights_sha256
 
         wsha = weights_sha256()
     else:
         wsha = "state:" + state_fingerprint(model)
-    key = extraction_key(dataset=stage, cfg=cfg, views=view_list, dtype=c["dtype"], weights_sha256=wsha)
+    key = extraction_key(dataset=stage, cfg=cfg, views=view_list, dtype=c.dtype, weights_sha256=wsha)
     croot = _cache_root(cache_root)
     tr = torchrun_env()
     sh = tr if tr is not None else (shard if isinstance(shard, Shard) else parse_shard(shard))
@@ -470,14 +447,14 @@ def _plan(run: _Run, samples: Sequence[Any], manifest: Mapping[str, Any] | None,
         log.info(f"{cache_dir}: {stray} extracted samples staged by an earlier run are no longer in the annotation "
                  f"files; they are kept in the store")
     plan.limit = None if limit is None else int(limit)
-    plan.dataset_config = dict(run.cfg.get("dataset", {}))
+    plan.dataset_config = dict(run.cfg.dataset)
     plan.changes = label_changes(old_labels, plan.samples)
     return plan, (describe_changes(plan.changes) if old_labels else None)
 
 
 def _refresh_only(run: _Run, plan: Any, manifest: Mapping[str, Any], n_samples: int, said: str | None) -> None:
     """Commit a plan without store work: add a missing backend's store, rewrite the label table."""
-    cache_dir, backend = run.cache_dir, run.cfg["cache"]["backend"]
+    cache_dir, backend = run.cache_dir, run.cfg.cache.backend
     if backend not in manifest.get("stores", {}):
         log.info(f"cache {cache_dir} is complete; adding a {backend} store from the existing one")
         add_backend(cache_dir, backend)
@@ -490,15 +467,15 @@ def _refresh_only(run: _Run, plan: Any, manifest: Mapping[str, Any], n_samples: 
 def _start_manifest(run: _Run, plan: Any, n_samples: int) -> dict[str, Any]:
     """The manifest of a new cache (written by the lead process), marked incomplete."""
     run.cache_dir.mkdir(parents=True, exist_ok=True)
-    c, layout = run.cfg["cache"], run.layout
+    c, layout = run.cfg.cache, run.layout
     h, w = video_size_of(run.cfg)
     manifest = {
-        "schema_version": SCHEMA_VERSION, "dataset": run.stage, "adapter": run.cfg["dataset"]["name"],
-        "config_hash": key_hash(run.key), "hashed": run.key, "config": run.cfg, "complete": False,
-        "backend": c["backend"], "stores": {}, "n_samples": n_samples, "n_rows": 0, "n_views": len(run.views),
+        "schema_version": SCHEMA_VERSION, "dataset": run.stage, "adapter": run.cfg.dataset.name,
+        "config_hash": key_hash(run.key), "hashed": run.key, "config": run.cfg.to_dict(), "complete": False,
+        "backend": c.backend, "stores": {}, "n_samples": n_samples, "n_rows": 0, "n_views": len(run.views),
         "n_clips": len(layout.starts), "clip_len": layout.clip_len, "n_frames": layout.n_frames,
         "clip_layout": layout.kind, "clip_starts": list(layout.starts), "video_size": [h, w],
-        "feature_dim": FEATURE_DIM, "views": run.views, "weights_sha256": run.wsha, "dtype": c["dtype"],
+        "feature_dim": FEATURE_DIM, "views": run.views, "weights_sha256": run.wsha, "dtype": c.dtype,
         "root": str(run.root), "extraction": {"started": now_iso()},
     }
     if plan.adopted:  # rows added later use the batch size and threads the adopted rows were made with
@@ -542,7 +519,7 @@ def _extract_mine(run: _Run, manifest: dict[str, Any], plan: Any, samples: Seque
 def _merge_run(run: _Run, plan: Any, said: str | None, strict: bool) -> Path:
     """Merge the staged rows into the cache once every shard is done (rank 0 under torchrun; else
     this process when no rows of other shards are missing), then the summary."""
-    cache_dir, backend = run.cache_dir, run.cfg["cache"]["backend"]
+    cache_dir, backend = run.cache_dir, run.cfg.cache.backend
     if run.tr is not None:
         import torch.distributed as dist
 
@@ -603,8 +580,8 @@ def _extract_rows(run: _Run, manifest: dict[str, Any], plan: Any, todo: list[int
                   batch_size: int | None, threads: int | None, progress: bool) -> dict[str, Any]:
     """Load and prepare I3D, then extract the plan rows ``todo`` of this shard (``n_mine`` rows in all)
     into its staging folder (the caller holds the shard's writer lock)."""
-    cache_dir, cfg, c = run.cache_dir, run.cfg, run.cfg["cache"]
-    model = _load_model(model, device, c["dtype"])
+    cache_dir, cfg, c = run.cache_dir, run.cfg, run.cfg.cache
+    model = _load_model(model, device, c.dtype)
     dev = next(model.parameters()).device
     recorded = manifest.get("extraction", {})
     recorded_bs = recorded.get("batch_size")
@@ -623,7 +600,7 @@ def _extract_rows(run: _Run, manifest: dict[str, Any], plan: Any, todo: list[int
         write_manifest(cache_dir, manifest)
     records = {i: {k: plan.rows[i][k] for k in ("name", "source", "frame_start", "frame_end", "stamp")} for i in todo}
     st = run_shard(job_sample, todo, shard_dir(cache_dir, run.sh.name), model, cfg, run.views, batch_size=bs,
-                   workers=threads or default_workers(), dtype=c["dtype"], progress=progress,
+                   workers=threads or default_workers(), dtype=c.dtype, progress=progress,
                    initial=n_mine - len(todo), total=n_mine, records=records)
     st.update(batch_size=bs, device=str(dev))
     return st

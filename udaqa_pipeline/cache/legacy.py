@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pyarrow.parquet as pq
 
+from ..config import Config
 from .manifest import (LEGACY_SCHEMA, MANIFEST, SAMPLES, STORE_NAMES, CacheError, extraction_key, feature_settings,
                        read_manifest)
 from .staging import read_staged, staged_files
@@ -28,7 +29,7 @@ from .store import StoreReader
 LEGACY_BASE = "samples_base.parquet"
 
 
-def legacy_key(*, dataset: str, cfg: dict[str, Any], views: list[dict[str, Any]], dtype: str, weights_sha256: str,
+def legacy_key(*, dataset: str, cfg: Config, views: list[dict[str, Any]], dtype: str, weights_sha256: str,
                samples_fingerprint: str) -> dict[str, Any]:
     """The schema-1 key, byte for byte: the feature settings of :func:`.manifest.extraction_key` plus
     ``samples``, a fingerprint of the ids, sources, frame ranges and labels of the extracted samples

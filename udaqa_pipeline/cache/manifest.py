@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..config import config_hash
+from ..config import Config, config_hash
 from ..errors import UdaqaError
 from ..fileutil import atomic_write_bytes
 
@@ -72,10 +72,14 @@ def read_manifest(cache_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+#: ``[frames]`` keys outside the cache key: they select samples, they do not change a sample's numbers.
+NOT_HASHED_FRAMES = ("damaged",)
+
+
 def extraction_key(
     *,
     dataset: str,
-    cfg: dict[str, Any],
+    cfg: Config,
     views: list[dict[str, Any]],
     dtype: str,
     weights_sha256: str,
@@ -83,8 +87,9 @@ def extraction_key(
     """The object whose hash names the cache: everything that changes the stored numbers.
 
     - ``frames`` (L, short-video policy, ...), ``clips`` (layout, K, clip length) and
-      ``preprocess`` (resize, crop, normalisation) sections of the stage config, whole: any key
-      a helper adds there changes the numbers by definition.
+      ``preprocess`` (resize, crop, normalisation) sections of the stage config, whole but for
+      :data:`NOT_HASHED_FRAMES` (``frames.damaged`` decides whether a damaged window is kept, not
+      what any kept window's numbers are).
     - ``video_size`` (the downsampled video), the feature ``views`` (flip/shift of each), the
       compute ``dtype`` (bf16 autocast changes the features) and the I3D ``weights_sha256``.
 
@@ -96,14 +101,15 @@ def extraction_key(
     return {"schema_version": SCHEMA_VERSION, **_feature_settings(dataset, cfg, views, dtype, weights_sha256)}
 
 
-def _feature_settings(dataset: str, cfg: dict[str, Any], views: list[dict[str, Any]], dtype: str,
+def _feature_settings(dataset: str, cfg: Config, views: list[dict[str, Any]], dtype: str,
                       weights_sha256: str) -> dict[str, Any]:
+    saved = cfg.to_dict()
     return {
         "dataset": dataset,
-        "frames": cfg.get("frames", {}),
-        "clips": cfg.get("clips", {}),
-        "preprocess": cfg.get("preprocess", {}),
-        "video_size": list(cfg.get("cache", {}).get("video_size", [64, 64])),
+        "frames": {k: v for k, v in saved["frames"].items() if k not in NOT_HASHED_FRAMES},
+        "clips": saved["clips"],
+        "preprocess": saved["preprocess"],
+        "video_size": saved["cache"]["video_size"],
         "views": views,
         "dtype": dtype,
         "weights_sha256": weights_sha256,

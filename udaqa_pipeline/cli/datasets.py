@@ -17,11 +17,11 @@ def datasets_group() -> None:
 @datasets_group.command("list")
 def list_cmd() -> None:
     """The dataset adapters and the stage configs that use them."""
-    from ..config import available_stages, load_stage
+    from ..config import available_stages, read_stage
     from ..datasets import DATASETS
 
     for stage in available_stages():
-        d = load_stage(stage).get("dataset", {})
+        d = read_stage(stage).get("dataset", {})
         adapter = d.get("adapter", d.get("name", stage))
         note = "" if adapter in DATASETS else "  (no adapter)"
         click.echo(f"{stage:<12} adapter={adapter:<11} root={d.get('root', '.')}{note}")

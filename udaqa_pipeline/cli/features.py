@@ -57,10 +57,10 @@ def features_cmd(stage, root, backend, views, batch_size, threads, dtype, shard,
     Videos that cannot be read are recorded (status, error) and skipped; the exit status is non-zero only
     with --strict or when no video succeeded (the cache path is printed then too).
     """
-    from .. import resolve
-    from ..cache.extract import ExtractionError, extract_features, resolve_config
+    from .. import config, resolve
+    from ..cache.extract import ExtractionError, extract_features
 
-    cfg = resolve_config(stage, overrides, backend=backend, views=views, dtype=dtype)
+    cfg = config.resolve(stage, overrides, {"cache.backend": backend, "cache.views": views, "cache.dtype": dtype})
     try:
         path = extract_features(
             stage, cfg, root, cache_root=cache_root, limit=limit, shard=shard, device=resolve.device(device),

@@ -29,7 +29,7 @@ from .schema import (BACKENDS, DTYPES, SECTIONS, SELECT_METRICS, SELECTIONS, Cac
 
 __all__ = ["BACKENDS", "DTYPES", "SECTIONS", "SELECT_METRICS", "SELECTIONS", "Cache", "Clips", "Config",
            "ConfigError", "DatasetConfig", "Finetune", "Frames", "Preprocess", "Train", "apply_overrides",
-           "available_stages", "cache_root", "check_value", "config_hash", "default_of", "load_stage",
+           "available_stages", "cache_root", "check_value", "config_hash", "default_of", "read_stage",
            "resolve", "runs_root", "REPO_ROOT", "STAGES_DIR"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -51,7 +51,7 @@ def _stage_path(name_or_path: str | Path) -> Path:
     return p
 
 
-def load_stage(name_or_path: str | Path) -> dict[str, Any]:
+def read_stage(name_or_path: str | Path) -> dict[str, Any]:
     """The nested dict of ``stages/<name>.toml`` (or a TOML file path), merged over the stage it
     ``extends`` (a stage name, or a path relative to the file), every value checked; no defaults
     filled in (that is :func:`resolve`'s). Raises :class:`ConfigError` for a missing file, an
@@ -115,7 +115,7 @@ def resolve(stage: str | Path, overrides: Iterable[str] = (), flags: Mapping[str
     """The resolved :class:`Config` of ``stage`` (a name in ``stages/`` or a TOML path): defaults <
     the stage file (after what it extends) < ``overrides`` (``section.key=value``) < ``flags``
     (``{"cache.backend": "zarr"}``; None values are not given). Raises :class:`ConfigError`."""
-    cfg = apply_overrides(load_stage(stage), list(overrides))
+    cfg = apply_overrides(read_stage(stage), list(overrides))
     for dotted, value in (flags or {}).items():
         if value is not None:
             section, _, key = dotted.partition(".")
@@ -144,9 +144,3 @@ def runs_root(explicit: str | Path | None = None) -> Path:
     env = os.environ.get("UDAQA_RUNS")
     return Path(env) if env else REPO_ROOT / "runs"
 
-
-# TRANSITION (removed by the sweep to typed reads): the defaults as nested dicts.
-import dataclasses as _dc  # noqa: E402
-
-DEFAULTS = {name: {f.name: default_of(f"{name}.{f.name}") for f in _dc.fields(cls)}
-            for name, cls in SECTIONS.items() if name in ("cache", "train", "finetune")}

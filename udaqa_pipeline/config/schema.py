@@ -10,7 +10,7 @@ default written on its field. Values are checked against the field's annotation 
   value is refused;
 - integers must be whole numbers written as such (``train.epochs=2.5`` and ``train.epochs=two`` are
   refused, as is ``2.0``);
-- floats take integers too (``train.lr=1`` is 1.0 to the arithmetic, saved as written);
+- floats take integers too (``train.lr=1`` is 1.0);
 - lists must be lists (``train.label_range=[0, 10]``) and are held as tuples; strings strings;
 - a field with ``choices`` in its metadata takes one of them.
 
@@ -169,6 +169,12 @@ class Finetune:
     flip: bool = True
     random_crop: bool = True
 
+    def __post_init__(self) -> None:
+        for key in ("amp", "checkpointing"):
+            value = getattr(self, key)
+            if isinstance(value, str) and value.lower() not in ("auto", "on", "off", "true", "false"):
+                raise ConfigError(f"finetune.{key} must be auto, on or off (or a boolean), not {value!r}")
+
 
 class DatasetConfig(Mapping):
     """The ``[dataset]`` section: the adapter's own keys, read-only (``cfg.dataset["root"]``,
@@ -244,16 +250,16 @@ class Config:
             bad = sorted(set(body) - known)
             if bad:
                 raise ConfigError(f"unknown key {name}.{bad[0]}{where}; known keys of [{name}]: {', '.join(sorted(known))}")
-            kw = {k: check_value(f"{name}.{k}", v, source=source) for k, v in body.items()}
-            parts[name] = section(**{k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()})
+            kw = {k: _typed(f"{name}.{k}", check_value(f"{name}.{k}", v, source=source)) for k, v in body.items()}
+            parts[name] = section(**kw)
         return cls(**parts)
 
-    def replace(self, **dotted: Any) -> "Config":
-        """A copy with ``section__key=value`` replaced and checked, e.g.
-        ``cfg.replace(train__epochs=2)`` (for drivers that vary one setting, like the ablation)."""
+    def replace(self, settings: Mapping[str, Any]) -> "Config":
+        """A copy with ``{"section.key": value}`` replaced, checked as a stage file's values are
+        (``cfg.replace({"cache.dtype": "bf16"})``)."""
         d = self.to_dict()
-        for k, v in dotted.items():
-            section, _, key = k.partition("__")
+        for dotted, v in settings.items():
+            section, _, key = dotted.partition(".")
             d.setdefault(section, {})[key] = v
         return Config.from_dict(d)
 
@@ -275,6 +281,15 @@ def _types(dotted: str) -> tuple[type, ...]:
     hint = typing.get_type_hints(SECTIONS[section])[dotted.partition(".")[2]]
     args = typing.get_args(hint) if isinstance(hint, UnionType) else (hint,)
     return tuple(typing.get_origin(a) or a for a in args)
+
+
+def _typed(dotted: str, value: Any) -> Any:
+    """A checked value as its field holds it: a list as a tuple, an integer of a float field as a float."""
+    if isinstance(value, list):
+        return tuple(value)
+    if _types(dotted) == (float,) and isinstance(value, int):
+        return float(value)
+    return value
 
 
 def default_of(dotted: str) -> Any:

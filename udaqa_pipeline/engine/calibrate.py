@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..calibration import concat_heldout, fit_calibration
+from ..config import Config
 from ..inference.predict import heldout_draws
 from ..model import UDAQA, ModelConfig
 from ..runs.checkpoint import heads_state
@@ -20,7 +21,7 @@ from .selection import Selection, inner_folds
 log = logging.getLogger(__name__)
 
 
-def calibrate(cfg: dict, data: TrainingSet, ck: dict, selection: Selection, device: str) -> None:
+def calibrate(cfg: Config, data: TrainingSet, ck: dict, selection: Selection, device: str) -> None:
     """Fit the calibrated sampler on held-out training rows and store it in the kept model: the
     validation rows (``select="val"``; with ``calibrate="oof"`` also the out-of-fold draws of inner
     folds over the fit rows, when they number at least 2 x ``inner_folds``, each inner model also
@@ -28,7 +29,7 @@ def calibrate(cfg: dict, data: TrainingSet, ck: dict, selection: Selection, devi
     the kept epoch (``inner_cv``: from the epoch-count search; ``last`` and the paper protocol: an
     extra inner pass). Writes ``calib`` into ``ck["best"]["model"]`` and the fit's numbers into
     ``ck["calibration"]``."""
-    tcfg = cfg["train"]
+    tcfg = cfg.train
     labels, src = data.labels, data.source
     mode, fit_rows, sel_rows = selection.name, selection.fit_rows, selection.sel_rows
     # the kept heads: the selected epoch's, or the last (no epoch was selected: load_run's fallback)
@@ -40,7 +41,7 @@ def calibrate(cfg: dict, data: TrainingSet, ck: dict, selection: Selection, devi
 
     def draws(rows: np.ndarray) -> Any:
         return heldout_draws(model, src, labels, rows, ck["scaling"], n_samples=CALIBRATION_SAMPLES,
-                             seed=int(tcfg["seed"]), step=float(tcfg["award_step"]))
+                             seed=tcfg.seed, step=tcfg.award_step)
 
     parts, source = [], []
     if mode == "val":
@@ -49,7 +50,7 @@ def calibrate(cfg: dict, data: TrainingSet, ck: dict, selection: Selection, devi
     heldout = _out_of_fold(cfg, data, selection, kept, device)
     if heldout is not None:
         parts.append(heldout)
-        source.append(f"out-of-fold predictions of {int(tcfg['inner_folds'])} inner folds at epoch {kept + 1}"
+        source.append(f"out-of-fold predictions of {tcfg.inner_folds} inner folds at epoch {kept + 1}"
                       + (" (each also trained on the validation split)" if mode == "val" else ""))
     other = np.concatenate([np.full(len(p.loc), p is heldout) for p in parts])  # the inner models' rows
     heldout, source = concat_heldout(parts), " + ".join(source)
@@ -57,20 +58,20 @@ def calibrate(cfg: dict, data: TrainingSet, ck: dict, selection: Selection, devi
     # the validation rows are training rows too, the paper protocol's sel_rows are the test fold
     own = (draws(np.concatenate([fit_rows, sel_rows if mode == "val" else sel_rows[:0]]).astype(int))
            if any(len(r) > 1 for r in heldout.real) else None)  # single labels: no shift to estimate
-    fit = fit_calibration(heldout, seed=int(tcfg["seed"]), own=own, other=other)
+    fit = fit_calibration(heldout, seed=tcfg.seed, own=own, other=other)
     state["calib"] = torch.tensor([fit["tau"], fit["sigma"], fit["step"], fit["mu"]], dtype=torch.float32)
     ck["calibration"] = {**fit, "fitted_on": source}
 
 
-def _out_of_fold(cfg: dict, data: TrainingSet, selection: Selection, kept: int, device: str) -> Any:
+def _out_of_fold(cfg: Config, data: TrainingSet, selection: Selection, kept: int, device: str) -> Any:
     """Out-of-fold draws at the kept epoch: the protocol's own (inner_cv), else an inner pass; None
     on a validation split unless ``calibrate="oof"`` has enough fit rows for its inner folds."""
-    tcfg = cfg["train"]
+    tcfg = cfg.train
     mode, fit_rows = selection.name, selection.fit_rows
-    oof = tcfg["calibrate"] == "oof" and len(fit_rows) >= 2 * int(tcfg["inner_folds"])
-    if tcfg["calibrate"] == "oof" and not oof and mode == "val":
+    oof = tcfg.calibrate == "oof" and len(fit_rows) >= 2 * tcfg.inner_folds
+    if tcfg.calibrate == "oof" and not oof and mode == "val":
         log.warning(f"warning: train.calibrate = 'oof' needs at least 2 x train.inner_folds = "
-                    f"{2 * int(tcfg['inner_folds'])} fit rows for its inner folds; this run has {len(fit_rows)}, so "
+                    f"{2 * tcfg.inner_folds} fit rows for its inner folds; this run has {len(fit_rows)}, so "
                     f"the calibration is fitted on the validation split alone (lower train.inner_folds to get the "
                     f"out-of-fold rows)")
     if mode == "val" and not oof:

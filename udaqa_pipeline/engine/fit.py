@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..calibration import HeldOut
+from ..config import Config, Train
 from ..curriculum import Curriculum, select
 from ..errors import UdaqaError
 from ..inference.predict import heldout_draws, predict, uncertainties
@@ -39,7 +40,7 @@ class Fit:
     unc: np.ndarray  # latest predicted uncertainty of every fit row (curriculum order)
     rows: np.ndarray  # the rows it trains on
     scaling: dict
-    tcfg: dict
+    tcfg: Config
     device: str
     net: nn.Module  # the model, or its DDP wrapper
     data: TrainingSet
@@ -106,13 +107,13 @@ def feature_stats(src: FeatureSource, rows: np.ndarray, *, l2: bool = False, bs:
     return x.mean(0).float(), x.std(0).float()
 
 
-def build_fit(cfg: dict, data: TrainingSet, rows: np.ndarray, *, device: str, rank: int = 0,
+def build_fit(cfg: Config, data: TrainingSet, rows: np.ndarray, *, device: str, rank: int = 0,
               world: int = 1) -> Fit:
     """Model (label scaling and feature statistics from ``rows`` of ``data``), optimiser, data
     generator and curriculum of one fit, seeded by ``train.seed`` (+ rank for dropout and latent
     noise)."""
-    tcfg = cfg["train"]
-    seed = int(tcfg["seed"])
+    tcfg = cfg.train
+    seed = tcfg.seed
     src = data.source
     scaling = label_scaling(data.labels, rows, tcfg)
     mcfg = model_config(tcfg, len(scaling["groups"]), data.n_features)
@@ -125,11 +126,11 @@ def build_fit(cfg: dict, data: TrainingSet, rows: np.ndarray, *, device: str, ra
     if src.module is not None:
         src.module.to(device)
     params = list(model.parameters()) + (list(src.module.parameters()) if src.module is not None else [])
-    adam = torch.optim.AdamW if tcfg["optimizer"] == "adamw" else torch.optim.Adam
-    opt = adam(params, lr=learning_rate(0, tcfg), weight_decay=float(tcfg["weight_decay"]))
-    cur = Curriculum(start=float(tcfg["curriculum_start"]), step=float(tcfg["curriculum_step"]),
-                     patience=int(tcfg["curriculum_patience"]),
-                     enabled=bool(tcfg["use_curriculum"]) and mcfg.use_uncertainty)
+    adam = torch.optim.AdamW if tcfg.optimizer == "adamw" else torch.optim.Adam
+    opt = adam(params, lr=learning_rate(0, tcfg), weight_decay=tcfg.weight_decay)
+    cur = Curriculum(start=tcfg.curriculum_start, step=tcfg.curriculum_step,
+                     patience=tcfg.curriculum_patience,
+                     enabled=tcfg.use_curriculum and mcfg.use_uncertainty)
     net = distributed.wrap(model, src.module, device, world)
     return Fit(model, opt, torch.Generator().manual_seed(seed), cur, np.zeros(len(rows)), rows, scaling,
                tcfg, device, net, data, rank, world)
@@ -153,7 +154,7 @@ def run_epoch(fit: Fit, epoch: int, where: str = "") -> dict:
         src.module.train()
     sums: dict[str, float] = {}
     n_seen = 0
-    for b, sl in enumerate(batch_slices(len(order), int(tcfg["batch_size"]), min_size=2 * world)):
+    for b, sl in enumerate(batch_slices(len(order), tcfg.batch_size, min_size=2 * world)):
         b_rows, b_views, b_draw = order[sl], views[sl], draws[sl]
         if world > 1:  # split the global batch over ranks (>= 2 samples each, see batch_slices)
             if len(b_rows) < 2 * world:
@@ -162,7 +163,7 @@ def run_epoch(fit: Fit, epoch: int, where: str = "") -> dict:
         y, ym = fit.targets(b_rows, b_draw)
         feats, vid = src.batch(b_rows, b_views)
         out = fit.net(feats.to(fit.device), vid.to(fit.device), y)
-        terms = total_loss(out, y, alpha=float(tcfg["alpha"]), beta=float(tcfg["beta"]), mean_target=ym)
+        terms = total_loss(out, y, alpha=tcfg.alpha, beta=tcfg.beta, mean_target=ym)
         if not torch.isfinite(terms["loss"]):
             ids = ", ".join(labels.ids[i] for i in b_rows[:8])
             raise TrainingError(f"{where}: the loss became {float(terms['loss'].detach())} at epoch {epoch + 1}, batch {b + 1} "

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ConfigError
+from ..config import Config, ConfigError
 from ..runs.layout import PROTOCOLS, RunSpec, safe_name
 from ..trainset import TrainingSet, scoring_rules, split_folds
 from . import distributed
@@ -40,10 +40,10 @@ class RunOptions:
     stop_after: int | None = None
 
 
-def train_run(cfg: dict, spec: RunSpec, data: TrainingSet, run_dir: Path, *, device: str,
+def train_run(cfg: Config, spec: RunSpec, data: TrainingSet, run_dir: Path, *, device: str,
               options: RunOptions = RunOptions()) -> Path:
     """Train the run ``spec`` of config ``cfg`` (resolved, see
-    :func:`~udaqa_pipeline.engine.recipe.resolve_config`) on ``data`` into ``run_dir`` on
+    :func:`udaqa_pipeline.config.resolve`) on ``data`` into ``run_dir`` on
     ``device``; with ``train.per_group`` one run per group in ``<run_dir>/<group>/``. Returns
     ``run_dir``. Raises :class:`ConfigError` (bad protocol, fold or split),
     :class:`~udaqa_pipeline.runs.checkpoint.CheckpointError` (a checkpoint that cannot be resumed),
@@ -51,8 +51,8 @@ def train_run(cfg: dict, spec: RunSpec, data: TrainingSet, run_dir: Path, *, dev
     if spec.protocol not in PROTOCOLS:
         raise ConfigError(f"protocol must be one of {PROTOCOLS}, not {spec.protocol!r}")
     labels = data.labels
-    train_rows, test_rows = split_folds(labels, spec.fold, spec.cv, int(cfg["train"]["seed"]), spec.split)
-    if not cfg["train"]["per_group"]:
+    train_rows, test_rows = split_folds(labels, spec.fold, spec.cv, cfg.train.seed, spec.split)
+    if not cfg.train.per_group:
         return train_one(cfg, spec, data, (train_rows, test_rows), run_dir, device=device, options=options)
     groups = sorted({labels.group[i] for i in train_rows})
     for g in groups:
@@ -64,20 +64,20 @@ def train_run(cfg: dict, spec: RunSpec, data: TrainingSet, run_dir: Path, *, dev
     return run_dir
 
 
-def train_one(cfg: dict, spec: RunSpec, data: TrainingSet, rows: tuple[np.ndarray, np.ndarray], run_dir: Path, *,
+def train_one(cfg: Config, spec: RunSpec, data: TrainingSet, rows: tuple[np.ndarray, np.ndarray], run_dir: Path, *,
               device: str, options: RunOptions) -> Path:
     """One model: ``rows`` = (training rows, test rows) of ``data`` (see :func:`train_run`)."""
     rank, world = distributed.init()
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
-    tcfg = cfg["train"]
+    tcfg = cfg.train
     selection = selection_for(cfg, spec, *rows)
-    files = RunFiles(run_dir, rank, int(tcfg["checkpoint_every"]))
+    files = RunFiles(run_dir, rank, tcfg.checkpoint_every)
     meta = run_meta(cfg, spec, data, selection, rows)
     ck = files.load(options.resume)
     if ck is not None:
         check_resumable(ck, cfg, spec, meta, files.checkpoint)
-    calibrating = tcfg["calibrate"] in ("heldout", "oof")
+    calibrating = tcfg.calibrate in ("heldout", "oof")
     selection.prepare(data, ck, device=device, calibrate=calibrating)
     epochs = selection.epochs()
     meta["epochs_planned"] = epochs
@@ -86,7 +86,7 @@ def train_one(cfg: dict, spec: RunSpec, data: TrainingSet, rows: tuple[np.ndarra
     if ck is not None:
         start = restore(fit, ck)
         selection.restore(ck)
-    files.start(ck is not None, start, {"config": cfg, **meta})
+    files.start(ck is not None, start, {"config": cfg.to_dict(), **meta})
     split = {"fit": selection.fit_rows, "select": selection.sel_rows, "test": rows[1]}
     split = {k: [data.labels.ids[i] for i in r] for k, r in split.items()}
     bar = Progress(options.progress and rank == 0, start, epochs, run_dir)
@@ -94,7 +94,7 @@ def train_one(cfg: dict, spec: RunSpec, data: TrainingSet, rows: tuple[np.ndarra
         record = _epoch(fit, selection, spec, epoch, str(run_dir))
         last = epoch == epochs - 1 or (options.stop_after is not None and n >= options.stop_after)
         files.epoch_done(epoch, record, last, lambda: {
-            **fit_state(fit), "epoch": epoch, **selection.state(), "config": cfg,
+            **fit_state(fit), "epoch": epoch, **selection.state(), "config": cfg.to_dict(),
             "model_config": fit.model.cfg.to_dict(), "scaling": fit.scaling, "split": split, **meta})
         bar.update(record, selection.score)
         if last:
@@ -122,13 +122,13 @@ def _epoch(fit: Fit, selection: Selection, spec: RunSpec, epoch: int, where: str
     return record
 
 
-def run_meta(cfg: dict, spec: RunSpec, data: TrainingSet, selection: Selection,
+def run_meta(cfg: Config, spec: RunSpec, data: TrainingSet, selection: Selection,
              rows: tuple[np.ndarray, np.ndarray]) -> dict:
     """What a run records beside its weights (checkpoint and ``config.json``): the spec (also as the
     separate keys older checkpoints carry), the protocol's name, the cache's hash, the feature
     settings and scoring rules scoring needs without the cache."""
     prov = data.provenance
     return {**spec.checkpoint_keys(), "stage": prov.stage, "select": selection.name,
-            "dataset": cfg["dataset"].get("name", ""), "cache_hash": prov.cache_hash,
+            "dataset": cfg.dataset.name, "cache_hash": prov.cache_hash,
             "feature_config": prov.feature_config, "scoring_rules": scoring_rules(data.labels, np.concatenate(rows)),
             "spec": spec.to_dict()}

@@ -7,14 +7,13 @@ selection protocol and the same config, except the keys in :data:`RESUMABLE_KEYS
 
 from __future__ import annotations
 
-import copy
-import json
 from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..config import Config
 from ..curriculum import Curriculum
 from ..runs.checkpoint import CheckpointError, heads_state
 from ..runs.layout import RunSpec
@@ -24,7 +23,7 @@ from .fit import Fit
 RESUMABLE_KEYS = frozenset({"epochs", "checkpoint_every"})
 
 
-def check_resumable(ck: dict, cfg: dict, spec: RunSpec, meta: dict, path: Path) -> None:
+def check_resumable(ck: dict, cfg: Config, spec: RunSpec, meta: dict, path: Path) -> None:
     """Raise :class:`CheckpointError` (naming what differs and the fix) unless ``ck`` at ``path``
     was trained on ``meta["cache_hash"]`` with ``spec``, ``meta["select"]`` and ``cfg``."""
     fix = "train with --no-resume to start over, or pass another --run directory"
@@ -38,12 +37,14 @@ def check_resumable(ck: dict, cfg: dict, spec: RunSpec, meta: dict, path: Path) 
             raise CheckpointError(f"{path} has {f.name}={a!r}, this run asks for {b!r}; {fix}")
     if ck.get("select") != meta["select"]:
         raise CheckpointError(f"{path} has select={ck.get('select')!r}, this run asks for {meta['select']!r}; {fix}")
-    a = copy.deepcopy(ck["config"])
-    b = copy.deepcopy(cfg)
-    for k in RESUMABLE_KEYS:
-        a.get("train", {}).pop(k, None)
-        b.get("train", {}).pop(k, None)
-    if json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
+    # Both sides resolved the same way (a config saved before a default existed reads back with it);
+    # [dataset] says how annotation files are read, which reaches training only through the cache.
+    a, b = Config.from_dict(ck["config"]).to_dict(), cfg.to_dict()
+    for d in (a, b):
+        del d["dataset"]
+        for k in RESUMABLE_KEYS:
+            del d["train"][k]
+    if a != b:
         diff = _diff_keys(a, b)
         raise CheckpointError(f"{path} was trained with other settings ({', '.join(diff)}); {fix}")
 

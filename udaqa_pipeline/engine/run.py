@@ -6,11 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from .. import resolve
+from .. import config, resolve
 from ..runs.layout import RunSpec, stage_name
 from ..trainset import TrainingSet
 from .loop import RunOptions, train_run
-from .recipe import resolve_config
 
 
 def train(dataset: str | Path, *, cache: str | Path | None = None, cache_root: str | Path | None = None,
@@ -31,7 +30,7 @@ def train(dataset: str | Path, *, cache: str | Path | None = None, cache_root: s
     :func:`udaqa_pipeline.resolve.device`; bit-for-bit determinism is promised on CPU only.
     Raises what :func:`~udaqa_pipeline.engine.loop.train_run` raises, and ``CacheError`` when there
     is no cache."""
-    cfg = resolve_config(dataset, overrides)
+    cfg = config.resolve(dataset, overrides)
     spec = spec or RunSpec(stage_name(dataset))
     data = data or resolve.training_set(dataset, cache=cache, cache_root=cache_root)
     run_dir = Path(run_dir) if run_dir is not None else resolve.run_dir(spec.stage, fold=spec.fold, cv=spec.cv,

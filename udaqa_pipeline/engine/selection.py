@@ -26,7 +26,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..calibration import concat_heldout
-from ..config import ConfigError
+from ..config import Config, ConfigError
 from ..metrics import crps_ensemble, spearman
 from ..runs.checkpoint import state_to_cpu
 from ..runs.layout import RunSpec
@@ -42,7 +42,7 @@ def selection_score(labels: Labels, rows: np.ndarray, pred: dict, metric: str) -
     return spearman(labels.final[rows], pred["final"])
 
 
-def inner_folds(cfg: dict, data: TrainingSet, rows: np.ndarray, *, device: str,
+def inner_folds(cfg: Config, data: TrainingSet, rows: np.ndarray, *, device: str,
                 epochs: int, keep: Iterable[int] = (), also: np.ndarray | None = None
                 ) -> tuple[list[float], dict[int, Any]]:
     """``train.inner_folds``-fold CV inside ``rows`` (training rows only): each inner fold trains
@@ -52,9 +52,9 @@ def inner_folds(cfg: dict, data: TrainingSet, rows: np.ndarray, *, device: str,
     out-of-fold predictions of every row, pooled) and, for the 0-based epochs in ``keep``, the
     out-of-fold sampler draws of every row (:class:`~udaqa_pipeline.calibration.HeldOut`, for
     calibration)."""
-    tcfg = cfg["train"]
+    tcfg = cfg.train
     labels = data.labels
-    k, seed, s = int(tcfg["inner_folds"]), int(tcfg["seed"]), int(tcfg["eval_samples"])
+    k, seed, s = tcfg.inner_folds, tcfg.seed, tcfg.eval_samples
     if len(rows) < 2 * k:
         raise ConfigError(f"{len(rows)} training samples are too few for {k} inner folds (train.inner_folds)")
     keep = set(keep)
@@ -72,29 +72,29 @@ def inner_folds(cfg: dict, data: TrainingSet, rows: np.ndarray, *, device: str,
             preds[e].append(fit.predict(val, n_samples=s, seed=seed))
             if e in keep:
                 draws[e].append(fit.heldout(val, n_samples=CALIBRATION_SAMPLES, seed=seed,
-                                            step=float(tcfg["award_step"])))
+                                            step=tcfg.award_step))
     every = np.concatenate(folds)
     curve = [selection_score(labels, every, {key: np.concatenate([p[key] for p in preds[e]])
-                                             for key in ("final", "finals")}, str(tcfg["select_metric"]))
+                                             for key in ("final", "finals")}, tcfg.select_metric)
              for e in range(epochs)]
     return curve, {e: concat_heldout(d) for e, d in draws.items()}
 
 
-def inner_cv_epochs(cfg: dict, data: TrainingSet, rows: np.ndarray, *, device: str,
+def inner_cv_epochs(cfg: Config, data: TrainingSet, rows: np.ndarray, *, device: str,
                     keep_draws: bool = False) -> tuple[dict, dict[int, Any]]:
     """Choose the epoch count by :func:`inner_folds` over ``train.epochs`` epochs: the curve is
     smoothed by a centred ``train.inner_smooth``-epoch mean and its best epoch is the count.
     Returns ({"epochs", "curve" (raw), "smoothed", "folds"}, out-of-fold draws of every epoch when
     ``keep_draws`` else {})."""
-    tcfg = cfg["train"]
-    epochs = int(tcfg["epochs"])
+    tcfg = cfg.train
+    epochs = tcfg.epochs
     curve, draws = inner_folds(cfg, data, rows, device=device, epochs=epochs,
                                keep=range(epochs) if keep_draws else ())
     c = np.asarray(curve, float)
-    w = max(1, int(tcfg["inner_smooth"]))
+    w = max(1, tcfg.inner_smooth)
     smooth = np.asarray([np.nanmean(c[max(0, e - w // 2): e + w // 2 + 1]) for e in range(epochs)])
     best = int(np.nanargmax(smooth)) + 1 if np.isfinite(smooth).any() else epochs
-    return {"epochs": best, "curve": c.tolist(), "smoothed": smooth.tolist(), "folds": int(tcfg["inner_folds"])}, draws
+    return {"epochs": best, "curve": c.tolist(), "smoothed": smooth.tolist(), "folds": tcfg.inner_folds}, draws
 
 
 class Selection:
@@ -103,8 +103,8 @@ class Selection:
     name = ""
     selected_on = ""
 
-    def __init__(self, cfg: dict, fit_rows: np.ndarray, sel_rows: np.ndarray) -> None:
-        self.cfg, self.tcfg = cfg, cfg["train"]
+    def __init__(self, cfg: Config, fit_rows: np.ndarray, sel_rows: np.ndarray) -> None:
+        self.cfg, self.tcfg = cfg, cfg.train
         self.fit_rows, self.sel_rows = fit_rows, sel_rows
         self.best: dict = {"epoch": -1, "score": -math.inf, "model": None, "source": None}
         self.avg: dict = {"n": 0, "state": None}
@@ -116,7 +116,7 @@ class Selection:
         """Work done before the fit is built (the inner cross-validation); nothing by default."""
 
     def epochs(self) -> int:
-        return int(self.tcfg["epochs"])
+        return self.tcfg.epochs
 
     def observe(self, epoch: int, fit: Fit) -> dict:
         raise NotImplementedError
@@ -137,8 +137,8 @@ class _BestEpoch(Selection):
     metric = "spearman"
 
     def observe(self, epoch: int, fit: Fit) -> dict:
-        seed = int(self.tcfg["seed"])
-        pred = fit.predict(self.sel_rows, n_samples=int(self.tcfg["eval_samples"]), seed=seed)
+        seed = self.tcfg.seed
+        pred = fit.predict(self.sel_rows, n_samples=self.tcfg.eval_samples, seed=seed)
         rho = selection_score(fit.data.labels, self.sel_rows, pred, self.metric)
         self.score = rho
         score = -math.inf if math.isnan(rho) else rho
@@ -151,25 +151,25 @@ class _BestEpoch(Selection):
 class BestOnValidation(_BestEpoch):
     name = selected_on = "val"
 
-    def __init__(self, cfg: dict, train_rows: np.ndarray, test_rows: np.ndarray) -> None:
-        t = cfg["train"]
-        super().__init__(cfg, *carve_validation(train_rows, float(t["val_fraction"]), int(t["seed"])))
-        self.metric = str(t["select_metric"])
+    def __init__(self, cfg: Config, train_rows: np.ndarray, test_rows: np.ndarray) -> None:
+        t = cfg.train
+        super().__init__(cfg, *carve_validation(train_rows, t.val_fraction, t.seed))
+        self.metric = t.select_metric
 
 
 class BestOnTest(_BestEpoch):
     name, selected_on = "paper", "test"
 
-    def __init__(self, cfg: dict, train_rows: np.ndarray, test_rows: np.ndarray) -> None:
+    def __init__(self, cfg: Config, train_rows: np.ndarray, test_rows: np.ndarray) -> None:
         super().__init__(cfg, train_rows, test_rows)
 
 
 class KeepLast(Selection):
     name = selected_on = "last"
 
-    def __init__(self, cfg: dict, train_rows: np.ndarray, test_rows: np.ndarray) -> None:
+    def __init__(self, cfg: Config, train_rows: np.ndarray, test_rows: np.ndarray) -> None:
         super().__init__(cfg, train_rows, train_rows[:0])
-        self.n_avg = int(self.tcfg["average_last"])
+        self.n_avg = self.tcfg.average_last
 
     def observe(self, epoch: int, fit: Fit) -> dict:
         self.score = float("nan")
@@ -205,10 +205,10 @@ class InnerCV(KeepLast):
 SELECTION_CLASSES = {"val": BestOnValidation, "paper": BestOnTest, "last": KeepLast, "inner_cv": InnerCV}
 
 
-def selection_for(cfg: dict, spec: RunSpec, train_rows: np.ndarray, test_rows: np.ndarray) -> Selection:
+def selection_for(cfg: Config, spec: RunSpec, train_rows: np.ndarray, test_rows: np.ndarray) -> Selection:
     """The protocol object of ``spec.protocol`` ("paper") or ``train.select``. Raises
     :class:`ConfigError` when the protocol selects on rows the fold does not have."""
-    mode = "paper" if spec.protocol == "paper" else str(cfg["train"]["select"])
+    mode = "paper" if spec.protocol == "paper" else cfg.train.select
     sel = SELECTION_CLASSES[mode](cfg, train_rows, test_rows)
     if isinstance(sel, _BestEpoch) and len(sel.sel_rows) == 0:
         raise ConfigError(f"fold {spec.fold} has no samples to select the epoch on")

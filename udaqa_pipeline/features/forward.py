@@ -21,8 +21,9 @@ import torch
 
 from ..backbone.i3d import FEATURE_DIM
 from ..config import DTYPES
+from ..config import Config
 from .inputs import layout_of, video_size_of, view_input
-from .views import DEFAULT_VIEW_SHIFT, apply_view, make_views
+from .views import apply_view, make_views
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -71,7 +72,7 @@ def features_from(model: torch.nn.Module, activations: torch.Tensor, block: str,
 def featurize(
     frames: np.ndarray,
     model: torch.nn.Module,
-    cfg: Mapping[str, Any],
+    cfg: Config,
     view: Mapping[str, Any] | int | None = None,
     *,
     batch_size: int | None = None,
@@ -86,21 +87,19 @@ def featurize(
     """
     from ..video.transforms import downsample_video
 
-    L = int(cfg["frames"]["n_frames"])
+    L = cfg.frames.n_frames
     if frames.shape[0] != L:
         raise ValueError(
             f"featurize needs the L = {L} sampled frames (frames.n_frames), got {frames.shape[0]}; "
             f"sample them with udaqa_pipeline.datasets.frames.sample_frames"
         )
     if view is None or isinstance(view, int):
-        c = cfg.get("cache", {})
-        views = make_views(max(int(c.get("views", 1)), (view or 0) + 1), int(c.get("view_shift", DEFAULT_VIEW_SHIFT)))
+        views = make_views(max(cfg.cache.views, (view or 0) + 1), cfg.cache.view_shift)
         view = views[view or 0]
     layout = layout_of(cfg)
     x = view_input(frames, cfg, view)
     clips = torch.stack([x[:, s : s + layout.clip_len] for s in layout.starts])
     device = next(model.parameters()).device
-    feats = forward_clips(model, clips, batch_size or default_batch_size(device),
-                          str(cfg.get("cache", {}).get("dtype", "fp32")))
+    feats = forward_clips(model, clips, batch_size or default_batch_size(device), cfg.cache.dtype)
     video = apply_view(downsample_video(frames, video_size_of(cfg)), view)
     return feats, video

@@ -14,9 +14,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..config import DEFAULTS
+from ..config import default_of
 
-DEFAULT_VIEW_SHIFT = DEFAULTS["cache"]["view_shift"]
+DEFAULT_VIEW_SHIFT = default_of("cache.view_shift")
 
 
 def make_views(n_views: int, shift: int = DEFAULT_VIEW_SHIFT) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import Config
 from ..errors import UdaqaError
 from ..fileutil import atomic_write_bytes
 from ..model import UDAQA, ModelConfig
@@ -77,7 +78,7 @@ class Run:
     """A trained run as :func:`load_run` returns it; :meth:`score` scores a video with it."""
 
     model: UDAQA
-    config: dict
+    config: Config
     cache_hash: str
     scaling: dict
     checkpoint: dict
@@ -135,4 +136,4 @@ def load_run(run_dir: str | Path, *, which: str = "best") -> Run:
     model.eval()
     # The source (e.g. a fine-tuned backbone) always comes from the same epoch as the heads.
     src_state = ck["best"].get("source") if best else ck.get("source")
-    return Run(model, ck["config"], ck["cache_hash"], ck["scaling"], ck, src_state, Path(run_dir))
+    return Run(model, Config.from_dict(ck["config"], source=str(path)), ck["cache_hash"], ck["scaling"], ck, src_state, Path(run_dir))
