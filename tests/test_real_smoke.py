@@ -53,7 +53,8 @@ def root(tmp_path_factory) -> Path:
 def test_real_surgical_video_end_to_end(root, tmp_path):
     from udaqa_pipeline.cache import open_cache
     from udaqa_pipeline.cache.extract import extract_features
-    from udaqa_pipeline.evaluate import evaluate
+    from udaqa_pipeline.evaluation.evaluate import evaluate
+    from udaqa_pipeline.evaluation.report import write_report
     from udaqa_pipeline.train import train
 
     cache = extract_features("jigsaws", root, overrides=SETTINGS, cache_root=tmp_path / "cache", progress=False,
@@ -68,7 +69,7 @@ def test_real_surgical_video_end_to_end(root, tmp_path):
     assert np.std(c.features[:, 0].mean(axis=1), axis=0).mean() > 1e-3
     run = train("jigsaws", cache=cache, fold=0, run_dir=tmp_path / "run", progress=False,
                 overrides=SETTINGS + ["train.epochs=2", "train.select=last", "train.calibrate=none"])
-    m = evaluate(run, cache=cache, make_plots=False)
+    m = write_report(evaluate(run, cache=cache), make_plots=False)
     assert m["overall"]["n"] == 1  # fold 0 holds B001 only
     import pyarrow.parquet as pq
 

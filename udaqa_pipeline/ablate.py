@@ -65,7 +65,8 @@ def _run_row(name: str, dataset: str, fold: int, cache: Any, cache_root: Any, ru
              protocol: str, overrides: list[str], threads: int) -> dict:
     import torch
 
-    from .evaluate import evaluate
+    from .evaluation.evaluate import evaluate
+    from .evaluation.report import write_report
     from .train import train
 
     torch.set_num_threads(threads)
@@ -73,7 +74,7 @@ def _run_row(name: str, dataset: str, fold: int, cache: Any, cache_root: Any, ru
     try:
         rd = train(dataset, fold=fold, cache=cache, cache_root=cache_root, run_dir=run_dir,
                    overrides=overrides, protocol=protocol, progress=False)
-        m = evaluate(rd, cache=cache, cache_root=cache_root, make_plots=False)
+        m = write_report(evaluate(rd, cache=cache, cache_root=cache_root), make_plots=False)
     finally:
         handle.remove()
     panel = next(iter(m.get("panel", {}).values()), {})

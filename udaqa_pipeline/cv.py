@@ -124,7 +124,7 @@ def _train_job(stage: str, method: str, protocol: str, seed: int, fold: int, *, 
 
     from . import resolve
     from .checkpoint import load_run
-    from .evaluate import run_dirs
+    from .evaluation.evaluate import run_dirs
     from .train import predict, train
 
     torch.set_num_threads(threads)
