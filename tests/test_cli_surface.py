@@ -279,6 +279,22 @@ def test_old_spellings_are_refused(argv, command, recorder, monkeypatch, capsys)
         or "unrecognized arguments" in err.lower(), err
 
 
+def test_library_messages_reach_stderr_as_bare_lines_once(monkeypatch):
+    """The library logs; the CLI's one handler shows INFO and up on stderr, however often it runs."""
+    import logging
+
+    def verify(cache_root=None):
+        logging.getLogger("udaqa_pipeline.backbone.weights").info("installing the weights")
+        logging.getLogger("udaqa_pipeline.backbone.weights").debug("not shown")
+        return "0" * 64
+
+    monkeypatch.setattr("udaqa_pipeline.backbone.weights.verify_weights", verify)
+    for _ in range(2):
+        r = CliRunner().invoke(main, ["weights", "verify"])
+        assert r.exit_code == 0, r.output
+        assert r.stderr.splitlines() == ["installing the weights"] and "installing" not in r.stdout
+
+
 def test_run_dir_stays_as_the_torchrun_spelling(recorder, monkeypatch, capsys):
     for command in ("train", "finetune"):
         rec = recorder(ROWS[command])
