@@ -37,7 +37,7 @@ test-slow: $(STAMP) weights
 	$(PY) -m pytest -q -m slow
 
 demo: $(STAMP) weights
-	$(PY) -m udaqa_pipeline.demo $(ARGS)
+	$(PY) -m udaqa_pipeline.experiments.demo $(ARGS)
 
 features: $(STAMP) weights
 	$(CLI) features $(DATASET) $(if $(ROOT),--root $(ROOT)) --backend $(BACKEND) $(ARGS)

@@ -6,7 +6,7 @@ chosen on the training dives only, never on the test dives) trained with ``train
 ``--seeds``-1 (seed 0 is the demo's own run, ``runs/demo/fold0``; the others go to
 ``runs/demo-calibration/seed<k>``). Each run's test dives are scored by three samplers, the rows of
 the issue's table: the calibrated sampler (the default), the paper's prior draws, and baseline (b)
-(the model's judge mean plus residuals of the training rows, :func:`udaqa_pipeline.evaluate.
+(the model's judge mean plus residuals of the training rows, :func:`udaqa_pipeline.evaluation.evaluate.
 residual_prediction`). Writes ``bench/calibration.json``: per sampler and measure, the per-seed
 values and their mean and sd (:func:`udaqa_pipeline.cv.mean_sd`); the generator's spread ceiling
 (:func:`udaqa_pipeline.synth.judges.spread_ceiling`); the issue's targets checked on the means.
@@ -101,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from udaqa_pipeline.config import runs_root
     from udaqa_pipeline.cv import mean_sd
-    from udaqa_pipeline.demo import DEFAULT_SEED, STAGE, run_demo
-    from udaqa_pipeline.evaluate import evaluate
+    from udaqa_pipeline.evaluation.evaluate import evaluate
+    from udaqa_pipeline.evaluation.report import write_report
+    from udaqa_pipeline.experiments.demo import DEFAULT_SEED, STAGE, run_demo
     from udaqa_pipeline.fileutil import strict_json
     from udaqa_pipeline.synth.judges import spread_ceiling
     from udaqa_pipeline.engine.run import train
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides=[f"train.seed={seed}"], progress=False)
         train_s = time.perf_counter() - t  # small when a finished run was reused (seed 0: the demo's)
         for name, sampler in SAMPLERS.items():
-            m = evaluate(rd, cache=demo["cache"], samples=args.samples, sampler=sampler, make_plots=False)
+            m = write_report(evaluate(rd, cache=demo["cache"], samples=args.samples, sampler=sampler), make_plots=False)
             per_seed[name].append(_measures(m))
             if sampler == "calibrated":
                 cal = next(iter(m["runs"].values()))["calibration"]

@@ -9,7 +9,7 @@ import torch
 from udaqa_pipeline.cache import open_cache
 from udaqa_pipeline.calibration import (HeldOut, concat_heldout, fit_calibration, laplace_noise,
                                         residual_panels, sample_panels)
-from udaqa_pipeline.evaluate import evaluate
+from udaqa_pipeline.evaluation.evaluate import evaluate
 from udaqa_pipeline.model import UDAQA, ModelConfig
 from udaqa_pipeline.testing import write_toy_cache
 from udaqa_pipeline.runs.checkpoint import CHECKPOINT, load_checkpoint, load_run
@@ -153,9 +153,9 @@ def test_run_fits_its_calibration_on_the_validation_split_and_evaluate_uses_it(t
     r = load_run(run)
     assert cal["step"] == 0.5  # stages/mtl.toml: awards in halves
     assert r.model.calib.tolist() == pytest.approx([cal["tau"], cal["sigma"], cal["step"], cal["mu"]])
-    paper = evaluate(run, cache=cache, sampler="paper", make_plots=False, out_dir=tmp_path / "paper")
-    calibrated = evaluate(run, cache=cache, make_plots=False)
-    resid = evaluate(run, cache=cache, sampler="residual", make_plots=False, out_dir=tmp_path / "resid")
+    paper = evaluate(run, cache=cache, sampler="paper").metrics
+    calibrated = evaluate(run, cache=cache).metrics
+    resid = evaluate(run, cache=cache, sampler="residual").metrics
     assert calibrated["runs"]["r"]["sampler"] == "calibrated" and paper["runs"]["r"]["sampler"] == "paper"
     # the paper sampler's panels are collapsed; the fitted ones spread like real panels
     pp, cp, rp = paper["panel"]["T7"], calibrated["panel"]["T7"], resid["panel"]["T7"]

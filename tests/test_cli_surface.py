@@ -19,7 +19,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from udaqa_pipeline import demo
+from udaqa_pipeline.experiments import demo
 from udaqa_pipeline.cli import main
 from udaqa_pipeline.errors import UdaqaError
 from udaqa_pipeline.resolve import AMBIGUOUS_WITHIN_S, ResolveError, stage_from_runs
@@ -112,9 +112,11 @@ ROWS: dict[str, Row] = {
         # --cache and --cache-root parse (train takes them) but fine-tuning reads frames, not a cache
         _cells(stage="dataset", root="root", cache="-", cache_root="-", run="run_dir", set="overrides",
                progress="progress", no_progress="progress", device="device"), stage=["mtl"]),
-    "evaluate": Row(["evaluate"], "udaqa_pipeline.evaluate:evaluate", RESULT,
-                    _cells(stage="dataset", cache="cache", cache_root="cache_root", run="run_dir", json=""),
-                    stage=["mtl"], stubs={"udaqa_pipeline.evaluate:format_metrics": lambda m: TEXT}),
+    # STAGE names the default run directory (resolved by the command), not an input of evaluate
+    "evaluate": Row(["evaluate"], "udaqa_pipeline.evaluation.evaluate:evaluate", RESULT,
+                    _cells(stage="-", cache="cache", cache_root="cache_root", run="run_dir", json=""),
+                    stage=["mtl"], stubs={"udaqa_pipeline.evaluation.report:format_metrics": lambda m: TEXT,
+                                          "udaqa_pipeline.evaluation.report:write_report": lambda ev: ev}),
     "ablate": Row(["ablate"], "udaqa_pipeline.ablate:ablate", RESULT,
                   _cells(stage="dataset", cache="cache", cache_root="cache_root", run="run_dir", set="overrides",
                          json="", jobs="jobs", threads="threads"), stage=["mtl"],
@@ -134,8 +136,8 @@ ROWS: dict[str, Row] = {
     "evaluate-finetuned": Row(["evaluate-finetuned", "--run", "/base/run"],
                               "udaqa_pipeline.finetune:evaluate_finetuned", RESULT,
                               _cells(root="root", run="run_dir", device="device", json="", jobs="jobs"),
-                              stubs={"udaqa_pipeline.evaluate:format_metrics": lambda m: TEXT}),
-    "demo": Row([], "udaqa_pipeline.demo:run_demo", {}, _cells(cache_root="cache_root", set="overrides",
+                              stubs={"udaqa_pipeline.evaluation.report:format_metrics": lambda m: TEXT}),
+    "demo": Row([], "udaqa_pipeline.experiments.demo:run_demo", {}, _cells(cache_root="cache_root", set="overrides",
                                                                progress="progress", no_progress="progress")),
 }
 
@@ -277,6 +279,22 @@ def test_old_spellings_are_refused(argv, command, recorder, monkeypatch, capsys)
         or "unrecognized arguments" in err.lower(), err
 
 
+def test_library_messages_reach_stderr_as_bare_lines_once(monkeypatch):
+    """The library logs; the CLI's one handler shows INFO and up on stderr, however often it runs."""
+    import logging
+
+    def verify(cache_root=None):
+        logging.getLogger("udaqa_pipeline.backbone.weights").info("installing the weights")
+        logging.getLogger("udaqa_pipeline.backbone.weights").debug("not shown")
+        return "0" * 64
+
+    monkeypatch.setattr("udaqa_pipeline.backbone.weights.verify_weights", verify)
+    for _ in range(2):
+        r = CliRunner().invoke(main, ["weights", "verify"])
+        assert r.exit_code == 0, r.output
+        assert r.stderr.splitlines() == ["installing the weights"] and "installing" not in r.stdout
+
+
 def test_run_dir_stays_as_the_torchrun_spelling(recorder, monkeypatch, capsys):
     for command in ("train", "finetune"):
         rec = recorder(ROWS[command])
@@ -326,8 +344,8 @@ def _help_options(words: list[str]) -> set[str]:
 
 def _split(line: str) -> tuple[list[str], list[str]]:
     """(command words, options) of a README command line."""
-    if "udaqa_pipeline.demo" in line:
-        words, rest = ["demo"], line.split("udaqa_pipeline.demo", 1)[1]
+    if "udaqa_pipeline.experiments.demo" in line:
+        words, rest = ["demo"], line.split("udaqa_pipeline.experiments.demo", 1)[1]
     else:
         rest = re.split(r"udaqa-pipeline |-m udaqa_pipeline ", line, maxsplit=1)[1]
         words, cmd = [], main

@@ -2,6 +2,7 @@
 options (selection by inner CV / end of training with weight averaging, cosine schedule, feature
 standardisation) and the non-finite-loss stop, on small JIGSAWS-like synthetic caches."""
 
+import dataclasses
 import importlib
 import json
 import math
@@ -19,6 +20,7 @@ from udaqa_pipeline.cv import cross_validate, ridge_predict, seed_statistics, su
 from udaqa_pipeline.testing import toy_arrays
 from udaqa_pipeline.runs.checkpoint import CHECKPOINT, load_checkpoint, load_run
 from udaqa_pipeline.engine.fit import TrainingError, average_weights
+from udaqa_pipeline.config import Train
 from udaqa_pipeline.engine.recipe import learning_rate
 from udaqa_pipeline.engine.run import train
 from udaqa_pipeline.inference.predict import predict
@@ -90,9 +92,9 @@ def test_dev_split_scores_inside_the_official_training_sets_only(cache):
 
 
 def test_learning_rate_and_weight_average():
-    t = {"lr": 1.0, "epochs": 4, "lr_schedule": "cosine"}
+    t = Train(lr=1.0, epochs=4, lr_schedule="cosine")
     assert [round(learning_rate(e, t), 6) for e in range(4)] == [1.0, 0.853553, 0.5, 0.146447]
-    assert learning_rate(3, {**t, "lr_schedule": "constant"}) == 1.0
+    assert learning_rate(3, dataclasses.replace(t, lr_schedule="constant")) == 1.0
     states = [{"w": torch.tensor([float(i), 2.0 * i]), "n": torch.tensor(i)} for i in range(1, 4)]
     avg = None
     for n, s in enumerate(states, 1):

@@ -99,7 +99,7 @@ def fd_root(tmp_path_factory) -> Path:
     return write_finediving(tmp_path_factory.mktemp("fd"))
 
 
-def test_finediving_outliers_reported_by_key_and_never_trained_on(fd_root, capsys):
+def test_finediving_outliers_reported_by_key_and_never_trained_on(fd_root, caplog):
     index = read_index("finediving", fd_root)
     by_id = {s.id: s for s in index.samples}
     odd = finediving_odd_keys()
@@ -120,7 +120,7 @@ def test_finediving_outliers_reported_by_key_and_never_trained_on(fd_root, capsy
 
     # what stage one writes into the cache's sample table: every judge on the scale
     samples, _ = load_stage_samples(resolve("finediving"), "finediving", fd_root)
-    assert "3 judge value(s) off the judge scale were corrected or dropped" in capsys.readouterr().err
+    assert "3 judge value(s) off the judge scale were corrected or dropped" in caplog.text
     rows = base_rows(samples, "finediving", fd_root)
     assert all(DIVING_SCALE.allows(j) for r in rows for j in r["judge_scores"])
 

@@ -1,6 +1,6 @@
 """End to end on a small synthetic set: generate -> real I3D features -> train -> evaluate -> report.
 
-The run is the demo's own code path (:func:`udaqa_pipeline.demo.run_demo`) with a short set (8 dives of
+The run is the demo's own code path (:func:`udaqa_pipeline.experiments.demo.run_demo`) with a short set (8 dives of
 32 frames, 2 clips each) so CI pays for 16 I3D clips, not 600; the second call checks that every
 stage is reused and says so.
 """
@@ -14,10 +14,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from udaqa_pipeline import demo, synth
+from udaqa_pipeline import synth
 from udaqa_pipeline.backbone.weights import weights_path
 from udaqa_pipeline.cache import open_cache
 from udaqa_pipeline.datasets.rules import apply_rule
+from udaqa_pipeline.experiments import demo
 from udaqa_pipeline.safe_pickle import safe_load
 
 pytestmark = pytest.mark.skipif(
@@ -31,11 +32,12 @@ OVERRIDES = ("frames.n_frames=32", "clips.n_clips=2", "cache.video_size=[16, 16]
              "train.batch_size=4", "train.val_fraction=0.34")
 
 
-def test_demo_end_to_end_and_reuse(tmp_path: Path, capsys) -> None:
+def test_demo_end_to_end_and_reuse(tmp_path: Path) -> None:
+    said: list[str] = []
     kw = dict(cache_root=tmp_path / "cache", runs_root=tmp_path / "runs", progress=False, samples=4,
-              overrides=OVERRIDES, synth_config=SMALL)
+              overrides=OVERRIDES, synth_config=SMALL, say=said.append)
     res = demo.run_demo(**kw)
-    out = capsys.readouterr().out
+    out = "\n".join(said)
     assert not (res["data_reused"] or res["cache_reused"] or res["run_reused"])
 
     # stage one: real features for every dive, distinct per dive
@@ -73,14 +75,15 @@ def test_demo_end_to_end_and_reuse(tmp_path: Path, capsys) -> None:
     for p in res["metrics"]["plots"]:
         assert Path(p).is_file()
     # the run finds its cache by the stage's dataset name (demo-<hash>), as `udaqa-pipeline evaluate demo` does
-    from udaqa_pipeline.evaluate import evaluate
+    from udaqa_pipeline.evaluation.evaluate import evaluate
 
-    m = evaluate(res["run"], cache_root=tmp_path / "cache", samples=4, make_plots=False)
+    m = evaluate(res["run"], cache_root=tmp_path / "cache", samples=4).metrics
     assert Path(res["cache"]).name.startswith("demo-") and m["overall"]["n"] == 2
 
     # second run: dataset, cache and run are all reused, and the output says so
+    said.clear()
     again = demo.run_demo(**kw)
-    out2 = capsys.readouterr().out
+    out2 = "\n".join(said)
     assert again["data_reused"] and again["cache_reused"] and again["run_reused"]
     assert "reusing the existing set" in out2 and "reusing the feature cache" in out2
     assert "reusing the finished run" in out2

@@ -149,10 +149,10 @@ def test_finetune_run_scores_and_refuses_mismatches(synth, tmp_path, i3d_state):
     assert row["backbone"] == "finetuned" and np.asarray(row["panels"]).shape == (2, 7)
     assert row["final_score"] == pytest.approx(float(apply_rule("mtl_middle3", row["panels"], 2.0).mean()))
     # stage two's evaluate would use frozen cached features: it refuses; evaluate_finetuned works
-    from udaqa_pipeline.evaluate import evaluate
+    from udaqa_pipeline.evaluation.evaluate import evaluate
 
     with pytest.raises(Exception, match="cache"):
-        evaluate(run, cache_root=tmp_path / "nocache", make_plots=False)
+        evaluate(run, cache_root=tmp_path / "nocache")
     m = evaluate_finetuned(run, synth, samples=2, make_plots=False)
     assert m["overall"]["n"] == 2 and math.isfinite(m["overall"]["rl2x100"])
     # resuming with other settings, or on other samples, is refused with the reason

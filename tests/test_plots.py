@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from udaqa_pipeline.plots import reliability
+from udaqa_pipeline.evaluation.plots import reliability
 
 C0 = np.array([31, 119, 180])  # matplotlib's first cycle colour (tab:blue)
 C1 = np.array([255, 127, 14])  # second (tab:orange)

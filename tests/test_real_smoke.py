@@ -54,8 +54,9 @@ def test_real_surgical_video_end_to_end(root, tmp_path):
     from udaqa_pipeline.cache import open_cache
     from udaqa_pipeline.cache.extract import extract_features
     from udaqa_pipeline.config import resolve
-    from udaqa_pipeline.evaluate import evaluate
     from udaqa_pipeline.engine.run import train
+    from udaqa_pipeline.evaluation.evaluate import evaluate
+    from udaqa_pipeline.evaluation.report import write_report
 
     cache = extract_features("jigsaws", resolve("jigsaws", SETTINGS), root, cache_root=tmp_path / "cache",
                              progress=False, strict=True)
@@ -69,7 +70,7 @@ def test_real_surgical_video_end_to_end(root, tmp_path):
     assert np.std(c.features[:, 0].mean(axis=1), axis=0).mean() > 1e-3
     run = train("jigsaws", cache=cache, run_dir=tmp_path / "run", progress=False,
                 overrides=SETTINGS + ["train.epochs=2", "train.select=last", "train.calibrate=none"])
-    m = evaluate(run, cache=cache, make_plots=False)
+    m = write_report(evaluate(run, cache=cache), make_plots=False)
     assert m["overall"]["n"] == 1  # fold 0 holds B001 only
     import pyarrow.parquet as pq
 

@@ -13,7 +13,8 @@ from udaqa_pipeline.cache import open_cache
 from udaqa_pipeline.cli import main as cli
 from udaqa_pipeline.config import ConfigError
 from udaqa_pipeline.datasets.rules import apply_rule
-from udaqa_pipeline.evaluate import evaluate
+from udaqa_pipeline.evaluation.evaluate import evaluate
+from udaqa_pipeline.evaluation.report import write_report
 from udaqa_pipeline.metrics import fisher_z_mean
 from udaqa_pipeline.testing import write_toy_cache
 from udaqa_pipeline.runs.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, load_run, save_checkpoint
@@ -159,7 +160,7 @@ def test_per_group_runs_and_evaluate(tmp_path):
     assert (run / "Suturing" / CHECKPOINT).exists() and (run / "Knot_Tying" / CHECKPOINT).exists()
     # one draw per sample from the paper's sampler (the panel's locations, which the point prediction
     # is made of): predictions.parquet then holds every sampled judge the metrics saw
-    m = evaluate(run, cache=cache, fold=1, samples=1, sampler="paper", out_dir=run / "eval")
+    m = write_report(evaluate(run, cache=cache, fold=1, samples=1, sampler="paper"), run / "eval")
     assert set(m["groups"]) == {"Suturing", "Knot_Tying"}
     assert m["protocol"] == "honest" and m["groups"]["Suturing"]["protocol"] == "honest"
     t = pq.read_table(run / "eval" / "predictions.parquet").to_pydict()
@@ -221,7 +222,7 @@ def test_trains_and_evaluates_on_cuda(toy, tmp_path):
                 progress=False, device="cuda")
     ck = load_checkpoint(run / CHECKPOINT)
     assert all(v.device.type == "cpu" for v in ck["model"].values())  # checkpoints load anywhere
-    m = evaluate(run, cache=toy, samples=2)
+    m = evaluate(run, cache=toy, samples=2).metrics
     assert m["overall"]["n"] == 12
 
 
@@ -249,7 +250,7 @@ def test_custom_feature_source_is_trained_and_checkpointed(toy, tmp_path):
     assert not torch.equal(r.source_state["weight"], torch.eye(1024))  # the source was optimised
     src2 = _AdaptedSource(open_cache(toy))
     src2.module.load_state_dict(r.source_state)
-    m = evaluate(run, cache=toy, source=src2, samples=2, make_plots=False)
+    m = evaluate(run, cache=toy, source=src2, samples=2).metrics
     assert m["overall"]["n"] == 12
 
 
@@ -367,8 +368,8 @@ def test_evaluate_finds_the_run_cache_by_hash_whatever_the_stage_name(tmp_path):
     # Stage one names a cache <stage>-<hash>; a stage may read another adapter (stages/demo.toml
     # reads the mtl adapter), so evaluate must not look the cache up by dataset.name.
     from udaqa_pipeline.cache import open_cache
-    from udaqa_pipeline.evaluate import evaluate
     from udaqa_pipeline.engine.run import train
+    from udaqa_pipeline.evaluation.evaluate import evaluate
     from udaqa_pipeline.runs.layout import RunSpec
 
     probe = write_toy_cache(tmp_path / "probe", n=24)
@@ -377,5 +378,5 @@ def test_evaluate_finds_the_run_cache_by_hash_whatever_the_stage_name(tmp_path):
     cache = write_toy_cache(root / f"somestage-{h}", n=24)
     run = train("mtl", cache=cache, run_dir=tmp_path / "run", overrides=SMALL + ["train.epochs=1"],
                 spec=RunSpec("mtl", protocol="paper"), progress=False)
-    m = evaluate(run, cache_root=root, samples=2, make_plots=False)
+    m = evaluate(run, cache_root=root, samples=2).metrics
     assert m["overall"]["n"] == 6  # toy_arrays' test fold: the last n // 4 of 24 rows

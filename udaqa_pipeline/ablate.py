@@ -67,16 +67,17 @@ def _run_row(name: str, spec: RunSpec, data: TrainingSet, run_dir: Path, overrid
              device: str) -> dict:
     import torch
 
-    from .engine.loop import RunOptions, train_run
     from . import config
-    from .evaluate import evaluate
+    from .engine.loop import RunOptions, train_run
+    from .evaluation.evaluate import evaluate
+    from .evaluation.report import write_report
 
     torch.set_num_threads(threads)
     counter, handle = count_backbone_forwards()
     try:
         rd = train_run(config.resolve(spec.stage, overrides), spec, data, run_dir, device=device,
                        options=RunOptions(progress=False))
-        m = evaluate(rd, data=data, make_plots=False)
+        m = write_report(evaluate(rd, data=data), make_plots=False)
     finally:
         handle.remove()
     panel = next(iter(m.get("panel", {}).values()), {})

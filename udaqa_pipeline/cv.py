@@ -125,9 +125,9 @@ def _train_job(data: TrainingSet, spec: RunSpec, method: str, seed: int, *, over
     its test predictions as records."""
     import torch
 
-    from .engine.loop import RunOptions, train_run
     from . import config
-    from .evaluate import run_dirs
+    from .engine.loop import RunOptions, train_run
+    from .evaluation.evaluate import run_dirs
     from .inference.predict import predict
     from .runs.checkpoint import load_run
 

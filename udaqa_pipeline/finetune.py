@@ -567,10 +567,11 @@ def finetune(dataset: str, root: str | Path | None = None, *, spec: RunSpec | No
 def evaluate_finetuned(run_dir: str | Path, root: str | Path | None = None, *, judges: int | None = None,
                        samples: int = 50, device: str | None = None, jobs: int | None = None,
                        make_plots: bool = True) -> dict:
-    """Stage two's :func:`~udaqa_pipeline.evaluate.evaluate` on a fine-tuned run: the test videos'
+    """Stage two's :func:`~udaqa_pipeline.evaluation.evaluate.evaluate` on a fine-tuned run: the test videos'
     features are computed from their frames with the run's fine-tuned backbone (centre view)."""
     from .backbone.i3d import I3D
-    from .evaluate import evaluate
+    from .evaluation.evaluate import evaluate
+    from .evaluation.report import write_report
     from .runs.checkpoint import load_run
 
     run_dir = Path(run_dir)
@@ -593,7 +594,7 @@ def evaluate_finetuned(run_dir: str | Path, root: str | Path | None = None, *, j
     src = FrameSource(data, build_backbone(cfg, dev, i3d), workers=jobs)
     try:
         with torch.no_grad():
-            return evaluate(run_dir, data=data.training_set(src), judges=judges, samples=samples,
-                            make_plots=make_plots)
+            return write_report(evaluate(run_dir, data=data.training_set(src), judges=judges, samples=samples),
+                                make_plots=make_plots)
     finally:
         src.close()

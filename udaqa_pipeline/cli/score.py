@@ -97,7 +97,7 @@ def finetune_cmd(stage, root, fold, cv, run_dir, protocol, overrides, resume, fo
 def evaluate_finetuned_cmd(run_dir, root, judges, samples, device, jobs, as_json):
     """Evaluate the fine-tuned run --run on its test fold, features from its own backbone (writes
     <run>/eval/)."""
-    from ..evaluate import format_metrics
+    from ..evaluation.report import format_metrics
     from ..finetune import evaluate_finetuned
 
     if run_dir is None:

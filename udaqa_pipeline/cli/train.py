@@ -90,12 +90,14 @@ def evaluate_cmd(stage, fold, cv, split, run_dir, cache, cache_root, judges, sam
     """Score a trained run on its test fold; writes <run>/eval/{metrics.json,predictions.parquet,*.png}.
 
     The run is --run, else runs/<STAGE>/fold<k> (STAGE omitted: the stage of the most recent run)."""
-    from ..evaluate import evaluate, format_metrics
+    from .. import resolve
+    from ..evaluation.evaluate import evaluate
+    from ..evaluation.report import format_metrics, write_report
 
     if run_dir is None:
-        stage = stage_or_latest(stage)
-    m = evaluate(run_dir, dataset=stage, fold=fold, cv=cv, split=split, cache=cache, cache_root=cache_root,
-                 judges=judges, samples=samples, sampler=sampler)
+        run_dir = resolve.run_dir(stage_or_latest(stage), fold=fold or 0, cv=cv, split=split)
+    m = write_report(evaluate(run_dir, fold=fold, cache=cache, cache_root=cache_root, judges=judges, samples=samples,
+                              sampler=sampler))
     click.echo(strict_json(m) if as_json else format_metrics(m))
 
 

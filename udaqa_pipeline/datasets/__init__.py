@@ -15,7 +15,7 @@ corrected or dropped by one policy (:mod:`.common`), so training never sees it a
 
 from __future__ import annotations
 
-import sys
+import logging
 from collections import Counter, defaultdict
 from pathlib import Path
 from types import ModuleType
@@ -29,6 +29,8 @@ from . import aqa7, finediving, folder, jigsaws, mtl
 from .base import TRAIN_ONLY, Sample
 from .common import AnnotationError, DatasetIndex
 from .rules import RULE_ATOL, apply_rule
+
+log = logging.getLogger(__name__)
 
 #: Adapter modules by name.
 DATASETS: dict[str, ModuleType] = {"mtl": mtl, "finediving": finediving, "jigsaws": jigsaws, "aqa7": aqa7, "folder": folder}
@@ -74,8 +76,8 @@ def load_stage_samples(cfg: Config, stage: str, root: str | Path | None = None, 
     index = read_index(cfg.dataset.name or stage, root_p, cfg)
     if index.judge_outliers:
         # What training gets differs from the file here: say so where the cache is built, not only in inspect.
-        print(f"labels: {len(index.judge_outliers)} judge value(s) off the judge scale were corrected or dropped "
-              f"(`udaqa-pipeline datasets inspect {stage} --root {root_p}` lists them)", file=sys.stderr, flush=True)
+        log.warning(f"labels: {len(index.judge_outliers)} judge value(s) off the judge scale were corrected or dropped "
+                    f"(`udaqa-pipeline datasets inspect {stage} --root {root_p}` lists them)")
     samples = skip_absent_groups(list(index.samples), stage, root_p)
     return (samples if limit is None else samples[: int(limit)]), root_p
 
@@ -91,8 +93,8 @@ def skip_absent_groups(samples: list[Sample], stage: str, root: Path) -> list[Sa
     absent = [g for g in groups if g not in present]
     if not absent or not present:
         return samples
-    print(f"{stage}: no video or frames under {root} for {', '.join(f'{g} ({groups[g]} samples)' for g in absent)}: "
-          f"skipped (dataset.tasks / the annotation files still list them)", file=sys.stderr, flush=True)
+    log.warning(f"{stage}: no video or frames under {root} for {', '.join(f'{g} ({groups[g]} samples)' for g in absent)}: "
+                f"skipped (dataset.tasks / the annotation files still list them)")
     return [s for s in samples if s.group not in absent]
 
 
