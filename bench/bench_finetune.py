@@ -1,6 +1,6 @@
 """Fine-tuning cost: one end-to-end step (I3D unfrozen) beside one cached-heads step, same process.
 
-- Fine-tuning step (batch 4): the real :class:`udaqa_pipeline.finetune.FrameSource` on generated
+- Fine-tuning step (batch 4): the real :class:`udaqa_pipeline.engine.finetune.FrameSource` on generated
   synthetic dives (JPEG frame folders in the MTL-AQA layout): decode + augmentation (shift, flip,
   random crop) + I3D forward (activation checkpointing and bf16 autocast: the "auto" settings, on
   for CUDA, off on CPU) + UD-AQA heads
@@ -10,7 +10,7 @@
   (4, K, 1024) and video (4, L, 3, 64, 64), as stage two trains from the cache.
 - ``ratio`` = fine-tuning step / cached-heads step. ``mtl_epoch_hours``: the fine-tuning step
   scaled to MTL-AQA's 1059 training dives (honest protocol: 953 fitted) plus the no-grad passes,
-  by :func:`udaqa_pipeline.finetune.estimate_epoch_seconds`.
+  by :func:`udaqa_pipeline.engine.finetune.estimate_epoch_seconds`.
 - Full run: L = 103 frames of 320 x 240, K = 10 clips of 16 x 224 px (the paper's setting), one
   warm-up step then the best of 2. ``quick``: L = 16 frames, K = 1 clip (4 clips per step), no
   warm-up, one step; the shapes are in the result.
@@ -62,7 +62,7 @@ def _best(fn, reps: int, warmup: bool, sync) -> float:
 
 
 def run(quick: bool = False) -> dict:
-    from udaqa_pipeline.finetune import estimate_epoch_seconds, prepare
+    from udaqa_pipeline.engine.finetune import estimate_epoch_seconds, prepare
     from udaqa_pipeline.synth import SynthConfig, generate
 
     n_frames, n_clips = (16, 1) if quick else (103, 10)

@@ -8,7 +8,7 @@ chosen on the training dives only, never on the test dives) trained with ``train
 the issue's table: the calibrated sampler (the default), the paper's prior draws, and baseline (b)
 (the model's judge mean plus residuals of the training rows, :func:`udaqa_pipeline.evaluation.evaluate.
 residual_prediction`). Writes ``bench/calibration.json``: per sampler and measure, the per-seed
-values and their mean and sd (:func:`udaqa_pipeline.cv.mean_sd`); the generator's spread ceiling
+values and their mean and sd (:func:`udaqa_pipeline.experiments.cv.mean_sd`); the generator's spread ceiling
 (:func:`udaqa_pipeline.synth.judges.spread_ceiling`); the issue's targets checked on the means.
 
 ``--generator-seed 1`` or ``2`` (each with its own ``--cache-root``/``--runs-root``/``--out``)
@@ -77,7 +77,7 @@ README_COLUMNS = ["Spearman", "R-l2 x100", "panel coverage", "expected coverage"
 
 def markdown(res: dict, columns: list[str] = README_COLUMNS) -> str:
     """The README's table: one row per sampler, one column per measure, mean +- sd over seeds."""
-    from udaqa_pipeline.cv import mean_sd_text
+    from udaqa_pipeline.experiments.cv import mean_sd_text
 
     names = list(columns)
     lines = ["| sampler | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from udaqa_pipeline.config import runs_root
-    from udaqa_pipeline.cv import mean_sd
+    from udaqa_pipeline.experiments.cv import mean_sd
     from udaqa_pipeline.evaluation.evaluate import evaluate
     from udaqa_pipeline.evaluation.report import write_report
     from udaqa_pipeline.experiments.demo import DEFAULT_SEED, STAGE, run_demo

@@ -1,6 +1,6 @@
 """``make bench-real``: the cross-validated table on real JIGSAWS Suturing video.
 
-Runs :func:`udaqa_pipeline.cv.cross_validate` on the 38 right-camera Suturing trials in
+Runs :func:`udaqa_pipeline.experiments.cv.cross_validate` on the 38 right-camera Suturing trials in
 ``../shared/data/jigsaws-capture2`` (or ``$UDAQA_REAL_DATA``): stage one once (reused
 when its cache exists), then the official MUSDL 4-fold split under both protocols and
 leave-one-surgeon-out under the honest protocol, UD-AQA with the stage's recipe beside the I3D+MLP
@@ -66,7 +66,7 @@ def _header(columns: list[str]) -> list[str]:
 def _rows(cv: dict, recipe: str | None = None, per_fold: bool = True) -> list[str]:
     """Markdown rows of one cv dict; ``recipe`` names its UD-AQA row (the dev table), whose recipes
     are not calibrated, so it shows no coverage."""
-    from udaqa_pipeline.cv import POINT_METHODS, mean_sd_text as ms
+    from udaqa_pipeline.experiments.cv import POINT_METHODS, mean_sd_text as ms
 
     out = []
     for r in cv["results"]:
@@ -105,7 +105,7 @@ def markdown() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from udaqa_pipeline.cv import cross_validate, format_table
+    from udaqa_pipeline.experiments.cv import cross_validate, format_table
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=5)

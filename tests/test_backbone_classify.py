@@ -132,7 +132,7 @@ def test_iter_frames_chunks_concatenate_to_read_frames(tmp_path: Path) -> None:
             assert [p.shape[0] for p in parts] == [chunk] * (m // chunk) + ([m % chunk] if m % chunk else [])
             if m:
                 np.testing.assert_array_equal(np.concatenate(parts), want)
-    # A phone video stored on its side streams upright, as read_frames gives it (issue 10 item 1).
+    # A phone video stored on its side streams upright, as read_frames gives it.
     upright = read_frames(video)
     for rotation in (90, -90):
         turned = encode_video(tmp_path / f"r{rotation}.mkv", stored_for_display(upright, rotation), rotation=rotation)

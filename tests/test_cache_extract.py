@@ -282,7 +282,7 @@ def test_failure_status_follows_the_error_kind_not_its_wording(tmp_path):
 
 
 def test_bad_input_kinds_in_one_run(tmp_path, caplog):
-    """Issue 10 items 1-3 through stage one: a phone video stored on its side equals its upright twin
+    """Through stage one: a phone video stored on its side equals its upright twin
     (frames, features, small video); a cut download is a failure naming both counts, never a padded
     sample; a short complete video is padded and counted apart from ok in the summary and cache info;
     a frame folder with a gap fails naming the missing numbers."""

@@ -1,4 +1,4 @@
-"""Labels are not features (issue 12, item 5): the cache is keyed by what changes the features, and
+"""Labels are not features: the cache is keyed by what changes the features, and
 every ``features`` run refreshes the label table from the annotation files.
 
 A label fix extracts nothing; an added sample extracts only itself; a removed one leaves the label table
@@ -28,7 +28,7 @@ from udaqa_pipeline.cache.legacy import legacy_key
 from udaqa_pipeline.cache.manifest import extraction_key, key_hash, read_manifest
 from udaqa_pipeline.cache.verify import cache_info, verify_cache
 from udaqa_pipeline.datasets import load_stage_samples
-from udaqa_pipeline.trainset import Labels
+from udaqa_pipeline.data.trainset import Labels
 
 BS = 4  # clips per forward; a sample is K = 2 clips (TINY), so one sample is one forward
 VIDEOS = {"a": 14, "b": 13, "c": 16}

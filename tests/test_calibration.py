@@ -1,4 +1,4 @@
-"""The calibrated sampler (udaqa_pipeline.calibration): noise model, fit, baseline, and the run's
+"""The calibrated sampler (udaqa_pipeline.model.calibration): noise model, fit, baseline, and the run's
 fit on held-out rows end to end on a toy cache."""
 
 import importlib
@@ -7,15 +7,16 @@ import pytest
 import torch
 
 from udaqa_pipeline.cache import open_cache
-from udaqa_pipeline.calibration import (HeldOut, concat_heldout, fit_calibration, laplace_noise,
+from udaqa_pipeline.model.calibration import (HeldOut, concat_heldout, fit_calibration, laplace_noise,
                                         residual_panels, sample_panels)
 from udaqa_pipeline.evaluation.evaluate import evaluate
 from udaqa_pipeline.model import UDAQA, ModelConfig
 from udaqa_pipeline.testing import write_toy_cache
-from udaqa_pipeline.runs.checkpoint import CHECKPOINT, load_checkpoint, load_run
+from udaqa_pipeline.inference.run import load_run
+from udaqa_pipeline.runs.checkpoint import CHECKPOINT, load_checkpoint
 from udaqa_pipeline.engine.fit import build_fit
 from udaqa_pipeline.engine.run import train
-from udaqa_pipeline.trainset import Labels
+from udaqa_pipeline.data.trainset import Labels
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -49,7 +50,7 @@ def _synthetic_heldout(n=300, s=40, t=7, tau=0.03, sigma=0.06, seed=1, bias=0.0)
 
 
 def _metrics(h, tau, sigma, seed=5):
-    from udaqa_pipeline.calibration import _finals
+    from udaqa_pipeline.model.calibration import _finals
     from udaqa_pipeline.metrics import interval_coverage, panel_coverage
 
     rng = np.random.default_rng(seed)
@@ -206,7 +207,7 @@ def test_oof_calibration_with_too_few_fit_rows_says_it_used_the_validation_split
 
 
 def test_awards_are_the_judge_scale_in_numpy_and_in_the_model_sampler():
-    from udaqa_pipeline.calibration import awards
+    from udaqa_pipeline.model.calibration import awards
 
     got = awards(np.array([[-0.3, 4.74, 4.76, 10.4]]), np.array([0.0]), np.array([10.0]), 0.5)
     np.testing.assert_array_equal(got, [[0.0, 4.5, 5.0, 10.0]])

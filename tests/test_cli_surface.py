@@ -1,4 +1,4 @@
-"""The whole command-line surface in one table (issue 12): every command x every shared option
+"""The whole command-line surface in one table: every command x every shared option
 either parses and reaches the library function with the right keyword and value, or is refused as
 an unknown option; the old spellings still work one release and say which spelling replaces them;
 the README's command table matches ``--help``; one error path (``error: <message>``, no traceback,
@@ -108,7 +108,7 @@ ROWS: dict[str, Row] = {
                         set="overrides",
                         progress="progress", no_progress="progress", device="device"), stage=["mtl"]),
     "train --finetune-backbone": Row(
-        ["train", "--finetune-backbone"], "udaqa_pipeline.finetune:finetune", Path("/data/runs/x"),
+        ["train", "--finetune-backbone"], "udaqa_pipeline.engine.finetune:finetune", Path("/data/runs/x"),
         # --cache and --cache-root parse (train takes them) but fine-tuning reads frames, not a cache
         _cells(stage="dataset", root="root", cache="-", cache_root="-", run="run_dir", set="overrides",
                progress="progress", no_progress="progress", device="device"), stage=["mtl"]),
@@ -117,24 +117,24 @@ ROWS: dict[str, Row] = {
                     _cells(stage="-", cache="cache", cache_root="cache_root", run="run_dir", json=""),
                     stage=["mtl"], stubs={"udaqa_pipeline.evaluation.report:format_metrics": lambda m: TEXT,
                                           "udaqa_pipeline.evaluation.report:write_report": lambda ev: ev}),
-    "ablate": Row(["ablate"], "udaqa_pipeline.ablate:ablate", RESULT,
+    "ablate": Row(["ablate"], "udaqa_pipeline.experiments.ablate:ablate", RESULT,
                   _cells(stage="dataset", cache="cache", cache_root="cache_root", run="run_dir", set="overrides",
                          json="", jobs="jobs", threads="threads"), stage=["mtl"],
-                  stubs={"udaqa_pipeline.ablate:format_table": lambda r: TEXT}),
-    "cv": Row(["cv"], "udaqa_pipeline.cv:cross_validate", RESULT,
+                  stubs={"udaqa_pipeline.experiments.ablate:format_table": lambda r: TEXT}),
+    "cv": Row(["cv"], "udaqa_pipeline.experiments.cv:cross_validate", RESULT,
               _cells(stage="stage", root="root", cache="cache", cache_root="cache_root", run="run_dir", set="overrides",
                      progress="progress", no_progress="progress", json="", jobs="jobs"), stage=["mtl"],
-              stubs={"udaqa_pipeline.cv:format_table": lambda r: TEXT}),
-    "score": Row(["score", "clip.mp4", "--run", "/base/run"], "udaqa_pipeline.score:score",
+              stubs={"udaqa_pipeline.experiments.cv:format_table": lambda r: TEXT}),
+    "score": Row(["score", "clip.mp4", "--run", "/base/run"], "udaqa_pipeline.inference.score:score",
                  {"batch": False, "rows": [{"status": "ok"}]},
                  # --run is required here: the base call gives one, the cell's (given last) must win
                  _cells(run="run_dir", device="device", json=""),
-                 stubs={"udaqa_pipeline.score:format_row": lambda row: TEXT}, printed={"status": "ok"}),
-    "finetune": Row(["finetune"], "udaqa_pipeline.finetune:finetune", Path("/data/runs/x"),
+                 stubs={"udaqa_pipeline.inference.score:format_row": lambda row: TEXT}, printed={"status": "ok"}),
+    "finetune": Row(["finetune"], "udaqa_pipeline.engine.finetune:finetune", Path("/data/runs/x"),
                     _cells(stage="dataset", root="root", run="run_dir", set="overrides", progress="progress",
                            no_progress="progress", device="device", jobs="jobs"), stage=["mtl"]),
     "evaluate-finetuned": Row(["evaluate-finetuned", "--run", "/base/run"],
-                              "udaqa_pipeline.finetune:evaluate_finetuned", RESULT,
+                              "udaqa_pipeline.evaluation.finetuned:evaluate_finetuned", RESULT,
                               _cells(root="root", run="run_dir", device="device", json="", jobs="jobs"),
                               stubs={"udaqa_pipeline.evaluation.report:format_metrics": lambda m: TEXT}),
     "demo": Row([], "udaqa_pipeline.experiments.demo:run_demo", {}, _cells(cache_root="cache_root", set="overrides",
@@ -377,9 +377,9 @@ def test_errors_raised_on_purpose_share_one_base():
     from udaqa_pipeline.cache.lock import CacheLockedError
     from udaqa_pipeline.config import ConfigError
     from udaqa_pipeline.datasets.common import AnnotationError
-    from udaqa_pipeline.finetune import FinetuneError
+    from udaqa_pipeline.engine.finetune import FinetuneError
     from udaqa_pipeline.safe_pickle import UnsafePickleError
-    from udaqa_pipeline.score import ScoreError
+    from udaqa_pipeline.inference.score import ScoreError
     from udaqa_pipeline.runs.checkpoint import CheckpointError
     from udaqa_pipeline.engine.fit import TrainingError
     from udaqa_pipeline.video.clips import ShortVideoError

@@ -1,4 +1,4 @@
-"""Cross-validation (udaqa_pipeline.cv), leave-one-surgeon-out folds, the small-data training
+"""Cross-validation (udaqa_pipeline.experiments.cv), leave-one-surgeon-out folds, the small-data training
 options (selection by inner CV / end of training with weight averaging, cosine schedule, feature
 standardisation) and the non-finite-loss stop, on small JIGSAWS-like synthetic caches."""
 
@@ -16,16 +16,17 @@ from click.testing import CliRunner
 from udaqa_pipeline.cache import open_cache, write_cache
 from udaqa_pipeline.cli import main as cli
 from udaqa_pipeline.config import ConfigError
-from udaqa_pipeline.cv import cross_validate, ridge_predict, seed_statistics, summarize
+from udaqa_pipeline.experiments.cv import cross_validate, ridge_predict, seed_statistics, summarize
 from udaqa_pipeline.testing import toy_arrays
-from udaqa_pipeline.runs.checkpoint import CHECKPOINT, load_checkpoint, load_run
+from udaqa_pipeline.inference.run import load_run
+from udaqa_pipeline.runs.checkpoint import CHECKPOINT, load_checkpoint
 from udaqa_pipeline.engine.fit import TrainingError, average_weights
 from udaqa_pipeline.config import Train
 from udaqa_pipeline.engine.recipe import learning_rate
 from udaqa_pipeline.engine.run import train
 from udaqa_pipeline.inference.predict import predict
 from udaqa_pipeline.runs.layout import RunSpec
-from udaqa_pipeline.trainset import CacheSource, Labels, split_folds, subject_folds
+from udaqa_pipeline.data.trainset import CacheSource, Labels, split_folds, subject_folds
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""Issue 10 items 4-5: impossible labels and odd annotation files, each test writing its own input.
+"""Impossible labels and odd annotation files, each test writing its own input.
 
 Non-finite scores are refused when the file is read, naming the rows; judge values off the judge
 scale go through one policy (value/10 when on the scale and the rule then gives the published

@@ -1,4 +1,4 @@
-"""Fine-tuning I3D end to end (issue 6): the in-backward Adam, augmentation, the frame source, the
+"""Fine-tuning I3D end to end: the in-backward Adam, augmentation, the frame source, the
 stage-two loop on frames, refusals. Real Kinetics weights at the smallest input I3D accepts
 (9 frames, 193 px, one clip per video) so each test stays a few seconds on CPU."""
 
@@ -13,7 +13,7 @@ import torch
 
 from test_score import TINY, make_synth
 from udaqa_pipeline.datasets.rules import apply_rule
-from udaqa_pipeline.finetune import (
+from udaqa_pipeline.engine.finetune import (
     Backbone,
     FinetuneError,
     adam_update,
@@ -105,7 +105,7 @@ def test_step_updates_backbone_and_frozen_does_not(i3d_state):
 
 def test_frame_source_augments_training_steps_only(synth, tmp_path, i3d_state):
     from udaqa_pipeline.features import featurize
-    from udaqa_pipeline.finetune import prepare
+    from udaqa_pipeline.engine.finetune import prepare
 
     ov = TINY + FT_TRAIN + ("finetune.freeze_backbone=true",)  # frozen: no backward needed here
     run, cfg, data, src = prepare("mtl", synth, run_dir=tmp_path / "run", overrides=ov, i3d=_i3d(i3d_state),
@@ -132,8 +132,9 @@ def test_frame_source_augments_training_steps_only(synth, tmp_path, i3d_state):
 
 
 def test_finetune_run_scores_and_refuses_mismatches(synth, tmp_path, i3d_state):
-    from udaqa_pipeline.finetune import evaluate_finetuned, finetune
-    from udaqa_pipeline.score import score
+    from udaqa_pipeline.engine.finetune import finetune
+    from udaqa_pipeline.evaluation.finetuned import evaluate_finetuned
+    from udaqa_pipeline.inference.score import score
     from udaqa_pipeline.runs.checkpoint import load_checkpoint
 
     ov = TINY + FT_TRAIN + ("finetune.freeze_backbone=true", "train.use_curriculum=false")
@@ -204,7 +205,7 @@ def test_checkpointing_and_frozen_bn(i3d_state):
 
 @pytest.mark.slow
 def test_unfrozen_resume_equals_uninterrupted(synth, tmp_path, i3d_state):
-    from udaqa_pipeline.finetune import finetune
+    from udaqa_pipeline.engine.finetune import finetune
     from udaqa_pipeline.runs.checkpoint import load_checkpoint
 
     ov = TINY + FT_TRAIN + ("train.epochs=2",)

@@ -56,7 +56,7 @@ def test_panel_coverage_and_metrics():
     assert panel_coverage(panels, real)[0] == pytest.approx(0.5)
     m = panel_metrics(np.repeat(panels, 3, 0) + np.arange(3)[:, None, None],
                       np.repeat(real, 3, 0) * [[1], [2], [3]], np.array([0.1, 0.2, 0.3]))
-    assert {"crps", "coverage", "uncertainty_vs_spread_rho", "n"} <= set(m)  # the keys before issue 11
+    assert {"crps", "coverage", "uncertainty_vs_spread_rho", "n"} <= set(m)  # the calibration keys every version had
     assert m["uncertainty_vs_spread_rho"] == pytest.approx(1.0)
     assert m["n"] == 3
 

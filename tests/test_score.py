@@ -1,4 +1,4 @@
-"""Scoring a user's video with a trained run (issue 6): real synth dives, real I3D weights, a real
+"""Scoring a user's video with a trained run: real synth dives, real I3D weights, a real
 stage-one cache and a real stage-two run, all at the smallest input I3D accepts (one 9-frame clip
 at 193 px) so the module stays a few seconds on CPU."""
 
@@ -57,7 +57,7 @@ def trained(tmp_path_factory):
 
 
 def test_score_frame_folder_and_video_file(trained, tmp_path):
-    from udaqa_pipeline.score import score
+    from udaqa_pipeline.inference.score import score
 
     root, cache_root, run = trained
     folder = root / "frames" / "01_01"
@@ -86,8 +86,8 @@ def test_score_features_match_the_cache(trained):
     from udaqa_pipeline.features import featurize
     from udaqa_pipeline.datasets.base import Sample
     from udaqa_pipeline.datasets.frames import sample_frames
-    from udaqa_pipeline.score import load_scorer
-    from udaqa_pipeline.runs.checkpoint import load_run
+    from udaqa_pipeline.inference.score import load_scorer
+    from udaqa_pipeline.inference.run import load_run
 
     root, cache_root, run = trained
     sc = load_scorer(run)
@@ -102,7 +102,7 @@ def test_score_features_match_the_cache(trained):
 
 
 def test_score_argument_errors(trained):
-    from udaqa_pipeline.score import ScoreError, score
+    from udaqa_pipeline.inference.score import ScoreError, score
 
     root, cache_root, run = trained
     folder = root / "frames" / "01_01"
@@ -123,7 +123,7 @@ def test_score_argument_errors(trained):
 
 
 def test_score_folder_of_videos_survives_a_bad_file(trained, tmp_path):
-    from udaqa_pipeline.score import score
+    from udaqa_pipeline.inference.score import score
 
     root, cache_root, run = trained
     vids = tmp_path / "videos"
@@ -142,7 +142,7 @@ def test_score_folder_of_videos_survives_a_bad_file(trained, tmp_path):
 
 
 def test_tampered_and_foreign_checkpoints_are_refused(trained, tmp_path):
-    from udaqa_pipeline.score import score
+    from udaqa_pipeline.inference.score import score
     from udaqa_pipeline.runs.checkpoint import CHECKPOINT_FORMAT
 
     root, cache_root, run = trained
@@ -204,8 +204,8 @@ def test_checkpoint_carries_what_scoring_needs(trained, tmp_path):
     """The checkpoint's feature_config / scoring_rules come first (no cache needed); an older
     checkpoint without them still scores through the cache manifest."""
     from udaqa_pipeline.cache.manifest import read_manifest
-    from udaqa_pipeline.score import score
-    from udaqa_pipeline.runs.checkpoint import load_run
+    from udaqa_pipeline.inference.score import score
+    from udaqa_pipeline.inference.run import load_run
 
     root, cache_root, run = trained
     folder = root / "frames" / "01_01"
@@ -233,7 +233,7 @@ def test_checkpoint_carries_what_scoring_needs(trained, tmp_path):
 def test_library_api_scores_like_the_command(trained):
     """``udaqa_pipeline.load_run(run).score(video)``: the five-line script of the README."""
     import udaqa_pipeline as u
-    from udaqa_pipeline.score import score
+    from udaqa_pipeline.inference.score import score
 
     root, _, run = trained
     folder = root / "frames" / "01_01"

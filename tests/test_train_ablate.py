@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from udaqa_pipeline.ablate import ablate, count_backbone_forwards, format_table
+from udaqa_pipeline.experiments.ablate import ablate, count_backbone_forwards, format_table
 from udaqa_pipeline.testing import write_toy_cache
 from udaqa_pipeline.runs.checkpoint import CHECKPOINT, load_checkpoint
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from udaqa_pipeline.curriculum import Curriculum, select
+from udaqa_pipeline.engine.curriculum import Curriculum, select
 
 
 def test_schedule_start_patience_step_cap():

@@ -8,7 +8,8 @@ import subprocess
 import sys
 
 from udaqa_pipeline.testing import write_toy_cache
-from udaqa_pipeline.runs.checkpoint import CHECKPOINT, load_run
+from udaqa_pipeline.inference.run import load_run
+from udaqa_pipeline.runs.checkpoint import CHECKPOINT
 
 
 def _free_port() -> int:

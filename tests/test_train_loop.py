@@ -17,12 +17,13 @@ from udaqa_pipeline.evaluation.evaluate import evaluate
 from udaqa_pipeline.evaluation.report import write_report
 from udaqa_pipeline.metrics import fisher_z_mean
 from udaqa_pipeline.testing import write_toy_cache
-from udaqa_pipeline.runs.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, load_run, save_checkpoint
+from udaqa_pipeline.inference.run import load_run
+from udaqa_pipeline.runs.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, save_checkpoint
 from udaqa_pipeline.engine.recipe import PAPER_RECIPE
 from udaqa_pipeline.engine.run import train
 from udaqa_pipeline.inference.predict import predict
 from udaqa_pipeline.runs.layout import RunSpec
-from udaqa_pipeline.trainset import CacheSource, Labels, from_cache
+from udaqa_pipeline.data.trainset import CacheSource, Labels, from_cache
 
 SMALL = ["train.batch_size=8", "train.lr=1e-3", "train.wa_hidden=32", "train.video_channels=[4,8,8,8]",
          "train.eval_samples=2", "train.dropout=0.0"]
@@ -278,7 +279,7 @@ def test_checkpoint_carries_feature_config_and_scoring_rules(tmp_path):
     {rule: panel size}, in the checkpoint and in config.json."""
     from udaqa_pipeline.cache import open_cache, write_cache
     from udaqa_pipeline.testing import toy_arrays
-    from udaqa_pipeline.trainset import feature_config, Labels, scoring_rules
+    from udaqa_pipeline.data.trainset import feature_config, Labels, scoring_rules
 
     a = toy_arrays(n=24)
     a["rows"][0].update(judge_scores=[], rule="sum")  # a single-label sample: identity over its final score
@@ -305,7 +306,7 @@ import os, sys
 import torch
 from udaqa_pipeline.cache import open_cache
 from udaqa_pipeline.engine.run import train
-from udaqa_pipeline.trainset import CacheSource, from_cache
+from udaqa_pipeline.data.trainset import CacheSource, from_cache
 
 
 class Source(CacheSource):

@@ -137,7 +137,7 @@ def expected_panel_coverage(panels: np.ndarray) -> np.ndarray:
 
     Why beside :func:`nominal_panel_coverage`: (T-1)/(T+1) holds for judges drawn i.i.d. from one
     distribution. A sampler unsure of the performance as a whole draws panels that share an offset
-    (``udaqa_pipeline.calibration``), and one of its panels covers fewer judges of another: on data
+    (``udaqa_pipeline.model.calibration``), and one of its panels covers fewer judges of another: on data
     made by the sampler's own equation, the true sampler itself shows 0.43 for T = 7
     (``tests/test_calibration.py``). This is the coverage a sampler with that structure should
     show; with an offset sd of 0 and continuous scores it is (T-1)/(T+1), with awards (ties count

@@ -125,11 +125,11 @@ def cache_dir(stage: str | None = None, *, cache: str | Path | None = None, cach
 
 def training_set(stage: str | None = None, *, cache: Any = None, cache_root: str | Path | None = None,
                  cache_hash: str | None = None, source: Any = None) -> Any:
-    """Stage two's input (:class:`~udaqa_pipeline.trainset.TrainingSet`) of a cache: ``cache`` an
+    """Stage two's input (:class:`~udaqa_pipeline.data.trainset.TrainingSet`) of a cache: ``cache`` an
     opened cache object or a directory, else found by :func:`cache_dir`; ``source`` a feature source
     other than the cache (its labels and provenance still come from the cache)."""
     from .cache import open_cache
-    from .trainset import from_cache
+    from .data.trainset import from_cache
 
     if cache is None or isinstance(cache, (str, Path)):
         cache = open_cache(cache_dir(stage, cache=cache, cache_root=cache_root, cache_hash=cache_hash))

@@ -430,3 +430,13 @@ def load_i3d(cache_root: str | Path | None = None, device: str | torch.device = 
     model = I3D()
     model.load_state_dict(load_state_dict(cache_root, verify=verify))
     return model.to(device).eval()
+
+
+def i3d_state(source_state: dict) -> dict:
+    """The plain I3D state dict inside a fine-tuned backbone's state dict (the ``i3d.*`` keys of
+    :class:`~udaqa_pipeline.engine.finetune.Backbone`; its Adam buffers dropped). Raises
+    :class:`WeightsError` when there are none."""
+    out = {k[len("i3d."):]: v for k, v in source_state.items() if k.startswith("i3d.")}
+    if not out:
+        raise WeightsError("the run's backbone state holds no I3D weights (keys 'i3d.*'); retrain it")
+    return out

@@ -41,7 +41,7 @@ _DECODE_JOBS = "decoding processes (default: min(8, CPU cores) on GPU, 0 = in th
 def score_cmd(path, run_dir, judges, difficulty, samples, group, rule, seed, device, expect_stage,
               as_json, out):
     """Score PATH (a video, a frame folder, or a folder of videos) with a trained run."""
-    from ..score import format_row, score
+    from ..inference.score import format_row, score
 
     res = score(path, run_dir, judges=judges, difficulty=difficulty, samples=samples, group=group, rule=rule,
                 seed=seed, device=device, out=out, expect_stage=expect_stage)
@@ -76,7 +76,7 @@ def finetune_cmd(stage, root, fold, cv, run_dir, protocol, overrides, resume, fo
                  device, limit, progress):
     """Train UD-AQA with the I3D backbone unfrozen, from STAGE's frames (not the cache); the same as
     `train --finetune-backbone`, with --jobs and --limit."""
-    from ..finetune import finetune
+    from ..engine.finetune import finetune
     from ..runs.layout import RunSpec, stage_name
 
     stage = stage_or_latest(stage)
@@ -98,7 +98,7 @@ def evaluate_finetuned_cmd(run_dir, root, judges, samples, device, jobs, as_json
     """Evaluate the fine-tuned run --run on its test fold, features from its own backbone (writes
     <run>/eval/)."""
     from ..evaluation.report import format_metrics
-    from ..finetune import evaluate_finetuned
+    from ..evaluation.finetuned import evaluate_finetuned
 
     if run_dir is None:
         raise click.UsageError("pass the fine-tuned run: --run DIR")

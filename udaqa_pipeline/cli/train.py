@@ -59,7 +59,7 @@ def train_cmd(stage, fold, cv, cache, cache_root, run_dir, protocol, split, over
     stage = stage_or_latest(stage)
     spec = RunSpec(stage_name(stage), fold=fold, cv=cv, split=split, protocol=protocol)
     if finetune_backbone:
-        from ..finetune import finetune
+        from ..engine.finetune import finetune
 
         click.echo(str(finetune(stage, root, spec=spec, run_dir=run_dir, overrides=overrides, resume=resume,
                                 progress=progress, force=force, device=device, max_epoch_minutes=max_epoch_minutes)))
@@ -115,7 +115,7 @@ def evaluate_cmd(stage, fold, cv, split, run_dir, cache, cache_root, judges, sam
 @json_option
 def ablate_cmd(stage, fold, cache, cache_root, run_dir, jobs, threads, protocol, rows, overrides, as_json):
     """Train the paper's ablation rows and design variants from one cache; print the table."""
-    from ..ablate import ablate, format_table
+    from ..experiments.ablate import ablate, format_table
 
     res = ablate(stage_or_latest(stage), fold=fold, cache=cache, cache_root=cache_root, run_dir=run_dir, jobs=jobs,
                  threads=threads, protocol=protocol, overrides=overrides, rows=rows.split(",") if rows else None)
@@ -149,7 +149,7 @@ def cv_cmd(stage, root, cache, cache_root, seeds, protocol, split, methods, jobs
     """Cross-validate STAGE: every fold x seed trained and evaluated, baselines on the same cache and
     folds, one table (mean +- sd over seeds, tagged with the protocol); writes cv.json and
     predictions.parquet. With no cache, stage one runs first (from --root)."""
-    from ..cv import cross_validate, format_table
+    from ..experiments.cv import cross_validate, format_table
 
     res = cross_validate(stage_or_latest(stage), root=root, cache=cache, cache_root=cache_root, overrides=overrides,
                          seeds=seeds, protocol=protocol, split=split,

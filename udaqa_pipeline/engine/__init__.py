@@ -53,11 +53,11 @@ One loop, read top to bottom (nanoGPT style, :mod:`.loop`). Policies:
 - What scoring needs without the cache: the checkpoint (and ``config.json``) carry
   ``feature_config``, the cache manifest's frames/clips/preprocess/cache sections the features
   were extracted with, and ``scoring_rules``, {rule: panel size} of the run's samples, most common
-  rule first (see :func:`~udaqa_pipeline.trainset.scoring_rules`).
+  rule first (see :func:`~udaqa_pipeline.data.trainset.scoring_rules`).
 
 Feature sources: the loop reads inputs through an object with ``n_views`` and
 ``batch(indices, views) -> (features (B, K, M), video (B, L, 3, h, w))`` and an optional trainable
-``module`` (nn.Module or None). :class:`~udaqa_pipeline.trainset.CacheSource` reads the cache; a fine-tuning wrapper can
+``module`` (nn.Module or None). :class:`~udaqa_pipeline.data.trainset.CacheSource` reads the cache; a fine-tuning wrapper can
 compute features from frames with I3D and hand its I3D in as ``module`` (optimised and
 checkpointed with the heads).
 """

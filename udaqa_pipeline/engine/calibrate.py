@@ -1,5 +1,5 @@
 """The calibrated sampler's fit at the end of a complete run (``train.calibrate``), never on a
-test fold (:mod:`udaqa_pipeline.calibration` holds the fit itself)."""
+test fold (:mod:`udaqa_pipeline.model.calibration` holds the fit itself)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..calibration import concat_heldout, fit_calibration
+from ..model.calibration import concat_heldout, fit_calibration
 from ..config import Config
 from ..inference.predict import heldout_draws
 from ..model import UDAQA, ModelConfig
 from ..runs.checkpoint import heads_state
-from ..trainset import TrainingSet
+from ..data.trainset import TrainingSet
 from .recipe import CALIBRATION_SAMPLES
 from .selection import Selection, inner_folds
 

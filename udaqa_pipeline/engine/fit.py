@@ -10,15 +10,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..calibration import HeldOut
+from ..model.calibration import HeldOut
 from ..config import Config, Train
-from ..curriculum import Curriculum, select
+from .curriculum import Curriculum, select
 from ..errors import UdaqaError
 from ..inference.predict import heldout_draws, predict, uncertainties
 from ..model import UDAQA, clip_l2
 from ..model.losses import total_loss
 from ..runs.checkpoint import state_to_cpu
-from ..trainset import FeatureSource, TrainingSet, group_index, label_scaling
+from ..data.trainset import FeatureSource, TrainingSet, group_index, label_scaling
 from . import distributed
 from .recipe import learning_rate, model_config
 

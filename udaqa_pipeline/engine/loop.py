@@ -20,7 +20,7 @@ import torch
 
 from ..config import Config, ConfigError
 from ..runs.layout import PROTOCOLS, RunSpec, safe_name
-from ..trainset import TrainingSet, scoring_rules, split_folds
+from ..data.trainset import TrainingSet, scoring_rules, split_folds
 from . import distributed
 from .calibrate import calibrate
 from .fit import Fit, build_fit, run_epoch

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..curriculum import Curriculum
+from .curriculum import Curriculum
 from ..runs.checkpoint import CheckpointError, heads_state
 from ..runs.layout import RunSpec
 from .fit import Fit

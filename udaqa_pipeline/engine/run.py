@@ -8,7 +8,7 @@ from typing import Iterable
 
 from .. import config, resolve
 from ..runs.layout import RunSpec, stage_name
-from ..trainset import TrainingSet
+from ..data.trainset import TrainingSet
 from .loop import RunOptions, train_run
 
 

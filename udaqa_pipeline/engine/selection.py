@@ -25,12 +25,12 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..calibration import concat_heldout
+from ..model.calibration import concat_heldout
 from ..config import Config, ConfigError
 from ..metrics import crps_ensemble, spearman
 from ..runs.checkpoint import state_to_cpu
 from ..runs.layout import RunSpec
-from ..trainset import Labels, TrainingSet, carve_validation
+from ..data.trainset import Labels, TrainingSet, carve_validation
 from .fit import Fit, average_weights, build_fit, run_epoch
 from .recipe import CALIBRATION_SAMPLES
 
@@ -50,7 +50,7 @@ def inner_folds(cfg: Config, data: TrainingSet, rows: np.ndarray, *, device: str
     when calibrating, so an inner model trains on about as many rows as the kept one) and predicts
     its own rows after every epoch. Returns the curve (per epoch, the ``train.select_metric`` of the
     out-of-fold predictions of every row, pooled) and, for the 0-based epochs in ``keep``, the
-    out-of-fold sampler draws of every row (:class:`~udaqa_pipeline.calibration.HeldOut`, for
+    out-of-fold sampler draws of every row (:class:`~udaqa_pipeline.model.calibration.HeldOut`, for
     calibration)."""
     tcfg = cfg.train
     labels = data.labels

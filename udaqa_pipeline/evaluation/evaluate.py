@@ -34,12 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from ..runs.checkpoint import CheckpointError, load_run
+from ..inference.run import load_run
+from ..runs.checkpoint import CheckpointError
 from ..errors import ArgumentError
 from ..metrics import calibration_metrics, final_score_calibration, fisher_z_mean, score_metrics, spearman
 from ..inference.predict import predict
 from ..runs.layout import safe_name
-from ..trainset import Labels, TrainingSet
+from ..data.trainset import Labels, TrainingSet
 
 
 def run_training_set(run: Any, *, cache: Any = None, cache_root: Any = None, source: Any = None) -> TrainingSet:
@@ -92,7 +93,7 @@ def evaluate(run_dir: str | Path, *, fold: int | None = None, cache: Any = None,
     (final-score intervals need S >= 50; with fewer they are left out and ``final_calibration``
     says why). ``source``: a feature source other than the cache (e.g. a fine-tuned backbone over
     frames; the caller loads its weights from ``load_run(run).source_state``). ``sampler``:
-    "calibrated" (the run's fitted calibration, :mod:`udaqa_pipeline.calibration`; the paper's
+    "calibrated" (the run's fitted calibration, :mod:`udaqa_pipeline.model.calibration`; the paper's
     sampler when the run has none), "paper" (the prior draws as the paper samples them), or
     "residual" (baseline: the model's predicted judge mean plus residuals drawn from the training
     rows' residuals, no per-video disagreement).
@@ -209,7 +210,7 @@ def residual_prediction(run: Any, src: Any, labels: Labels, rows: np.ndarray, p:
     its panels and sampled finals replaced, and its point prediction becomes the mean of those
     finals: the pool's mean residual moves the baseline's centre, as ``mu`` moves the calibrated
     sampler's, so both are scored with the centre they sample around."""
-    from ..calibration import residual_panels
+    from ..model.calibration import residual_panels
     from ..datasets.rules import apply_rule
 
     fit = np.asarray([pos[s] for s in run.checkpoint["split"]["fit"] if s in pos], int)

@@ -12,10 +12,10 @@ from collections import Counter
 import numpy as np
 import torch
 
-from ..calibration import HeldOut
+from ..model.calibration import HeldOut
 from ..datasets.rules import apply_rule
 from ..model import UDAQA
-from ..trainset import FeatureSource, Labels, group_index
+from ..data.trainset import FeatureSource, Labels, group_index
 
 
 @torch.no_grad()
@@ -59,7 +59,7 @@ def predict(model: UDAQA, source: FeatureSource, labels: Labels, rows: np.ndarra
 def heldout_draws(model: UDAQA, source: FeatureSource, labels: Labels, rows: np.ndarray, scaling: dict, *,
                   n_samples: int, seed: int = 0, batch_size: int = 64, step: float = 0.0) -> Any:
     """The paper sampler's raw draws for ``rows`` (view 0) as a
-    :class:`~udaqa_pipeline.calibration.HeldOut` with award ``step`` (``train.award_step``), for the
+    :class:`~udaqa_pipeline.model.calibration.HeldOut` with award ``step`` (``train.award_step``), for the
     rows whose panel size is the most common one (a calibration is one noise model for one panel
     size)."""
     model.eval()

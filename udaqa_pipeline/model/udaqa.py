@@ -94,7 +94,7 @@ class UDAQA(nn.Module):
         self.mean_head = Regressor(fv, cfg.regressor_hidden) if cfg.regressors == 2 else None
         self.register_buffer("scale_lo", torch.zeros(cfg.n_groups))
         self.register_buffer("scale_hi", torch.ones(cfg.n_groups))
-        # calibrated sampler [tau, sigma, award step, shift mu] (udaqa_pipeline.calibration); zeros = the paper's
+        # calibrated sampler [tau, sigma, award step, shift mu] (udaqa_pipeline.model.calibration); zeros = the paper's
         self.register_buffer("calib", torch.zeros(4))
 
     # -- pieces ---------------------------------------------------------------------------------
@@ -220,7 +220,7 @@ class UDAQA(nn.Module):
     def set_calibration(self, tau: float, sigma: float, step: float = 0.0, mu: float = 0.0) -> None:
         """Judge deviation scale ``tau``, shared panel offset sd ``sigma`` and centre shift ``mu``
         (scaled label units) of the calibrated sampler, and its award ``step`` (score units; 0 =
-        continuous, unclipped), see :mod:`udaqa_pipeline.calibration`; all 0 = the paper's sampler."""
+        continuous, unclipped), see :mod:`udaqa_pipeline.model.calibration`; all 0 = the paper's sampler."""
         self.calib.copy_(torch.tensor([float(tau), float(sigma), float(step), float(mu)]))
 
     @torch.no_grad()
@@ -236,7 +236,7 @@ class UDAQA(nn.Module):
         ``judges`` (B, S, T) adds, with a fitted calibration (``calib``,
         :meth:`set_calibration`) and ``calibrated``, each judge's Laplace deviation (scale tau) and
         each panel's shared offset (sd sigma), rounded to awards (a fitted step: multiples of it
-        inside the label range), see :mod:`udaqa_pipeline.calibration` (equal to ``location``
+        inside the label range), see :mod:`udaqa_pipeline.model.calibration` (equal to ``location``
         otherwise); u (B,) is the mean predicted log-uncertainty over the
         S*T draws. Apply the dataset's scoring rule (:func:`udaqa_pipeline.datasets.rules.
         apply_rule`) to the last axis to get final scores. Switches the model to eval mode.

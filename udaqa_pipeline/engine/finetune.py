@@ -42,7 +42,7 @@ Design choices:
 - **Cache hash**: no feature cache is read, but the run records the hash stage one would give these
   frames/clips/preprocess settings and samples, prefixed ``ft-`` (so ``evaluate`` on cached frozen
   features refuses the run instead of scoring it with the wrong features; use
-  :func:`evaluate_finetuned`).
+  :func:`udaqa_pipeline.evaluation.finetuned.evaluate_finetuned`).
 - **Refusal**: before training, one fine-tuning step is timed on synthetic clips of the real shape
   and an epoch is estimated; above ``max_epoch_minutes`` (default 30) the run is refused with the
   estimate unless ``force`` (a forced run skips the timing step).
@@ -67,11 +67,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from . import config, resolve
-from .config import Config
-from .errors import UdaqaError
-from .backbone.i3d import BLOCKS
-from .runs.layout import RunSpec
+from .. import config, resolve
+from ..config import Config
+from ..errors import UdaqaError
+from ..backbone.i3d import BLOCKS
+from ..runs.layout import RunSpec
 
 
 ADAM_BETAS = (0.9, 0.999)
@@ -217,7 +217,7 @@ class Backbone(nn.Module):
                     m.num_batches_tracked.copy_(n)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        from .backbone.i3d import check_input_shape
+        from ..backbone.i3d import check_input_shape
 
         check_input_shape(x.shape)
         dev = next(self.i3d.parameters()).device
@@ -236,14 +236,6 @@ class Backbone(nn.Module):
         return x.float()
 
 
-def i3d_state(source_state: dict) -> dict:
-    """The plain I3D state dict inside a :class:`Backbone` state dict (drops Adam buffers)."""
-    out = {k[len("i3d."):]: v for k, v in source_state.items() if k.startswith("i3d.")}
-    if not out:
-        raise FinetuneError("the run's backbone state holds no I3D weights (keys 'i3d.*'); retrain it")
-    return out
-
-
 # --------------------------------------------------------------------------- frames
 
 
@@ -258,9 +250,9 @@ class _Items(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, key: tuple[int, int, bool]) -> dict:
-        from .features import video_size_of, shift_frames
-        from .datasets.frames import sample_frames
-        from .video.transforms import downsample_video, i3d_input
+        from ..features import video_size_of, shift_frames
+        from ..datasets.frames import sample_frames
+        from ..video.transforms import downsample_video, i3d_input
 
         row, seed, augment = key
         sample = self.samples[row]
@@ -312,11 +304,11 @@ class FrameData:
     fine-tuned run rebuilds the same hash from the same dataset and refuses a changed one."""
 
     def __init__(self, stage: str, cfg: Config, samples: Sequence[Any], root: Path) -> None:
-        from .cache import samples_table
-        from .cache.legacy import legacy_key, samples_fingerprint
-        from .cache.plan import base_rows
-        from .cache.manifest import key_hash
-        from .trainset import FEATURE_SECTIONS, Labels, Provenance
+        from ..cache import samples_table
+        from ..cache.legacy import legacy_key, samples_fingerprint
+        from ..cache.plan import base_rows
+        from ..cache.manifest import key_hash
+        from ..data.trainset import FEATURE_SECTIONS, Labels, Provenance
 
         self.sample_list = list(samples)
         self.config = cfg
@@ -332,8 +324,8 @@ class FrameData:
                                      feature_config={k: saved[k] for k in FEATURE_SECTIONS})
 
     def training_set(self, source: Any) -> Any:
-        """The :class:`~udaqa_pipeline.trainset.TrainingSet` of these samples read through ``source``."""
-        from .trainset import TrainingSet
+        """The :class:`~udaqa_pipeline.data.trainset.TrainingSet` of these samples read through ``source``."""
+        from ..data.trainset import TrainingSet
 
         return TrainingSet(self.labels, source, self.provenance, n_features=1024)
 
@@ -351,7 +343,7 @@ class FrameSource:
     n_views = 1
 
     def __init__(self, data: FrameData, backbone: Backbone, *, workers: int = 0, infer_batch: int = 4) -> None:
-        from .features import layout_of
+        from ..features import layout_of
 
         self.data = data
         self.module = backbone
@@ -415,7 +407,7 @@ class FrameSource:
 
 def build_backbone(cfg: Config, device: torch.device, i3d: nn.Module | None = None) -> Backbone:
     """The Kinetics I3D (cached weights) wrapped as a trainable :class:`Backbone` per ``cfg``."""
-    from .backbone.weights import load_i3d
+    from ..backbone.weights import load_i3d
 
     f = cfg.finetune
     t = cfg.train
@@ -433,7 +425,7 @@ def time_step(backbone: Backbone, cfg: Config, batch_size: int, *, n_videos: int
 
     ``n_videos`` videos of K clips each (default ``batch_size`` on CUDA, 1 on CPU, scaled to
     ``batch_size``). Returns seconds per step (batch ``batch_size``) and per video inference."""
-    from .features import layout_of
+    from ..features import layout_of
 
     dev = next(backbone.i3d.parameters()).device
     probe = Backbone(copy.deepcopy(backbone.i3d), lr=backbone.lr, weight_decay=backbone.weight_decay,
@@ -491,8 +483,8 @@ def _check_time(src: FrameSource, cfg: Config, n_fit: int, n_sel: int, workers: 
     return est
 
 
-def _load_samples(cfg: Config, stage: str, root: str | Path | None, limit: int | None) -> tuple[list, Path]:
-    from .datasets import load_stage_samples
+def load_frame_samples(cfg: Config, stage: str, root: str | Path | None, limit: int | None) -> tuple[list, Path]:
+    from ..datasets import load_stage_samples
 
     samples, root_p = load_stage_samples(cfg, stage, root, limit)
     if not samples:
@@ -506,7 +498,7 @@ def prepare(dataset: str, root: str | Path | None = None, *, run_dir: str | Path
             i3d: nn.Module | None = None) -> tuple[Path, Config, FrameData, FrameSource]:
     """Resolve the run's config and build its frame data and trainable source (no training);
     ``spec`` names the default run directory (``<runs>/<stage>/finetune-fold<k>``)."""
-    from .cache.extract import stage_name
+    from ..cache.extract import stage_name
 
     stage = stage_name(dataset)
     spec = spec or RunSpec(stage)
@@ -516,7 +508,7 @@ def prepare(dataset: str, root: str | Path | None = None, *, run_dir: str | Path
         raise FinetuneError("train.per_group with a fine-tuned backbone would carry one group's backbone into the "
                             "next; fine-tune one group at a time (a stage whose dataset holds that group only)")
     if samples is None:
-        samples, root_p = _load_samples(cfg, stage, root, limit)
+        samples, root_p = load_frame_samples(cfg, stage, root, limit)
     else:
         root_p = Path(root if root is not None else ".")
     dev = torch.device(resolve.device(device))
@@ -542,8 +534,8 @@ def finetune(dataset: str, root: str | Path | None = None, *, spec: RunSpec | No
     ``limit``: the first N samples only. ``samples`` / ``i3d``: explicit samples and backbone (tests).
     Default run dir: ``<runs>/<stage>/finetune-fold<k>``.
     """
-    from .engine.loop import RunOptions, train_run
-    from .trainset import carve_validation, split_folds
+    from .loop import RunOptions, train_run
+    from ..data.trainset import carve_validation, split_folds
 
     run, cfg, data, src = prepare(dataset, root, run_dir=run_dir, spec=spec, overrides=overrides,
                                   samples=samples, limit=limit, device=device, jobs=jobs, i3d=i3d)
@@ -560,41 +552,5 @@ def finetune(dataset: str, root: str | Path | None = None, *, spec: RunSpec | No
     try:
         return train_run(cfg, spec, data.training_set(src), run, device=str(next(src.module.i3d.parameters()).device),
                          options=RunOptions(resume=resume, progress=progress, stop_after=stop_after))
-    finally:
-        src.close()
-
-
-def evaluate_finetuned(run_dir: str | Path, root: str | Path | None = None, *, judges: int | None = None,
-                       samples: int = 50, device: str | None = None, jobs: int | None = None,
-                       make_plots: bool = True) -> dict:
-    """Stage two's :func:`~udaqa_pipeline.evaluation.evaluate.evaluate` on a fine-tuned run: the test videos'
-    features are computed from their frames with the run's fine-tuned backbone (centre view)."""
-    from .backbone.i3d import I3D
-    from .evaluation.evaluate import evaluate
-    from .evaluation.report import write_report
-    from .runs.checkpoint import load_run
-
-    run_dir = Path(run_dir)
-    run = load_run(run_dir)
-    state = run.source_state  # load_run keeps it with the heads' epoch
-    if state is None:
-        raise FinetuneError(f"{run_dir} has no fine-tuned backbone; evaluate it with `udaqa-pipeline evaluate`")
-    cfg = run.config
-    stage = str(run.checkpoint.get("stage") or run.checkpoint.get("dataset") or cfg.dataset.get("name", ""))
-    samples_, root_p = _load_samples(cfg, stage, root, None)
-    dev = torch.device(resolve.device(device))
-    i3d = I3D()
-    i3d.load_state_dict(i3d_state(state))
-    data = FrameData(stage, cfg, samples_, root_p)
-    if data.provenance.cache_hash != run.cache_hash:
-        raise FinetuneError(f"the samples or frame settings under {root_p} are not the ones {run_dir} was fine-tuned "
-                            f"on ({data.provenance.cache_hash} vs {run.cache_hash}); pass the same --root and stage")
-    if jobs is None:
-        jobs = min(8, os.cpu_count() or 1) if dev.type == "cuda" else 0
-    src = FrameSource(data, build_backbone(cfg, dev, i3d), workers=jobs)
-    try:
-        with torch.no_grad():
-            return write_report(evaluate(run_dir, data=data.training_set(src), judges=judges, samples=samples),
-                                make_plots=make_plots)
     finally:
         src.close()

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import ConfigError, Train
-from .datasets.rules import judges_needed
+from ..config import ConfigError, Train
+from ..datasets.rules import judges_needed
 
 SPLITS = ("official", "louo", "dev")
 #: Inner folds per outer training set under ``split="dev"``.
@@ -55,7 +55,7 @@ class CacheSource:
         self.n_views = int(self.features.shape[1])
 
     def batch(self, indices: np.ndarray, views: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        from .features import apply_view
+        from ..features import apply_view
 
         idx = np.asarray(indices)
         v = np.asarray(views)
@@ -144,7 +144,7 @@ def subject_folds(labels: Labels) -> tuple[np.ndarray, list[str]]:
     """Leave-one-subject-out folds: (fold of every row, subject names); fold k = the k-th subject in
     sorted order. Subjects are JIGSAWS surgeons (the letter in ``Suturing_B001``); a row whose id
     names no subject raises :class:`ConfigError`."""
-    from .datasets.jigsaws import surgeon_of
+    from ..datasets.jigsaws import surgeon_of
 
     subj = [surgeon_of(i) for i in labels.ids]
     bad = [i for i, s in zip(labels.ids, subj) if s is None]

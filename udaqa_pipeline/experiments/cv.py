@@ -60,10 +60,10 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .errors import ArgumentError
-from .fileutil import strict_json
-from .runs.layout import RunSpec, stage_name
-from .trainset import TrainingSet
+from ..errors import ArgumentError
+from ..fileutil import strict_json
+from ..runs.layout import RunSpec, stage_name
+from ..data.trainset import TrainingSet
 
 
 METHODS = ("udaqa", "paper", "i3d+mlp", "ridge")
@@ -81,7 +81,7 @@ def method_overrides(method: str) -> list[str]:
     if method == "udaqa":
         return []
     if method == "paper":
-        from .engine.recipe import PAPER_RECIPE
+        from ..engine.recipe import PAPER_RECIPE
 
         return list(PAPER_RECIPE)
     if method == "i3d+mlp":
@@ -109,7 +109,7 @@ def ridge_predict(features: np.ndarray, y: np.ndarray, train_rows: np.ndarray, t
 def fold_ids(labels: Any, split: str) -> list[int]:
     """The test folds of ``split`` among the ok samples (official: the cache's folds; louo: one per
     surgeon)."""
-    from .trainset import DEV_INNER, subject_folds
+    from ..data.trainset import DEV_INNER, subject_folds
 
     if split == "louo":
         return list(range(len(subject_folds(labels)[1])))
@@ -125,11 +125,11 @@ def _train_job(data: TrainingSet, spec: RunSpec, method: str, seed: int, *, over
     its test predictions as records."""
     import torch
 
-    from . import config
-    from .engine.loop import RunOptions, train_run
-    from .evaluation.evaluate import run_dirs
-    from .inference.predict import predict
-    from .runs.checkpoint import load_run
+    from .. import config
+    from ..engine.loop import RunOptions, train_run
+    from ..evaluation.evaluate import run_dirs
+    from ..inference.predict import predict
+    from ..inference.run import load_run
 
     torch.set_num_threads(threads)
     # checkpoints every 25 epochs: a cv run is short to redo, and a checkpoint per epoch costs more than
@@ -164,7 +164,7 @@ def _record(method: str, protocol: str, seed: int, fold: int, labels: Any, r: in
 
 def _ridge_records(labels: Any, features: np.ndarray, folds: list[int], split: str, protocols: Iterable[str]
                    ) -> list[dict]:
-    from .trainset import split_folds
+    from ..data.trainset import split_folds
 
     out = []
     for fold in folds:
@@ -194,7 +194,7 @@ def mean_sd(values: list[float]) -> dict:
 
 def seed_statistics(rows: list[dict], group_range: float) -> dict:
     """The statistics of one seed's test predictions of one group (see the module doc)."""
-    from .metrics import fisher_z_mean, spearman
+    from ..metrics import fisher_z_mean, spearman
 
     folds = sorted({r["fold"] for r in rows})
     rho, rl2 = {}, []
@@ -208,7 +208,7 @@ def seed_statistics(rows: list[dict], group_range: float) -> dict:
     vals = [v for v in rho.values() if not math.isnan(v)]
     cov = float("nan")
     if rows and all(len(r.get("pred_finals") or []) >= INTERVAL_MIN_SAMPLES for r in rows):
-        from .metrics import interval_coverage
+        from ..metrics import interval_coverage
 
         finals = np.stack([np.asarray(r["pred_finals"], float) for r in rows])
         cov = float(interval_coverage(finals, y, levels=(0.8,))[0])
@@ -221,7 +221,7 @@ def seed_statistics(rows: list[dict], group_range: float) -> dict:
 def summarize(records: list[dict], ranges: dict[str, float]) -> dict:
     """Aggregate prediction records into the ``results`` (and ``overall``) of :func:`cross_validate`;
     ``ranges`` maps group -> max - min of its true final scores (R-l2)."""
-    from .metrics import fisher_z_mean
+    from ..metrics import fisher_z_mean
 
     results, overall = [], []
     keys = sorted({(r["method"], r["protocol"]) for r in records}, key=lambda k: (METHODS.index(k[0])
@@ -285,10 +285,10 @@ def cross_validate(stage: str, *, root: str | Path | None = None, cache: str | P
     from joblib import Parallel, delayed
     from tqdm import tqdm
 
-    from . import resolve
-    from . import config
-    from .cache.extract import extract_features
-    from .trainset import SPLITS
+    from .. import resolve
+    from .. import config
+    from ..cache.extract import extract_features
+    from ..data.trainset import SPLITS
 
     methods = list(methods)
     bad = [m for m in methods if m not in METHODS]

@@ -23,7 +23,7 @@ Design choices:
   otherwise). ``judges`` other than the rule's fixed panel size is refused (the rule could not be
   applied); rules taking any count (sum, mean) accept any T.
 - **Output**: S = ``samples`` (default 50) seeded draws (``seed``) of T judges from the run's
-  calibrated sampler (:mod:`udaqa_pipeline.calibration`; the paper's prior draws for runs without a
+  calibrated sampler (:mod:`udaqa_pipeline.model.calibration`; the paper's prior draws for runs without a
   fitted calibration, ``calibrated`` False); ``final_score`` is the mean over S of the rule applied
   to each panel (the mean of the sampled final scores, so it sits inside their interval; ``evaluate``'s
   point prediction is the rule on the panels' locations before the judge noise and awards, free of
@@ -48,9 +48,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import resolve
-from .config import Config
-from .errors import UdaqaError
+from .. import resolve
+from ..config import Config
+from ..errors import UdaqaError
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv",
                               ".gif", ".ts", ".3gp"})
@@ -93,7 +93,8 @@ def load_scorer(run_dir: str | Path, *, device: str | None = None,
     """Load ``<run_dir>/checkpoint.pt`` (verified, ``weights_only=True``) and its backbone.
 
     ``dataset``: refuse a run trained on another dataset (adapter name or stage name)."""
-    from .runs.checkpoint import CHECKPOINT, CheckpointError, load_run
+    from ..runs.checkpoint import CHECKPOINT, CheckpointError
+    from .run import load_run
 
     run_dir = Path(run_dir)
     if not (run_dir / CHECKPOINT).is_file() and (run_dir / "groups.json").is_file():
@@ -110,8 +111,8 @@ def load_scorer(run_dir: str | Path, *, device: str | None = None,
     state = run.source_state  # the fine-tuned backbone of the heads' epoch, or None
     finetuned = state is not None
     if finetuned:
-        from .backbone.i3d import I3D
-        from .finetune import i3d_state
+        from ..backbone.i3d import I3D
+        from ..backbone.weights import i3d_state
 
         i3d = I3D()
         try:
@@ -123,7 +124,7 @@ def load_scorer(run_dir: str | Path, *, device: str | None = None,
         amp = str(cfg.finetune.amp).lower()
         cfg = cfg.replace({"cache.dtype": "bf16" if dev.type == "cuda" and amp in ("auto", "on", "true") else "fp32"})
     else:
-        from .backbone.weights import load_i3d
+        from ..backbone.weights import load_i3d
 
         i3d = load_i3d(device=dev)
     i3d.prepare_for_inference()
@@ -137,7 +138,7 @@ _SCORERS: dict[tuple, Scorer] = {}
 def _cached_scorer(run_dir: str | Path, **kw: Any) -> Scorer:
     """:func:`load_scorer`, reusing the last two loaded runs while their checkpoint file is unchanged
     (scoring many files in one process should not reload I3D each time)."""
-    from .runs.checkpoint import CHECKPOINT
+    from ..runs.checkpoint import CHECKPOINT
 
     ck = Path(run_dir) / CHECKPOINT
     st = ck.stat() if ck.is_file() else None
@@ -154,7 +155,7 @@ def _cached_scorer(run_dir: str | Path, **kw: Any) -> Scorer:
 
 def resolve_rule(scorer: Scorer, judges: int | None = None, rule: str | None = None) -> tuple[str, int]:
     """The rule and panel size T to score with (see the module docstring)."""
-    from .datasets.rules import RULE_JUDGES, check_rule, finediving_rule, judges_needed
+    from ..datasets.rules import RULE_JUDGES, check_rule, finediving_rule, judges_needed
 
     observed: int | None = None
     try:
@@ -200,10 +201,10 @@ def _group_index(scorer: Scorer, group: str | None) -> torch.Tensor:
 def score_video(scorer: Scorer, path: str | Path, *, judges: int | None = None, difficulty: float | None = None,
                 samples: int = 50, group: str | None = None, rule: str | None = None, seed: int = 0) -> dict:
     """Score one video file or frame folder; raises on an unreadable video (see :func:`score`)."""
-    from .features import featurize, layout_of
-    from .datasets.base import Sample
-    from .datasets.frames import sample_frames
-    from .datasets.rules import DIFFICULTY_RULES, apply_rule
+    from ..features import featurize, layout_of
+    from ..datasets.base import Sample
+    from ..datasets.frames import sample_frames
+    from ..datasets.rules import DIFFICULTY_RULES, apply_rule
 
     r, t = resolve_rule(scorer, judges, rule)
     if r in DIFFICULTY_RULES and difficulty is None:
@@ -253,7 +254,7 @@ def final_interval(finals: np.ndarray, level: float = INTERVAL) -> tuple[float |
 def list_inputs(path: str | Path) -> tuple[bool, list[Path]]:
     """(is a batch, inputs): a video file or frame folder is one input; a folder without images
     directly inside is a batch of its video files and frame-folder subfolders (sorted by name)."""
-    from .video.decode import IMAGE_EXTENSIONS
+    from ..video.decode import IMAGE_EXTENSIONS
 
     p = Path(path)
     if not p.exists():
@@ -308,8 +309,8 @@ def score(path: str | Path, run_dir: str | Path, *, judges: int | None = None, d
     (missing difficulty, wrong T, bad checkpoint, a run of another ``dataset`` than asked) raise
     before any decoding; in a batch a video that cannot be read is reported in its row.
     """
-    from .features import failure_status
-    from .datasets.rules import DIFFICULTY_RULES
+    from ..features import failure_status
+    from ..datasets.rules import DIFFICULTY_RULES
 
     batch, inputs = list_inputs(path)
     scorer = _cached_scorer(run_dir, device=device, dataset=expect_stage)

@@ -94,8 +94,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .datasets.rules import apply_rule
-from .metrics import crps_ensemble
+from ..datasets.rules import apply_rule
+from ..metrics import crps_ensemble
 
 #: Candidate ``tau`` and ``sigma`` (fractions of the label range).
 TAU_GRID = np.concatenate([[0.0], np.logspace(-4, 0, 161)])  # steps of 6%
@@ -198,7 +198,7 @@ def panel_sd_match(h: HeldOut, lap: np.ndarray, panel: np.ndarray, real: np.ndar
     rows in the boolean mask ``panel`` (N,) (awards, ``sigma`` = 0, which moves a panel as a whole
     and leaves its sd alone) have the mean sd nearest the real panels' ``real`` (P, T) mean sd,
     both sample sds (ddof 1) in score units. ``lap`` (N, S, T): the standard Laplace draws."""
-    from .metrics import sampled_panel_sd
+    from ..metrics import sampled_panel_sd
 
     target = real.std(axis=1, ddof=1).mean()
     zeros = np.zeros(h.loc.shape[:2])
@@ -218,7 +218,7 @@ def fit_calibration(h: HeldOut, seed: int = 0, own: HeldOut | None = None,
     sampler, unshifted, rounded to awards; ``mu`` in scaled label units; ``expected_coverage``
     :func:`~udaqa_pipeline.metrics.expected_panel_coverage` of the fitted sampler on ``h``, None
     without panels). Raises ValueError without held-out rows."""
-    from .metrics import expected_panel_coverage, nominal_panel_coverage, panel_coverage
+    from ..metrics import expected_panel_coverage, nominal_panel_coverage, panel_coverage
 
     n, s, t = h.loc.shape
     if n == 0:

@@ -24,9 +24,9 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import ArgumentError
-from .runs.layout import RunSpec, stage_name
-from .trainset import TrainingSet
+from ..errors import ArgumentError
+from ..runs.layout import RunSpec, stage_name
+from ..data.trainset import TrainingSet
 
 
 #: name -> (overrides on top of the paper's recipe, paper's MTL-AQA Spearman or None)
@@ -67,10 +67,10 @@ def _run_row(name: str, spec: RunSpec, data: TrainingSet, run_dir: Path, overrid
              device: str) -> dict:
     import torch
 
-    from . import config
-    from .engine.loop import RunOptions, train_run
-    from .evaluation.evaluate import evaluate
-    from .evaluation.report import write_report
+    from .. import config
+    from ..engine.loop import RunOptions, train_run
+    from ..evaluation.evaluate import evaluate
+    from ..evaluation.report import write_report
 
     torch.set_num_threads(threads)
     counter, handle = count_backbone_forwards()
@@ -107,11 +107,11 @@ def ablate(dataset: str, *, fold: int = 0, cache: Any = None, cache_root: Any = 
     (default: cores // jobs)."""
     from joblib import Parallel, delayed
 
-    from . import resolve
+    from .. import resolve
 
     cache = resolve.cache_dir(dataset, cache=cache, cache_root=cache_root)
-    from . import config
-    from .engine.recipe import PAPER_RECIPE
+    from .. import config
+    from ..engine.recipe import PAPER_RECIPE
 
     table = {n: ([*PAPER_RECIPE, *ov], paper) for n, (ov, paper) in ROWS.items()}
     base = list(overrides)
