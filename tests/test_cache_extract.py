@@ -360,3 +360,33 @@ def test_gap_policy_nearest_is_counted_apart(tmp_path, caplog):
     assert rows["whole"]["frame_indices"] == window
     assert "1 of 2 samples ok, 1 with frame-folder gaps filled from the nearest frame" in _logged(caplog)
     assert cache_info(p)["padded"]["filled"] == 1
+
+
+def test_decoder_damage_fails_the_sample_unless_kept_and_is_counted_apart(tmp_path, caplog):
+    """A few flipped bytes inside an H.264 key frame (size and container unchanged): FFmpeg conceals
+    the damage and flags the frame corrupt; stage one fails that sample (the batch goes on) unless
+    frames.damaged = "keep", which keeps it flagged in the table, the summary and ``cache info``,
+    in the same cache (the policy is not part of the key)."""
+    from fixtures.videos import KEY_EVERY_10, damage_key_frame, encode_video
+
+    from udaqa_pipeline.cache.verify import cache_info
+
+    caplog.set_level(logging.INFO, logger="udaqa_pipeline")
+    root = make_dataset(tmp_path / "data", {"a": 14, "b": 14, "c": 14})
+    yy, xx = np.mgrid[0:48, 0:64]
+    moving = np.stack([np.stack([(xx * 3 + t * 5) % 256, (yy * 4 + t * 3) % 256, (xx + yy + t * 7) % 256], -1)
+                       for t in range(30)]).astype(np.uint8)
+    clean = encode_video(tmp_path / "b.mkv", moving, "libx264", "yuv420p", KEY_EVERY_10, gop=10, max_b_frames=0)
+    damage_key_frame(clean, 1, root / "videos" / "b.mkv")  # the key frame at 10: frames 10..19 carry it
+    over = TINY + ("frames.mode=uniform",)
+    failed = _extract(root, tmp_path / "c", over)
+    rows = {r["id"]: r for r in open_cache(failed).samples.to_pylist()}
+    assert rows["b"]["status"] == "corrupt" and "decode from damaged data" in rows["b"]["error"]
+    assert rows["a"]["status"] == rows["c"]["status"] == "ok"
+    assert "2 of 3 samples ok, 1 failed" in _logged(caplog)
+    kept = _extract(root, tmp_path / "c", over + ("frames.damaged=keep",), retry_failed=True)
+    assert kept == failed  # one cache: the policy selects samples, it does not change their numbers
+    rows = {r["id"]: r for r in open_cache(kept).samples.to_pylist()}
+    assert rows["b"]["status"] == "ok" and rows["b"]["error"].startswith("damaged: ")
+    assert "2 of 3 samples ok, 1 kept with frames decoded from damaged data" in _logged(caplog)
+    assert cache_info(kept)["padded"]["damaged"] == 1

@@ -87,7 +87,7 @@ from .plan import base_rows, build_plan, describe_changes, keep_staged, label_ch
 from .shard import Shard, parse_shard, shard_indices, torchrun_env
 from .staging import cleanup_staging, drop_failed_staged, shard_dir, staged_files, write_staged
 from .store import add_backend, now_iso
-from .verify import FILLED_NOTE, padding_summary
+from .verify import DAMAGED_NOTE, FILLED_NOTE, padding_summary
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,15 @@ class ExtractionError(CacheError):
 
 
 # ----------------------------------------------------------------------------- pure helpers
+
+
+def damaged_note(sf: Any) -> str:
+    """The sample-table note for a window kept with frames decoded from damaged data ("" when none)."""
+    if not sf.damaged:
+        return ""
+    used = int(np.isin(sf.indices, sf.damaged).sum())
+    return (f"{DAMAGED_NOTE} {used} of the window's {len(sf.indices)} frames decode from damaged data, kept "
+            f"(frames.damaged = \"keep\")")
 
 
 def filled_note(filled) -> str:
@@ -160,7 +169,7 @@ def _prepare(sample: Any, cfg: Config, views: Sequence[Mapping[str, Any]]):
             raise ValueError(f"sample_frames returned {frames.shape[0]} frames, the config asks for {L}")
         xs = [view_input(frames, cfg, v) for v in views]
         video = downsample_video(frames, video_size_of(cfg))
-        record = {"id": str(sample.id), "status": "ok", "error": filled_note(sf.filled),
+        record = {"id": str(sample.id), "status": "ok", "error": filled_note(sf.filled) or damaged_note(sf),
                   "n_source_frames": int(sf.n_source_frames), "short": bool(sf.short),
                   "frame_indices": [int(i) for i in np.asarray(sf.indices).tolist()]}
         return record, xs, video
@@ -617,13 +626,15 @@ def summarize(cache_dir: Path) -> tuple[dict[str, int], list[tuple[str, str, str
 def summary_line(n: int, ok: int, failed: int, pad: Mapping[str, Any]) -> str:
     """``"30 of 40 samples ok, 3 short (padded to 160 frames; shortest 57 frames: S003), 7 failed"``:
     ``ok`` samples split into plain, short and gap-filled, so padded ones never pass as plain."""
-    plain = ok - pad["short"] - pad["filled"]
+    plain = ok - pad["short"] - pad["filled"] - pad.get("damaged", 0)
     line = f"{plain} of {n} samples ok"
     if pad["short"]:
         line += (f", {pad['short']} short (padded to {pad['window_frames']} frames; shortest "
                  f"{pad['shortest_frames']} frames: {pad['shortest_id']})")
     if pad["filled"]:
         line += f", {pad['filled']} with frame-folder gaps filled from the nearest frame"
+    if pad.get("damaged"):
+        line += f", {pad['damaged']} kept with frames decoded from damaged data (frames.damaged = \"keep\")"
     return line + (f", {failed} failed" if failed else "")
 
 

@@ -35,6 +35,9 @@ from .manifest import LEGACY_SCHEMA, MANIFEST, ROWS, SAMPLES, CacheError, key_ha
 #: Start of the ``error`` text of an ``ok`` sample whose frame folder had missing frames filled from a
 #: neighbour (``frames.gap_policy = "nearest"``): the sample table has no column of its own for it.
 FILLED_NOTE = "filled:"
+#: Start of the ``error`` text of an ``ok`` sample kept although frames of its window decode from damaged
+#: data (``frames.damaged = "keep"``).
+DAMAGED_NOTE = "damaged:"
 
 
 def padding_summary(cache_dir: Path) -> dict[str, Any]:
@@ -43,7 +46,8 @@ def padding_summary(cache_dir: Path) -> dict[str, Any]:
     ``frames.gap_policy = "nearest"``).
 
     Returns ``{"short": k, "shortest_frames": m or None, "shortest_id": id or None,
-    "window_frames": L, "filled": j}``.
+    "window_frames": L, "filled": j, "damaged": d}`` (``damaged``: not short, kept with frames FFmpeg
+    decoded from damaged data under ``frames.damaged = "keep"``).
     """
     m = read_manifest(cache_dir)
     cols = ["id", "status", "error", "short", "n_source_frames"]  # of the label table: the samples stage two sees
@@ -52,7 +56,8 @@ def padding_summary(cache_dir: Path) -> dict[str, Any]:
     low = min(short, key=lambda r: r["n_source_frames"]) if short else None
     return {"short": len(short), "shortest_frames": None if low is None else int(low["n_source_frames"]),
             "shortest_id": None if low is None else low["id"], "window_frames": m.get("n_frames"),
-            "filled": sum(1 for r in t if not r["short"] and str(r["error"] or "").startswith(FILLED_NOTE))}
+            "filled": sum(1 for r in t if not r["short"] and str(r["error"] or "").startswith(FILLED_NOTE)),
+            "damaged": sum(1 for r in t if not r["short"] and str(r["error"] or "").startswith(DAMAGED_NOTE))}
 
 
 def _dir_bytes(p: Path) -> int:
