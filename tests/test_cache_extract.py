@@ -334,7 +334,7 @@ def test_bad_input_kinds_in_one_run(tmp_path, caplog):
     info = cache_info(p)
     assert info["counts"]["ok"] == 4
     assert info["padded"] == {"short": 2, "shortest_frames": 5, "shortest_id": "shorter", "window_frames": 12,
-                              "filled": 0}
+                              "filled": 0, "damaged": 0}
 
 
 def test_gap_policy_nearest_is_counted_apart(tmp_path, caplog):
