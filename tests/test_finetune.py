@@ -218,3 +218,17 @@ def test_unfrozen_resume_equals_uninterrupted(synth, tmp_path, i3d_state):
     assert not torch.equal(ca["source"][k], i3d_state[k[4:]])
     for part in ("model", "source"):
         assert all(torch.equal(ca[part][n], cb[part][n]) for n in ca[part]), part
+
+
+def test_feature_standardisation_with_a_trainable_backbone(synth, tmp_path, i3d_state):
+    """train.feature_norm with I3D unfrozen (the jigsaws recipe): the statistics are read once from
+    the starting backbone without a graph, so two training steps do not backward through them twice."""
+    from udaqa_pipeline.engine.finetune import finetune
+    from udaqa_pipeline.runs.checkpoint import load_checkpoint
+
+    ov = TINY + FT_TRAIN + ("train.feature_norm=true",)
+    run = finetune("mtl", synth, run_dir=tmp_path / "run", overrides=ov, i3d=_i3d(i3d_state), force=True,
+                   progress=False, device="cpu", jobs=0)
+    ck = load_checkpoint(run / "checkpoint.pt")
+    std = ck["model"]["feat_std"]
+    assert torch.isfinite(std).all() and (std > 0).all() and not std.requires_grad

@@ -94,13 +94,18 @@ def feature_stats(src: FeatureSource, rows: np.ndarray, *, l2: bool = False, bs:
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-dimension mean and sd (M,) of the clip features of ``rows`` over every view and clip
     (read from the cache's array when the source has one, else through ``src.batch`` on view 0),
-    after :func:`~udaqa_pipeline.model.clip_l2` when ``l2``."""
+    after :func:`~udaqa_pipeline.model.clip_l2` when ``l2``.
+
+    A trainable source (a fine-tuned I3D) is read once, without gradients (its eval-mode centre
+    view): the statistics are those of the backbone the run starts from and stay fixed while it
+    trains, plain buffers with no graph to it."""
     feats = getattr(src, "features", None)
     if feats is not None:
         x = torch.from_numpy(np.ascontiguousarray(feats[np.sort(rows)])).double()
     else:
-        x = torch.cat([src.batch(rows[s:s + bs], np.zeros(len(rows[s:s + bs]), int))[0].double()
-                       for s in range(0, len(rows), bs)])
+        with torch.no_grad():
+            x = torch.cat([src.batch(rows[s:s + bs], np.zeros(len(rows[s:s + bs]), int))[0].double()
+                           for s in range(0, len(rows), bs)])
     if l2:
         x = clip_l2(x)
     x = x.reshape(-1, x.shape[-1])
