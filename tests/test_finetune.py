@@ -232,3 +232,27 @@ def test_feature_standardisation_with_a_trainable_backbone(synth, tmp_path, i3d_
     ck = load_checkpoint(run / "checkpoint.pt")
     std = ck["model"]["feat_std"]
     assert torch.isfinite(std).all() and (std > 0).all() and not std.requires_grad
+
+
+def test_per_group_stages_fine_tune_one_group_after_another(synth, tmp_path, i3d_state):
+    """train.per_group with I3D unfrozen: one model and one backbone per group, each from the starting
+    weights (group B trained after A equals B trained alone), in <run>/<group>/."""
+    import dataclasses
+
+    from udaqa_pipeline.config import resolve
+    from udaqa_pipeline.datasets import load_stage_samples
+    from udaqa_pipeline.engine.finetune import finetune
+    from udaqa_pipeline.runs.checkpoint import load_checkpoint
+
+    samples, _ = load_stage_samples(resolve("mtl", TINY), "mtl", synth)
+    grouped = [dataclasses.replace(s, group="AB"[i % 2]) for i, s in enumerate(samples)]
+    ov = TINY + FT_TRAIN + ("train.per_group=true", "train.calibrate=none")
+    kw = dict(force=True, progress=False, device="cpu", jobs=0)
+    both = finetune("mtl", synth, run_dir=tmp_path / "both", overrides=ov, samples=grouped, i3d=_i3d(i3d_state), **kw)
+    alone = finetune("mtl", synth, run_dir=tmp_path / "alone", overrides=ov, samples=[s for s in grouped if s.group == "B"],
+                     i3d=_i3d(i3d_state), **kw)
+    a, b = (load_checkpoint(both / g / "checkpoint.pt")["source"] for g in "AB")
+    b_alone = load_checkpoint(alone / "B" / "checkpoint.pt")["source"]
+    k = "i3d.Mixed_4c.b1b.conv3d.weight"
+    assert not torch.equal(a[k], b[k]) and not torch.equal(b[k], i3d_state[k[4:]])
+    assert all(torch.equal(b[n], b_alone[n]) for n in b)

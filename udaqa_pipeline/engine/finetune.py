@@ -43,6 +43,8 @@ Design choices:
   frames/clips/preprocess settings and samples, prefixed ``ft-`` (so ``evaluate`` on cached frozen
   features refuses the run instead of scoring it with the wrong features; use
   :func:`udaqa_pipeline.evaluation.finetuned.evaluate_finetuned`).
+- **Per-group stages** (``train.per_group``, JIGSAWS tasks): one group after another, each with its
+  own heads and its own backbone, every one from the same starting weights, in ``<run>/<group>/``.
 - **Refusal**: before training, one fine-tuning step is timed on synthetic clips of the real shape
   and an epoch is estimated; above ``max_epoch_minutes`` (default 30) the run is refused with the
   estimate unless ``force`` (a forced run skips the timing step).
@@ -504,9 +506,6 @@ def prepare(dataset: str, root: str | Path | None = None, *, run_dir: str | Path
     spec = spec or RunSpec(stage)
     run = Path(run_dir) if run_dir is not None else resolve.run_dir(stage, "finetune", fold=spec.fold, cv=spec.cv)
     cfg = config.resolve(dataset, overrides)
-    if cfg.train.per_group:
-        raise FinetuneError("train.per_group with a fine-tuned backbone would carry one group's backbone into the "
-                            "next; fine-tune one group at a time (a stage whose dataset holds that group only)")
     if samples is None:
         samples, root_p = load_frame_samples(cfg, stage, root, limit)
     else:
@@ -549,8 +548,27 @@ def finetune(dataset: str, root: str | Path | None = None, *, spec: RunSpec | No
     if not force:  # forced runs skip the timing step altogether
         _check_time(src, cfg, len(tr) - (n_sel if protocol == "honest" else 0), n_sel, src.workers,
                     max_epoch_minutes, force)
+    dev = next(src.module.i3d.parameters()).device
+    sources = [src]
+    start = copy.deepcopy(src.module.i3d.state_dict()) if cfg.train.per_group else None
+
+    def group_data(group: str) -> Any:
+        # Each group starts from the same weights: one group's backbone never carries into the next.
+        if group_data.calls:
+            from ..backbone.i3d import I3D
+
+            i3d = I3D()
+            i3d.load_state_dict(start)
+            sources.append(FrameSource(data, build_backbone(cfg, dev, i3d), workers=src.workers))
+        group_data.calls += 1
+        return data.training_set(sources[-1])
+
+    group_data.calls = 0
+
     try:
-        return train_run(cfg, spec, data.training_set(src), run, device=str(next(src.module.i3d.parameters()).device),
-                         options=RunOptions(resume=resume, progress=progress, stop_after=stop_after))
+        return train_run(cfg, spec, data.training_set(src), run, device=str(dev),
+                         options=RunOptions(resume=resume, progress=progress, stop_after=stop_after),
+                         data_for_group=group_data if cfg.train.per_group else None)
     finally:
-        src.close()
+        for s_ in sources:
+            s_.close()

@@ -14,6 +14,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -41,10 +42,12 @@ class RunOptions:
 
 
 def train_run(cfg: Config, spec: RunSpec, data: TrainingSet, run_dir: Path, *, device: str,
-              options: RunOptions = RunOptions()) -> Path:
+              options: RunOptions = RunOptions(),
+              data_for_group: Callable[[str], TrainingSet] | None = None) -> Path:
     """Train the run ``spec`` of config ``cfg`` (resolved, see
     :func:`udaqa_pipeline.config.resolve`) on ``data`` into ``run_dir`` on
-    ``device``; with ``train.per_group`` one run per group in ``<run_dir>/<group>/``. Returns
+    ``device``; with ``train.per_group`` one run per group in ``<run_dir>/<group>/``, one after
+    another, each on ``data_for_group(group)`` when given (fine-tuning: a fresh backbone per group). Returns
     ``run_dir``. Raises :class:`ConfigError` (bad protocol, fold or split),
     :class:`~udaqa_pipeline.runs.checkpoint.CheckpointError` (a checkpoint that cannot be resumed),
     :class:`~udaqa_pipeline.engine.fit.TrainingError`."""
@@ -58,7 +61,8 @@ def train_run(cfg: Config, spec: RunSpec, data: TrainingSet, run_dir: Path, *, d
     for g in groups:
         tr = np.asarray([i for i in train_rows if labels.group[i] == g], int)
         te = np.asarray([i for i in test_rows if labels.group[i] == g], int)
-        train_one(cfg, spec.for_group(g), data, (tr, te), run_dir / safe_name(g), device=device, options=options)
+        train_one(cfg, spec.for_group(g), data_for_group(g) if data_for_group else data, (tr, te),
+                  run_dir / safe_name(g), device=device, options=options)
     (run_dir / "groups.json").parent.mkdir(parents=True, exist_ok=True)
     (run_dir / "groups.json").write_text(json.dumps({"groups": groups}, indent=1) + "\n")
     return run_dir

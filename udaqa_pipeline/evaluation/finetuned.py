@@ -3,6 +3,7 @@ through the run's own I3D (:mod:`udaqa_pipeline.engine.finetune`), not from a fr
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from ..backbone.i3d import I3D
 from ..backbone.weights import i3d_state
 from ..engine.finetune import FinetuneError, FrameData, FrameSource, build_backbone, load_frame_samples
 from ..inference.run import load_run
+from ..runs.layout import CHECKPOINT
 from .evaluate import evaluate
 from .report import write_report
 
@@ -24,6 +26,10 @@ def evaluate_finetuned(run_dir: str | Path, root: str | Path | None = None, *, j
     features are computed from their frames with the run's fine-tuned backbone (centre view)."""
 
     run_dir = Path(run_dir)
+    if not (run_dir / CHECKPOINT).is_file() and (run_dir / "groups.json").is_file():
+        groups = json.loads((run_dir / "groups.json").read_text())["groups"]
+        raise FinetuneError(f"{run_dir} holds one fine-tuned model and backbone per group ({', '.join(groups)}): "
+                            f"evaluate each, e.g. `udaqa-pipeline evaluate-finetuned {run_dir}/{groups[0]}`")
     run = load_run(run_dir)
     state = run.source_state  # load_run keeps it with the heads' epoch
     if state is None:
