@@ -387,3 +387,30 @@ def test_folder_odd_csv_refused(tmp_path):
     (tmp_path / "annotations.csv").write_text("id,path,final_score\na,a.mp4,3\nb,b.mp4,3,7.5\n")
     with pytest.raises(AnnotationError, match=r"row 3 has 4 fields, the header 3"):
         load_dataset("folder", tmp_path)
+
+
+@pytest.mark.parametrize("column, meaning, test_ids", [
+    (["1", "0", "0", "1"], "is_test", {"a", "d"}),   # "is test", as common as the opposite
+    (["0", "1", "1", "0"], "is_train", {"a", "d"}),  # "is train"
+])
+def test_folder_bare_zero_one_split_is_refused_unless_named(tmp_path, column, meaning, test_ids):
+    rows = [{"id": i, "path": f"{i}.mp4", "final_score": "3", "split": s} for i, s in zip("abcd", column)]
+    write_folder(tmp_path, rows)
+    with pytest.raises(AnnotationError, match=r"only 0 and 1.*split_integers=is_test"):
+        load_dataset("folder", tmp_path)
+    samples = load_dataset("folder", tmp_path, resolve("folder", [f"dataset.split_integers={meaning}"]))
+    assert {s.id for s in samples if s.fold == 0} == test_ids and all(s.fold in (0, -1) for s in samples)
+    folds = load_dataset("folder", tmp_path, resolve("folder", ["dataset.split_integers=fold"]))
+    assert sorted({s.fold for s in folds}) == [0, 1]
+    # folds beyond 0/1 are folds, as before
+    write_folder(tmp_path, [dict(r, split=str(k % 3)) for k, r in enumerate(rows)])
+    assert sorted({s.fold for s in load_dataset("folder", tmp_path)}) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("text", ["id,path,final_score\ncaf\xe9,a.mp4,3\n", "id,path,final_score,action\na,a.mp4,3,\u2013 pike\n"])
+def test_folder_csv_in_another_encoding_is_named(tmp_path, text):
+    (tmp_path / "annotations.csv").write_bytes(text.encode("cp1252"))
+    with pytest.raises(AnnotationError, match=r"annotations.csv: not valid utf-8-sig text \(byte 0x[0-9a-f]{2}.*dataset.encoding=cp1252"):
+        load_dataset("folder", tmp_path)
+    samples = load_dataset("folder", tmp_path, resolve("folder", ["dataset.encoding=cp1252"]))
+    assert len(samples) == 1

@@ -5,7 +5,12 @@ relative to the root), ``final_score``; optional ``judge_scores`` (semicolon-sep
 ``7.5;8;8.5``), ``difficulty``, ``action``, ``split``.
 
 - ``split``: ``train`` (or empty) -> ``TRAIN_ONLY``; ``test`` -> fold 0; an integer ``k`` -> the
-  sample is in test fold ``k`` (k-fold CV of your own).
+  sample is in test fold ``k`` (k-fold CV of your own). A column of bare 0/1 (no other value) is
+  ambiguous, "is test" as often as "is train" or two folds, and is refused unless
+  ``dataset.split_integers`` says which: ``"fold"`` (0 and 1 are folds), ``"is_test"`` (1 = test
+  fold 0, 0 = train) or ``"is_train"`` (1 = train, 0 = test fold 0).
+- Encoding: UTF-8 (a byte-order mark is fine); another (``dataset.encoding = "cp1252"``, Excel's
+  "CSV" on Windows) must be named, a file that is not valid in it is refused naming the byte.
 - Rule: ``dataset.rule = "auto"`` gives ``identity`` for rows without judges (the final score is
   the only label) and ``mean`` for rows with a panel; any rule name of
   :mod:`~udaqa_pipeline.datasets.rules` forces that rule for every row (its judge count and
@@ -68,18 +73,27 @@ def read(root: str | Path, dcfg: Mapping[str, Any]) -> DatasetIndex:
     if rule_cfg != "auto":
         check_rule(rule_cfg)
     path = need_file(root, dcfg.get("annotations", "annotations.csv"), "annotations", "annotations.csv", name)
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        cols = [c.strip() for c in (reader.fieldnames or [])]
-        _columns(path, cols)
-        rows = []
-        for n, r in enumerate(reader, 2):
-            if None in r:  # DictReader files the fields past the header under the key None
-                raise AnnotationError(path, f"row {n} has {len(cols) + len(r[None])} fields, the header {len(cols)}",
-                                      "quote values that hold commas, or fix the row")
-            rows.append({k.strip(): (v or "").strip() for k, v in r.items()})
+    encoding = str(dcfg.get("encoding", "utf-8-sig"))
+    try:
+        with path.open(newline="", encoding=encoding) as f:
+            reader = csv.DictReader(f)
+            cols = [c.strip() for c in (reader.fieldnames or [])]
+            _columns(path, cols)
+            rows = []
+            for n, r in enumerate(reader, 2):
+                if None in r:  # DictReader files the fields past the header under the key None
+                    raise AnnotationError(path, f"row {n} has {len(cols) + len(r[None])} fields, the header {len(cols)}",
+                                          "quote values that hold commas, or fix the row")
+                rows.append({k.strip(): (v or "").strip() for k, v in r.items()})
+    except UnicodeDecodeError as exc:
+        raise AnnotationError(path, f"not valid {encoding} text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})",
+                              "save it as UTF-8 (Excel: \"CSV UTF-8\"), or name its encoding, e.g. "
+                              "--set dataset.encoding=cp1252") from exc
+    except LookupError as exc:
+        raise AnnotationError(path, f"dataset.encoding = {encoding!r} is not an encoding", "use e.g. utf-8 or cp1252") from exc
     if not rows:
         raise AnnotationError(path, "no rows", "add one row per video")
+    split_of = _split_reader(path, [r.get("split", "").lower() for r in rows], str(dcfg.get("split_integers", "auto")))
     check = LabelCheck(path, judge_scale(dcfg, None, name))
     samples: list[Sample] = []
     seen: set[str] = set()
@@ -106,15 +120,7 @@ def read(root: str | Path, dcfg: Mapping[str, Any]) -> DatasetIndex:
                                   "fix judge_scores or set dataset.rule")
         if rule in DIFFICULTY_RULES and difficulty is None:
             raise AnnotationError(path, f"row {n}: rule {rule!r} needs a difficulty", "fill the difficulty column")
-        split = r.get("split", "").lower()
-        if split in ("", "train"):
-            fold = TRAIN_ONLY
-        elif split == "test":
-            fold = 0
-        elif split.isdigit():
-            fold = int(split)
-        else:
-            raise AnnotationError(path, f"row {n}: split {split!r}", "use train, test or a fold number")
+        fold = split_of(n, r.get("split", "").lower())
         if not r["path"]:
             raise AnnotationError(path, f"row {n}: empty path", "give the video file or frame folder, relative to the root")
         judges, extra = check.judges(sid, rule, judges, difficulty, final)
@@ -126,3 +132,31 @@ def read(root: str | Path, dcfg: Mapping[str, Any]) -> DatasetIndex:
         ))
     warnings = check.report()
     return DatasetIndex(samples, warnings, {"annotations": str(path)}, check.outliers())
+
+
+SPLIT_INTEGERS = ("auto", "fold", "is_test", "is_train")
+
+
+def _split_reader(path: Path, splits: list[str], meaning: str):
+    """``fold(row_number, split)`` for this file's split column; refuses a bare 0/1 column unless
+    ``meaning`` (``dataset.split_integers``) says what its integers are."""
+    if meaning not in SPLIT_INTEGERS:
+        raise AnnotationError(path, f"dataset.split_integers = {meaning!r}", f"use one of {', '.join(SPLIT_INTEGERS)}")
+    used = {x for x in splits if x}
+    binary = bool(used) and used <= {"0", "1"}
+    if binary and meaning == "auto":
+        raise AnnotationError(path, "the split column holds only 0 and 1, which reads as \"is test\", \"is train\" or "
+                              "two folds alike", "say which: --set dataset.split_integers=is_test (1 = test), "
+                              "is_train (1 = train) or fold (folds 0 and 1); or write train/test")
+    flags = {"is_test": {"1": 0, "0": TRAIN_ONLY}, "is_train": {"1": TRAIN_ONLY, "0": 0}}.get(meaning)
+
+    def fold(n: int, split: str) -> int:
+        if split in ("", "train"):
+            return TRAIN_ONLY
+        if split == "test":
+            return 0
+        if split.isdigit():
+            return flags[split] if flags is not None and binary else int(split)
+        raise AnnotationError(path, f"row {n}: split {split!r}", "use train, test or a fold number")
+
+    return fold
