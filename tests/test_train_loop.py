@@ -1,6 +1,7 @@
 """Stage two end to end on small synthetic caches written with stage one's writer."""
 
 import json
+import logging
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -255,14 +256,18 @@ def test_custom_feature_source_is_trained_and_checkpointed(toy, tmp_path):
     assert m["overall"]["n"] == 12
 
 
-def test_no_selected_epoch_falls_back_to_last_heads_and_source(toy, tmp_path):
+def test_no_selected_epoch_falls_back_to_last_heads_and_source(toy, tmp_path, caplog):
     """A one-sample validation split gives a NaN Spearman every epoch, so no epoch is selected:
-    load_run falls back to the last epoch's heads AND the last epoch's source state."""
+    the run says both (too few rows, no defined score), and load_run falls back to the last epoch's
+    heads AND the last epoch's source state."""
     from udaqa_pipeline.cache import open_cache
 
+    caplog.set_level(logging.WARNING, logger="udaqa_pipeline")
     src = _AdaptedSource(open_cache(toy))
     run = train("mtl", data=from_cache(open_cache(toy), "mtl", src), run_dir=tmp_path / "r", progress=False,
                 overrides=SMALL + ["train.epochs=2", "train.val_fraction=0.01"])
+    assert "selected on 1 val row(s), too few to rank epochs" in caplog.text
+    assert "no epoch had a defined val spearman" in caplog.text and "the last epoch is kept" in caplog.text
     ck = load_checkpoint(run / CHECKPOINT)
     assert ck["best"]["model"] is None and ck["best"]["source"] is None
     r = load_run(run)

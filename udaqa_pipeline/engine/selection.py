@@ -20,6 +20,7 @@ log's), :meth:`~Selection.prepare` (before the fit is built), :meth:`~Selection.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Iterable
 
@@ -30,6 +31,12 @@ from ..config import Config, ConfigError
 from ..metrics import crps_ensemble, spearman
 from ..runs.checkpoint import state_to_cpu
 from ..runs.layout import RunSpec
+
+log = logging.getLogger(__name__)
+
+#: Fewer selection rows than this cannot rank epochs (a Spearman of 2 rows is +-1, of 1 undefined):
+#: the run says so, and an epoch is still kept only if its score is defined.
+MIN_SELECTION_ROWS = 3
 from ..data.trainset import Labels, TrainingSet, carve_validation
 from .fit import Fit, average_weights, build_fit, run_epoch
 from .recipe import CALIBRATION_SAMPLES
@@ -138,6 +145,9 @@ class _BestEpoch(Selection):
 
     def observe(self, epoch: int, fit: Fit) -> dict:
         seed = self.tcfg.seed
+        if epoch == 0 and len(self.sel_rows) < MIN_SELECTION_ROWS:
+            log.warning(f"warning: the epoch is selected on {len(self.sel_rows)} {self.selected_on} row(s), too few to "
+                        f"rank epochs (at least {MIN_SELECTION_ROWS}); raise train.val_fraction, or train.select=last")
         pred = fit.predict(self.sel_rows, n_samples=self.tcfg.eval_samples, seed=seed)
         rho = selection_score(fit.data.labels, self.sel_rows, pred, self.metric)
         self.score = rho
@@ -145,6 +155,9 @@ class _BestEpoch(Selection):
         if score > self.best["score"]:
             model, source = fit.states()
             self.best = {"epoch": epoch, "score": score, "model": model, "source": source}
+        if epoch == self.epochs() - 1 and self.best["model"] is None:
+            log.warning(f"warning: no epoch had a defined {self.selected_on} {self.metric} (constant labels or "
+                        f"predictions on {len(self.sel_rows)} row(s)): the last epoch is kept")
         return {f"{self.selected_on}_{self.metric}": rho}
 
 
