@@ -415,3 +415,25 @@ def test_cli_features_after_a_label_fix_never_loads_i3d(tmp_path, monkeypatch):
     assert Labels.from_table(open_cache(path).samples).final.tolist() == [42.0, 11.0]
     assert json.loads((path / "manifest.json").read_text())["labels"]["changes"]["ids"]["changed"] == ["a"]
     assert pq.read_table(path / "samples.parquet").column("final_score").to_pylist() == [42.0, 11.0]
+
+
+@pytest.mark.parametrize("cv", [None, 2])
+def test_the_same_video_in_training_and_test_is_refused(tmp_path, cv):
+    """Two annotation rows naming one video share one feature row; when a fold puts one in training
+    and the other in test (the official split, or a seeded --cv split), training refuses the fold."""
+    from udaqa_pipeline.config import ConfigError
+    from udaqa_pipeline.data.trainset import shared_sources, split_folds
+    from udaqa_pipeline.engine.run import train
+    from udaqa_pipeline.runs.layout import RunSpec
+
+    root = make_dataset(tmp_path / "data", {k: 14 for k in "abcdefgh"})  # a, d, g test; the rest train
+    text = (root / "annotations.csv").read_text().replace("videos/b.mkv", "videos/a.mkv")
+    (root / "annotations.csv").write_text(text)
+    path, _ = _extract(root, tmp_path / "c")
+    labels = Labels.from_table(open_cache(path).samples)
+    i = {sid: k for k, sid in enumerate(labels.ids)}
+    assert labels.feature_row[i["a"]] == labels.feature_row[i["b"]] != labels.feature_row[i["c"]]
+    fold = next(f for f in range(cv or 1) if shared_sources(labels, *split_folds(labels, f, cv, 0)))
+    with pytest.raises(ConfigError, match=r"read the same video and frames as a training sample \((a = b|b = a)\)"):
+        train("folder", cache=path, run_dir=tmp_path / "run", overrides=list(TINY) + ["train.epochs=1"],
+              spec=RunSpec("folder", fold=fold, cv=cv), progress=False)

@@ -80,6 +80,9 @@ class Labels:
     action: list[str]
     fold: np.ndarray
     ok: np.ndarray
+    #: store row of each sample's features (-1: unknown); two samples share one when they read the
+    #: same source over the same frame window (``cache.plan.row_identity``)
+    feature_row: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
 
     @classmethod
     def from_table(cls, table: Any) -> "Labels":
@@ -90,7 +93,8 @@ class Labels:
         diff = np.asarray([np.nan if x is None else x for x in d["difficulty"]], float)
         return cls(ids=list(d["id"]), judges=judges, final=final, difficulty=diff, rule=rules,
                    group=[g or "" for g in d["group"]], action=[a or "" for a in d["action"]],
-                   fold=np.asarray(d["fold"], int), ok=np.asarray([s == "ok" for s in d["status"]]))
+                   fold=np.asarray(d["fold"], int), ok=np.asarray([s == "ok" for s in d["status"]]),
+                   feature_row=np.asarray([-1 if r is None else r for r in d.get("feature_row", [None] * len(final))], int))
 
     def n_judges(self, i: int) -> int:
         return judges_needed(self.rule[i], len(self.judges[i]))
@@ -153,6 +157,16 @@ def subject_folds(labels: Labels) -> tuple[np.ndarray, list[str]]:
                           f"{len(bad)} ids have none (e.g. {bad[0]}): use split 'official'")
     names = sorted(set(subj))  # type: ignore[arg-type]
     return np.asarray([names.index(s) for s in subj], int), names
+
+
+def shared_sources(labels: Labels, train_rows: np.ndarray, test_rows: np.ndarray) -> list[tuple[str, str]]:
+    """(test id, training id) pairs of one fold that read the same source over the same window (one
+    feature row): a test result on a video the model trained on."""
+    if len(labels.feature_row) != len(labels.ids):
+        return []
+    by_row = {int(labels.feature_row[i]): labels.ids[i] for i in train_rows if labels.feature_row[i] >= 0}
+    return [(labels.ids[i], by_row[int(labels.feature_row[i])]) for i in test_rows
+            if int(labels.feature_row[i]) in by_row]
 
 
 def split_folds(labels: Labels, fold: int, cv: int | None, seed: int, split: str = "official"

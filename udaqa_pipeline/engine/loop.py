@@ -21,7 +21,7 @@ import torch
 
 from ..config import Config, ConfigError
 from ..runs.layout import PROTOCOLS, RunSpec, safe_name
-from ..data.trainset import TrainingSet, scoring_rules, split_folds
+from ..data.trainset import TrainingSet, scoring_rules, shared_sources, split_folds
 from . import distributed
 from .calibrate import calibrate
 from .fit import Fit, build_fit, run_epoch
@@ -55,6 +55,12 @@ def train_run(cfg: Config, spec: RunSpec, data: TrainingSet, run_dir: Path, *, d
         raise ConfigError(f"protocol must be one of {PROTOCOLS}, not {spec.protocol!r}")
     labels = data.labels
     train_rows, test_rows = split_folds(labels, spec.fold, spec.cv, cfg.train.seed, spec.split)
+    shared = shared_sources(labels, train_rows, test_rows)
+    if shared:
+        pairs = ", ".join(f"{a} = {b}" for a, b in shared[:5]) + (f" (+{len(shared) - 5} more)" if len(shared) > 5 else "")
+        raise ConfigError(f"fold {spec.fold}: {len(shared)} test sample(s) read the same video and frames as a training "
+                          f"sample ({pairs}): their test results would be on trained-on video; remove the duplicate "
+                          f"rows from the annotation file or give both rows the same split")
     if not cfg.train.per_group:
         return train_one(cfg, spec, data, (train_rows, test_rows), run_dir, device=device, options=options)
     groups = sorted({labels.group[i] for i in train_rows})
