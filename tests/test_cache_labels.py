@@ -437,3 +437,32 @@ def test_the_same_video_in_training_and_test_is_refused(tmp_path, cv):
     with pytest.raises(ConfigError, match=r"read the same video and frames as a training sample \((a = b|b = a)\)"):
         train("folder", cache=path, run_dir=tmp_path / "run", overrides=list(TINY) + ["train.epochs=1"],
               spec=RunSpec("folder", fold=fold, cv=cv), progress=False)
+
+
+@pytest.mark.parametrize("change", ["score", "moved"])
+def test_a_run_is_not_resumed_on_changed_labels(tmp_path, change):
+    """Train; fix the annotations (a score changed, or a sample moved from training to test); stage
+    one refreshes the label table without I3D work; the same train command refuses to reuse the run
+    (it would evaluate the old test set), naming what moved and the flag that retrains."""
+    from udaqa_pipeline.engine.run import train
+    from udaqa_pipeline.runs.checkpoint import CheckpointError
+
+    root = make_dataset(tmp_path / "data", {k: 14 for k in "abcdefgh"})  # a, d, g test; the rest train
+    path, _ = _extract(root, tmp_path / "c")
+    kw = dict(run_dir=tmp_path / "run", overrides=list(TINY) + ["train.epochs=1", "train.batch_size=2"], progress=False)
+    train("folder", cache=path, **kw)
+    train("folder", cache=path, **kw)  # unchanged labels: the finished run is reused
+    rows = list(csv.DictReader((root / "annotations.csv").open()))
+    for r in rows:
+        if r["id"] == "b":
+            r.update({"final_score": "99.0"} if change == "score" else {"split": "test"})
+    with (root / "annotations.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    again, _ = _extract(root, tmp_path / "c")
+    assert again == path
+    with pytest.raises(CheckpointError, match="other labels or another split.*--no-resume") as e:
+        train("folder", cache=path, **kw)
+    assert ("moved into or out of test: b" in str(e.value)) == (change == "moved")
+    train("folder", cache=path, resume=False, **kw)

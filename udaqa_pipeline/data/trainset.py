@@ -239,6 +239,22 @@ def feature_config(cache: Any) -> dict:
     return {k: copy.deepcopy(conf[k]) for k in FEATURE_SECTIONS if isinstance(conf.get(k), dict)}
 
 
+def labels_digest(labels: Labels, train_rows: Iterable[int], test_rows: Iterable[int]) -> str:
+    """sha256 (16 hex) of what a run learns from and is tested on besides features: each training
+    and test row's id, final score, judge panel, difficulty and group, and which side it is on.
+    A label fix or a sample moved between training and test changes it."""
+    import hashlib
+    import json
+
+    def row(i: int, side: str) -> list:
+        d = labels.difficulty[i]
+        return [side, labels.ids[i], float(labels.final[i]), [float(x) for x in labels.judges[i]],
+                None if math.isnan(d) else float(d), labels.group[i]]
+
+    rows = [row(int(i), "train") for i in train_rows] + [row(int(i), "test") for i in test_rows]
+    return hashlib.sha256(json.dumps(sorted(rows), default=str).encode()).hexdigest()[:16]
+
+
 def scoring_rules(labels: Labels, rows: Iterable[int]) -> dict[str, int]:
     """{rule: panel size} of ``rows`` as training saw them (a sample without judges is ``identity``
     over its final score, T = 1): each rule's most common panel size, the rules ordered by how many

@@ -21,7 +21,7 @@ import torch
 
 from ..config import Config, ConfigError
 from ..runs.layout import PROTOCOLS, RunSpec, safe_name
-from ..data.trainset import TrainingSet, scoring_rules, shared_sources, split_folds
+from ..data.trainset import TrainingSet, labels_digest, scoring_rules, shared_sources, split_folds
 from . import distributed
 from .calibrate import calibrate
 from .fit import Fit, build_fit, run_epoch
@@ -86,7 +86,7 @@ def train_one(cfg: Config, spec: RunSpec, data: TrainingSet, rows: tuple[np.ndar
     meta = run_meta(cfg, spec, data, selection, rows)
     ck = files.load(options.resume)
     if ck is not None:
-        check_resumable(ck, cfg, spec, meta, files.checkpoint)
+        check_resumable(ck, cfg, spec, meta, files.checkpoint, [data.labels.ids[i] for i in rows[1]])
     calibrating = tcfg.calibrate in ("heldout", "oof")
     selection.prepare(data, ck, device=device, calibrate=calibrating)
     epochs = selection.epochs()
@@ -141,4 +141,5 @@ def run_meta(cfg: Config, spec: RunSpec, data: TrainingSet, selection: Selection
     return {**spec.checkpoint_keys(), "stage": prov.stage, "select": selection.name,
             "dataset": cfg.dataset.name, "cache_hash": prov.cache_hash,
             "feature_config": prov.feature_config, "scoring_rules": scoring_rules(data.labels, np.concatenate(rows)),
+            "labels_digest": labels_digest(data.labels, *rows),
             "spec": spec.to_dict()}

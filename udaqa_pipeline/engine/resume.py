@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -23,9 +24,10 @@ from .fit import Fit
 RESUMABLE_KEYS = frozenset({"epochs", "checkpoint_every"})
 
 
-def check_resumable(ck: dict, cfg: Config, spec: RunSpec, meta: dict, path: Path) -> None:
+def check_resumable(ck: dict, cfg: Config, spec: RunSpec, meta: dict, path: Path, test_ids: Iterable[str] = ()) -> None:
     """Raise :class:`CheckpointError` (naming what differs and the fix) unless ``ck`` at ``path``
-    was trained on ``meta["cache_hash"]`` with ``spec``, ``meta["select"]`` and ``cfg``."""
+    was trained on ``meta["cache_hash"]`` with ``spec``, ``meta["select"]`` and ``cfg``, on the labels
+    and split of ``meta["labels_digest"]`` (``test_ids``: this run's test samples, to name the moved ones)."""
     fix = "train with --no-resume to start over, or pass another --run directory"
     if ck.get("cache_hash") != meta["cache_hash"]:
         raise CheckpointError(f"{path} was trained on cache {ck.get('cache_hash')}, the current cache is "
@@ -35,6 +37,13 @@ def check_resumable(ck: dict, cfg: Config, spec: RunSpec, meta: dict, path: Path
         a, b = getattr(old, f.name), getattr(spec, f.name)
         if a != b:
             raise CheckpointError(f"{path} has {f.name}={a!r}, this run asks for {b!r}; {fix}")
+    if ck.get("labels_digest", meta["labels_digest"]) != meta["labels_digest"]:  # older runs did not record it
+        test = set((ck.get("split") or {}).get("test", []))
+        moved = sorted(test ^ set(test_ids))
+        what = f"; samples that moved into or out of test: {', '.join(moved[:8])}" if moved else ""
+        raise CheckpointError(f"{path} was trained on other labels or another split than the cache holds now (a label "
+                              f"fix, a changed score or a sample moved between training and test{what}); train with "
+                              f"--no-resume to retrain on the current labels")
     if ck.get("select") != meta["select"]:
         raise CheckpointError(f"{path} has select={ck.get('select')!r}, this run asks for {meta['select']!r}; {fix}")
     # Both sides resolved the same way (a config saved before a default existed reads back with it);
