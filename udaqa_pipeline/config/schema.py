@@ -322,7 +322,7 @@ def check_value(dotted: str, value: Any, *, source: str = "") -> Any:
         raise ConfigError(f"{dotted} = {_toml_spelling(value)}{where}: {dotted} takes {need}; e.g. {example}")
     choices = f.metadata.get("choices")
     if choices and value not in choices:
-        raise ConfigError(f"{dotted} must be one of {choices}, not {value!r}{where}")
+        raise ConfigError(f"{dotted} must be one of {', '.join(map(str, choices))}, not {value!r}{where}")
     return value
 
 
