@@ -21,16 +21,18 @@ def test_backbone_forward_counter_counts():
 
     counter, handle = count_backbone_forwards()
     try:
-        I3D().Conv3d_2b_1x1(torch.zeros(1, 64, 1, 2, 2))
-        assert counter["i3d_forwards"] == 1  # the Unit3D; its Conv3d and BatchNorm3d are torch's own
+        I3D().Conv3d_1a_7x7(torch.zeros(1, 3, 2, 8, 8))
+        assert counter["i3d_forwards"] == 1  # the Unit3D on frames; its Conv3d and BatchNorm3d are torch's own
+        InceptionBlock(3, (2, 2, 2, 2, 2, 2))(torch.zeros(1, 3, 2, 2, 2))
+        assert counter["i3d_forwards"] == 1 + 6  # the block, its 3 branch heads, MaxPoolSame and 1x1 after it
         InceptionBlock(4, (2, 2, 2, 2, 2, 2))(torch.zeros(1, 4, 2, 2, 2))
-        assert counter["i3d_forwards"] == 1 + 8  # the block, its 6 Unit3D branches and its MaxPoolSame
+        assert counter["i3d_forwards"] == 7  # above a cut (not frames): a trained top is not the bottom of I3D
         torch.nn.Linear(2, 2)(torch.zeros(1, 2))  # a stage-two layer is not a backbone forward
-        assert counter["i3d_forwards"] == 9
+        assert counter["i3d_forwards"] == 7
     finally:
         handle.remove()
-    I3D().Conv3d_2b_1x1(torch.zeros(1, 64, 1, 2, 2))
-    assert counter["i3d_forwards"] == 9  # removed hook: nothing counted any more
+    I3D().Conv3d_1a_7x7(torch.zeros(1, 3, 2, 8, 8))
+    assert counter["i3d_forwards"] == 7  # removed hook: nothing counted any more
 
 
 def test_ablation_rows_from_one_cache(tmp_path):

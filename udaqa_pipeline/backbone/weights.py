@@ -440,3 +440,24 @@ def i3d_state(source_state: dict) -> dict:
     if not out:
         raise WeightsError("the run's backbone state holds no I3D weights (keys 'i3d.*'); retrain it")
     return out
+
+
+def i3d_with(source_state: dict, device: Any = "cpu") -> torch.nn.Module:
+    """The I3D a run scores with: its fine-tuned backbone (every block in ``source_state``), or the
+    Kinetics weights (:func:`load_i3d`) with the blocks the run trained above a cut put over them
+    (``train.adapt = "top"``: ``source_state`` holds those blocks only). Raises
+    :class:`WeightsError` when the state holds no I3D weights or blocks this I3D does not have."""
+    from .i3d import I3D
+
+    state = i3d_state(source_state)
+    full = I3D()
+    missing = set(full.state_dict()) - set(state)
+    base = load_i3d(device="cpu") if missing else full
+    try:
+        result = base.load_state_dict(state, strict=not missing)
+    except RuntimeError as e:
+        raise WeightsError(f"the run's backbone does not fit this version's I3D ({e}); retrain the run") from e
+    if missing and result.unexpected_keys:
+        raise WeightsError(f"the run's backbone has weights this I3D lacks ({', '.join(result.unexpected_keys[:3])}); "
+                           f"retrain the run")
+    return base.to(device)

@@ -46,6 +46,10 @@ Design choices:
   under ``padded`` (:func:`~.verify.padding_summary`).
 - Nothing lost: see :mod:`.merge` (atomic staged samples, merge by rename) and :mod:`.lock`; the
   rows of samples removed from the annotation files stay in the store (:mod:`.plan`).
+- A cut (``cache.cut``, :mod:`.cut`): the same forward stops at the cut, stages the activation and
+  runs the top of I3D from it (bit for bit the features of the whole forward). Rows already in the
+  store that lack the cut are decoded and run once more after the features are complete, staging
+  the cut alone; the cut store is then written beside the features, which are not touched.
 """
 
 from __future__ import annotations
@@ -67,8 +71,9 @@ import pyarrow.parquet as pq
 import torch
 
 from ..config import Config, cache_root as _cache_root
-from ..features import (default_batch_size, failure_status, forward_clips, layout_of, make_views, video_size_of,
-                        view_input)
+from ..features import (activations_at, default_batch_size, failure_status, features_from, forward_clips, layout_of,
+                        make_views, video_size_of, view_input)
+from .cut import below, encode, write_staged_cut
 from .lock import CacheLock
 from .manifest import (
     FEATURE_DIM,
@@ -154,6 +159,18 @@ class _Pending:
     record: dict[str, Any]
     feats: np.ndarray
     remaining: int
+    cut: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class CutJob:
+    """Also stage the input of I3D block ``block`` (``cache.cut``) as ``dtype`` into ``directory``
+    (:mod:`.cut`); ``only``: stage nothing else (a cut added to rows already in the store)."""
+
+    block: str
+    dtype: str
+    directory: Path
+    only: bool = False
 
 
 def _prepare(sample: Any, cfg: Config, views: Sequence[Mapping[str, Any]]):
@@ -187,9 +204,13 @@ class _Stager:
         self.counts: dict[str, int] = {}
         self.n_done = 0
 
-    def finish(self, i: int, record: dict, feats: np.ndarray | None = None, video: np.ndarray | None = None) -> None:
+    def finish(self, i: int, record: dict, feats: np.ndarray | None = None, video: np.ndarray | None = None,
+               cut: np.ndarray | None = None, cut_job: "CutJob | None" = None) -> None:
         record.update(self.records[i] if self.records is not None else {"name": f"{i:07d}"})
-        self.writes.append(self.writer.submit(write_staged, self.out_dir, record["name"], record, feats, video))
+        if cut is not None:
+            self.writes.append(self.writer.submit(write_staged_cut, cut_job.directory, record["name"], cut))
+        if cut_job is None or not cut_job.only:
+            self.writes.append(self.writer.submit(write_staged, self.out_dir, record["name"], record, feats, video))
         while len(self.writes) > 8 or (self.writes and self.writes[0].done()):
             self.writes.popleft().result()  # surfaces write errors; bounds memory held by queued writes
         self.counts[record["status"]] = self.counts.get(record["status"], 0) + 1
@@ -220,10 +241,12 @@ def run_shard(
     total: int | None = None,
     records: Mapping[int, Mapping[str, Any]] | None = None,
     on_sample: Callable[[int, dict], None] | None = None,
+    cut: CutJob | None = None,
 ) -> dict[str, Any]:
     """Extract ``samples[i]`` for ``i`` in ``indices`` into staged files in ``out_dir``, each named
     ``records[i]["name"]`` (default: ``i`` on 7 digits), its record holding ``records[i]`` too (the
-    row identity: a staged row is found again whatever the plan becomes).
+    row identity: a staged row is found again whatever the plan becomes). ``cut``: also stage the
+    activation at a cut (:mod:`.cut`), from the same forward.
 
     Returns stats: processed count, seconds, videos/s, status counts.
     """
@@ -236,7 +259,7 @@ def run_shard(
             ThreadPoolExecutor(1, thread_name_prefix="stage-write") as writer:
         stager = _Stager(out_dir, writer, bar, records, on_sample)
         ahead = _Prefetch(pool, samples, indices, cfg, views, max(1, workers) + 2)
-        _clip_loop(ahead, stager, model, layout_of(cfg), len(views), batch_size, dtype)
+        _clip_loop(ahead, stager, model, layout_of(cfg), len(views), batch_size, dtype, cut)
         stager.drain()
     bar.close()
     secs = time.perf_counter() - t0
@@ -272,9 +295,10 @@ class _Prefetch:
 
 
 def _clip_loop(ahead: _Prefetch, stager: _Stager, model: torch.nn.Module, layout: Any, V: int, batch_size: int,
-               dtype: str) -> None:
+               dtype: str, cut: CutJob | None = None) -> None:
     """Fill batches of exactly ``batch_size`` clips across videos, run them, and stage each video when
-    the last of its V x K clips is done (failed samples are staged as they come)."""
+    the last of its V x K clips is done (failed samples are staged as they come). With ``cut`` the
+    forward stops at the cut, keeps the activation and runs the top from it: the same features."""
     K, T = len(layout.starts), layout.clip_len
     pending: dict[int, _Pending] = {}
     clip_queue: deque[tuple[int, int, int]] = deque()
@@ -290,14 +314,23 @@ def _clip_loop(ahead: _Prefetch, stager: _Stager, model: torch.nn.Module, layout
             break
         take = [clip_queue.popleft() for _ in range(min(batch_size, len(clip_queue)))]
         batch = torch.stack([pending[i].xs[v][:, layout.starts[k] : layout.starts[k] + T] for i, v, k in take])
-        out = forward_clips(model, batch, batch_size, dtype)
-        for (i, v, k), f in zip(take, out):
+        if cut is None:
+            out, acts = forward_clips(model, batch, batch_size, dtype), None
+        else:
+            acts = activations_at(model, batch, below(cut.block), batch_size, dtype)
+            out = features_from(model, torch.from_numpy(acts), below(cut.block), batch_size, dtype)
+            acts = encode(acts, cut.dtype)
+        for j, ((i, v, k), f) in enumerate(zip(take, out)):
             p = pending[i]
             p.feats[v, k] = f
+            if acts is not None:
+                if p.cut is None:
+                    p.cut = np.empty((V, K) + acts.shape[1:], acts.dtype)
+                p.cut[v, k] = acts[j]
             p.remaining -= 1
             if p.remaining == 0:
                 del pending[i]
-                stager.finish(i, p.record, p.feats, p.video)
+                stager.finish(i, p.record, p.feats, p.video, p.cut, cut)
 
 
 def extract_features(
@@ -349,7 +382,10 @@ def extract_features(
             _refresh_only(run, plan, manifest, len(samples), said)
         if stats is not None:
             stats.update(processed=0, reused=True, adopted=0)
-        return finish_cache(run.cache_dir, strict, quiet=not run.lead)
+        out = finish_cache(run.cache_dir, strict, quiet=not run.lead)
+        _cut_phase(run, plan, samples, model=model, device=device, batch_size=batch_size, threads=threads,
+                   progress=progress, stats=stats)
+        return out
     if manifest is None:
         manifest = _start_manifest(run, plan, len(samples))
     if run.lead or run.tr is None:
@@ -362,7 +398,53 @@ def extract_features(
                        threads=threads, progress=progress)
     if stats is not None:  # reused: no row of the plan is extracted (all in this store or adopted)
         stats.update(st, cache=str(run.cache_dir), adopted=sum(plan.adopted.values()), reused=not plan.jobs)
-    return _merge_run(run, plan, said, strict)
+    out = _merge_run(run, plan, said, strict)
+    _cut_phase(run, plan, samples, model=model, device=device, batch_size=batch_size, threads=threads,
+               progress=progress, stats=stats)
+    return out
+
+
+def _cut_job(run: _Run, only: bool = False) -> CutJob | None:
+    from .cut import staging_dir
+
+    c = run.cfg.cache
+    return None if c.cut == "none" else CutJob(c.cut, c.cut_dtype, staging_dir(run.cache_dir, c.cut, c.cut_dtype), only)
+
+
+def _cut_phase(run: _Run, plan: Any, samples: Sequence[Any], *, model: torch.nn.Module | None,
+               device: str | torch.device | None, batch_size: int | None, threads: int | None, progress: bool,
+               stats: dict | None) -> None:
+    """With ``cache.cut``, once the features are complete (the lead process): stage the cut of the
+    rows that lack it (decode + I3D again; the features are not rewritten) and write the cut store."""
+    from .cut import missing, write_cut_store
+
+    job = _cut_job(run, only=True)
+    m = _read_manifest_if_any(run.cache_dir)
+    if job is None or not run.lead or m is None or not m.get("complete"):
+        return
+    todo = missing(run.cache_dir, job.block, job.dtype)
+    if todo:
+        from .cut import row_names
+
+        names = row_names(run.cache_dir)
+        by_name = {r["name"]: i for i, r in enumerate(plan.rows)}
+        row_sample: dict[int, Any] = {}
+        for s, lab in zip(samples, plan.samples):
+            row_sample.setdefault(lab["feature_row"], s)
+        job_sample = {r: row_sample[by_name[names[r]]] for r in todo if by_name.get(names[r]) in row_sample}
+        rows = [r for r in todo if r in job_sample]
+        log.info(f"{run.cache_dir}: adding the {job.block} cut ({job.dtype}) of {len(rows)} rows (decoding and I3D "
+                 f"once more; the features are kept as they are)")
+        mdl = _load_model(model, device, run.cfg.cache.dtype)
+        dev = next(mdl.parameters()).device
+        bs = int(batch_size or m.get("extraction", {}).get("batch_size") or default_batch_size(dev))
+        records = {r: {"name": names[r]} for r in rows}
+        st = run_shard(job_sample, rows, job.directory, mdl, run.cfg, run.views, batch_size=bs,
+                       workers=threads or default_workers(), dtype=run.cfg.cache.dtype, progress=progress,
+                       records=records, cut=job)
+        if stats is not None:
+            stats.update(cut_processed=st["processed"], cut_seconds=st["seconds"])
+    write_cut_store(run.cache_dir, job.block, job.dtype, m.get("backend", "hdf5"))
 
 
 @dataclass
@@ -610,7 +692,7 @@ def _extract_rows(run: _Run, manifest: dict[str, Any], plan: Any, todo: list[int
     records = {i: {k: plan.rows[i][k] for k in ("name", "source", "frame_start", "frame_end", "stamp")} for i in todo}
     st = run_shard(job_sample, todo, shard_dir(cache_dir, run.sh.name), model, cfg, run.views, batch_size=bs,
                    workers=threads or default_workers(), dtype=c.dtype, progress=progress,
-                   initial=n_mine - len(todo), total=n_mine, records=records)
+                   initial=n_mine - len(todo), total=n_mine, records=records, cut=_cut_job(run))
     st.update(batch_size=bs, device=str(dev))
     return st
 

@@ -94,6 +94,10 @@ def cache_info(path: str | Path) -> dict[str, Any]:
     }
     if m.get("adopted_from"):
         info["adopted_from"] = m["adopted_from"]
+    if m.get("cuts"):
+        from .cut import cut_info
+
+        info["cuts"] = cut_info(path, m)
     from .staging import staged_files
 
     staged = len(staged_files(path))
@@ -151,7 +155,39 @@ def verify_cache(path: str | Path) -> dict[str, Any]:
         problems += _verify_store(sp, backend, m, status, ids, checked)
     if not m.get("stores"):
         problems.append("no store listed in the manifest")
+    for key, e in (m.get("cuts") or {}).items():
+        problems += _verify_cut(path, key, e, checked)
     return {"path": str(path), "ok": not problems, "problems": problems, "checked": checked}
+
+
+def _verify_cut(path: Path, key: str, e: dict, checked: dict) -> list[str]:
+    """Every row of a cut store (:mod:`.cut`) read back through its checksums, and its shape."""
+    from .cut import _read_rows
+
+    sp = path / e["store"]
+    fix = f"; rerun `udaqa-pipeline features` with --set cache.cut={e['block']} after deleting {sp.name}"
+    if not sp.exists():
+        return [f"{e['store']}: the {key} cut is listed in the manifest but missing{fix}"]
+    problems, bad = [], 0
+    try:
+        it = _read_rows(sp, e["backend"], range(len(e["rows"])))
+        for i in range(len(e["rows"])):
+            try:
+                a = next(it)
+            except StopIteration:
+                problems.append(f"{sp.name}: {i} rows, the manifest lists {len(e['rows'])}{fix}")
+                break
+            except Exception as err:  # noqa: BLE001 - a checksum mismatch lands here; the generator is spent
+                bad += 1
+                problems.append(f"{sp.name}/cut: row {i}: chunk checksum/read error ({type(err).__name__}: {err}){fix}")
+                it = _read_rows(sp, e["backend"], range(i + 1, len(e["rows"])))
+                continue
+            if list(a.shape) != list(e["shape"][1:]):
+                problems.append(f"{sp.name}/cut: row {i} has shape {list(a.shape)}, the manifest says {e['shape'][1:]}")
+    except Exception as err:  # noqa: BLE001
+        return [f"{sp.name}: cannot open ({type(err).__name__}: {err}){fix}"]
+    checked[sp.name] = {"rows": len(e["rows"]), "bad_chunks": bad}
+    return problems
 
 
 def _check_table(path: Path, name: str, m: dict, n: Any, problems: list[str], checked: dict):

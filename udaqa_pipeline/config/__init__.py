@@ -24,10 +24,10 @@ import tomllib
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .schema import (BACKENDS, DTYPES, SECTIONS, SELECT_METRICS, SELECTIONS, Cache, Clips, Config, ConfigError,
+from .schema import (ADAPTS, BACKENDS, CUTS, DTYPES, SECTIONS, SELECT_METRICS, SELECTIONS, Cache, Clips, Config, ConfigError,
                      DatasetConfig, Finetune, Frames, Preprocess, Train, check_value, default_of)
 
-__all__ = ["BACKENDS", "DTYPES", "SECTIONS", "SELECT_METRICS", "SELECTIONS", "Cache", "Clips", "Config",
+__all__ = ["ADAPTS", "BACKENDS", "CUTS", "DTYPES", "SECTIONS", "SELECT_METRICS", "SELECTIONS", "Cache", "Clips", "Config",
            "ConfigError", "DatasetConfig", "Finetune", "Frames", "Preprocess", "Train", "apply_overrides",
            "available_stages", "cache_root", "check_value", "config_hash", "default_of", "read_stage",
            "resolve", "runs_root", "REPO_ROOT", "STAGES_DIR"]

@@ -50,6 +50,11 @@ DTYPES = ("fp32", "bf16")
 #: Checkpoint selection protocols (``train.select``) and the validation metric they rank by.
 SELECTIONS = ("val", "inner_cv", "last")
 SELECT_METRICS = ("spearman", "crps")
+#: Where stage one may cut I3D (``cache.cut``): the block whose *input* it stores, one of I3D's
+#: Inception blocks (``backbone.i3d.BLOCKS``), or "none".
+CUTS = ("none", "Mixed_3b", "Mixed_3c", "Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e", "Mixed_4f", "Mixed_5b", "Mixed_5c")
+#: What stage two trains besides the heads (``train.adapt``): nothing, or the I3D blocks above the cut.
+ADAPTS = ("none", "top")
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,8 @@ class Cache:
     dtype: str = _choice("fp32", DTYPES)
     view_shift: int = 3                      # frames a shifted view moves the window (CoRe: +-3)
     video_size: tuple[int, ...] = (64, 64)   # (h, w) of the latent branch's video tensor
+    cut: str = _choice("none", CUTS)         # also store the input of this I3D block (cache/cut.py)
+    cut_dtype: str = _choice("bf16", DTYPES)  # how the cut is stored: bf16 halves the bytes
 
 
 @dataclass(frozen=True)
@@ -137,6 +144,7 @@ class Train:
     pool_std: bool = False
     calibrate: str = _choice("heldout", ("heldout", "oof", "none"))
     award_step: float = 0.0
+    adapt: str = _choice("none", ADAPTS)    # "top": train the I3D blocks above cache.cut with the heads
 
     def __post_init__(self) -> None:
         if self.inner_folds < 2:
@@ -168,6 +176,7 @@ class Finetune:
     max_shift: int = 3
     flip: bool = True
     random_crop: bool = True
+    train_from: str = _choice("none", CUTS)  # freeze the blocks below this one (eval mode, no gradient)
 
     def __post_init__(self) -> None:
         for key in ("amp", "checkpointing"):

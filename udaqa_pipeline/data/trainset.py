@@ -293,6 +293,14 @@ class TrainingSet:
     provenance: Provenance
     n_features: int = 1024  #: M, the clip feature width
 
+    def fresh(self) -> "TrainingSet":
+        """This set with its trainable source started again from its first weights (a group's or an
+        inner fold's own top of I3D: the source's ``fork()``); itself when nothing trains."""
+        import dataclasses
+
+        fork = getattr(self.source, "fork", None)
+        return dataclasses.replace(self, source=fork()) if self.source.module is not None and fork else self
+
 
 def from_cache(cache: Any, stage: str | None = None, source: FeatureSource | None = None) -> TrainingSet:
     """The training set of an opened stage-one cache (``cache.samples``, ``.features``,

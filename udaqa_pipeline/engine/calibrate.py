@@ -38,6 +38,9 @@ def calibrate(cfg: Config, data: TrainingSet, ck: dict, selection: Selection, de
     model = UDAQA(ModelConfig.from_dict(ck["model_config"]))
     model.load_state_dict(heads_state(state, model))
     model.to(device)
+    kept_source = ck["best"].get("source") if ck["best"]["model"] is not None else ck.get("source")
+    if kept_source is not None and hasattr(src, "with_state"):
+        src = src.with_state(kept_source)  # the trained top of the kept epoch, beside its heads
 
     def draws(rows: np.ndarray) -> Any:
         return heldout_draws(model, src, labels, rows, ck["scaling"], n_samples=CALIBRATION_SAMPLES,

@@ -29,6 +29,10 @@ Design choices:
   B x K clips of a step, as the published AQA code does).
 - ``finetune.freeze_backbone``: no gradient, I3D in eval mode (a frozen-feature baseline that still
   sees augmented frames). The weights never change.
+- ``finetune.train_from`` (a block name, e.g. ``"Mixed_5b"``): the blocks below it stay frozen (eval
+  mode, no gradient, not checkpointed); only the blocks from it on train. This is end-to-end
+  fine-tuning of the top of I3D, the same computation as training it from a cut store
+  (``train.adapt = "top"``, :mod:`.adapt`) but with the bottom run, and augmented, on every step.
 - **Memory**: bf16 autocast (``finetune.amp``) and activation checkpointing of every I3D block
   (``finetune.checkpointing``), both ``"auto"`` = on for CUDA, off on CPU (where memory is not the
   limit and recomputation would cost a third more); "on"/"off" force them. Batch 4 x 10 clips x 16
@@ -145,8 +149,11 @@ class Backbone(nn.Module):
     """
 
     def __init__(self, i3d: nn.Module, *, lr: float, weight_decay: float = 0.0, freeze: bool = False,
-                 freeze_bn: bool = False, checkpointing: bool = True, amp: bool = False) -> None:
+                 freeze_bn: bool = False, checkpointing: bool = True, amp: bool = False,
+                 train_from: str | None = None, drop_below: bool = False) -> None:
         super().__init__()
+        from ..backbone.i3d import block_index
+
         self.i3d = i3d
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
@@ -154,13 +161,21 @@ class Backbone(nn.Module):
         self.freeze_bn = bool(freeze_bn)
         self.checkpointing = bool(checkpointing)
         self.amp = bool(amp)
-        self._bns = [m for m in i3d.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.train_from = None if train_from in (None, "none") else str(train_from)
+        #: blocks that never train (below ``train_from``): eval mode, run without gradients
+        self.frozen = BLOCKS[:block_index(self.train_from)] if self.train_from else ()
+        if drop_below:  # fed at the cut: the blocks below hold no weights worth keeping or checkpointing
+            for name in self.frozen:
+                setattr(i3d, name, nn.Identity())
+        self._bns = [m for name in BLOCKS if name not in self.frozen for m in getattr(i3d, name).modules()
+                     if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self.train(True)  # applies the freeze rules to the I3D's own mode from the start
         if self.freeze:
             i3d.requires_grad_(False)
             return
         for name, p in i3d.named_parameters():
-            if name.startswith("logits."):  # the Kinetics classifier is not on the feature path
+            # the Kinetics classifier is not on the feature path; frozen blocks do not train
+            if name.startswith("logits.") or name.split(".", 1)[0] in self.frozen:
                 p.requires_grad_(False)
                 continue
             self.register_buffer(_buffer_name("m", name), torch.zeros_like(p))
@@ -186,7 +201,10 @@ class Backbone(nn.Module):
         super().train(mode)
         if self.freeze:
             self.i3d.eval()
-        elif self.freeze_bn:
+            return self
+        for name in self.frozen:
+            getattr(self.i3d, name).eval()
+        if self.freeze_bn:
             for m in self._bns:
                 m.eval()
         return self
@@ -218,17 +236,24 @@ class Backbone(nn.Module):
                 if n is not None:
                     m.num_batches_tracked.copy_(n)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        from ..backbone.i3d import check_input_shape
+    def features(self, x: torch.Tensor, at: str | None = None) -> torch.Tensor:
+        """(N, 1024) float32 from clips (N, 3, T, H, W), or from the output (N, C, t, h, w) of block
+        ``at`` (the activation a cut store holds: the blocks after ``at`` run)."""
+        from ..backbone.i3d import block_index, check_input_shape
 
-        check_input_shape(x.shape)
+        if at is None:
+            check_input_shape(x.shape)
         dev = next(self.i3d.parameters()).device
         x = x.to(dev, non_blocking=True)
         ckpt = self.checkpointing and self.training and torch.is_grad_enabled() and not self.freeze
+        blocks = BLOCKS if at is None else BLOCKS[block_index(at) + 1:]
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.amp):
-            for name in BLOCKS:
+            for name in blocks:
                 block = getattr(self.i3d, name)
-                if ckpt and any(True for _ in block.parameters()):
+                if name in self.frozen:
+                    with torch.no_grad():
+                        x = block(x)
+                elif ckpt and any(True for _ in block.parameters()):
                     x = checkpoint(block, x, use_reentrant=False,
                                    context_fn=lambda: (contextlib.nullcontext(), self._recompute()))
                 else:
@@ -417,7 +442,7 @@ def build_backbone(cfg: Config, device: torch.device, i3d: nn.Module | None = No
     i3d.to(device)
     return Backbone(i3d, lr=t.lr * f.lr_scale, weight_decay=t.weight_decay, freeze=f.freeze_backbone,
                     freeze_bn=f.freeze_bn, checkpointing=_auto_flag(f.checkpointing, device),
-                    amp=_auto_flag(f.amp, device))
+                    amp=_auto_flag(f.amp, device), train_from=f.train_from)
 
 
 def time_step(backbone: Backbone, cfg: Config, batch_size: int, *, n_videos: int | None = None,
@@ -432,7 +457,7 @@ def time_step(backbone: Backbone, cfg: Config, batch_size: int, *, n_videos: int
     dev = next(backbone.i3d.parameters()).device
     probe = Backbone(copy.deepcopy(backbone.i3d), lr=backbone.lr, weight_decay=backbone.weight_decay,
                      freeze=backbone.freeze, freeze_bn=backbone.freeze_bn, checkpointing=backbone.checkpointing,
-                     amp=backbone.amp)
+                     amp=backbone.amp, train_from=backbone.train_from)
     probe.train()
     k = len(layout_of(cfg).starts)
     n = n_videos or (batch_size if dev.type == "cuda" else 1)

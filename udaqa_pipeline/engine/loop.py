@@ -64,11 +64,11 @@ def train_run(cfg: Config, spec: RunSpec, data: TrainingSet, run_dir: Path, *, d
     if not cfg.train.per_group:
         return train_one(cfg, spec, data, (train_rows, test_rows), run_dir, device=device, options=options)
     groups = sorted({labels.group[i] for i in train_rows})
-    for g in groups:
+    for n, g in enumerate(groups):
         tr = np.asarray([i for i in train_rows if labels.group[i] == g], int)
         te = np.asarray([i for i in test_rows if labels.group[i] == g], int)
-        train_one(cfg, spec.for_group(g), data_for_group(g) if data_for_group else data, (tr, te),
-                  run_dir / safe_name(g), device=device, options=options)
+        group_data = data_for_group(g) if data_for_group else data if n == 0 else data.fresh()
+        train_one(cfg, spec.for_group(g), group_data, (tr, te), run_dir / safe_name(g), device=device, options=options)
     (run_dir / "groups.json").parent.mkdir(parents=True, exist_ok=True)
     (run_dir / "groups.json").write_text(json.dumps({"groups": groups}, indent=1) + "\n")
     return run_dir

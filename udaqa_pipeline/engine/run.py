@@ -9,6 +9,7 @@ from typing import Iterable
 from .. import config, resolve
 from ..runs.layout import RunSpec, stage_name
 from ..data.trainset import TrainingSet
+from .adapt import adapted
 from .loop import RunOptions, train_run
 
 
@@ -33,7 +34,9 @@ def train(dataset: str | Path, *, cache: str | Path | None = None, cache_root: s
     cfg = config.resolve(dataset, overrides)
     spec = spec or RunSpec(stage_name(dataset))
     data = data or resolve.training_set(dataset, cache=cache, cache_root=cache_root)
+    dev = resolve.device(device)
+    data = adapted(data, cfg, dev)  # train.adapt = "top": the cache's cut through a trainable top of I3D
     run_dir = Path(run_dir) if run_dir is not None else resolve.run_dir(spec.stage, fold=spec.fold, cv=spec.cv,
                                                                         split=spec.split)
-    return train_run(cfg, spec, data, run_dir, device=resolve.device(device),
+    return train_run(cfg, spec, data, run_dir, device=dev,
                      options=RunOptions(resume=resume, progress=progress, stop_after=stop_after))

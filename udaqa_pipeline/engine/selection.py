@@ -72,7 +72,8 @@ def inner_folds(cfg: Config, data: TrainingSet, rows: np.ndarray, *, device: str
     for i in range(k):
         val = np.sort(perm[i::k])
         train_rows = np.setdiff1d(rows, val)
-        fit = build_fit(cfg, data, train_rows if also is None else np.union1d(train_rows, also), device=device)
+        fit = build_fit(cfg, data.fresh(), train_rows if also is None else np.union1d(train_rows, also),
+                        device=device)
         folds.append(val)
         for e in range(epochs):
             run_epoch(fit, e, where=f"inner fold {i + 1}/{k}")

@@ -57,6 +57,17 @@ def run_training_set(run: Any, *, cache: Any = None, cache_root: Any = None, sou
     return data
 
 
+def for_run(data: TrainingSet, run: Any) -> TrainingSet:
+    """``data`` read as the run was trained: through the run's own top of I3D over the cache's cut
+    when it trained one (``train.adapt = "top"``), else as it is."""
+    if run.config.train.adapt == "none" or run.source_state is None or data.provenance.cache_dir is None:
+        return data
+    from .. import resolve
+    from ..engine.adapt import adapted
+
+    return adapted(data, run.config, resolve.device(), run.source_state)
+
+
 def run_dirs(run_dir: Path) -> list[Path]:
     """The single-model run directories of a run: itself, or one per group (``groups.json``)."""
     gj = run_dir / "groups.json"
@@ -111,7 +122,8 @@ def evaluate(run_dir: str | Path, *, fold: int | None = None, cache: Any = None,
                                   f"train with --fold {fold} or pass the matching --run")
         if data is None:
             data = run_training_set(run, cache=cache, cache_root=cache_root, source=source)
-        if _predict_run(rows, rd, run, data, judges=judges, samples=samples, seed=seed, sampler=sampler):
+        if _predict_run(rows, rd, run, for_run(data, run), judges=judges, samples=samples, seed=seed,
+                        sampler=sampler):
             meta[rd.name] = _run_meta(run.checkpoint, sampler)
     if not rows["ids"]:
         raise CheckpointError(f"{run_dir}: the test fold is empty")

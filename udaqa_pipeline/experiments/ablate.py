@@ -14,7 +14,8 @@ Design variants of the full model:
   latent on shared feature   the latent branch reads f_v instead of the video
   two regressors             judge-mean head on f_v + latent offset head
 Rows run in parallel (joblib, loky processes, threads split between jobs). Every worker counts
-I3D forwards with a global module forward hook; the table reports the total, which must be 0, and
+I3D forwards on frames with a global module forward hook (a trained top of I3D above a cached cut,
+``train.adapt = "top"``, reads the cut, not frames); the table reports the total, which must be 0, and
 the cache store's size and mtime before/after (unchanged = nothing was recomputed or rewritten).
 """
 
@@ -51,13 +52,17 @@ def _slug(name: str) -> str:
 
 def count_backbone_forwards():
     """Install a global forward hook counting forwards of any module defined in
-    ``udaqa_pipeline.backbone`` (the I3D and its units). Returns (counter dict, hook handle)."""
+    ``udaqa_pipeline.backbone`` (the I3D and its units) on RGB frames (3 input channels): the
+    bottom of I3D. The blocks above a cut (``train.adapt = "top"``) read 832 or 528 channels and are
+    not counted. Returns (counter dict, hook handle)."""
     import torch
 
     counter = {"i3d_forwards": 0}
 
     def hook(module, args, output):
-        if type(module).__module__.startswith("udaqa_pipeline.backbone"):
+        x = args[0] if args else None
+        if (type(module).__module__.startswith("udaqa_pipeline.backbone") and isinstance(x, torch.Tensor)
+                and x.dim() == 5 and x.shape[1] == 3):
             counter["i3d_forwards"] += 1
 
     return counter, torch.nn.modules.module.register_module_forward_hook(hook)
@@ -68,6 +73,7 @@ def _run_row(name: str, spec: RunSpec, data: TrainingSet, run_dir: Path, overrid
     import torch
 
     from .. import config
+    from ..engine.adapt import adapted
     from ..engine.loop import RunOptions, train_run
     from ..evaluation.evaluate import evaluate
     from ..evaluation.report import write_report
@@ -75,8 +81,9 @@ def _run_row(name: str, spec: RunSpec, data: TrainingSet, run_dir: Path, overrid
     torch.set_num_threads(threads)
     counter, handle = count_backbone_forwards()
     try:
-        rd = train_run(config.resolve(spec.stage, overrides), spec, data, run_dir, device=device,
-                       options=RunOptions(progress=False))
+        cfg = config.resolve(spec.stage, overrides)
+        data = adapted(data, cfg, device)
+        rd = train_run(cfg, spec, data, run_dir, device=device, options=RunOptions(progress=False))
         m = write_report(evaluate(rd, data=data), make_plots=False)
     finally:
         handle.remove()

@@ -126,6 +126,7 @@ def _train_job(data: TrainingSet, spec: RunSpec, method: str, seed: int, *, over
     import torch
 
     from .. import config
+    from ..engine.adapt import adapted
     from ..engine.loop import RunOptions, train_run
     from ..evaluation.evaluate import run_dirs
     from ..inference.predict import predict
@@ -135,8 +136,10 @@ def _train_job(data: TrainingSet, spec: RunSpec, method: str, seed: int, *, over
     # checkpoints every 25 epochs: a cv run is short to redo, and a checkpoint per epoch costs more than
     # the epoch itself on small data
     sets = ["train.checkpoint_every=25", *overrides, *method_overrides(method), f"train.seed={seed}"]
-    train_run(config.resolve(spec.stage, sets), spec, data, run_dir, device=device, options=RunOptions(progress=False))
-    labels, src = data.labels, data.source
+    cfg = config.resolve(spec.stage, sets)
+    data = adapted(data, cfg, device)  # train.adapt = "top": this job's own top of I3D over the cache's cut
+    train_run(cfg, spec, data, run_dir, device=device, options=RunOptions(progress=False))
+    labels = data.labels
     pos = {s: i for i, s in enumerate(labels.ids)}
     out = []
     for rd in run_dirs(run_dir):
@@ -144,6 +147,7 @@ def _train_job(data: TrainingSet, spec: RunSpec, method: str, seed: int, *, over
         rows = np.asarray([pos[s] for s in run.checkpoint["split"]["test"]], int)
         if len(rows) == 0:
             continue
+        src = adapted(data, cfg, device, run.source_state).source if run.source_state is not None else data.source
         p = predict(run.model, src, labels, rows, run.scaling, n_samples=samples, seed=0)
         epoch = int(run.checkpoint["best"]["epoch"]) + 1
         for k, r in enumerate(rows):

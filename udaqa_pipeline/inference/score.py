@@ -111,16 +111,12 @@ def load_scorer(run_dir: str | Path, *, device: str | None = None,
     state = run.source_state  # the fine-tuned backbone of the heads' epoch, or None
     finetuned = state is not None
     if finetuned:
-        from ..backbone.i3d import I3D
-        from ..backbone.weights import i3d_state
+        from ..backbone.weights import WeightsError, i3d_with
 
-        i3d = I3D()
         try:
-            i3d.load_state_dict(i3d_state(state))
-        except RuntimeError as e:
-            raise CheckpointError(f"{run_dir}: the fine-tuned backbone does not fit this version's I3D ({e}); "
-                                  f"retrain the run") from e
-        i3d.to(dev)
+            i3d = i3d_with(state, dev)  # every block fine-tuned, or the Kinetics bottom + the run's top
+        except WeightsError as e:
+            raise CheckpointError(f"{run_dir}: {e}") from e
         amp = str(cfg.finetune.amp).lower()
         cfg = cfg.replace({"cache.dtype": "bf16" if dev.type == "cuda" and amp in ("auto", "on", "true") else "fp32"})
     else:
