@@ -200,11 +200,11 @@ def write_cut_store(cache_dir: Path, cut: str, dtype: str, backend: str) -> Path
 def read_cut(cache: Any, cut: str, dtype: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """The stored cut of every sample of an opened cache's label table: (N, V, K, c, t, h, w) as
     stored (uint16 bfloat16 bits or float32; :func:`decode` gives the tensor; zeros where a sample
-    has none), the (N,) mask of samples that have one, and the stored dtype. ``dtype``: which
-    stored cut (default: the one stored, bf16 before fp32). Raises :class:`CacheError` naming the
+    has none), the (N,) mask of samples that have one, and the stored dtype. ``dtype``: the stored
+    cut preferred (``cache.cut_dtype``), else the other one stored (default order bf16, fp32). Raises :class:`CacheError` naming the
     command that adds it when the cache has no such cut."""
     cuts = cache.manifest.get("cuts") or {}
-    dtypes = [dtype] if dtype else ["bf16", "fp32"]
+    dtypes = sorted(("bf16", "fp32"), key=lambda d: d != dtype)
     e = next((cuts[cut_key(cut, d)] for d in dtypes if cut_key(cut, d) in cuts), None)
     if e is None or not (cache.path / e["store"]).exists():
         have = ", ".join(sorted(cuts)) or "none"

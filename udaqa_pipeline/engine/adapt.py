@@ -69,7 +69,7 @@ class CutSource:
         from ..cache.cut import below, read_cut
 
         self.cache, self.cfg, self.device = cache, cfg, torch.device(device)
-        self.cut, self.have, self.dtype = cut if cut is not None else read_cut(cache, cfg.cache.cut)
+        self.cut, self.have, self.dtype = cut if cut is not None else read_cut(cache, cfg.cache.cut, cfg.cache.cut_dtype)
         self.at = below(cfg.cache.cut)
         self.features = cache.features  # (N, V, K, 1024): the starting top's output, for feature_norm
         self.video = cache.video

@@ -1,0 +1,201 @@
+"""The cut store and training the top of I3D from it: the stored cut reproduces the cached features,
+a cut is added to an existing cache without touching its features, it is resumed and verified;
+the top trained from the cut is the top trained end to end with the bottom frozen (outputs and
+gradients); a ``train.adapt = "top"`` run trains, evaluates and scores with its own top.
+
+Real Kinetics weights at the smallest input I3D accepts (9 frames, 193 px, one clip per video)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from test_score import TINY, TRAIN, make_synth
+from udaqa_pipeline.cache import open_cache
+from udaqa_pipeline.cache.cut import below, decode, read_cut, staging_dir, write_staged_cut
+from udaqa_pipeline.cache.extract import extract_features
+from udaqa_pipeline.config import resolve
+
+CUT = ("cache.cut=Mixed_5b", "cache.cut_dtype=fp32", "cache.views=2")
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return make_synth(tmp_path_factory.mktemp("adapt") / "data")
+
+
+def _extract(synth, cache_root, extra=(), stats=None):
+    cfg = resolve("mtl", TINY + tuple(extra))
+    return extract_features("mtl", cfg, synth, cache_root=cache_root, progress=False, stats=stats)
+
+
+@pytest.fixture(scope="module")
+def cut_cache(synth, tmp_path_factory):
+    return _extract(synth, tmp_path_factory.mktemp("cutcache"), CUT)
+
+
+def test_unit_pieces():
+    assert below("Mixed_5b") == "MaxPool3d_5a_2x2" and below("Mixed_4f") == "Mixed_4e"
+    a = np.asarray([[1.0, -2.5, 3.14159, 1e-3]], np.float32)
+    from udaqa_pipeline.cache.cut import encode
+
+    assert encode(a, "fp32").dtype == np.float32 and np.array_equal(decode(encode(a, "fp32"), "fp32").numpy(), a)
+    bits = encode(a, "bf16")
+    assert bits.dtype == np.uint16
+    back = decode(bits, "bf16").numpy()
+    assert np.allclose(back, a, rtol=2 ** -8) and back[0, 0] == 1.0 and back[0, 1] == -2.5  # exact where bf16 is
+
+
+def test_frozen_top_on_the_stored_cut_reproduces_the_cached_features(synth, cut_cache, tmp_path):
+    from udaqa_pipeline.backbone.weights import load_i3d
+    from udaqa_pipeline.features import features_from
+
+    c = open_cache(cut_cache)
+    stored, have, dtype = read_cut(c, "Mixed_5b")
+    assert have.all() and stored.shape == (len(c), 2, 1, 832, 2, 7, 7) and dtype == "fp32"
+    m = load_i3d().prepare_for_inference()
+    x = decode(stored, dtype).reshape(-1, 832, 2, 7, 7)
+    f = features_from(m, x, below("Mixed_5b"), 16)
+    assert f.tobytes() == c.features.reshape(-1, 1024).tobytes()  # fp32 cut: bit for bit
+    # the cut does not change the cache: same directory, same features as a cache made without it
+    plain = _extract(synth, tmp_path / "plain", CUT[2:])
+    assert plain.name == cut_cache.name
+    assert open_cache(plain).features.tobytes() == c.features.tobytes()
+    info = json.loads(json.dumps(__import__("udaqa_pipeline.cache.verify", fromlist=["x"]).cache_info(cut_cache)))
+    assert info["cuts"]["Mixed_5b/fp32"]["bytes_per_clip"] == 832 * 2 * 7 * 7 * 4
+    # a bf16 cut beside it: half the bytes, features within 1e-2 relative
+    _extract(synth, cut_cache.parent, CUT[:1] + CUT[2:])
+    b, _, bd = read_cut(open_cache(cut_cache), "Mixed_5b", "bf16")
+    fb = features_from(m, decode(b, bd).reshape(-1, 832, 2, 7, 7), below("Mixed_5b"), 16)
+    ref = c.features.reshape(-1, 1024)
+    assert np.linalg.norm(fb - ref) / np.linalg.norm(ref) < 1e-2
+
+
+def test_a_cut_is_added_to_an_existing_cache_resumed_and_verified(synth, tmp_path):
+    from udaqa_pipeline.cache.verify import verify_cache
+
+    p = _extract(synth, tmp_path / "c", CUT[2:])
+    before = (p / "features.h5").read_bytes()
+    st: dict = {}
+    assert _extract(synth, tmp_path / "c", CUT, stats=st) == p
+    assert st["processed"] == 0 and st["cut_processed"] == len(open_cache(p))  # no feature row extracted
+    assert (p / "features.h5").read_bytes() == before  # the features are not rewritten
+    assert verify_cache(p)["ok"]
+    # a killed cut pass keeps its staged rows: drop the store, stage one row by hand, rerun
+    m = json.loads((p / "manifest.json").read_text())
+    e = m["cuts"]["Mixed_5b/fp32"]
+    stored, _, _ = read_cut(open_cache(p), "Mixed_5b")
+    names = e["rows"]
+    (p / e["store"]).unlink()
+    write_staged_cut(staging_dir(p, "Mixed_5b", "fp32"), names[0], stored[0])
+    st = {}
+    _extract(synth, tmp_path / "c", CUT, stats=st)
+    assert st["cut_processed"] == len(names) - 1
+    again, _, _ = read_cut(open_cache(p), "Mixed_5b")
+    assert again.tobytes() == stored.tobytes()
+    # a flipped byte in the cut store is found by cache verify, and named
+    data = bytearray((p / e["store"]).read_bytes())
+    at = data.rfind(stored[-1].tobytes()[:64])
+    data[at + 10] ^= 0xFF
+    (p / e["store"]).write_bytes(bytes(data))
+    problems = verify_cache(p)["problems"]
+    assert any(e["store"] in s and "checksum" in s for s in problems), problems
+
+
+def test_top_from_the_cut_equals_end_to_end_with_the_bottom_frozen(synth, cut_cache):
+    """Same input, same weights: the blocks from Mixed_5b trained from the stored fp32 cut give the
+    outputs and gradients of fine-tuning with finetune.train_from = Mixed_5b on the frames."""
+    from udaqa_pipeline.backbone.weights import load_i3d
+    from udaqa_pipeline.datasets import load_dataset
+    from udaqa_pipeline.datasets.frames import sample_frames
+    from udaqa_pipeline.engine.adapt import CutSource
+    from udaqa_pipeline.engine.finetune import Backbone
+    from udaqa_pipeline.features import layout_of, view_input
+
+    cfg = resolve("mtl", TINY + CUT)
+    c = open_cache(cut_cache)
+    rows = np.arange(4)
+    views = np.asarray([0, 1, 0, 1])
+    src = CutSource(c, cfg, "cpu")
+    src.module.train()
+    f_cut, _ = src.batch(rows, views)
+    # end to end: the frames of the same samples and views through a Backbone frozen below Mixed_5b
+    e2e = Backbone(load_i3d(), lr=1e-3, train_from="Mixed_5b", checkpointing=False)
+    e2e.train()
+    samples = {s.id: s for s in load_dataset("mtl", synth, cfg)}
+    lay = layout_of(cfg)
+    clips = []
+    for r, v in zip(rows, views):
+        frames = sample_frames(samples[c.samples.column("id")[int(r)].as_py()], cfg.frames).frames
+        x = view_input(frames, cfg, c.views[int(v)])
+        clips += [x[:, s:s + lay.clip_len] for s in lay.starts]
+    f_e2e = e2e.features(torch.stack(clips)).view(len(rows), len(lay.starts), -1)
+    torch.testing.assert_close(f_cut, f_e2e, rtol=1e-4, atol=1e-5)
+    # gradients of the same loss through the top, before either in-backward Adam step moves a weight
+    grads = {}
+    for name, mod, f in (("cut", src.module, f_cut), ("e2e", e2e, f_e2e)):
+        got = {}
+        for pname, p in mod.i3d.named_parameters():
+            if p.requires_grad:
+                p.register_hook(lambda g, pname=pname, got=got: got.__setitem__(pname, g.detach().clone()))
+        (f * torch.linspace(-1, 1, 1024)).sum().backward()
+        grads[name] = got
+    assert set(grads["cut"]) == set(grads["e2e"]) and all(k.startswith("Mixed_5") for k in grads["cut"])
+    assert len(grads["cut"]) > 20
+    # the stored cut comes from stage one's folded-BatchNorm bottom, the end-to-end path's from the
+    # unfolded one: inputs agree to ~2e-6 relative, each gradient tensor to 1e-4 relative (L2)
+    for k in grads["cut"]:
+        a, b = grads["cut"][k], grads["e2e"][k]
+        assert float((a - b).norm() / b.norm().clamp_min(1e-12)) < 1e-4, k
+    # the frozen bottom got no gradient and kept its weights
+    assert all(not p.requires_grad for n, p in e2e.i3d.named_parameters() if not n.startswith(("Mixed_5", "logits")))
+
+
+def test_an_adapted_run_trains_evaluates_and_scores_with_its_own_top(synth, cut_cache, tmp_path):
+    from udaqa_pipeline.engine.run import train
+    from udaqa_pipeline.evaluation.evaluate import evaluate
+    from udaqa_pipeline.experiments.ablate import count_backbone_forwards
+    from udaqa_pipeline.inference.run import load_run
+
+    over = TINY + CUT + TRAIN + ("train.adapt=top",)
+    counter, handle = count_backbone_forwards()
+    try:
+        rd = train("mtl", cache=cut_cache, run_dir=tmp_path / "run", overrides=over, progress=False)
+        ev = evaluate(rd, cache=cut_cache)
+    finally:
+        handle.remove()
+    assert counter["i3d_forwards"] == 0  # nothing below the cut ran
+    run = load_run(rd)
+    state = run.source_state
+    assert state is not None and any(k.startswith("i3d.Mixed_5b") for k in state)
+    assert not any(k.startswith(("i3d.Conv3d", "i3d.Mixed_4")) for k in state)  # the frozen bottom is not saved
+    from udaqa_pipeline.backbone.weights import load_i3d
+
+    kinetics = load_i3d().state_dict()
+    moved = [k for k in state if k.startswith("i3d.Mixed_5") and k.endswith("conv3d.weight")
+             and not torch.equal(state[k], kinetics[k[4:]])]
+    assert moved  # the top trained
+    assert np.isfinite(ev.metrics["overall"]["rl2x100"])
+    # scoring runs the Kinetics bottom and the run's top
+    from udaqa_pipeline.inference.score import load_scorer
+
+    i3d = load_scorer(rd).i3d
+    scored = load_i3d().state_dict()
+    scored.update({k[4:]: v for k, v in state.items() if k.startswith("i3d.")})
+    mine = I3D_unfolded(scored)
+    probe = torch.rand(1, 3, 9, 193, 193) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(i3d.forward_features(probe), mine.forward_features(probe), rtol=1e-4, atol=1e-5)
+    shutil.rmtree(tmp_path / "run")
+
+
+def I3D_unfolded(state):
+    from udaqa_pipeline.backbone.i3d import I3D
+
+    m = I3D()
+    m.load_state_dict(state)
+    return m.eval()
