@@ -386,3 +386,22 @@ def test_evaluate_finds_the_run_cache_by_hash_whatever_the_stage_name(tmp_path):
                 spec=RunSpec("mtl", protocol="paper"), progress=False)
     m = evaluate(run, cache_root=root, samples=2).metrics
     assert m["overall"]["n"] == 6  # toy_arrays' test fold: the last n // 4 of 24 rows
+
+
+def test_inner_partition_deals_rows_or_whole_subjects():
+    from udaqa_pipeline.config import ConfigError
+    from udaqa_pipeline.engine.selection import inner_partition
+
+    rows = np.arange(10, 31)
+    plain = inner_partition(rows, 3, seed=4)
+    perm = np.random.default_rng(6).permutation(rows)
+    assert all(np.array_equal(f, np.sort(perm[i::3])) for i, f in enumerate(plain))  # the seeded deal
+    groups = np.repeat(np.arange(7), 3)  # 7 subjects of 3 rows each
+    folds = inner_partition(rows, 3, seed=4, groups=groups)
+    assert np.array_equal(np.sort(np.concatenate(folds)), rows)
+    for f in folds:  # every subject on one side only
+        inside = set(groups[np.isin(rows, f)])
+        assert all(set(groups[np.isin(rows, g)]).isdisjoint(inside) for g in folds if g is not f)
+    assert sorted(len(f) for f in folds) == [6, 6, 9]
+    with pytest.raises(ConfigError, match="2 subjects are too few for 3"):
+        inner_partition(rows[:4], 3, seed=0, groups=np.asarray([0, 0, 1, 1]))

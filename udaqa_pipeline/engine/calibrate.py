@@ -85,5 +85,5 @@ def _out_of_fold(cfg: Config, data: TrainingSet, selection: Selection, kept: int
     # fit rows alone they erred more than the kept model, and intervals fitted on their
     # errors held 0.88 of the true final scores for 0.80 (calibration.py, "Fit")
     _, inner = inner_folds(cfg, data, fit_rows, device=device, epochs=kept + 1, keep=[kept],
-                           also=selection.sel_rows if mode == "val" else None)
+                           also=selection.sel_rows if mode == "val" else None, grouped=selection.grouped)
     return inner[kept]

@@ -49,8 +49,30 @@ def selection_score(labels: Labels, rows: np.ndarray, pred: dict, metric: str) -
     return spearman(labels.final[rows], pred["final"])
 
 
+def inner_partition(rows: np.ndarray, k: int, seed: int, groups: np.ndarray | None = None) -> list[np.ndarray]:
+    """``k`` inner validation folds of ``rows``, sorted: a seeded permutation dealt round-robin, or,
+    with ``groups`` (one label per row of ``rows``), whole groups dealt largest first to the fold
+    with the fewest rows so far (seeded order among equal sizes), so no group is on both sides of an
+    inner fold. Raises ``ConfigError`` when there are fewer groups than folds."""
+    rows = np.asarray(rows)
+    rng = np.random.default_rng(seed + 2)
+    if groups is None:
+        perm = rng.permutation(rows)
+        return [np.sort(perm[i::k]) for i in range(k)]
+    groups = np.asarray(groups)
+    names = rng.permutation(np.unique(groups))
+    if len(names) < k:
+        raise ConfigError(f"{len(names)} subjects are too few for {k} subject-grouped inner folds "
+                          f"(train.inner_folds)")
+    names = sorted(names, key=lambda g: -int((groups == g).sum()))  # stable: the seeded order breaks ties
+    folds: list[list] = [[] for _ in range(k)]
+    for g in names:
+        folds[int(np.argmin([len(f) for f in folds]))].extend(rows[groups == g].tolist())
+    return [np.sort(np.asarray(f, dtype=rows.dtype)) for f in folds]
+
+
 def inner_folds(cfg: Config, data: TrainingSet, rows: np.ndarray, *, device: str,
-                epochs: int, keep: Iterable[int] = (), also: np.ndarray | None = None
+                epochs: int, keep: Iterable[int] = (), also: np.ndarray | None = None, grouped: bool = False
                 ) -> tuple[list[float], dict[int, Any]]:
     """``train.inner_folds``-fold CV inside ``rows`` (training rows only): each inner fold trains
     ``epochs`` epochs on the others (and on ``also``, rows it never predicts: the validation split
@@ -58,19 +80,22 @@ def inner_folds(cfg: Config, data: TrainingSet, rows: np.ndarray, *, device: str
     its own rows after every epoch. Returns the curve (per epoch, the ``train.select_metric`` of the
     out-of-fold predictions of every row, pooled) and, for the 0-based epochs in ``keep``, the
     out-of-fold sampler draws of every row (:class:`~udaqa_pipeline.model.calibration.HeldOut`, for
-    calibration)."""
+    calibration). ``grouped``: inner folds of whole subjects (:func:`inner_partition` over
+    :func:`~udaqa_pipeline.data.trainset.subject_folds`), as a leave-one-surgeon-out test split
+    holds out whole surgeons, so held-out errors are those of people the model never saw."""
     tcfg = cfg.train
     labels = data.labels
     k, seed, s = tcfg.inner_folds, tcfg.seed, tcfg.eval_samples
     if len(rows) < 2 * k:
         raise ConfigError(f"{len(rows)} training samples are too few for {k} inner folds (train.inner_folds)")
     keep = set(keep)
-    perm = np.random.default_rng(seed + 2).permutation(rows)
+    from ..data.trainset import subject_folds
+
+    groups = subject_folds(labels)[0][rows] if grouped else None
     preds: dict[int, list[dict]] = {e: [] for e in range(epochs)}
     draws: dict[int, list] = {e: [] for e in keep}
     folds = []
-    for i in range(k):
-        val = np.sort(perm[i::k])
+    for i, val in enumerate(inner_partition(rows, k, seed, groups)):
         train_rows = np.setdiff1d(rows, val)
         fit = build_fit(cfg, data.fresh(), train_rows if also is None else np.union1d(train_rows, also),
                         device=device)
@@ -89,7 +114,7 @@ def inner_folds(cfg: Config, data: TrainingSet, rows: np.ndarray, *, device: str
 
 
 def inner_cv_epochs(cfg: Config, data: TrainingSet, rows: np.ndarray, *, device: str,
-                    keep_draws: bool = False) -> tuple[dict, dict[int, Any]]:
+                    keep_draws: bool = False, grouped: bool = False) -> tuple[dict, dict[int, Any]]:
     """Choose the epoch count by :func:`inner_folds` over ``train.epochs`` epochs: the curve is
     smoothed by a centred ``train.inner_smooth``-epoch mean and its best epoch is the count.
     Returns ({"epochs", "curve" (raw), "smoothed", "folds"}, out-of-fold draws of every epoch when
@@ -97,7 +122,7 @@ def inner_cv_epochs(cfg: Config, data: TrainingSet, rows: np.ndarray, *, device:
     tcfg = cfg.train
     epochs = tcfg.epochs
     curve, draws = inner_folds(cfg, data, rows, device=device, epochs=epochs,
-                               keep=range(epochs) if keep_draws else ())
+                               keep=range(epochs) if keep_draws else (), grouped=grouped)
     c = np.asarray(curve, float)
     w = max(1, tcfg.inner_smooth)
     smooth = np.asarray([np.nanmean(c[max(0, e - w // 2): e + w // 2 + 1]) for e in range(epochs)])
@@ -109,6 +134,8 @@ class Selection:
     """The protocol's state across epochs (module doc); subclasses say how an epoch is scored."""
 
     name = ""
+    #: inner folds (epoch count, calibration) of whole subjects: set under ``split="louo"``
+    grouped = False
     selected_on = ""
 
     def __init__(self, cfg: Config, fit_rows: np.ndarray, sel_rows: np.ndarray) -> None:
@@ -205,7 +232,8 @@ class InnerCV(KeepLast):
         if ck is not None:
             self.inner = ck["inner_cv"]
         else:
-            self.inner, draws = inner_cv_epochs(self.cfg, data, self.fit_rows, device=device, keep_draws=calibrate)
+            self.inner, draws = inner_cv_epochs(self.cfg, data, self.fit_rows, device=device, keep_draws=calibrate,
+                                                grouped=self.grouped)
             self.heldout = draws.get(int(self.inner["epochs"]) - 1)
 
     def epochs(self) -> int:
@@ -224,6 +252,7 @@ def selection_for(cfg: Config, spec: RunSpec, train_rows: np.ndarray, test_rows:
     :class:`ConfigError` when the protocol selects on rows the fold does not have."""
     mode = "paper" if spec.protocol == "paper" else cfg.train.select
     sel = SELECTION_CLASSES[mode](cfg, train_rows, test_rows)
+    sel.grouped = spec.split == "louo"  # inner folds hold out whole surgeons, as the test split does
     if isinstance(sel, _BestEpoch) and len(sel.sel_rows) == 0:
         raise ConfigError(f"fold {spec.fold} has no samples to select the epoch on")
     return sel
