@@ -302,6 +302,33 @@ def test_run_dir_stays_as_the_torchrun_spelling(recorder, monkeypatch, capsys):
         assert code == 0 and rec.calls[0]["run_dir"] == "/r" and "deprecated" not in err
 
 
+def test_runs_root_names_the_default_run_directory(recorder, monkeypatch, capsys, tmp_path):
+    """``--runs-root DIR`` is where a command's default run directory lives and an omitted STAGE is
+    looked up; ``--run`` still wins."""
+    want = {"train": tmp_path / "mtl" / "fold1", "finetune": tmp_path / "mtl" / "finetune-fold1",
+            "evaluate": tmp_path / "mtl" / "fold1", "ablate": tmp_path / "mtl" / "ablate-fold1",
+            "cv": tmp_path / "mtl" / "cv-official"}
+    for command, path in want.items():
+        rec = recorder(ROWS[command])
+        fold = [] if command == "cv" else ["--fold", "1"]
+        code, out, err = _invoke(ROWS[command], [command, "mtl", *fold, "--runs-root", str(tmp_path)], monkeypatch,
+                                 capsys)
+        assert code == 0, (command, err)
+        got = rec.calls[0]["run_dir"]
+        assert Path(got) == path, (command, got)
+    rec = recorder(ROWS["train"])
+    _invoke(ROWS["train"], ["train", "mtl", "--runs-root", str(tmp_path), "--run", "/r"], monkeypatch, capsys)
+    assert rec.calls[0]["run_dir"] == "/r"
+
+
+def test_usage_errors_are_one_line(capsys):
+    for argv in (["cv", "demo", "--out", "x"], ["train", "--split", "bogus"]):
+        r = CliRunner().invoke(main, argv)
+        assert r.exit_code == 2
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "--help" in lines[0], r.stderr
+
+
 def test_max_epoch_minutes_reaches_fine_tuning(recorder, monkeypatch, capsys):
     for argv in (["train", "mtl", "--finetune-backbone"], ["finetune", "mtl"]):
         rec = recorder(ROWS["finetune"])

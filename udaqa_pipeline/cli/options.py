@@ -2,7 +2,7 @@
 meaning in every command (the table of what each means is the README's "Commands" section, and
 ``tests/test_cli_surface.py`` holds every command against every option): a positional STAGE
 (optional for stage two: :func:`stage_or_latest`), ``--root``, ``--cache``, ``--cache-root``,
-``--run``, ``--set``, ``--progress/--no-progress``, ``--device``, ``--json``, ``--jobs``
+``--run``, ``--runs-root``, ``--set``, ``--progress/--no-progress``, ``--device``, ``--json``, ``--jobs``
 (processes) and ``--threads`` (threads).
 """
 
@@ -36,15 +36,15 @@ def stage_argument(*, required: bool) -> Callable[[F], F]:
     return click.argument("stage", required=required, metavar="STAGE" if required else "[STAGE]")
 
 
-def stage_or_latest(stage: str | None) -> str:
-    """``stage``, or (when omitted) the stage of the most recent run, said on stderr."""
+def stage_or_latest(stage: str | None, runs_root: str | None = None) -> str:
+    """``stage``, or (when omitted) the stage of the most recent run under ``runs_root``, said on stderr."""
     if stage is not None:
         return stage
-    from ..config import runs_root
+    from ..config import runs_root as _runs_root
     from ..resolve import stage_from_runs
 
-    found = stage_from_runs()
-    click.echo(f"stage {found}: the most recent run under {runs_root()} (name the stage to choose another)",
+    found = stage_from_runs(runs_root)
+    click.echo(f"stage {found}: the most recent run under {_runs_root(runs_root)} (name the stage to choose another)",
                err=True)
     return found
 
@@ -59,6 +59,9 @@ cache_option = click.option("--cache", type=_DIR, default=None,
 cache_root_option = click.option("--cache-root", type=_DIR, default=None,
                                  help="Folder of the feature caches and weights/ (default $UDAQA_CACHE or "
                                       "<repo>/cache).")
+runs_root_option = click.option("--runs-root", type=_DIR, default=None,
+                                help="Folder of the runs, where default run directories live and an omitted STAGE "
+                                     "is looked up (default $UDAQA_RUNS or <repo>/runs).")
 set_option = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
                           help="Override a stage config value, e.g. --set train.epochs=20 (repeatable; unknown "
                                "keys are refused).")

@@ -8,8 +8,8 @@ import click
 
 from ..fileutil import strict_json
 from .options import (command, device_option, force_option, jobs_option, json_option,
-                      max_epoch_minutes_option, progress_option, root_option, run_option, set_option,
-                      stage_argument, stage_or_latest)
+                      max_epoch_minutes_option, progress_option, root_option, run_option, runs_root_option,
+                      set_option, stage_argument, stage_or_latest)
 
 
 def register(main: click.Group) -> None:
@@ -63,6 +63,7 @@ def score_cmd(path, run_dir, judges, difficulty, samples, group, rule, seed, dev
 @click.option("--cv", type=int, default=None, help="K-fold cross-validation over the whole dataset")
 @run_option("run directory (default: runs/<stage>/finetune-fold<k>); under torchrun spell it --run-dir",
             "--run-dir")
+@runs_root_option
 @click.option("--protocol", type=click.Choice(["honest", "paper"]), default="honest", show_default=True)
 @set_option
 @click.option("--resume/--no-resume", default=True, show_default=True)
@@ -72,18 +73,22 @@ def score_cmd(path, run_dir, judges, difficulty, samples, group, rule, seed, dev
 @device_option
 @click.option("--limit", type=int, default=None, help="first N samples only")
 @progress_option
-def finetune_cmd(stage, root, fold, cv, run_dir, protocol, overrides, resume, force, max_epoch_minutes, jobs,
-                 device, limit, progress):
+def finetune_cmd(stage, root, fold, cv, run_dir, runs_root, protocol, overrides, resume, force, max_epoch_minutes,
+                 jobs, device, limit, progress):
     """Train UD-AQA with the I3D backbone unfrozen, from STAGE's frames (not the cache); the same as
     `train --finetune-backbone`, with --jobs and --limit."""
+    from .. import resolve
     from ..engine.finetune import finetune
     from ..runs.layout import RunSpec, stage_name
+    from .train import echo_runs
 
-    stage = stage_or_latest(stage)
+    stage = stage_or_latest(stage, runs_root)
+    if run_dir is None and runs_root is not None:
+        run_dir = resolve.run_dir(stage, "finetune", fold=fold, cv=cv, runs_root=runs_root)
     out = finetune(stage, root, spec=RunSpec(stage_name(stage), fold=fold, cv=cv, protocol=protocol), run_dir=run_dir,
                    overrides=overrides, resume=resume, progress=progress, force=force, jobs=jobs, device=device,
                    max_epoch_minutes=max_epoch_minutes, limit=limit)
-    click.echo(str(out))
+    echo_runs(out)
 
 
 @command("evaluate-finetuned")

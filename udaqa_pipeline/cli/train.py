@@ -12,7 +12,7 @@ import click
 from ..fileutil import strict_json
 from .options import (cache_option, cache_root_option, command, device_option, force_option, jobs_option,
                       json_option, max_epoch_minutes_option, progress_option, root_option, run_option,
-                      set_option, stage_argument, stage_or_latest, threads_option)
+                      runs_root_option, set_option, stage_argument, stage_or_latest, threads_option)
 
 
 def register(main: click.Group) -> None:
@@ -40,6 +40,7 @@ _CV = click.option("--cv", type=int, default=None, help="K-fold cross-validation
 @cache_option
 @cache_root_option
 @run_option("run directory (default: runs/<stage>/fold<k>); under torchrun spell it --run-dir", "--run-dir")
+@runs_root_option
 @_PROTOCOL
 @_SPLIT
 @set_option
@@ -51,24 +52,59 @@ _CV = click.option("--cv", type=int, default=None, help="K-fold cross-validation
 @root_option
 @force_option
 @max_epoch_minutes_option
-def train_cmd(stage, fold, cv, cache, cache_root, run_dir, protocol, split, overrides, resume, progress, device,
-              finetune_backbone, root, force, max_epoch_minutes):
-    """Train UD-AQA on STAGE's feature cache (no I3D forward), or end to end with --finetune-backbone."""
+def train_cmd(stage, fold, cv, cache, cache_root, run_dir, runs_root, protocol, split, overrides, resume, progress,
+              device, finetune_backbone, root, force, max_epoch_minutes):
+    """Train UD-AQA on STAGE's feature cache (no I3D forward), or end to end with --finetune-backbone.
+
+    Prints a summary per model (per group with train.per_group) and, last, the run directory."""
+    from .. import resolve
     from ..runs.layout import RunSpec, stage_name
 
-    stage = stage_or_latest(stage)
+    stage = stage_or_latest(stage, runs_root)
     spec = RunSpec(stage_name(stage), fold=fold, cv=cv, split=split, protocol=protocol)
     if finetune_backbone:
         from ..engine.finetune import finetune
 
-        click.echo(str(finetune(stage, root, spec=spec, run_dir=run_dir, overrides=overrides, resume=resume,
-                                progress=progress, force=force, device=device, max_epoch_minutes=max_epoch_minutes)))
-        return
-    from ..engine.run import train
+        if run_dir is None and runs_root is not None:
+            run_dir = resolve.run_dir(stage, "finetune", fold=fold, cv=cv, runs_root=runs_root)
+        out = finetune(stage, root, spec=spec, run_dir=run_dir, overrides=overrides, resume=resume,
+                       progress=progress, force=force, device=device, max_epoch_minutes=max_epoch_minutes)
+    else:
+        from ..engine.run import train
 
-    out = train(stage, cache=cache, cache_root=cache_root, spec=spec, run_dir=run_dir, overrides=overrides,
-                resume=resume, progress=progress, device=device)
-    click.echo(str(out))
+        if run_dir is None and runs_root is not None:
+            run_dir = resolve.run_dir(stage, fold=fold, cv=cv, split=split, runs_root=runs_root)
+        out = train(stage, cache=cache, cache_root=cache_root, spec=spec, run_dir=run_dir, overrides=overrides,
+                    resume=resume, progress=progress, device=device)
+    echo_runs(out)
+
+
+def echo_runs(run_dir) -> None:
+    """One line per trained model of ``run_dir`` (each group's under train.per_group): epochs, the
+    kept epoch and how it was chosen, the calibration; then the directory to pass to evaluate/score."""
+    from pathlib import Path
+
+    from ..evaluation.evaluate import run_dirs
+    from ..inference.run import load_run
+    from ..runs.layout import CHECKPOINT
+
+    dirs = [rd for rd in run_dirs(Path(run_dir)) if (rd / CHECKPOINT).is_file()]
+    for rd in dirs:
+        ck = load_run(rd).checkpoint
+        best = ck["best"]
+        score = best.get("score")
+        how = {"last": "the last epoch", "inner_cv": "the inner-CV epoch count"}.get(
+            ck.get("select"), f"best {ck.get('select')} score {score:.3f}" if isinstance(score, float)
+            and score == score else f"{ck.get('select')} (no defined score: the last epoch)")
+        avg = f", heads averaged over {best['averaged']} epochs" if best.get("averaged") else ""
+        cal = ck.get("calibration")
+        cal = f"; sampler calibrated on {cal['fitted_on']}" if cal else "; sampler not calibrated (train.calibrate)"
+        click.echo(f"{rd}: {ck['epoch'] + 1} epochs, kept epoch {best['epoch'] + 1} ({how}{avg}){cal}")
+    if len(dirs) > 1:
+        click.echo(f"{run_dir}: one model per group above; `evaluate --run {run_dir}` scores them all, "
+                   f"`score --run {dirs[0]}` scores with one")
+    else:
+        click.echo(str(run_dir))
 
 
 @command("evaluate")
@@ -77,6 +113,7 @@ def train_cmd(stage, fold, cv, cache, cache_root, run_dir, protocol, split, over
 @_CV
 @_SPLIT
 @run_option("run directory (default: runs/<stage>/fold<k>)")
+@runs_root_option
 @cache_option
 @cache_root_option
 @click.option("--judges", type=int, default=None, help="judges T per sampled panel (default: the rule's)")
@@ -86,7 +123,7 @@ def train_cmd(stage, fold, cv, cache, cache_root, run_dir, protocol, split, over
               show_default=True, help="calibrated: the run's fitted judge noise; paper: prior draws only; "
                                       "residual: baseline (predicted mean + training residuals)")
 @json_option
-def evaluate_cmd(stage, fold, cv, split, run_dir, cache, cache_root, judges, samples, sampler, as_json):
+def evaluate_cmd(stage, fold, cv, split, run_dir, runs_root, cache, cache_root, judges, samples, sampler, as_json):
     """Score a trained run on its test fold; writes <run>/eval/{metrics.json,predictions.parquet,*.png}.
 
     The run is --run, else runs/<STAGE>/fold<k> (STAGE omitted: the stage of the most recent run)."""
@@ -95,7 +132,8 @@ def evaluate_cmd(stage, fold, cv, split, run_dir, cache, cache_root, judges, sam
     from ..evaluation.report import format_metrics, write_report
 
     if run_dir is None:
-        run_dir = resolve.run_dir(stage_or_latest(stage), fold=fold or 0, cv=cv, split=split)
+        run_dir = resolve.run_dir(stage_or_latest(stage, runs_root), fold=fold or 0, cv=cv, split=split,
+                                  runs_root=runs_root)
     m = write_report(evaluate(run_dir, fold=fold, cache=cache, cache_root=cache_root, judges=judges, samples=samples,
                               sampler=sampler))
     click.echo(strict_json(m) if as_json else format_metrics(m))
@@ -107,17 +145,22 @@ def evaluate_cmd(stage, fold, cv, split, run_dir, cache, cache_root, judges, sam
 @cache_option
 @cache_root_option
 @run_option("folder of the ablation runs, one per row (default: runs/<stage>/ablate-fold<k>)")
+@runs_root_option
 @jobs_option("rows trained in parallel, one process each (default: CPU cores)")
 @threads_option("torch threads per row (default: CPU cores / jobs)")
 @_PROTOCOL
 @click.option("--rows", default=None, help="comma-separated subset of rows to run")
 @set_option
 @json_option
-def ablate_cmd(stage, fold, cache, cache_root, run_dir, jobs, threads, protocol, rows, overrides, as_json):
+def ablate_cmd(stage, fold, cache, cache_root, run_dir, runs_root, jobs, threads, protocol, rows, overrides, as_json):
     """Train the paper's ablation rows and design variants from one cache; print the table."""
+    from .. import resolve
     from ..experiments.ablate import ablate, format_table
 
-    res = ablate(stage_or_latest(stage), fold=fold, cache=cache, cache_root=cache_root, run_dir=run_dir, jobs=jobs,
+    stage = stage_or_latest(stage, runs_root)
+    if run_dir is None and runs_root is not None:
+        run_dir = resolve.run_dir(stage, "ablate", fold=fold, runs_root=runs_root)
+    res = ablate(stage, fold=fold, cache=cache, cache_root=cache_root, run_dir=run_dir, jobs=jobs,
                  threads=threads, protocol=protocol, overrides=overrides, rows=rows.split(",") if rows else None)
     click.echo(strict_json(res) if as_json else format_table(res))
 
@@ -141,17 +184,22 @@ def ablate_cmd(stage, fold, cache, cache_root, run_dir, jobs, threads, protocol,
               help="panels S drawn per test sample, with the run's sampler (the 80% coverage needs 50 or more)")
 @run_option("folder of the cross-validation runs, cv.json and predictions.parquet (default: "
             "runs/<stage>/cv-<split>)")
+@runs_root_option
 @set_option
 @progress_option
 @json_option
-def cv_cmd(stage, root, cache, cache_root, seeds, protocol, split, methods, jobs, samples, run_dir, overrides,
-           progress, as_json):
+def cv_cmd(stage, root, cache, cache_root, seeds, protocol, split, methods, jobs, samples, run_dir, runs_root,
+           overrides, progress, as_json):
     """Cross-validate STAGE: every fold x seed trained and evaluated, baselines on the same cache and
     folds, one table (mean +- sd over seeds, tagged with the protocol); writes cv.json and
     predictions.parquet. With no cache, stage one runs first (from --root)."""
+    from .. import resolve
     from ..experiments.cv import cross_validate, format_table
 
-    res = cross_validate(stage_or_latest(stage), root=root, cache=cache, cache_root=cache_root, overrides=overrides,
+    stage = stage_or_latest(stage, runs_root)
+    if run_dir is None and runs_root is not None:
+        run_dir = resolve.run_dir(stage, "cv", split=split, runs_root=runs_root)
+    res = cross_validate(stage, root=root, cache=cache, cache_root=cache_root, overrides=overrides,
                          seeds=seeds, protocol=protocol, split=split,
                          methods=[m.strip() for m in methods.split(",") if m.strip()],
                          jobs=jobs, run_dir=run_dir, samples=samples, progress=progress)
