@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-PARTS = ("bench_i3d", "bench_extract", "bench_decode", "bench_train", "bench_finetune", "bench_classify")
+PARTS = ("bench_i3d", "bench_extract", "bench_decode", "bench_train", "bench_finetune", "bench_adapt",
+         "bench_classify")
 OUT = Path(__file__).resolve().parent / "results.json"
 
 
