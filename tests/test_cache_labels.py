@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from udaqa_pipeline.cache.extract import base_rows, extract_features, state_fing
 from udaqa_pipeline.config import resolve
 from udaqa_pipeline.cache.legacy import legacy_key
 from udaqa_pipeline.cache.manifest import extraction_key, key_hash, read_manifest
+from udaqa_pipeline.cache.store import rows_table
 from udaqa_pipeline.cache.verify import cache_info, verify_cache
 from udaqa_pipeline.datasets import load_stage_samples
 from udaqa_pipeline.data.trainset import Labels
@@ -200,12 +202,15 @@ def test_limit_is_a_prefix_of_the_full_run(tmp_path):
 
 
 def test_other_data_under_the_same_names_is_extracted_not_reused(tmp_path):
-    """The stamp (file size) tells another dataset root's videos apart; the first root's rows stay."""
+    """The content fingerprint tells another dataset root's videos apart; the same bytes under
+    another root are the same rows; the first root's rows stay."""
+    import shutil
+
     a = make_dataset(tmp_path / "one", VIDEOS)
     p, _ = _extract(a, tmp_path / "cache")
     first = _by_id(open_cache(p))
     b = tmp_path / "two"
-    make_dataset(b, VIDEOS)
+    shutil.copytree(a, b)  # a copy: the same bytes (copytree keeps modification times too)
     write_video(b / "videos" / "b.mkv", 20, seed=11)  # same relative path, other video
     counted = Counted()
     p2, stats = _extract(b, tmp_path / "cache", counted)
@@ -466,3 +471,95 @@ def test_a_run_is_not_resumed_on_changed_labels(tmp_path, change):
         train("folder", cache=path, **kw)
     assert ("moved into or out of test: b" in str(e.value)) == (change == "moved")
     train("folder", cache=path, resume=False, **kw)
+
+
+def _flip_byte_in_place(path: Path, at: int) -> None:
+    """Change one byte of ``path`` keeping its size and modification time (the worst case: only the
+    content tells it apart)."""
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x5A
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_a_same_size_edit_is_extracted_again_and_named(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="udaqa_pipeline")
+    root = make_dataset(tmp_path / "data", VIDEOS)
+    p, _ = _extract(root, tmp_path / "cache")
+    before = _by_id(open_cache(p))
+    video = root / "videos" / "b.mkv"
+    size = video.stat().st_size
+    # a byte of the last frame's payload: the file still decodes, its pixels differ
+    _flip_byte_in_place(video, size - 600)
+    (p / "fingerprints.json").unlink()  # no memo: the modification time was kept, so only hashing tells
+    _logged(caplog)
+    _, stats = _extract(root, tmp_path / "cache")
+    text = _logged(caplog)
+    assert stats["processed"] == 1 and "1 source(s) changed" in text and "b (videos/b.mkv)" in text
+    c = open_cache(p)
+    assert c.n_rows == 4 and video.stat().st_size == size
+    assert _by_id(c)["a"].tobytes() == before["a"].tobytes()
+    # variant: a frame folder whose one frame changed in place, same size
+    from PIL import Image
+
+    frames = tmp_path / "frames" / "f"
+    frames.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(14):
+        Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(frames / f"{i:05d}.png")
+    from udaqa_pipeline.cache.plan import source_fingerprint
+
+    memo: dict = {}
+    fp = source_fingerprint(frames, memo)
+    assert source_fingerprint(frames, memo) == fp  # memo hit
+    _flip_byte_in_place(frames / "00007.png", 60)
+    assert source_fingerprint(frames, {}) != fp
+
+
+def test_the_same_files_through_another_root_or_a_link_extract_nothing(tmp_path, caplog):
+    import logging
+    import shutil
+
+    caplog.set_level(logging.INFO, logger="udaqa_pipeline")
+    root = make_dataset(tmp_path / "data", VIDEOS)
+    p, _ = _extract(root, tmp_path / "cache")
+    # a copy elsewhere without the modification times (another mount, a fresh checkout): hashed once
+    other = tmp_path / "mnt" / "data"
+    shutil.copytree(root, other, copy_function=shutil.copyfile)
+    _, stats = _extract(other, tmp_path / "cache")
+    assert stats["processed"] == 0 and open_cache(p).n_rows == 3
+    # the videos folder a link to another disk: sources stay relative to the root
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    shutil.copy(root / "annotations.csv", linked / "annotations.csv")
+    (linked / "videos").symlink_to(other / "videos")
+    _, stats = _extract(linked, tmp_path / "cache")
+    assert stats["processed"] == 0
+    assert open_cache(p).rows.column("source").to_pylist() == ["videos/a.mkv", "videos/b.mkv", "videos/c.mkv"]
+
+
+def test_rows_from_before_fingerprints_get_one_on_their_next_run(tmp_path, caplog):
+    import logging
+
+    import pyarrow.parquet as pq
+
+    from udaqa_pipeline.cache.store import write_rows
+
+    caplog.set_level(logging.INFO, logger="udaqa_pipeline")
+    root = make_dataset(tmp_path / "data", VIDEOS)
+    p, _ = _extract(root, tmp_path / "cache")
+    rows = pq.read_table(p / "rows.parquet").to_pylist()
+    for r in rows:  # as a cache of the previous release wrote them
+        r["stamp"], r["fingerprint"] = r["stamp"].split("|")[0], ""
+    write_rows(p, rows_table(rows))
+    (p / "fingerprints.json").unlink()
+    _logged(caplog)
+    _, stats = _extract(root, tmp_path / "cache")
+    assert stats["processed"] == 0 and "3 row(s) recorded before content fingerprints" in _logged(caplog)
+    got = pq.read_table(p / "rows.parquet").to_pylist()
+    assert all(len(r["fingerprint"]) == 16 for r in got) and [r["stamp"] for r in got] == [r["stamp"] for r in rows]
+    _, stats = _extract(root, tmp_path / "cache")  # and now they are found by their fingerprint
+    assert stats["processed"] == 0 and "recorded before" not in _logged(caplog)

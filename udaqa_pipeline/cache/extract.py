@@ -88,7 +88,8 @@ from .manifest import (
 )
 from .legacy import find_legacy
 from .merge import existing_rows, merge_cache, missing_jobs, refresh_labels, write_plan
-from .plan import base_rows, build_plan, describe_changes, keep_staged, label_changes
+from .plan import (base_rows, build_plan, describe_changes, keep_staged, label_changes, read_fingerprints,
+                   write_fingerprints)
 from .shard import Shard, parse_shard, shard_indices, torchrun_env
 from .staging import cleanup_staging, drop_failed_staged, shard_dir, staged_files, write_staged
 from .store import add_backend, now_iso
@@ -464,6 +465,7 @@ class _Run:
     sh: Shard
     tr: Shard | None  # torchrun's rank/world size, None outside torchrun
     lead: bool  # the process that writes state shared by all shards
+    fingerprints: dict | None = None  # the sources' content fingerprints (.plan.source_fingerprint)
 
 
 def _open_run(stage_arg: str | Path, cfg: Config, root: str | Path | None, *,
@@ -531,8 +533,16 @@ def _plan(run: _Run, samples: Sequence[Any], manifest: Mapping[str, Any] | None,
     old_labels = (pq.read_table(cache_dir / SAMPLES).to_pylist()
                   if manifest is not None and manifest.get("complete") and (cache_dir / SAMPLES).exists() else [])
     said_to = log.info if run.lead else None
+    fingerprints = read_fingerprints(cache_dir)
     plan = build_plan(samples, labels, existing, root=run.root, retry_failed=retry_failed,
-                      legacy=lambda: find_legacy(run.croot, run.stage, run.key, run.root, said_to))
+                      legacy=lambda: find_legacy(run.croot, run.stage, run.key, run.root, said_to),
+                      fingerprints=fingerprints)
+    run.fingerprints = fingerprints
+    if run.lead:
+        if cache_dir.is_dir():
+            write_fingerprints(cache_dir, fingerprints)
+        for note in plan.notes:
+            log.info(f"{cache_dir}: {note}")
     stray = keep_staged(cache_dir, plan)
     if stray and run.lead:
         log.info(f"{cache_dir}: {stray} extracted samples staged by an earlier run are no longer in the annotation "
@@ -558,6 +568,8 @@ def _refresh_only(run: _Run, plan: Any, manifest: Mapping[str, Any], n_samples: 
 def _start_manifest(run: _Run, plan: Any, n_samples: int) -> dict[str, Any]:
     """The manifest of a new cache (written by the lead process), marked incomplete."""
     run.cache_dir.mkdir(parents=True, exist_ok=True)
+    if run.lead and run.fingerprints:
+        write_fingerprints(run.cache_dir, run.fingerprints)
     c, layout = run.cfg.cache, run.layout
     h, w = video_size_of(run.cfg)
     manifest = {

@@ -159,7 +159,8 @@ def refresh_labels(cache_dir: Path, plan: Plan) -> bool:
             unchanged = new.equals(pq.read_table(cache_dir / SAMPLES))
         except (OSError, ValueError):
             unchanged = False
-        if unchanged and manifest.get("complete") and manifest.get("labels", {}).get("limit") == plan.limit:
+        if (unchanged and manifest.get("complete") and manifest.get("labels", {}).get("limit") == plan.limit
+                and not plan.fingerprints_added):
             return False
         _commit(cache_dir, manifest, plan, {}, manifest.get("backend", "hdf5"))
     return True
@@ -186,7 +187,7 @@ def _commit(cache_dir: Path, manifest: dict[str, Any], plan: Plan, files: Mappin
     legacy: dict[str, AdoptedRows] = {}
     records: list[dict[str, Any]] = []
     for i, r in enumerate(plan.rows):
-        keep = {k: r[k] for k in ("id", "source", "frame_start", "frame_end", "stamp")}
+        keep = {k: r.get(k, "") for k in ("id", "source", "frame_start", "frame_end", "stamp", "fingerprint")}
         if r["origin"] == JOB:
             rec, _, _ = read_staged(files[r["name"]])
             if rec.get("name") != r["name"]:
@@ -215,6 +216,8 @@ def _commit(cache_dir: Path, manifest: dict[str, Any], plan: Plan, files: Mappin
         finally:
             for lg in legacy.values():
                 lg.close()
+        write_rows(cache_dir, rows_table(records))
+    elif plan.fingerprints_added:
         write_rows(cache_dir, rows_table(records))
     write_samples(cache_dir, table)
     now = now_iso()

@@ -31,6 +31,20 @@ entries and the sizes of its first and last entries (sorted by name); ``missing`
 listing and two stats, per source. It tells other data under the same relative path apart without
 reading it, and moving the data does not change it (the absolute root stays out of the key).
 
+Content fingerprint (:func:`source_fingerprint`): sha256 (16 hex digits) of a video file's bytes, or
+of a frame folder's entry names, sizes and bytes. Every row records the fingerprint of the source
+it was extracted from (``fingerprint`` in ``rows.parquet``), and a sample finds its row by source
+relative to the root, frame window and fingerprint: an edit that keeps the size (a rotation flag
+set in place, a re-encode that happens to match) is a new fingerprint and is extracted again, named
+in the log; the same bytes under another root or mount are the same rows. Hashing reads every
+source once (about 1 GB/s); the fingerprint is kept in ``fingerprints.json`` in the cache beside the
+size and modification time it was taken at, so a later run only stats the sources. A row of a cache
+made before fingerprints were recorded is found by its stamp as before, and gets its source's
+fingerprint on its next run (said in the log); rows extracted from then on carry it in their stamp
+too (``file:<bytes>|<fingerprint>``), so two contents of one size never share a row name.
+A source's path relative to the root is taken as given (``root/a/b`` is ``a/b`` even when ``a`` is
+a link to another disk), and only when that fails after resolving links.
+
 :func:`build_plan` turns the existing row table and the samples into a :class:`Plan`: the next row
 table, each row's ``origin`` (``self``: this store, same row; ``job``: to extract; or a schema-1
 cache directory's name), and the next label table. A plan without jobs or adoptions is a label
@@ -86,6 +100,69 @@ def source_stamp(path: str | Path, memo: dict[str, str] | None = None) -> str:
     return out
 
 
+#: Name of the fingerprint memo in a cache directory (``{relpath: [size, mtime_ns, fingerprint]}``).
+FINGERPRINTS = "fingerprints.json"
+
+
+def source_fingerprint(path: str | Path, memo: dict[str, list] | None = None, key: str | None = None) -> str:
+    """16 hex digits of sha256 over a file's bytes, or over a frame folder's sorted (name, size,
+    bytes) of its non-hidden entries; ``"missing"`` / ``"unreadable:<errno>"`` when it cannot be read.
+    ``memo`` (``{key: [size, mtime_ns, fingerprint]}``, ``key`` default the path) skips the hashing
+    when the size and modification time (for a folder: of every entry) are the ones recorded."""
+    p = Path(path)
+    key = key or str(p)
+    try:
+        if p.is_dir():
+            entries = sorted((e for e in os.scandir(p) if not e.name.startswith(".")), key=lambda e: e.name)
+            stats = [(e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries]
+            size = sum(s for _, s, _ in stats)
+            mtime = int(hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:15], 16)
+        elif p.exists():
+            st = p.stat()
+            entries, size, mtime = None, st.st_size, st.st_mtime_ns
+        else:
+            return "missing"
+        hit = memo.get(key) if memo is not None else None
+        if hit is not None and hit[0] == size and hit[1] == mtime:
+            return str(hit[2])
+        h = hashlib.sha256()
+        if entries is None:
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        else:
+            for e in entries:
+                h.update(json.dumps([e.name, e.stat().st_size]).encode())
+                with open(e.path, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+        fp = h.hexdigest()[:16]
+    except OSError as e:
+        return f"unreadable:{e.errno}"
+    if memo is not None:
+        memo[key] = [size, mtime, fp]
+    return fp
+
+
+def read_fingerprints(cache_dir: Path) -> dict[str, list]:
+    """The fingerprint memo of a cache ({} when there is none or it is unreadable)."""
+    try:
+        d = json.loads((Path(cache_dir) / FINGERPRINTS).read_text())
+        return d if isinstance(d, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_fingerprints(cache_dir: Path, memo: Mapping[str, list]) -> None:
+    """Keep the memo for the next run; a cache that cannot be written to just hashes again next time."""
+    from ..fileutil import atomic_write_bytes
+
+    try:
+        atomic_write_bytes(Path(cache_dir) / FINGERPRINTS, (json.dumps(memo, sort_keys=True) + "\n").encode())
+    except OSError:
+        pass
+
+
 def identity(row: Mapping[str, Any]) -> tuple:
     """A store row's identity: (source relative to the root, frame_start, frame_end, stamp)."""
     return (str(row["source"]), row.get("frame_start"), row.get("frame_end"), str(row.get("stamp") or ""))
@@ -97,6 +174,13 @@ def row_name(ident: tuple) -> str:
 
 
 def relpath(p: Path, root: Path) -> str:
+    """``p`` relative to ``root`` as written (a linked subfolder stays under the root), else after
+    resolving links, else ``p`` itself."""
+    a, r = Path(os.path.abspath(p)), Path(os.path.abspath(root))
+    try:
+        return str(a.relative_to(r))
+    except ValueError:
+        pass
     try:
         return str(Path(p).resolve().relative_to(root.resolve()))
     except ValueError:
@@ -136,6 +220,7 @@ class Plan:
     dataset_config: dict[str, Any] = field(default_factory=dict)
     changes: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    fingerprints_added: int = 0
     version: int = PLAN_VERSION
 
     @property
@@ -176,33 +261,55 @@ def build_plan(
     root: Path,
     retry_failed: bool = False,
     legacy: Callable[[], Sequence[Any]] | None = None,
+    fingerprints: dict[str, list] | None = None,
 ) -> Plan:
     """The plan that gives ``samples`` (with their label rows ``labels``, :func:`base_rows`) features,
     starting from the store row table ``existing`` (see the module docstring for the rules).
     ``legacy`` (:func:`.legacy.find_legacy` bound to this cache: schema-1 caches, each with ``path`` and
-    ``by_window``) is called only when some row would otherwise be extracted. Fills each label row's
-    ``feature_row``."""
+    ``by_window``) is called only when some row would otherwise be extracted. ``fingerprints``: the
+    cache's fingerprint memo (:func:`source_fingerprint`), updated in place. Fills each label row's
+    ``feature_row``; the plan's ``notes`` say which sources changed and how many rows got a
+    fingerprint."""
     memo: dict[str, str] = {}
+    fps = fingerprints if fingerprints is not None else {}
     rows: list[dict[str, Any]] = [_row(r, SELF, i) for i, r in enumerate(existing)]
     status = [str(r.get("status", "ok")) for r in existing]
-    index: dict[tuple, int] = {}
+    index: dict[tuple, int] = {}  # rows of a cache from before fingerprints, by (source, window, stamp)
+    by_content: dict[tuple, int] = {}  # every row with a fingerprint, by (source, window, fingerprint)
     for i, r in enumerate(rows):
-        index.setdefault(identity(r), i)
+        if r["fingerprint"]:
+            by_content.setdefault(identity(r)[:3] + (r["fingerprint"],), i)
+        else:
+            index.setdefault(identity(r), i)
     failed_window = {identity(r)[:3]: i for i, r in enumerate(rows) if status[i] != "ok"}
+    had_features = {identity(r)[:3] for i, r in enumerate(rows) if status[i] == "ok"}
+    changed: list[str] = []
+    upgraded = 0
     for s, lab in zip(samples, labels):
-        ident = (lab["source"], lab["frame_start"], lab["frame_end"], source_stamp(s.source, memo))
-        i = index.get(ident)
+        stamp = source_stamp(s.source, memo)
+        fp = source_fingerprint(s.source, fps, key=lab["source"]) if stamp != "missing" else "missing"
+        window = (lab["source"], lab["frame_start"], lab["frame_end"])
+        i = by_content.get(window + (fp,))
+        if i is None and (window + (stamp,)) in index:
+            i = index.pop(window + (stamp,))  # recorded before fingerprints: trusted by its stamp, once
+            rows[i]["fingerprint"] = fp
+            by_content[window + (fp,)] = i
+            upgraded += 1
         if i is None:
-            j = failed_window.pop(ident[:3], None)
-            new = _row({"id": lab["id"], "source": ident[0], "frame_start": ident[1], "frame_end": ident[2],
-                        "stamp": ident[3]}, JOB, None)
+            if window in had_features:
+                changed.append(f"{lab['id']} ({lab['source']})")
+                had_features.discard(window)
+            j = failed_window.pop(window, None)
+            new = _row({"id": lab["id"], "source": window[0], "frame_start": window[1], "frame_end": window[2],
+                        "stamp": stamp if stamp in ("missing",) or stamp.startswith("unreadable") else f"{stamp}|{fp}",
+                        "fingerprint": fp}, JOB, None)
             if j is not None and rows[j]["origin"] == SELF:
                 i = j  # a failed row whose source changed (the missing video is there now): in place
                 rows[i] = new
             else:
                 i = len(rows)
                 rows.append(new)
-            index[ident] = i
+            by_content[window + (fp,)] = i
         elif retry_failed and i < len(status) and status[i] != "ok" and rows[i]["origin"] == SELF:
             rows[i] = _row(rows[i], JOB, None)
         lab["feature_row"] = i
@@ -216,7 +323,16 @@ def build_plan(
                 if k is not None:
                     r["origin"], r["origin_row"] = lg.path.name, k
                     break
-    return Plan(rows=rows, samples=labels, n_before=len(existing), root=str(root))
+    notes = []
+    if changed:
+        notes.append(f"{len(changed)} source(s) changed since their features were extracted (same path, other "
+                     f"content): extracted again, the old rows kept: {', '.join(changed[:5])}"
+                     + (f" (+{len(changed) - 5} more)" if len(changed) > 5 else ""))
+    if upgraded:
+        notes.append(f"{upgraded} row(s) recorded before content fingerprints now carry their source's "
+                     f"fingerprint (trusted by path and size this once)")
+    return Plan(rows=rows, samples=labels, n_before=len(existing), root=str(root), notes=notes,
+                fingerprints_added=upgraded)
 
 
 def keep_staged(cache_dir: Path, plan: Plan) -> int:
@@ -241,7 +357,8 @@ def keep_staged(cache_dir: Path, plan: Plan) -> int:
 def _row(r: Mapping[str, Any], origin: str, origin_row: int | None) -> dict[str, Any]:
     ident = identity(r)
     return {"id": str(r["id"]), "source": ident[0], "frame_start": ident[1], "frame_end": ident[2],
-            "stamp": ident[3], "name": row_name(ident), "origin": origin, "origin_row": origin_row}
+            "stamp": ident[3], "fingerprint": str(r.get("fingerprint") or ""), "name": row_name(ident),
+            "origin": origin, "origin_row": origin_row}
 
 
 # ----------------------------------------------------------------------------- label table

@@ -98,7 +98,8 @@ EXTRACTION_COLUMNS = ("status", "error", "n_source_frames", "short", "frame_indi
 
 #: Columns of ``rows.parquet``, one row per store row: what was extracted (``source`` relative to the
 #: dataset root, frame window, ``stamp`` = the source's size when it was extracted, see
-#: :func:`.plan.source_stamp`), for which sample id first, and how it went.
+#: :func:`.plan.source_stamp`; ``fingerprint`` = its content hash, :func:`.plan.source_fingerprint`,
+#: "" in caches made before it), for which sample id first, and how it went.
 ROW_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -106,6 +107,7 @@ ROW_SCHEMA = pa.schema(
         ("frame_start", pa.int64()),
         ("frame_end", pa.int64()),
         ("stamp", pa.string()),
+        ("fingerprint", pa.string()),
         ("status", pa.string()),
         ("error", pa.string()),
         ("n_source_frames", pa.int64()),
@@ -133,6 +135,7 @@ EXTRACTION_DEFAULTS: dict[str, Any] = {
     "frame_indices": [],
     "feature_row": None,
     "stamp": "",
+    "fingerprint": "",
 }
 
 
