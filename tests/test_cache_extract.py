@@ -390,3 +390,32 @@ def test_decoder_damage_fails_the_sample_unless_kept_and_is_counted_apart(tmp_pa
     assert rows["b"]["status"] == "ok" and rows["b"]["error"].startswith("damaged: ")
     assert "2 of 3 samples ok, 1 kept with frames decoded from damaged data" in _logged(caplog)
     assert cache_info(kept)["padded"]["damaged"] == 1
+
+
+def test_frame_size_change_fails_its_sample_only(tmp_path):
+    """A video whose frame size changes mid-stream (two segments joined) and a frame folder with one
+    image of another size fail as `unsupported` (status error) naming the frame and both sizes; the
+    good sample beside them is extracted."""
+    from PIL import Image
+
+    from fixtures.videos import encode_video
+
+    root = make_dataset(tmp_path / "data", {"good": 14, "joined": 14, "folder": 14})
+    y, x = np.mgrid[0:24, 0:32]
+    frames = np.stack([np.stack([(x * 7 + t * 5) % 256, (y * 3 + t) % 256, (x + y) % 256], -1)
+                       for t in range(14)]).astype(np.uint8)
+    a = encode_video(tmp_path / "a.ts", frames[:6], "mpeg2video", "yuv420p")
+    b = encode_video(tmp_path / "b.ts", np.repeat(np.repeat(frames[6:], 2, 1), 2, 2), "mpeg2video", "yuv420p")
+    (root / "videos" / "joined.mkv").write_bytes(a.read_bytes() + b.read_bytes())  # FFmpeg goes by content
+    folder = root / "videos" / "folder.mkv"
+    folder.unlink()
+    folder.mkdir()  # the annotation names it; a folder there is read as frames
+    for t, f in enumerate(frames):
+        Image.fromarray(f if t != 9 else f[:, :30]).save(folder / f"{t:05d}.png")
+    c = open_cache(_extract(root, tmp_path / "cache"))
+    got = {r["id"]: r for r in c.samples.to_pylist()}
+    assert got["good"]["status"] == "ok"
+    for sid, odd, name in (("joined", "64x48", "joined.mkv"), ("folder", "30x24", "00009.png")):
+        assert got[sid]["status"] == "error", got[sid]
+        err = got[sid]["error"]
+        assert name in err and "frame size changes" in err and odd in err and "32x24" in err
