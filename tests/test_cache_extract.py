@@ -419,3 +419,36 @@ def test_frame_size_change_fails_its_sample_only(tmp_path):
         assert got[sid]["status"] == "error", got[sid]
         err = got[sid]["error"]
         assert name in err and "frame size changes" in err and odd in err and "32x24" in err
+
+
+def test_deleted_store_says_how_to_rebuild_it(tmp_path, caplog):
+    """A deleted features.h5: every reader names the missing store and the features command that
+    rebuilds it (no --backend where there is no other store); the rerun extracts it again, equal
+    to a clean build. With a zarr store beside it, the message names both and the rerun copies it."""
+    from udaqa_pipeline.cache.manifest import CacheError
+
+    caplog.set_level(logging.INFO, logger="udaqa_pipeline")
+    root = make_dataset(tmp_path / "data", {"a": 14, "b": 14})
+    clean = _extract(root, tmp_path / "clean")
+    p = _extract(root, tmp_path / "cache")
+    (p / "features.h5").unlink()
+    with pytest.raises(CacheError) as e:
+        open_cache(p)
+    msg = str(e.value)
+    assert "features.h5 is missing" in msg and "udaqa-pipeline features folder" in msg and "again" in msg
+    assert "--backend" not in msg and "\n" not in msg
+    assert _extract(root, tmp_path / "cache") == p
+    assert "extracting the features again" in caplog.text
+    _same_cache(p, clean)
+    # another store there: it is named, and the rerun copies it back without I3D work
+    _extract(root, tmp_path / "cache", backend="zarr")
+    (p / "features.h5").unlink()
+    with pytest.raises(CacheError) as e:
+        open_cache(p)
+    assert "zarr store is there" in str(e.value) and "--backend hdf5" in str(e.value)
+    assert open_cache(p, backend="zarr").features.tobytes() == open_cache(clean).features.tobytes()
+    stats: dict = {}
+    _extract(root, tmp_path / "cache", backend="hdf5", stats=stats)
+    assert stats["processed"] == 0
+    assert open_cache(p, backend="hdf5").features.tobytes() == open_cache(clean).features.tobytes()
+    _same_cache(p, clean)

@@ -456,6 +456,29 @@ def _check_manifest(path: Path, manifest: dict[str, Any], require_complete: bool
         )
 
 
+def present_stores(path: Path, manifest: Mapping[str, Any]) -> list[str]:
+    """The backends the manifest lists whose store is on disk."""
+    return [b for b, name in manifest.get("stores", {}).items() if (Path(path) / name).exists()]
+
+
+def _no_store_message(path: Path, manifest: Mapping[str, Any], backend: str | None) -> str:
+    # Most commands (train, evaluate, score) have no --backend: the fix is the features command that
+    # rebuilds the store, and --backend is named only where another store could serve instead.
+    stage = manifest.get("dataset", "STAGE")
+    have = present_stores(path, manifest)
+    name = STORE_NAMES.get(backend or "", f"{backend} store")
+    rerun = f"rerun `udaqa-pipeline features {stage} ...` with the settings it was made with"
+    if backend in manifest.get("stores", {}):
+        what = f"cache {path}: its {backend} store {path / name} is missing (deleted or moved)"
+    else:
+        what = f"cache {path} has no {backend} store"
+    if not have:
+        return f"{what} and it has no other store; {rerun}: it extracts the features again into this cache"
+    other = have[0]
+    return (f"{what}; its {other} store is there: {rerun} and `--backend {backend}`, which copies the {other} store "
+            f"into a new {name} (no I3D work), or pass `--backend {other}` where the command takes one")
+
+
 def open_cache(path: str | Path, *, backend: str | None = None, require_complete: bool = True) -> FeatureCache:
     """Open the cache directory ``path`` (complete and self-consistent unless told otherwise).
 
@@ -470,8 +493,7 @@ def open_cache(path: str | Path, *, backend: str | None = None, require_complete
     stores = manifest.get("stores", {})
     backend = backend or manifest.get("backend") or next(iter(stores), None)
     if backend not in stores or not (path / stores[backend]).exists():
-        have = ", ".join(b for b in stores if (path / stores[b]).exists()) or "none"
-        raise CacheError(f"cache {path} has no {backend} store (present: {have}); choose --backend accordingly")
+        raise CacheError(_no_store_message(path, manifest, backend))
     sp = path / SAMPLES
     try:
         samples = pq.read_table(sp)
@@ -636,7 +658,9 @@ def _write_parquet(path: Path, table: pa.Table) -> None:
 
 def add_backend(path: str | Path, backend: str) -> Path:
     """Add a ``backend`` store to a complete cache by copying its existing store row by row (no I3D work)."""
-    cache = open_cache(path)
+    m = read_manifest(Path(path))
+    source = [b for b in present_stores(Path(path), m) if b != backend]
+    cache = open_cache(path, backend=source[0] if source else None)
     if backend in cache.manifest["stores"] and (cache.path / STORE_NAMES[backend]).exists():
         return cache.path / STORE_NAMES[backend]
     m = cache.manifest
