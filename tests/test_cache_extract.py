@@ -452,3 +452,53 @@ def test_deleted_store_says_how_to_rebuild_it(tmp_path, caplog):
     assert stats["processed"] == 0
     assert open_cache(p, backend="hdf5").features.tobytes() == open_cache(clean).features.tobytes()
     _same_cache(p, clean)
+
+
+def _read_only(monkeypatch, directory: Path) -> None:
+    """Every open for writing under ``directory`` fails with EROFS, as on a read-only mount (the
+    tests run as root, whom chmod does not stop)."""
+    import errno
+
+    real = os.open
+    inside = str(directory)
+
+    def ro_open(path, flags, *a, **kw):
+        if str(path).startswith(inside) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real(path, flags, *a, **kw)
+
+    monkeypatch.setattr(os, "open", ro_open)
+
+
+def test_read_only_cache_is_reused_and_a_write_is_one_line(tmp_path, monkeypatch):
+    """A cache on a read-only mount with nothing to do is reused (no lock taken); a label change or
+    a new sample, which must write, stops with one line naming the directory and the fix."""
+    import csv
+
+    from udaqa_pipeline.cache.manifest import CacheError
+
+    root = make_dataset(tmp_path / "data", {"a": 14, "b": 14})
+    p = _extract(root, tmp_path / "cache")
+    before = {f.name: f.read_bytes() for f in p.iterdir() if f.is_file()}
+    with monkeypatch.context() as m:
+        _read_only(m, tmp_path / "cache")
+        stats: dict = {}
+        assert _extract(root, tmp_path / "cache", stats=stats) == p
+        assert stats["processed"] == 0 and stats["reused"]
+        rows = list(csv.DictReader((root / "annotations.csv").open()))
+        rows[0]["final_score"] = "99.0"  # a label change: the label table must be rewritten
+        with (root / "annotations.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        with pytest.raises(CacheError) as e:
+            _extract(root, tmp_path / "cache")
+        msg = str(e.value)
+        assert str(p) in msg and "read-only" in msg and "writable" in msg and "--cache-root" in msg
+        assert "\n" not in msg
+        # a new sample (extraction, the shard's writer lock) says the same
+        make_dataset(root, {"a": 14, "b": 14, "c": 14})
+        with pytest.raises(CacheError, match="read-only.*--cache-root"):
+            _extract(root, tmp_path / "cache")
+    assert {f.name: f.read_bytes() for f in p.iterdir() if f.is_file()} == before
+    assert open_cache(_extract(root, tmp_path / "cache")).n_rows == 3  # writable again: it goes on
