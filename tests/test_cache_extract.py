@@ -502,3 +502,70 @@ def test_read_only_cache_is_reused_and_a_write_is_one_line(tmp_path, monkeypatch
             _extract(root, tmp_path / "cache")
     assert {f.name: f.read_bytes() for f in p.iterdir() if f.is_file()} == before
     assert open_cache(_extract(root, tmp_path / "cache")).n_rows == 3  # writable again: it goes on
+
+
+def test_disk_full_during_merge_or_staging_is_one_line_and_a_rerun_recovers(tmp_path, monkeypatch):
+    """ENOSPC while the store is written under its temporary name, or while a row is staged: one
+    CacheError naming the file, the bytes and the fix; the partial store is removed, the store in
+    place and the staged rows stay, and a rerun once there is room gives the clean cache."""
+    import errno
+
+    from udaqa_pipeline.cache import store as store_mod
+    from udaqa_pipeline.cache import staging as staging_mod
+    from udaqa_pipeline.cache.manifest import CacheError, storage_error
+
+    vids = {"a": 14, "b": 14, "c": 14}
+    clean = _extract(make_dataset(tmp_path / "clean-data", vids), tmp_path / "clean")
+    root = make_dataset(tmp_path / "data", {"a": 14, "b": 14})
+    p = _extract(root, tmp_path / "cache")
+    before = (p / "features.h5").read_bytes()
+    make_dataset(root, vids)
+
+    real_write, calls = store_mod._H5Writer.write, []
+
+    def full_disk(self, name, index, value):
+        calls.append(name)
+        if len(calls) > 3:  # mid-write: some rows are in the partial store already
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(self, name, index, value)
+
+    with monkeypatch.context() as m:
+        m.setattr(store_mod._H5Writer, "write", full_disk)
+        with pytest.raises(CacheError) as e:
+            _extract(root, tmp_path / "cache")
+    msg = str(e.value)
+    assert "no space left" in msg and "features.h5.partial" in msg and "MB needed" in msg
+    assert "--cache-root" in msg and "\n" not in msg
+    assert not (p / "features.h5.partial").exists() and (p / "features.h5").read_bytes() == before
+    assert len(list((p / STAGING).rglob("*.npz"))) == 1  # c's row, extracted once, kept
+    stats: dict = {}
+    _extract(root, tmp_path / "cache", stats=stats)
+    assert stats["processed"] == 0  # nothing extracted again: the staged row is merged
+    _same_cache(p, clean)
+
+    # the disk fills while rows are staged: the rows staged before stay, the rerun extracts the rest
+    root2 = make_dataset(tmp_path / "data2", vids)
+    real_atomic, n = staging_mod.atomic_write_bytes, []
+
+    def full_staging(path, data):
+        n.append(path)
+        if len(n) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_atomic(path, data)
+
+    with monkeypatch.context() as m:
+        m.setattr(staging_mod, "atomic_write_bytes", full_staging)
+        with pytest.raises(CacheError, match=r"no space left writing .*staging.*\.npz.*MB needed.*--cache-root"):
+            _extract(root2, tmp_path / "cache2")
+    q = next((tmp_path / "cache2").iterdir())
+    staged = len(list((q / STAGING).rglob("*.npz")))  # the rows whose write went through (queued ones too)
+    assert 1 <= staged < 3 and not list((q / STAGING).rglob("*.tmp"))
+    stats = {}
+    _same_cache(_extract(root2, tmp_path / "cache2", stats=stats), clean)
+    assert stats["processed"] == 3 - staged
+    # h5py reports the errno in its message only; a quota is the same kind
+    h5 = OSError("Can't synchronously write data (file write failed: time = x, filename = 'f', errno = 28, "
+                 "error message = 'No space left on device')")
+    assert "no space left" in str(storage_error(h5, tmp_path / "f", 2_000_000))
+    assert "2.0 MB needed" in str(storage_error(OSError(errno.EDQUOT, "quota"), tmp_path / "f", 2_000_000))
+    assert storage_error(OSError(errno.EIO, "io"), tmp_path / "f") is None  # anything else keeps its traceback

@@ -82,7 +82,10 @@ def storage_error(exc: BaseException, path: str | Path, needed: int | None = Non
 def write_manifest(cache_dir: Path, manifest: dict[str, Any]) -> None:
     """Atomically (re)write ``manifest.json`` in ``cache_dir``."""
     text = json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n"
-    atomic_write_bytes(Path(cache_dir) / MANIFEST, text.encode())
+    try:
+        atomic_write_bytes(Path(cache_dir) / MANIFEST, text.encode())
+    except OSError as e:
+        raise (storage_error(e, Path(cache_dir) / MANIFEST) or e) from None
 
 
 def read_manifest(cache_dir: Path) -> dict[str, Any]:

@@ -63,6 +63,7 @@ from .manifest import (
     atomic_write_bytes,
     key_hash,
     read_manifest,
+    storage_error,
     write_manifest,
 )
 
@@ -254,26 +255,48 @@ def write_store(
         "video": ((n,) + tuple(video_shape), np.uint8, 0),
         "clip_starts": ((len(clip_starts),), np.int64, 0),
     }
-    w = _open_writer(backend, tmp, shapes, dict(attrs or {}))
     try:
-        if n and len(clip_starts):
-            w.write("clip_starts", slice(None), np.asarray(clip_starts, dtype=np.int64))
-        for i, feats, video in rows:
-            if feats is not None:
-                feats = np.asarray(feats, dtype=np.float32)
-                if feats.shape != (n_views, n_clips, FEATURE_DIM):
-                    raise ValueError(f"row {i}: features shape {feats.shape}, expected {(n_views, n_clips, FEATURE_DIM)}")
-                w.write("features", i, feats)
-            if video is not None:
-                video = np.asarray(video)
-                if video.shape != tuple(video_shape) or video.dtype != np.uint8:
-                    raise ValueError(f"row {i}: video {video.shape} {video.dtype}, expected {tuple(video_shape)} uint8")
-                w.write("video", i, video)
-    finally:
+        w = _open_writer(backend, tmp, shapes, dict(attrs or {}))
+        try:
+            _write_rows(w, n, n_views, n_clips, video_shape, clip_starts, rows)
+        except BaseException:
+            try:
+                w.close()
+            except Exception:  # noqa: BLE001 - the write failed already (a full disk fails the close too)
+                pass
+            raise
         w.close()
+    except BaseException as e:
+        # the partial store goes; the store in place and the staged rows stay for the rerun
+        try:
+            _remove(tmp)
+        except OSError:
+            pass
+        needed = n * (n_views * n_clips * FEATURE_DIM * 4 + int(np.prod(video_shape)))
+        err = storage_error(e, tmp, needed) if isinstance(e, Exception) else None
+        if err is None:
+            raise
+        raise err from None
     _remove(store_path)
     os.replace(tmp, store_path)
     return store_path
+
+
+def _write_rows(w: Any, n: int, n_views: int, n_clips: int, video_shape: tuple[int, int, int, int],
+                clip_starts: Sequence[int], rows: Iterable[tuple[int, np.ndarray | None, np.ndarray | None]]) -> None:
+    if n and len(clip_starts):
+        w.write("clip_starts", slice(None), np.asarray(clip_starts, dtype=np.int64))
+    for i, feats, video in rows:
+        if feats is not None:
+            feats = np.asarray(feats, dtype=np.float32)
+            if feats.shape != (n_views, n_clips, FEATURE_DIM):
+                raise ValueError(f"row {i}: features shape {feats.shape}, expected {(n_views, n_clips, FEATURE_DIM)}")
+            w.write("features", i, feats)
+        if video is not None:
+            video = np.asarray(video)
+            if video.shape != tuple(video_shape) or video.dtype != np.uint8:
+                raise ValueError(f"row {i}: video {video.shape} {video.dtype}, expected {tuple(video_shape)} uint8")
+            w.write("video", i, video)
 
 
 def read_store_arrays(store_path: Path, backend: str, names: Sequence[str], index: Any = slice(None)) -> dict[str, np.ndarray]:
@@ -653,7 +676,11 @@ def write_rows(cache_dir: Path, table: pa.Table) -> None:
 def _write_parquet(path: Path, table: pa.Table) -> None:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, write_page_checksum=True)  # `cache verify` checks page CRCs
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    data = sink.getvalue().to_pybytes()
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as e:
+        raise (storage_error(e, path, len(data)) or e) from None
 
 
 def add_backend(path: str | Path, backend: str) -> Path:
