@@ -137,11 +137,11 @@ def test_iter_frames_chunks_concatenate_to_read_frames(tmp_path: Path) -> None:
     for rotation in (90, -90):
         turned = encode_video(tmp_path / f"r{rotation}.mkv", stored_for_display(upright, rotation), rotation=rotation)
         np.testing.assert_array_equal(np.concatenate(list(iter_frames(turned, chunk=16))), upright)
-    # A frame of another size in a later chunk is a corrupt source naming that frame, not a numpy error.
+    # A frame of another size in a later chunk is refused naming that frame, not a numpy error.
     Image.fromarray(np.zeros((30, 24, 3), np.uint8)).save(folder / "img_17.png")
-    with pytest.raises(VideoError, match="img_17.png.*differs") as err:
+    with pytest.raises(VideoError, match="img_17.png.*the frame size changes") as err:
         list(iter_frames(folder, chunk=16))
-    assert err.value.kind == "corrupt"
+    assert err.value.kind == "unsupported"
 
 
 def test_streamed_clip_within_one_window_equals_one_pass(real_model: I3D, tmp_path: Path, spy: dict) -> None:

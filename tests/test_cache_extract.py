@@ -390,3 +390,182 @@ def test_decoder_damage_fails_the_sample_unless_kept_and_is_counted_apart(tmp_pa
     assert rows["b"]["status"] == "ok" and rows["b"]["error"].startswith("damaged: ")
     assert "2 of 3 samples ok, 1 kept with frames decoded from damaged data" in _logged(caplog)
     assert cache_info(kept)["padded"]["damaged"] == 1
+
+
+def test_frame_size_change_fails_its_sample_only(tmp_path):
+    """A video whose frame size changes mid-stream (two segments joined) and a frame folder with one
+    image of another size fail as `unsupported` (status error) naming the frame and both sizes; the
+    good sample beside them is extracted."""
+    from PIL import Image
+
+    from fixtures.videos import encode_video
+
+    root = make_dataset(tmp_path / "data", {"good": 14, "joined": 14, "folder": 14})
+    y, x = np.mgrid[0:24, 0:32]
+    frames = np.stack([np.stack([(x * 7 + t * 5) % 256, (y * 3 + t) % 256, (x + y) % 256], -1)
+                       for t in range(14)]).astype(np.uint8)
+    a = encode_video(tmp_path / "a.ts", frames[:6], "mpeg2video", "yuv420p")
+    b = encode_video(tmp_path / "b.ts", np.repeat(np.repeat(frames[6:], 2, 1), 2, 2), "mpeg2video", "yuv420p")
+    (root / "videos" / "joined.mkv").write_bytes(a.read_bytes() + b.read_bytes())  # FFmpeg goes by content
+    folder = root / "videos" / "folder.mkv"
+    folder.unlink()
+    folder.mkdir()  # the annotation names it; a folder there is read as frames
+    for t, f in enumerate(frames):
+        Image.fromarray(f if t != 9 else f[:, :30]).save(folder / f"{t:05d}.png")
+    c = open_cache(_extract(root, tmp_path / "cache"))
+    got = {r["id"]: r for r in c.samples.to_pylist()}
+    assert got["good"]["status"] == "ok"
+    for sid, odd, name in (("joined", "64x48", "joined.mkv"), ("folder", "30x24", "00009.png")):
+        assert got[sid]["status"] == "error", got[sid]
+        err = got[sid]["error"]
+        assert name in err and "frame size changes" in err and odd in err and "32x24" in err
+
+
+def test_deleted_store_says_how_to_rebuild_it(tmp_path, caplog):
+    """A deleted features.h5: every reader names the missing store and the features command that
+    rebuilds it (no --backend where there is no other store); the rerun extracts it again, equal
+    to a clean build. With a zarr store beside it, the message names both and the rerun copies it."""
+    from udaqa_pipeline.cache.manifest import CacheError
+
+    caplog.set_level(logging.INFO, logger="udaqa_pipeline")
+    root = make_dataset(tmp_path / "data", {"a": 14, "b": 14})
+    clean = _extract(root, tmp_path / "clean")
+    p = _extract(root, tmp_path / "cache")
+    (p / "features.h5").unlink()
+    with pytest.raises(CacheError) as e:
+        open_cache(p)
+    msg = str(e.value)
+    assert "features.h5 is missing" in msg and "udaqa-pipeline features folder" in msg and "again" in msg
+    assert "--backend" not in msg and "\n" not in msg
+    assert _extract(root, tmp_path / "cache") == p
+    assert "extracting the features again" in caplog.text
+    _same_cache(p, clean)
+    # another store there: it is named, and the rerun copies it back without I3D work
+    _extract(root, tmp_path / "cache", backend="zarr")
+    (p / "features.h5").unlink()
+    with pytest.raises(CacheError) as e:
+        open_cache(p)
+    assert "zarr store is there" in str(e.value) and "--backend hdf5" in str(e.value)
+    assert open_cache(p, backend="zarr").features.tobytes() == open_cache(clean).features.tobytes()
+    stats: dict = {}
+    _extract(root, tmp_path / "cache", backend="hdf5", stats=stats)
+    assert stats["processed"] == 0
+    assert open_cache(p, backend="hdf5").features.tobytes() == open_cache(clean).features.tobytes()
+    _same_cache(p, clean)
+
+
+def _read_only(monkeypatch, directory: Path) -> None:
+    """Every open for writing under ``directory`` fails with EROFS, as on a read-only mount (the
+    tests run as root, whom chmod does not stop)."""
+    import errno
+
+    real = os.open
+    inside = str(directory)
+
+    def ro_open(path, flags, *a, **kw):
+        if str(path).startswith(inside) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real(path, flags, *a, **kw)
+
+    monkeypatch.setattr(os, "open", ro_open)
+
+
+def test_read_only_cache_is_reused_and_a_write_is_one_line(tmp_path, monkeypatch):
+    """A cache on a read-only mount with nothing to do is reused (no lock taken); a label change or
+    a new sample, which must write, stops with one line naming the directory and the fix."""
+    import csv
+
+    from udaqa_pipeline.cache.manifest import CacheError
+
+    root = make_dataset(tmp_path / "data", {"a": 14, "b": 14})
+    p = _extract(root, tmp_path / "cache")
+    before = {f.name: f.read_bytes() for f in p.iterdir() if f.is_file()}
+    with monkeypatch.context() as m:
+        _read_only(m, tmp_path / "cache")
+        stats: dict = {}
+        assert _extract(root, tmp_path / "cache", stats=stats) == p
+        assert stats["processed"] == 0 and stats["reused"]
+        rows = list(csv.DictReader((root / "annotations.csv").open()))
+        rows[0]["final_score"] = "99.0"  # a label change: the label table must be rewritten
+        with (root / "annotations.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        with pytest.raises(CacheError) as e:
+            _extract(root, tmp_path / "cache")
+        msg = str(e.value)
+        assert str(p) in msg and "read-only" in msg and "writable" in msg and "--cache-root" in msg
+        assert "\n" not in msg
+        # a new sample (extraction, the shard's writer lock) says the same
+        make_dataset(root, {"a": 14, "b": 14, "c": 14})
+        with pytest.raises(CacheError, match="read-only.*--cache-root"):
+            _extract(root, tmp_path / "cache")
+    assert {f.name: f.read_bytes() for f in p.iterdir() if f.is_file()} == before
+    assert open_cache(_extract(root, tmp_path / "cache")).n_rows == 3  # writable again: it goes on
+
+
+def test_disk_full_during_merge_or_staging_is_one_line_and_a_rerun_recovers(tmp_path, monkeypatch):
+    """ENOSPC while the store is written under its temporary name, or while a row is staged: one
+    CacheError naming the file, the bytes and the fix; the partial store is removed, the store in
+    place and the staged rows stay, and a rerun once there is room gives the clean cache."""
+    import errno
+
+    from udaqa_pipeline.cache import store as store_mod
+    from udaqa_pipeline.cache import staging as staging_mod
+    from udaqa_pipeline.cache.manifest import CacheError, storage_error
+
+    vids = {"a": 14, "b": 14, "c": 14}
+    clean = _extract(make_dataset(tmp_path / "clean-data", vids), tmp_path / "clean")
+    root = make_dataset(tmp_path / "data", {"a": 14, "b": 14})
+    p = _extract(root, tmp_path / "cache")
+    before = (p / "features.h5").read_bytes()
+    make_dataset(root, vids)
+
+    real_write, calls = store_mod._H5Writer.write, []
+
+    def full_disk(self, name, index, value):
+        calls.append(name)
+        if len(calls) > 3:  # mid-write: some rows are in the partial store already
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(self, name, index, value)
+
+    with monkeypatch.context() as m:
+        m.setattr(store_mod._H5Writer, "write", full_disk)
+        with pytest.raises(CacheError) as e:
+            _extract(root, tmp_path / "cache")
+    msg = str(e.value)
+    assert "no space left" in msg and "features.h5.partial" in msg and "MB needed" in msg
+    assert "--cache-root" in msg and "\n" not in msg
+    assert not (p / "features.h5.partial").exists() and (p / "features.h5").read_bytes() == before
+    assert len(list((p / STAGING).rglob("*.npz"))) == 1  # c's row, extracted once, kept
+    stats: dict = {}
+    _extract(root, tmp_path / "cache", stats=stats)
+    assert stats["processed"] == 0  # nothing extracted again: the staged row is merged
+    _same_cache(p, clean)
+
+    # the disk fills while rows are staged: the rows staged before stay, the rerun extracts the rest
+    root2 = make_dataset(tmp_path / "data2", vids)
+    real_atomic, n = staging_mod.atomic_write_bytes, []
+
+    def full_staging(path, data):
+        n.append(path)
+        if len(n) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_atomic(path, data)
+
+    with monkeypatch.context() as m:
+        m.setattr(staging_mod, "atomic_write_bytes", full_staging)
+        with pytest.raises(CacheError, match=r"no space left writing .*staging.*\.npz.*MB needed.*--cache-root"):
+            _extract(root2, tmp_path / "cache2")
+    q = next((tmp_path / "cache2").iterdir())
+    staged = len(list((q / STAGING).rglob("*.npz")))  # the rows whose write went through (queued ones too)
+    assert 1 <= staged < 3 and not list((q / STAGING).rglob("*.tmp"))
+    stats = {}
+    _same_cache(_extract(root2, tmp_path / "cache2", stats=stats), clean)
+    assert stats["processed"] == 3 - staged
+    # h5py reports the errno in its message only; a quota is the same kind
+    h5 = OSError("Can't synchronously write data (file write failed: time = x, filename = 'f', errno = 28, "
+                 "error message = 'No space left on device')")
+    assert "no space left" in str(storage_error(h5, tmp_path / "f", 2_000_000))
+    assert "2.0 MB needed" in str(storage_error(OSError(errno.EDQUOT, "quota"), tmp_path / "f", 2_000_000))
+    assert storage_error(OSError(errno.EIO, "io"), tmp_path / "f") is None  # anything else keeps its traceback

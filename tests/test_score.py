@@ -141,6 +141,40 @@ def test_score_folder_of_videos_survives_a_bad_file(trained, tmp_path):
     assert t["final_score"][2] is None and all(len(j) == 7 for j in t["judge_scores"][:2])
 
 
+def test_score_folder_with_names_that_are_not_utf8(trained, tmp_path, caplog):
+    """Linux names are bytes: a video, a frame folder and an unreadable file whose names are not UTF-8
+    are scored (or reported) like any other, each row naming its file with \\xNN escapes; every good
+    row is written."""
+    import logging
+    import os
+
+    from udaqa_pipeline.inference.score import display_text, score, write_rows
+
+    root, cache_root, run = trained
+    vids = tmp_path / "videos"
+    vids.mkdir()
+    raw = os.fsencode(vids)
+    write_mp4(root / "frames" / "01_01", vids / "a.mkv")
+    write_mp4(root / "frames" / "01_01", Path(os.fsdecode(raw + b"/bad\xff.mkv")))
+    shutil.copytree(root / "frames" / "02_03", os.fsdecode(raw + b"/frames\xe9\xfd"))
+    Path(os.fsdecode(raw + b"/worse\xfe.mp4")).write_bytes(b"\x00not a video" * 100)
+    caplog.set_level(logging.WARNING, logger="udaqa_pipeline")
+    res = score(vids, run, difficulty=2.5, out=tmp_path / "scores.parquet")
+    t = pq.read_table(res["out"]).to_pydict()
+    assert [Path(p).name for p in t["path"]] == ["a.mkv", "bad\\xff.mkv", "frames\\xe9\\xfd", "worse\\xfe.mp4"]
+    assert t["status"][:3] == ["ok", "ok", "ok"] and t["status"][3] != "ok" and "worse\\xfe.mp4" in t["error"][3]
+    assert t["judge_scores"][1] == t["judge_scores"][0]  # the same frames under an odd name: the same row
+    assert res["rows"][1]["path"] == t["path"][1]  # what the command prints is the escaped name too
+    warned = [r.getMessage() for r in caplog.records if "not valid UTF-8" in r.getMessage()]
+    assert len(warned) == 3 and all("rename" in w for w in warned)
+    # written directly, any text column is made safe the same way; valid UTF-8 is left as it is
+    out = write_rows([{"path": "caf\u00e9.mkv", "status": "error", "error": "x: \udcff", "group": "g\udc80"}],
+                     tmp_path / "direct.parquet")
+    d = pq.read_table(out).to_pydict()
+    assert d["path"] == ["caf\u00e9.mkv"] and d["error"] == ["x: \\xff"] and d["group"] == ["g\\x80"]
+    assert display_text("x\ud800") == "x\\ud800"
+
+
 def test_tampered_and_foreign_checkpoints_are_refused(trained, tmp_path):
     from udaqa_pipeline.inference.score import score
     from udaqa_pipeline.runs.checkpoint import CHECKPOINT_FORMAT

@@ -161,7 +161,7 @@ def test_error_kinds_are_machine_readable(tmp_path, mkv):
     sizes.mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(sizes / "0.png")
     Image.fromarray(np.zeros((8, 9, 3), np.uint8)).save(sizes / "1.png")
-    assert kind_of(read_frames, sizes) == "corrupt"
+    assert kind_of(read_frames, sizes) == "unsupported"  # one frame size per read, as a video whose size changes
     idx_folder = tmp_path / "fr"
     idx_folder.mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(idx_folder / "0.png")
@@ -292,6 +292,93 @@ def test_avi_cut_before_its_index_is_truncated(tmp_path):
     with pytest.raises(VideoError, match="states 90 frames") as e:
         read_frames(part)
     assert e.value.kind == "truncated"
+
+
+def _overstate_avi_count(path: Path, frames: int, out: Path) -> Path:
+    """``path`` (an FFmpeg-written AVI) with its headers stating ``frames`` frames: the main header's
+    dwTotalFrames, the video stream header's dwLength and the OpenDML dmlh total. Data and index unchanged."""
+    import struct
+
+    data = bytearray(Path(path).read_bytes())
+    assert data[:4] == b"RIFF" and data[24:28] == b"avih"
+    struct.pack_into("<I", data, 48, frames)  # avih payload at 32: dwMicroSecPerFrame, ..., dwTotalFrames at +16
+    strh = data.find(b"strh")
+    struct.pack_into("<I", data, strh + 8 + 32, frames)  # fccType .. dwStart (32 bytes), then dwLength
+    dmlh = data.find(b"dmlh")
+    if dmlh > 0:
+        struct.pack_into("<I", data, dmlh + 8, frames)
+    Path(out).write_bytes(bytes(data))
+    return Path(out)
+
+
+@pytest.mark.parametrize("codec,stated", [("mpeg4", 45), ("mjpeg", 31)])
+def test_avi_whose_header_overstates_its_count_is_whole(tmp_path, codec, stated):
+    """Every frame and the index are there, only the header says more: the frames that decode are the
+    video (a window past them is too long, never truncated)."""
+    from udaqa_pipeline.video.decode import VideoFile
+
+    frames = _moving(30, 32, 48)
+    whole = encode_video(tmp_path / "v.avi", frames, codec, "yuv420p" if codec == "mpeg4" else "yuvj420p")
+    over = _overstate_avi_count(whole, stated, tmp_path / "over.avi")
+    with VideoFile(over) as v:
+        count = v.container_count()
+    assert count.header == stated and count.frames == 30 and not count.truncated
+    assert count_frames(over) == 30 and count_frames(over, exact=False) == 30
+    np.testing.assert_array_equal(read_frames(over), read_frames(whole))
+    np.testing.assert_array_equal(read_frames(over, indices=[29, 0]), read_frames(whole, indices=[29, 0]))
+    with pytest.raises(VideoError) as e:
+        read_frames(over, indices=[stated - 1])
+    assert e.value.kind == "too_short"
+    # the same file cut short is still truncated: its trailing index is gone
+    from fixtures.videos import cut
+
+    long = encode_video(tmp_path / "l.avi", _moving(90), codec, "yuv420p" if codec == "mpeg4" else "yuvj420p")
+    with pytest.raises(VideoError, match="states 150 frames") as e:
+        read_frames(cut(_overstate_avi_count(long, 150, tmp_path / "lo.avi"), 0.5, tmp_path / "half.avi"))
+    assert e.value.kind == "truncated"
+
+
+def _size_change_ts(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    """An MPEG-TS video whose frame size changes mid-stream (48x32, then 64x48): two segments joined
+    byte for byte, as recorders and `cat` make them."""
+    a = encode_video(tmp_path / "a.ts", _moving(10, 32, 48), "mpeg2video", "yuv420p")
+    b = encode_video(tmp_path / "b.ts", _moving(10, 48, 64), "mpeg2video", "yuv420p")
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(a.read_bytes() + b.read_bytes())
+    return joined, read_frames(a), read_frames(b)
+
+
+def test_frame_size_change_mid_stream_is_unsupported(tmp_path):
+    from udaqa_pipeline.video.decode import iter_frames
+
+    joined, first, _ = _size_change_ts(tmp_path)
+    n1 = sum(1 for f in av.open(str(joined)).decode(video=0) if f.width == 48)  # frames before the change
+    for call in (lambda: read_frames(joined), lambda: read_frames(joined, indices=[n1 + 2, 0, 1]),
+                 lambda: list(iter_frames(joined, chunk=3)), lambda: read_frames(joined, start=2, stop=n1 + 1)):
+        with pytest.raises(VideoError) as e:
+            call()
+        assert e.value.kind == "unsupported" and "joined.ts" in str(e.value)
+        assert "64x48" in e.value.reason and "48x32" in e.value.reason and "scale=" in e.value.fix
+    with pytest.raises(VideoError, match=f"frame {n1} is 64x48 but frame 0 is 48x32"):
+        read_frames(joined)
+    # a read inside one size is fine
+    assert read_frames(joined, indices=[0, n1 - 1]).shape == (2, 32, 48, 3)
+    assert read_frames(joined, start=n1).shape[1:] == (48, 64, 3)
+
+
+def test_frame_folder_with_an_image_of_another_size_is_unsupported(tmp_path):
+    from udaqa_pipeline.video.decode import iter_frames
+
+    d = tmp_path / "frames"
+    d.mkdir()
+    for i, f in enumerate(_moving(8, 32, 48)):
+        Image.fromarray(f if i != 5 else f[:24]).save(d / f"{i + 1:05d}.png")
+    for call in (lambda: read_frames(d), lambda: read_frames(d, indices=[7, 5]), lambda: list(iter_frames(d, chunk=5))):
+        with pytest.raises(VideoError) as e:
+            call()
+        assert e.value.kind == "unsupported" and e.value.path.name == "00006.png"
+        assert "48x24" in e.value.reason and "48x32" in e.value.reason and "frame 5" in e.value.reason
+    assert read_frames(d, indices=[0, 4, 6]).shape == (3, 32, 48, 3)
 
 
 def test_complete_files_are_not_truncated(tmp_path, web_mp4):

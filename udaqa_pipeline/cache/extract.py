@@ -92,7 +92,7 @@ from .plan import (base_rows, build_plan, describe_changes, keep_staged, label_c
                    write_fingerprints)
 from .shard import Shard, parse_shard, shard_indices, torchrun_env
 from .staging import cleanup_staging, drop_failed_staged, shard_dir, staged_files, write_staged
-from .store import add_backend, now_iso
+from .store import add_backend, now_iso, present_stores
 from .verify import DAMAGED_NOTE, FILLED_NOTE, padding_summary
 
 log = logging.getLogger(__name__)
@@ -512,6 +512,8 @@ def _settle(run: _Run, retry_failed: bool) -> dict[str, Any] | None:
     if run.lead and manifest is not None and manifest.get("merging"):
         log.info(f"{run.cache_dir}: finishing a merge that was interrupted")
         merge_cache(run.cache_dir)
+    if run.lead and manifest is not None and manifest.get("complete"):
+        _forget_lost_stores(run.cache_dir, manifest)
     if run.lead and manifest is not None and retry_failed:
         n = drop_failed_staged(run.cache_dir)
         if n:
@@ -521,6 +523,27 @@ def _settle(run: _Run, retry_failed: bool) -> dict[str, Any] | None:
 
         dist.barrier()  # rank 0 has finished any interrupted merge before anyone reads the cache's state
     return _read_manifest_if_any(run.cache_dir)
+
+
+def _forget_lost_stores(cache_dir: Path, manifest: dict[str, Any]) -> None:
+    """A store deleted from a complete cache: with another store left, the manifest stops listing
+    it (this run copies it back when ``cache.backend`` asks for it); with none left, the cache is
+    started again (every row is extracted; staged rows are kept and reused)."""
+    stores = manifest.get("stores", {})
+    have = present_stores(cache_dir, manifest)
+    lost = [STORE_NAMES.get(b, b) for b in stores if b not in have]
+    if not lost:
+        return
+    if have:
+        log.warning(f"{cache_dir}: {', '.join(lost)} is missing; the {have[0]} store is there and is copied when "
+                    f"another store is asked for")
+        manifest["stores"] = {b: stores[b] for b in have}
+        if manifest.get("backend") not in manifest["stores"]:
+            manifest["backend"] = have[0]
+        write_manifest(cache_dir, manifest)
+        return
+    log.warning(f"{cache_dir}: its feature store {', '.join(lost)} is missing: extracting the features again")
+    (cache_dir / "manifest.json").unlink()
 
 
 def _plan(run: _Run, samples: Sequence[Any], manifest: Mapping[str, Any] | None, *, limit: int | None,

@@ -10,6 +10,9 @@ Policy:
   file, the holder's pid, host and start time, and what to do.
 - The file is never unlinked (unlinking a flocked file lets two processes lock two different
   inodes); an unlocked, leftover lock file is harmless.
+- A directory the process cannot write (a read-only mount, another user's cache): the lock file
+  cannot be created, and the writer stops with one line naming the directory and the fix. A run
+  that writes nothing (a cache reused as it is) takes no lock.
 - Network filesystems: Linux NFSv4 maps flock to byte-range locks, which work across hosts. Where
   the filesystem has no locks at all (``ENOLCK``/``EOPNOTSUPP``), the writer refuses to run and says
   so, rather than risk two writers; shards on separate hosts should each write to a local cache
@@ -27,7 +30,7 @@ import socket
 import sys
 from pathlib import Path
 
-from .manifest import CacheError
+from .manifest import CacheError, storage_error
 
 
 class CacheLockedError(CacheError):
@@ -44,8 +47,14 @@ class CacheLock:
         self.previous: dict | None = None
 
     def acquire(self) -> "CacheLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            err = storage_error(e, self.path, what=self.what)
+            if err is None:
+                raise
+            raise err from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:

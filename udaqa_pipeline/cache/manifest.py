@@ -18,7 +18,9 @@ leaves the previous manifest or the new one, never half of one.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +47,45 @@ class CacheError(UdaqaError, RuntimeError):
     """A cache that cannot be used as asked; the message names the directory and the fix."""
 
 
+#: errno values of a write the storage refuses, as opposed to a bug: a full disk or quota, a
+#: read-only mount or a folder the process may not write.
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def storage_error(exc: BaseException, path: str | Path, needed: int | None = None,
+                  what: str = "cache") -> CacheError | None:
+    """The one-line :class:`CacheError` for a write to ``path`` that the storage refused (``exc`` an
+    ``OSError`` of :data:`NO_SPACE` or :data:`NOT_WRITABLE`, also when wrapped, as h5py does), else
+    ``None`` (the caller re-raises ``exc``). ``needed``: the bytes the write takes, when known."""
+    code = getattr(exc, "errno", None)
+    if code not in NO_SPACE | NOT_WRITABLE:
+        cause = exc.__cause__ or exc.__context__
+        code = getattr(cause, "errno", None)
+        if code not in NO_SPACE | NOT_WRITABLE:
+            text = str(exc)  # h5py reports the errno only in its message
+            code = next((c for c in NO_SPACE | NOT_WRITABLE if f"errno = {c}," in text or f"[Errno {c}]" in text), None)
+    if code is None:
+        return None
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    if code in NO_SPACE:
+        need = f", {needed / 1e6:.1f} MB needed" if needed else ""
+        return CacheError(f"no space left writing {path} ({os.strerror(code)}{need}); free space on that disk and "
+                          f"rerun the same command (what is staged is kept), or pass --cache-root DIR on a disk with "
+                          f"room")
+    return CacheError(f"cannot write {path} ({os.strerror(code)}): the {what} directory {folder} is read-only "
+                      f"for this process; make it writable, or pass --cache-root DIR (a writable folder) to build the "
+                      f"{what} there")
+
+
 def write_manifest(cache_dir: Path, manifest: dict[str, Any]) -> None:
     """Atomically (re)write ``manifest.json`` in ``cache_dir``."""
     text = json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n"
-    atomic_write_bytes(Path(cache_dir) / MANIFEST, text.encode())
+    try:
+        atomic_write_bytes(Path(cache_dir) / MANIFEST, text.encode())
+    except OSError as e:
+        raise (storage_error(e, Path(cache_dir) / MANIFEST) or e) from None
 
 
 def read_manifest(cache_dir: Path) -> dict[str, Any]:

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from ..fileutil import atomic_write_bytes, file_sha256
 from .lock import CacheLock
-from .manifest import ROWS, SAMPLES, STORE_NAMES, CacheError, read_manifest, write_manifest
+from .manifest import ROWS, SAMPLES, STORE_NAMES, CacheError, read_manifest, storage_error, write_manifest
 from .legacy import AdoptedRows, adopted
 from .plan import JOB, SELF, Plan, label_table_rows, labels_hash
 from .staging import STAGING, cleanup_staging, read_staged, shard_dir, staged_files
@@ -57,8 +57,15 @@ PLAN = "plan.json"
 
 
 def write_plan(cache_dir: Path, plan: Plan) -> None:
-    (Path(cache_dir) / STAGING).mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(Path(cache_dir) / STAGING / PLAN, plan.to_json())
+    target = Path(cache_dir) / STAGING / PLAN
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, plan.to_json())
+    except OSError as e:
+        err = storage_error(e, target)
+        if err is None:
+            raise
+        raise err from None
 
 
 def read_plan(cache_dir: Path) -> Plan | None:
@@ -151,19 +158,26 @@ def refresh_labels(cache_dir: Path, plan: Plan) -> bool:
     differs from the one on disk. Returns whether anything was written."""
     assert not plan.store_work, "refresh_labels commits label-only plans"
     cache_dir = Path(cache_dir)
+    if _labels_current(cache_dir, plan, read_manifest(cache_dir)):
+        return False  # nothing to write, so no write lock: a reuse run works on a read-only cache
     with CacheLock(cache_dir / "merge.lock", "cache"):
         manifest = read_manifest(cache_dir)
-        records = existing_rows(cache_dir, manifest)
-        new = samples_table(label_table_rows(plan.samples, records))
-        try:
-            unchanged = new.equals(pq.read_table(cache_dir / SAMPLES))
-        except (OSError, ValueError):
-            unchanged = False
-        if (unchanged and manifest.get("complete") and manifest.get("labels", {}).get("limit") == plan.limit
-                and not plan.fingerprints_added):
+        if _labels_current(cache_dir, plan, manifest):  # another writer refreshed them meanwhile
             return False
         _commit(cache_dir, manifest, plan, {}, manifest.get("backend", "hdf5"))
     return True
+
+
+def _labels_current(cache_dir: Path, plan: Plan, manifest: Mapping[str, Any]) -> bool:
+    """Whether the complete cache's label table on disk is the one ``plan`` would write."""
+    records = existing_rows(cache_dir, manifest)
+    new = samples_table(label_table_rows(plan.samples, records))
+    try:
+        unchanged = new.equals(pq.read_table(cache_dir / SAMPLES))
+    except (OSError, ValueError):
+        unchanged = False
+    return bool(unchanged and manifest.get("complete") and manifest.get("labels", {}).get("limit") == plan.limit
+                and not plan.fingerprints_added)
 
 
 def existing_rows(cache_dir: Path, manifest: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..fileutil import atomic_write_bytes
+from .manifest import storage_error
 
 STAGING = "staging"
 
@@ -29,7 +30,10 @@ def write_staged(
     video: np.ndarray | None = None,
 ) -> Path:
     """Atomically stage one extracted row as ``<directory>/<name>.npz``."""
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise (storage_error(e, directory) or e) from None
     arrays: dict[str, np.ndarray] = {"record": np.asarray(json.dumps(dict(record), sort_keys=True))}
     if features is not None:
         arrays["features"] = np.asarray(features, dtype=np.float32)
@@ -38,7 +42,13 @@ def write_staged(
     final = directory / f"{name}.npz"
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    atomic_write_bytes(final, buf.getvalue())  # the rename is what marks the row done
+    try:
+        atomic_write_bytes(final, buf.getvalue())  # the rename is what marks the row done
+    except OSError as e:  # the temporary file is gone (atomic_write_bytes); rows staged before are kept
+        err = storage_error(e, final, buf.getbuffer().nbytes)
+        if err is None:
+            raise
+        raise err from None
     return final
 
 

@@ -63,6 +63,7 @@ from .manifest import (
     atomic_write_bytes,
     key_hash,
     read_manifest,
+    storage_error,
     write_manifest,
 )
 
@@ -257,26 +258,48 @@ def write_store(
         "video": ((n,) + tuple(video_shape), np.uint8, 0),
         "clip_starts": ((len(clip_starts),), np.int64, 0),
     }
-    w = _open_writer(backend, tmp, shapes, dict(attrs or {}))
     try:
-        if n and len(clip_starts):
-            w.write("clip_starts", slice(None), np.asarray(clip_starts, dtype=np.int64))
-        for i, feats, video in rows:
-            if feats is not None:
-                feats = np.asarray(feats, dtype=np.float32)
-                if feats.shape != (n_views, n_clips, FEATURE_DIM):
-                    raise ValueError(f"row {i}: features shape {feats.shape}, expected {(n_views, n_clips, FEATURE_DIM)}")
-                w.write("features", i, feats)
-            if video is not None:
-                video = np.asarray(video)
-                if video.shape != tuple(video_shape) or video.dtype != np.uint8:
-                    raise ValueError(f"row {i}: video {video.shape} {video.dtype}, expected {tuple(video_shape)} uint8")
-                w.write("video", i, video)
-    finally:
+        w = _open_writer(backend, tmp, shapes, dict(attrs or {}))
+        try:
+            _write_rows(w, n, n_views, n_clips, video_shape, clip_starts, rows)
+        except BaseException:
+            try:
+                w.close()
+            except Exception:  # noqa: BLE001 - the write failed already (a full disk fails the close too)
+                pass
+            raise
         w.close()
+    except BaseException as e:
+        # the partial store goes; the store in place and the staged rows stay for the rerun
+        try:
+            _remove(tmp)
+        except OSError:
+            pass
+        needed = n * (n_views * n_clips * FEATURE_DIM * 4 + int(np.prod(video_shape)))
+        err = storage_error(e, tmp, needed) if isinstance(e, Exception) else None
+        if err is None:
+            raise
+        raise err from None
     _remove(store_path)
     os.replace(tmp, store_path)
     return store_path
+
+
+def _write_rows(w: Any, n: int, n_views: int, n_clips: int, video_shape: tuple[int, int, int, int],
+                clip_starts: Sequence[int], rows: Iterable[tuple[int, np.ndarray | None, np.ndarray | None]]) -> None:
+    if n and len(clip_starts):
+        w.write("clip_starts", slice(None), np.asarray(clip_starts, dtype=np.int64))
+    for i, feats, video in rows:
+        if feats is not None:
+            feats = np.asarray(feats, dtype=np.float32)
+            if feats.shape != (n_views, n_clips, FEATURE_DIM):
+                raise ValueError(f"row {i}: features shape {feats.shape}, expected {(n_views, n_clips, FEATURE_DIM)}")
+            w.write("features", i, feats)
+        if video is not None:
+            video = np.asarray(video)
+            if video.shape != tuple(video_shape) or video.dtype != np.uint8:
+                raise ValueError(f"row {i}: video {video.shape} {video.dtype}, expected {tuple(video_shape)} uint8")
+            w.write("video", i, video)
 
 
 def read_store_arrays(store_path: Path, backend: str, names: Sequence[str], index: Any = slice(None)) -> dict[str, np.ndarray]:
@@ -459,6 +482,29 @@ def _check_manifest(path: Path, manifest: dict[str, Any], require_complete: bool
         )
 
 
+def present_stores(path: Path, manifest: Mapping[str, Any]) -> list[str]:
+    """The backends the manifest lists whose store is on disk."""
+    return [b for b, name in manifest.get("stores", {}).items() if (Path(path) / name).exists()]
+
+
+def _no_store_message(path: Path, manifest: Mapping[str, Any], backend: str | None) -> str:
+    # Most commands (train, evaluate, score) have no --backend: the fix is the features command that
+    # rebuilds the store, and --backend is named only where another store could serve instead.
+    stage = manifest.get("dataset", "STAGE")
+    have = present_stores(path, manifest)
+    name = STORE_NAMES.get(backend or "", f"{backend} store")
+    rerun = f"rerun `udaqa-pipeline features {stage} ...` with the settings it was made with"
+    if backend in manifest.get("stores", {}):
+        what = f"cache {path}: its {backend} store {path / name} is missing (deleted or moved)"
+    else:
+        what = f"cache {path} has no {backend} store"
+    if not have:
+        return f"{what} and it has no other store; {rerun}: it extracts the features again into this cache"
+    other = have[0]
+    return (f"{what}; its {other} store is there: {rerun} and `--backend {backend}`, which copies the {other} store "
+            f"into a new {name} (no I3D work), or pass `--backend {other}` where the command takes one")
+
+
 def open_cache(path: str | Path, *, backend: str | None = None, require_complete: bool = True) -> FeatureCache:
     """Open the cache directory ``path`` (complete and self-consistent unless told otherwise).
 
@@ -473,8 +519,7 @@ def open_cache(path: str | Path, *, backend: str | None = None, require_complete
     stores = manifest.get("stores", {})
     backend = backend or manifest.get("backend") or next(iter(stores), None)
     if backend not in stores or not (path / stores[backend]).exists():
-        have = ", ".join(b for b in stores if (path / stores[b]).exists()) or "none"
-        raise CacheError(f"cache {path} has no {backend} store (present: {have}); choose --backend accordingly")
+        raise CacheError(_no_store_message(path, manifest, backend))
     sp = path / SAMPLES
     try:
         samples = pq.read_table(sp)
@@ -634,12 +679,18 @@ def write_rows(cache_dir: Path, table: pa.Table) -> None:
 def _write_parquet(path: Path, table: pa.Table) -> None:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, write_page_checksum=True)  # `cache verify` checks page CRCs
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    data = sink.getvalue().to_pybytes()
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as e:
+        raise (storage_error(e, path, len(data)) or e) from None
 
 
 def add_backend(path: str | Path, backend: str) -> Path:
     """Add a ``backend`` store to a complete cache by copying its existing store row by row (no I3D work)."""
-    cache = open_cache(path)
+    m = read_manifest(Path(path))
+    source = [b for b in present_stores(Path(path), m) if b != backend]
+    cache = open_cache(path, backend=source[0] if source else None)
     if backend in cache.manifest["stores"] and (cache.path / STORE_NAMES[backend]).exists():
         return cache.path / STORE_NAMES[backend]
     m = cache.manifest

@@ -34,11 +34,16 @@ Design choices:
 - **Batches**: a folder of videos gives one row per video; a video that cannot be read gets
   ``status`` (missing / corrupt / too_short / error) and the message in its row, and the batch goes
   on. Rows are written to a Parquet table.
+- **Names that are not UTF-8** (a Linux file name is bytes; Python holds the undecodable ones as
+  surrogate escapes): the file is scored as it is, and its row (path, error) names it with each
+  such byte written ``\\xNN`` (:func:`display_text`; a warning says so), since neither Parquet nor a
+  UTF-8 terminal can hold the raw bytes. Rename the file to keep its name exact.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -57,6 +62,9 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", "
 
 #: Published rule and panel size per dataset adapter, when the run's cache is not there to say.
 DATASET_RULES: dict[str, tuple[str, int]] = {"mtl": ("mtl_middle3", 7), "jigsaws": ("sum", 6), "aqa7": ("identity", 1)}
+
+
+log = logging.getLogger(__name__)
 
 
 class ScoreError(UdaqaError, RuntimeError):
@@ -268,6 +276,24 @@ def list_inputs(path: str | Path) -> tuple[bool, list[Path]]:
     return True, items
 
 
+def display_text(text: str) -> str:
+    """``text`` unchanged when it is valid UTF-8, else with each undecodable byte (a surrogate escape
+    of an OS name) written ``\\xNN``, so Parquet and a UTF-8 terminal can hold it."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that no OS name made
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _display_row(row: dict) -> dict:
+    return {k: display_text(v) if isinstance(v, str) else v for k, v in row.items()}
+
+
 ROW_FIELDS = ("path", "status", "error", "rule", "judges", "samples", "difficulty", "group", "judge_scores", "panels",
               "final_score", "final_scores", "final_std", "interval_level", "final_lo", "final_hi", "calibrated",
               "uncertainty", "n_source_frames", "short", "backbone", "run")
@@ -289,6 +315,7 @@ def write_rows(rows: list[dict], out: str | Path) -> Path:
                         ("run", pa.string())])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    rows = [_display_row(r) for r in rows]
     pq.write_table(pa.table({k: [r.get(k) for r in rows] for k in ROW_FIELDS}, schema=schema), out)
     return out
 
@@ -326,6 +353,11 @@ def score(path: str | Path, run_dir: str | Path, *, judges: int | None = None, d
             rows.append({"path": str(p), "status": failure_status(e), "error": f"{type(e).__name__}: {e}",
                          "rule": r, "judges": t, "samples": samples, "difficulty": difficulty, "group": group,
                          "run": str(scorer.run_dir), "backbone": "finetuned" if scorer.finetuned else "kinetics-i3d"})
+        shown = display_text(str(p))
+        if shown != str(p):
+            log.warning(f"{shown}: the file name is not valid UTF-8; its row names it with \\xNN escapes for the "
+                        f"odd bytes (rename the file to keep its name exact)")
+    rows = [_display_row(r) for r in rows]
     res: dict[str, Any] = {"batch": batch, "rows": rows}
     if batch or out is not None:
         res["out"] = str(write_rows(rows, out if out is not None else Path(os.getcwd()) / "scores.parquet"))

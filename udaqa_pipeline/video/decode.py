@@ -28,8 +28,12 @@ Design choices:
 - Truncated files: when the container states ``N`` frames and decoding ends at ``M < N`` frames
   with a decode error, or the container's index points past the end of the file, or its trailer
   (index) is gone with packets missing, reading a frame past ``M`` raises ``truncated`` naming both
-  counts. A complete file with fewer frames than a window is not an error here: the caller's
-  short-video policy pads it (:mod:`udaqa_pipeline.video.clips`).
+  counts. A header that states more frames than an index listing every packet is a wrong header,
+  not a cut: the frames that decode are the video. A complete file with fewer frames than a window
+  is not an error here: the caller's short-video policy pads it (:mod:`udaqa_pipeline.video.clips`).
+- One frame size per read: a video whose frame size changes mid-stream (a concatenated recording)
+  or a frame folder with an image of another size is refused (``unsupported``), naming the frame and
+  both sizes (:func:`stack_frames`); scaling would change the picture the features are made from.
 - Frame folders: every file with an image extension, *naturally* sorted by name (``img_2`` before
   ``img_10``), so both zero-padded and unpadded numbering work. Only requested images are opened.
   Greyscale / RGBA / palette images are converted to RGB; all frames must share one size. When
@@ -86,13 +90,12 @@ VIDEO_ERROR_KINDS: dict[str, str] = {
     "missing": "the file or folder does not exist",
     "unreadable": "it exists but the OS refuses to read it (permissions, I/O error)",
     "empty": "nothing to decode: a 0-byte file, no video stream, no decodable frame, a folder without images",
-    "corrupt": "damaged or not a video: FFmpeg cannot open or decode it, a frame image is unreadable or "
-               "differs in size from the others",
+    "corrupt": "damaged or not a video: FFmpeg cannot open or decode it, a frame image is unreadable",
     "truncated": "cut short: the container states N frames but decoding ends at M < N with a decode error, "
                  "or its index points past the end of the file (an interrupted download or copy)",
     "gap": "a numbered frame folder lacks frame numbers inside the window (frames.gap_policy = \"error\")",
     "unsupported": "a valid video the pipeline cannot read faithfully: a display rotation that is not a "
-                   "multiple of 90 degrees",
+                   "multiple of 90 degrees, a frame size that changes between frames",
     "too_short": "fewer frames than asked for: an index past the end, a span ending past the source, a span "
                  "shorter than the window under frames.short_policy = \"error\"",
     "bad_request": "no file could satisfy the request: a negative index, an empty annotation span, bad window "
@@ -212,6 +215,32 @@ def _check_indices(path: Path, indices: Sequence[int], n: int | None = None) -> 
     return idx
 
 
+SIZE_FIX_VIDEO = "re-encode it at one frame size (e.g. ffmpeg -i IN -vf scale=W:H OUT.mp4)"
+SIZE_FIX_FOLDER = "re-extract the folder so every frame has the same size"
+
+
+def size_change_error(path: str | os.PathLike, index: int, shape: tuple, first_index: int, first_shape: tuple,
+                      fix: str = SIZE_FIX_VIDEO) -> VideoError:
+    """The ``unsupported`` error of a frame whose size differs from an earlier frame of the same read."""
+    return VideoError(path, f"the frame size changes: frame {index} is {shape[1]}x{shape[0]} but frame {first_index} "
+                            f"is {first_shape[1]}x{first_shape[0]}", fix, kind="unsupported")
+
+
+def stack_frames(path: str | os.PathLike, frames: Sequence[np.ndarray], indices: Sequence[int] | None = None,
+                 fix: str = SIZE_FIX_VIDEO) -> np.ndarray:
+    """``np.stack`` of decoded frames (``indices``: their frame indices, default 0..), refusing frames
+    of different sizes with :func:`size_change_error` instead of numpy's anonymous shape error."""
+    idx = list(range(len(frames))) if indices is None else list(indices)
+    if frames:
+        k0 = min(range(len(frames)), key=idx.__getitem__)  # the earliest frame is the reference
+        first = frames[k0].shape
+        bad = [k for k in range(len(frames)) if frames[k].shape != first]
+        if bad:
+            k = min(bad, key=idx.__getitem__)
+            raise size_change_error(path, idx[k], frames[k].shape, idx[k0], first, fix)
+    return np.stack(frames)
+
+
 def number_ranges(numbers: Iterable[int]) -> str:
     """``[100, 101, 102, 150]`` -> ``"100-102, 150"`` (sorted, unique)."""
     out: list[str] = []
@@ -311,17 +340,18 @@ class FrameFolder:
                 raise VideoError(f, f"cannot read frame image ({exc})", "replace or re-extract this frame",
                                  kind=kind) from exc
             if shape is None:
-                shape = arr.shape
+                shape, first = arr.shape, i
             elif arr.shape != shape:
-                raise VideoError(
-                    f, f"frame size {arr.shape[1]}x{arr.shape[0]} differs from {shape[1]}x{shape[0]}",
-                    "re-extract the folder so every frame has the same size",
-                    kind="corrupt",
-                )
+                raise size_change_error(f, self._index_of(i), arr.shape, self._index_of(first), shape,
+                                        SIZE_FIX_FOLDER)
             cache[i] = arr
         if not pos.size:
             return np.zeros((0, 0, 0, 3), np.uint8)
         return np.stack([cache[i] for i in pos.tolist()])
+
+    def _index_of(self, pos: int) -> int:
+        """The frame index of the file at position ``pos``."""
+        return pos if self.numbers is None else self.numbers[pos] - self.numbers[0]
 
     def close(self) -> None:
         pass
@@ -476,7 +506,9 @@ class VideoFile:
         inside the file), else when it equals a count of demuxed packets. Without a header count
         (Matroska/WebM) the packet count is used untrusted. ``truncated`` marks a file whose index
         points past its end, or whose header states more frames than there are packets while the
-        index is incomplete (an AVI cut before its trailing index).
+        index is incomplete (an AVI cut before its trailing index). A header that overstates the
+        count of a file whose index lists every packet is not trusted: the packets are counted and
+        decoding gives the exact count.
         """
         if self._count is not None:
             return self._count
@@ -494,7 +526,11 @@ class VideoFile:
             self._count = ContainerCount(header, header, n_index, None, True, False)
             return self._count
         packets = self._packet_count()
-        truncated = bool(header) and (past_eof or (n_index < header and packets < header))
+        # An index with an entry for every packet is whole: a header that states more frames than it
+        # lists is a wrong header (some muxers and editors overstate it), not a cut file. A cut AVI
+        # loses its trailing index, so its entries fall short of the packets that remain.
+        index_whole = n_index >= packets > 0
+        truncated = bool(header) and (past_eof or (packets < header and not index_whole))
         if truncated:  # lay the window out on what the container promised; decoding will show the cut
             count = ContainerCount(header, header, n_index, packets, False, True)
         elif header and packets == header:
@@ -613,7 +649,8 @@ class VideoFile:
             got = self._read_skipping(idx, count.frames)
         if got is None:
             got = self._read_in_order(idx, None if count is None else count.frames)
-        return np.stack([got[i] for i in idx.tolist()])
+        order = idx.tolist()
+        return stack_frames(self.path, [got[i] for i in order], order)
 
     def _skip_worthwhile(self, idx: np.ndarray, n: int) -> bool:
         codec = self._container.streams.video[0].codec_context.name
@@ -753,7 +790,7 @@ class VideoFile:
             raise VideoError(self.path, "no frames could be decoded", "re-export the video", kind="empty")
         if not out:
             return np.zeros((0, 0, 0, 3), np.uint8)
-        return np.stack(out)
+        return stack_frames(self.path, out, range(start, start + len(out)))
 
     def close(self) -> None:
         self._container.close()
@@ -883,8 +920,8 @@ def iter_frames(source: str | os.PathLike, chunk: int = 64, stop: int | None = N
     The streaming form of :func:`read_frames` for callers that must not hold a whole video (a minute
     of 1080p60 is ~22 GB of RGB): every array holds ``chunk`` consecutive frames except possibly the
     last, and concatenated they equal ``read_frames(source, stop=stop)``. The file is decoded once,
-    front to back; errors are the same :class:`VideoError` as ``read_frames``, plus ``corrupt`` for a
-    frame whose size differs from the first (``read_frames`` cannot stack those either).
+    front to back; errors are the same :class:`VideoError` as ``read_frames`` (``unsupported`` for a
+    frame whose size differs from the first, :func:`stack_frames`).
     """
     if chunk < 1:
         raise ValueError(f"chunk={chunk}: need at least 1 frame per chunk")
@@ -894,17 +931,10 @@ def iter_frames(source: str | os.PathLike, chunk: int = 64, stop: int | None = N
     try:
         if isinstance(src, FrameFolder):
             n = src.n_frames() if stop is None else min(src.n_frames(), stop)
-            first = None
             for a in range(0, n, chunk):
-                part = src.read(range(a, min(n, a + chunk)))
-                first = part.shape[1:] if first is None else first
-                if part.shape[1:] != first:
-                    # read() checks sizes within one chunk; across chunks the odd one is the chunk's first.
-                    raise VideoError(
-                        src.files[a], f"frame size {part.shape[2]}x{part.shape[1]} differs from {first[1]}x{first[0]}",
-                        "re-extract the folder so every frame has the same size", kind="corrupt",
-                    )
-                yield part
+                # frame 0 read first in every chunk: read() measures each image against it, so the odd
+                # image is named whichever chunk it falls in
+                yield src.read([0, *range(a, min(n, a + chunk))])[1:]
             return
         if stop == 0:
             return
@@ -915,10 +945,7 @@ def iter_frames(source: str | os.PathLike, chunk: int = 64, stop: int | None = N
                 shape = arr.shape
                 out = np.empty((chunk, *shape), np.uint8)  # filled in place: no list + stack double copy
             elif arr.shape != shape:
-                raise VideoError(
-                    src.path, f"frame {n} is {arr.shape[1]}x{arr.shape[0]} but the first is {shape[1]}x{shape[0]}",
-                    "re-encode the video at one resolution (e.g. ffmpeg -i IN -vf scale=W:H OUT)", kind="corrupt",
-                )
+                raise size_change_error(src.path, n, arr.shape, 0, shape)
             out[k] = arr
             k, n = k + 1, n + 1
             if k == chunk:
