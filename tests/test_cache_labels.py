@@ -467,10 +467,45 @@ def test_a_run_is_not_resumed_on_changed_labels(tmp_path, change):
         w.writerows(rows)
     again, _ = _extract(root, tmp_path / "c")
     assert again == path
+    # evaluate says the run's labels differ from the cache's, naming the moved sample
+    import logging
+
+    from udaqa_pipeline.evaluation.evaluate import evaluate
+
+    with caplog_at(logging.WARNING) as records:
+        evaluate(tmp_path / "run", cache=path)
+    said = " ".join(r.getMessage() for r in records)
+    assert "changed since it was trained" in said and "--no-resume" in said
+    assert ("moved into or out of its test fold: b" in said) == (change == "moved")
     with pytest.raises(CheckpointError, match="other labels or another split.*--no-resume") as e:
         train("folder", cache=path, **kw)
     assert ("moved into or out of test: b" in str(e.value)) == (change == "moved")
     train("folder", cache=path, resume=False, **kw)
+    with caplog_at(logging.WARNING) as records:
+        evaluate(tmp_path / "run", cache=path)
+    assert not any("changed since it was trained" in r.getMessage() for r in records)
+
+
+class caplog_at:
+    """The ``udaqa_pipeline`` log records at ``level`` and up while inside."""
+
+    def __init__(self, level: int) -> None:
+        self.level, self.records = level, []
+
+    def __enter__(self) -> list:
+        import logging
+
+        class _H(logging.Handler):
+            def emit(h, record):  # noqa: N805
+                self.records.append(record)
+        self.handler = _H(self.level)
+        logging.getLogger("udaqa_pipeline").addHandler(self.handler)
+        return self.records
+
+    def __exit__(self, *exc) -> None:
+        import logging
+
+        logging.getLogger("udaqa_pipeline").removeHandler(self.handler)
 
 
 def _flip_byte_in_place(path: Path, at: int) -> None:

@@ -268,7 +268,9 @@ def test_no_selected_epoch_falls_back_to_last_heads_and_source(toy, tmp_path, ca
                 overrides=SMALL + ["train.epochs=2", "train.val_fraction=0.01"])
     assert "selected on 1 val row(s), too few to rank epochs" in caplog.text
     assert "no epoch had a defined val spearman" in caplog.text and "the last epoch is kept" in caplog.text
+    assert "1 held-out row(s) to be calibrated on" in caplog.text and "none is fitted" in caplog.text
     ck = load_checkpoint(run / CHECKPOINT)
+    assert ck["calibration"] is None  # the paper's sampler, as the warning says
     assert ck["best"]["model"] is None and ck["best"]["source"] is None
     r = load_run(run)
     assert r.source_state is not None
@@ -405,3 +407,11 @@ def test_inner_partition_deals_rows_or_whole_subjects():
     assert sorted(len(f) for f in folds) == [6, 6, 9]
     with pytest.raises(ConfigError, match="2 subjects are too few for 3"):
         inner_partition(rows[:4], 3, seed=0, groups=np.asarray([0, 0, 1, 1]))
+
+
+def test_calibration_on_few_rows_warns(toy, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="udaqa_pipeline")
+    run = train("mtl", cache=toy, run_dir=tmp_path / "r", progress=False,
+                overrides=SMALL + ["train.epochs=1", "train.val_fraction=0.15"])
+    assert "too few for its interval widths to be trusted" in caplog.text
+    assert load_checkpoint(run / CHECKPOINT)["calibration"] is not None

@@ -20,6 +20,11 @@ from .selection import Selection, inner_folds
 
 log = logging.getLogger(__name__)
 
+#: Fewer held-out rows than this fit no calibration (the run keeps the paper's sampler, said);
+#: fewer than :data:`FEW_CALIBRATION_ROWS` fit one with a warning that it had little to go on.
+MIN_CALIBRATION_ROWS = 3
+FEW_CALIBRATION_ROWS = 10
+
 
 def calibrate(cfg: Config, data: TrainingSet, ck: dict, selection: Selection, device: str) -> None:
     """Fit the calibrated sampler on held-out training rows and store it in the kept model: the
@@ -57,6 +62,17 @@ def calibrate(cfg: Config, data: TrainingSet, ck: dict, selection: Selection, de
                       + (" (each also trained on the validation split)" if mode == "val" else ""))
     other = np.concatenate([np.full(len(p.loc), p is heldout) for p in parts])  # the inner models' rows
     heldout, source = concat_heldout(parts), " + ".join(source)
+    n = 0 if heldout is None else len(heldout.loc)
+    if n < MIN_CALIBRATION_ROWS:
+        log.warning(f"warning: the judge-panel sampler has {n} held-out row(s) to be calibrated on (at least "
+                    f"{MIN_CALIBRATION_ROWS}), so none is fitted and the run samples as the paper does; use "
+                    f"train.calibrate=oof or train.select=inner_cv, or more training data")
+        ck["calibration"] = None
+        return
+    if n < FEW_CALIBRATION_ROWS:
+        log.warning(f"warning: the judge-panel sampler is calibrated on {n} held-out rows ({source}), too few "
+                    f"for its interval widths to be trusted (at least {FEW_CALIBRATION_ROWS}); "
+                    f"train.calibrate=oof adds out-of-fold rows")
     # the centre shift from the kept model's own training rows, its bias being its own (calibration.py);
     # the validation rows are training rows too, the paper protocol's sel_rows are the test fold
     own = (draws(np.concatenate([fit_rows, sel_rows if mode == "val" else sel_rows[:0]]).astype(int))

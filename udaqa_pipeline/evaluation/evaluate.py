@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,8 @@ from ..metrics import calibration_metrics, final_score_calibration, fisher_z_mea
 from ..inference.predict import predict
 from ..runs.layout import safe_name
 from ..data.trainset import Labels, TrainingSet
+
+log = logging.getLogger(__name__)
 
 
 def run_training_set(run: Any, *, cache: Any = None, cache_root: Any = None, source: Any = None) -> TrainingSet:
@@ -142,10 +145,38 @@ def _test_rows(rd: Path, labels: Labels, test_ids: list[str]) -> tuple[np.ndarra
     return np.asarray([pos[s] for s in test_ids], int), pos
 
 
+def label_drift(run: Any, labels: Labels) -> str | None:
+    """Why the labels or split ``labels`` now give the run differ from those it was trained on (its
+    ``labels_digest``), naming the samples that moved into or out of its test fold; None when they
+    agree or the run recorded no digest."""
+    from ..data.trainset import labels_digest, split_folds
+    from ..runs.layout import RunSpec
+
+    ck = run.checkpoint
+    if not ck.get("labels_digest"):
+        return None
+    spec = RunSpec.from_checkpoint(ck)
+    try:
+        tr, te = split_folds(labels, spec.fold, spec.cv, run.config.train.seed, spec.split)
+    except Exception as e:  # noqa: BLE001 - a fold the labels no longer have is drift too
+        return f"its fold {spec.fold} cannot be rebuilt from the current labels ({e})"
+    if spec.group is not None:
+        tr, te = ([i for i in rows if labels.group[i] == spec.group] for rows in (tr, te))
+    if labels_digest(labels, tr, te) == ck["labels_digest"]:
+        return None
+    moved = sorted(set(ck["split"]["test"]) ^ {labels.ids[i] for i in te})
+    return ("a label, a score or the fold assignment changed since it was trained"
+            + (f"; samples that moved into or out of its test fold: {', '.join(moved[:8])}" if moved else ""))
+
+
 def _predict_run(acc: dict[str, list], rd: Path, run: Any, data: TrainingSet, *, judges: int | None, samples: int,
                  seed: int, sampler: str) -> bool:
     """Append one single-model run's test predictions to ``acc``; False when its test fold is empty."""
     labels = data.labels
+    drift = label_drift(run, labels)
+    if drift:
+        log.warning(f"warning: {rd}: {drift}; it is scored on the test samples it recorded with the cache's current "
+                    f"labels. Retrain it (`udaqa-pipeline train ... --no-resume`) for numbers on the current split")
     rows, pos = _test_rows(rd, labels, run.checkpoint["split"]["test"])
     if len(rows) == 0:
         return False
