@@ -256,3 +256,36 @@ def test_per_group_stages_fine_tune_one_group_after_another(synth, tmp_path, i3d
     k = "i3d.Mixed_4c.b1b.conv3d.weight"
     assert not torch.equal(a[k], b[k]) and not torch.equal(b[k], i3d_state[k[4:]])
     assert all(torch.equal(b[n], b_alone[n]) for n in b)
+
+
+def test_memory_is_estimated_before_fine_tuning(synth, monkeypatch, i3d_state):
+    """The saved-tensor count of the probe step scales with the clips; a step that does not fit turns
+    checkpointing on (auto) or is refused naming the batch size that fits."""
+    import udaqa_pipeline.engine.finetune as ft
+    from udaqa_pipeline.config import resolve
+
+    assert ft.step_memory(100.0, 4, 10, 2) == 100 * 4 + 10 + 6
+    cfg = resolve("mtl", TINY + FT_TRAIN)
+    bb = Backbone(_i3d(i3d_state), lr=1e-3, checkpointing=False)
+    t1 = ft.time_step(bb, cfg, 2, n_videos=1)
+    t2 = ft.time_step(bb, cfg, 2, n_videos=2)
+    assert t1["saved_bytes_per_video"] > 1e6
+    assert t2["saved_bytes_per_video"] == pytest.approx(t1["saved_bytes_per_video"], rel=0.05)
+    ck = Backbone(_i3d(i3d_state), lr=1e-3, checkpointing=True)
+    assert ft.time_step(ck, cfg, 2, n_videos=1)["saved_bytes_per_video"] < 0.5 * t1["saved_bytes_per_video"]
+
+    class Src:
+        module = bb
+    need = ft.step_memory(t1["saved_bytes_per_video"], 2, t1["param_bytes"], t1["trained_param_bytes"])
+    # free memory for the weights and 1.5 videos without checkpointing: auto turns it on, and it fits
+    room = (t1["param_bytes"] + 3 * t1["trained_param_bytes"] + 1.5 * t1["saved_bytes_per_video"]) / 0.8
+    monkeypatch.setattr(ft, "memory_available", lambda dev: room)
+    got = ft._check_memory(Src, cfg, t1)
+    assert bb.checkpointing and got["step_bytes"] < need
+    # settings that forbid it: refused, naming what fits
+    bb.checkpointing = False
+    off = resolve("mtl", TINY + FT_TRAIN + ("finetune.checkpointing=off", "train.batch_size=8"))
+    monkeypatch.setattr(ft, "memory_available",
+                        lambda dev: (t1["param_bytes"] + 3 * t1["trained_param_bytes"] + 3.5 * t1["saved_bytes_per_video"]) / 0.8)
+    with pytest.raises(FinetuneError, match=r"step of 8 videos.*--set train.batch_size=3 fits"):
+        ft._check_memory(Src, off, ft.time_step(bb, off, 8, n_videos=1))

@@ -51,7 +51,11 @@ Design choices:
   own heads and its own backbone, every one from the same starting weights, in ``<run>/<group>/``.
 - **Refusal**: before training, one fine-tuning step is timed on synthetic clips of the real shape
   and an epoch is estimated; above ``max_epoch_minutes`` (default 30) the run is refused with the
-  estimate unless ``force`` (a forced run skips the timing step).
+  estimate unless ``force`` (a forced run skips the timing step). The same step measures the memory
+  a step needs (what autograd keeps for the backward, counted by a saved-tensors hook, x the batch,
+  plus weights, gradients and Adam's moments): above 80% of what is free (the GPU's free memory, or
+  the machine's available memory) activation checkpointing is turned on when it is ``auto``, else
+  the run is refused naming the batch size that fits.
 """
 
 from __future__ import annotations
@@ -466,8 +470,21 @@ def time_step(backbone: Backbone, cfg: Config, batch_size: int, *, n_videos: int
     x = (x * 2 - 1).to(dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
+    saved: dict[int, int] = {}
+    weights = {p.untyped_storage().data_ptr() for p in probe.parameters()}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        # what autograd keeps for the backward, counted once per storage and without the weights
+        # (counted apart): the step's activation memory
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in weights:
+            saved[ptr] = t.untyped_storage().nbytes()
+        return t
+
     def step() -> None:
-        f = probe.features(x)
+        saved.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            f = probe.features(x)
         if f.requires_grad:
             f.square().mean().backward()
 
@@ -484,14 +501,60 @@ def time_step(backbone: Backbone, cfg: Config, batch_size: int, *, n_videos: int
         probe.features(x)
         sync()
         t_inf = (time.perf_counter() - t0) / n
+    params = sum(p.numel() * p.element_size() for p in probe.parameters())
+    trained = sum(p.numel() * p.element_size() for p in probe.parameters() if p.requires_grad)
     del probe
-    return {"step_s": t_step, "infer_s_per_video": t_inf, "videos_timed": n, "clips_per_video": k}
+    return {"step_s": t_step, "infer_s_per_video": t_inf, "videos_timed": n, "clips_per_video": k,
+            "saved_bytes_per_video": sum(saved.values()) / n, "param_bytes": params, "trained_param_bytes": trained}
+
+
+def step_memory(saved_per_video: float, batch_size: int, param_bytes: int, trained_bytes: int) -> float:
+    """Bytes one training step needs: the activations autograd keeps for ``batch_size`` videos, the
+    weights, and for the trained ones their gradient and Adam's two moments."""
+    return saved_per_video * batch_size + param_bytes + 3 * trained_bytes
+
+
+def memory_available(device: torch.device) -> int:
+    """Bytes free for a step: the GPU's free memory, or the machine's available memory (Linux
+    ``SC_AVPHYS_PAGES``), 0 when unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _check_memory(src: FrameSource, cfg: Config, t: dict) -> dict:
+    """Refuse a step that cannot fit (naming the batch size that would), or turn activation
+    checkpointing on when it is ``auto`` and the step fits only with it. Uses at most 80% of what
+    is free. Returns the (possibly re-timed) estimate."""
+    bs = cfg.train.batch_size
+    dev = next(src.module.i3d.parameters()).device
+    free = memory_available(dev) * 0.8
+    need = step_memory(t["saved_bytes_per_video"], bs, t["param_bytes"], t["trained_param_bytes"])
+    gb = 1 << 30
+    if not free or need <= free:
+        return {**t, "step_bytes": need}
+    if not src.module.checkpointing and str(cfg.finetune.checkpointing).lower() == "auto":
+        log.info(f"a fine-tuning step of {bs} videos needs about {need / gb:.1f} GB, {free / gb:.1f} GB are free: "
+                 f"activation checkpointing is turned on (finetune.checkpointing = auto)")
+        src.module.checkpointing = True
+        return _check_memory(src, cfg, time_step(src.module, cfg, bs))
+    fixed = t["param_bytes"] + 3 * t["trained_param_bytes"]
+    fits = int((free - fixed) // max(t["saved_bytes_per_video"], 1))
+    hint = ("" if src.module.checkpointing else ", or finetune.checkpointing=on")
+    raise FinetuneError(f"a fine-tuning step of {bs} videos x {t['clips_per_video']} clips needs about "
+                        f"{need / gb:.1f} GB and {free / gb:.1f} GB are free on {dev} (80% of what is available); "
+                        + (f"--set train.batch_size={fits} fits{hint}" if fits >= 2 else
+                           f"not even 2 videos fit{hint}: fewer clips (clips.n_clips) or a GPU")
+                        + " (or pass --force to try anyway)")
 
 
 def _check_time(src: FrameSource, cfg: Config, n_fit: int, n_sel: int, workers: int, max_minutes: float,
                 force: bool) -> dict:
     bs = cfg.train.batch_size
-    t = time_step(src.module, cfg, bs)
+    t = _check_memory(src, cfg, time_step(src.module, cfg, bs))
     t0 = time.perf_counter()
     src._check(src.items[(0, 0, False)])
     decode_s = time.perf_counter() - t0
@@ -502,7 +565,8 @@ def _check_time(src: FrameSource, cfg: Config, n_fit: int, n_sel: int, workers: 
            "total_h": epoch * cfg.train.epochs / 3600}
     msg = (f"fine-tuning estimate on {dev}: {t['step_s']:.2f} s per step of {bs} videos x "
            f"{t['clips_per_video']} clips, about {epoch / 60:.1f} min per epoch over {n_fit} training + {n_sel} "
-           f"selection videos, {est['total_h']:.1f} h for {cfg.train.epochs} epochs")
+           f"selection videos, {est['total_h']:.1f} h for {cfg.train.epochs} epochs, about "
+           f"{est.get('step_bytes', 0) / (1 << 30):.1f} GB per step")
     log.info(msg)
     if epoch > max_minutes * 60 and not force:
         raise FinetuneError(f"{msg}: more than {max_minutes:g} min per epoch, so it is refused on this machine. "
