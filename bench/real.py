@@ -124,7 +124,8 @@ def _task_table(entries: dict) -> list[str]:
                 vals = [r[key]["mean"] for r in by_task.values() if r[key].get("mean") is not None]
                 return f"{sum(vals) / len(vals):.{digits}f}" if vals and len(vals) == len(by_task) else "-"
             point = method in ("i3d+mlp", "ridge")
-            out.append("| " + " | ".join([v.get("recipe", name), method, cv["split"], protocol, *tasks, ms(avg),
+            out.append("| " + " | ".join([v.get("recipe", name) + f" ({len(cv['seeds'])} seed(s))", method, cv["split"],
+                                          protocol, *tasks, ms(avg),
                                           mean_of("pooled_spearman", 3), mean_of("rl2x100", 2),
                                           "-" if point else mean_of("coverage80", 2)]) + " |")
     for name, nums in PUBLISHED.items():
@@ -141,7 +142,7 @@ def markdown() -> str:
         res = json.loads(path.read_text())
         if "runs" in res:
             part = "" if res.get("complete") else ", a part of the table: " + res.get("part", "")
-            lines += [f"`make bench-real` ({res['seeds']} seed(s), {res['wall_s'] / 60:.0f} min{part}):", "",
+            lines += [f"`make bench-real` ({res['wall_s'] / 60:.0f} min{part}):", "",
                       *_task_table(res["runs"]), ""]
         else:  # the Suturing-only layout of earlier releases
             lines += [f"`make bench-real` ({res['seeds']} seeds, {res['wall_s'] / 60:.0f} min):", "",
@@ -210,10 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         recipes = [r for r in a.recipes.split(",") if r]
         splits = [s for s in a.splits.split(",") if s]
-        res.update(runs={}, complete=(recipes == list(TABLE_RECIPES) and splits == list(SPLITS) and tasks == list(TASKS)
-                                      and not a.honest_only),
-                   part=(f"recipes {', '.join(recipes)}; splits {', '.join(splits)}; tasks {', '.join(tasks)}"
-                         + ("; honest protocol only" if a.honest_only else "")))
+        full = recipes == list(TABLE_RECIPES) and splits == list(SPLITS) and tasks == list(TASKS) and not a.honest_only
+        # a part adds its entries to the table already there (each entry names its seeds and tasks)
+        old = json.loads((HERE / "real.json").read_text()) if (HERE / "real.json").is_file() and not full else {}
+        res.update(runs=dict(old.get("runs") or {}), complete=full,
+                   part="; ".join(p for p in [old.get("part", ""),
+                                              f"{', '.join(recipes)} on {', '.join(splits)} ({', '.join(tasks)}"
+                                              f"{', honest only' if a.honest_only else ''}, {a.seeds} seed(s))"] if p))
         for recipe in recipes:
             extra, methods = TABLE_RECIPES[recipe]
             for split in splits:
@@ -223,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                                    protocol=protocol, methods=methods, jobs=a.jobs, run_dir=out / slug / split,
                                    cache_root=a.cache_root, progress=False)
                 print(f"== {recipe}\n{format_table(r)}", flush=True)
-                res["runs"][f"{recipe} / {split}"] = {"recipe": recipe, "overrides": extra,
+                key = f"{recipe} / {split}" + ("" if tasks == list(TASKS) else f" / {','.join(tasks)}")
+                res["runs"][key] = {"recipe": recipe, "overrides": extra, "seeds": a.seeds, "tasks": tasks,
                                                       "command": _cmd(split, protocol, a.seeds, methods, data + extra),
                                                       "cv": r}
                 _write(HERE / "real.json", res, t0)  # each part as it finishes

@@ -497,7 +497,11 @@ def test_read_only_cache_is_reused_and_a_write_is_one_line(tmp_path, monkeypatch
         assert str(p) in msg and "read-only" in msg and "writable" in msg and "--cache-root" in msg
         assert "\n" not in msg
         # a new sample (extraction, the shard's writer lock) says the same
-        make_dataset(root, {"a": 14, "b": 14, "c": 14})
+        from test_cache_util import write_video
+
+        write_video(root / "videos" / "c.mkv", 14, seed=2)
+        with (root / "annotations.csv").open("a", newline="") as f:
+            csv.writer(f).writerow(["c", "videos/c.mkv", "12.0", "3;4", "train"])
         with pytest.raises(CacheError, match="read-only.*--cache-root"):
             _extract(root, tmp_path / "cache")
     assert {f.name: f.read_bytes() for f in p.iterdir() if f.is_file()} == before
