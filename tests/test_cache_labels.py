@@ -598,3 +598,24 @@ def test_rows_from_before_fingerprints_get_one_on_their_next_run(tmp_path, caplo
     assert all(len(r["fingerprint"]) == 16 for r in got) and [r["stamp"] for r in got] == [r["stamp"] for r in rows]
     _, stats = _extract(root, tmp_path / "cache")  # and now they are found by their fingerprint
     assert stats["processed"] == 0 and "recorded before" not in _logged(caplog)
+
+
+def test_a_copy_of_a_training_video_under_another_name_in_test_is_refused(tmp_path):
+    """The same bytes under two paths: two feature rows, one content fingerprint; a fold with one
+    in training and the other in test is refused like one path in both."""
+    import shutil
+
+    from udaqa_pipeline.config import ConfigError
+    from udaqa_pipeline.data.trainset import from_cache, shared_sources, split_folds
+    from udaqa_pipeline.engine.run import train
+
+    root = make_dataset(tmp_path / "data", {k: 14 for k in "abcdefgh"})  # a, d, g test; the rest train
+    shutil.copy(root / "videos" / "b.mkv", root / "videos" / "a.mkv")  # test "a" is training "b"'s video
+    path, _ = _extract(root, tmp_path / "c")
+    labels = from_cache(open_cache(path)).labels
+    i = {sid: k for k, sid in enumerate(labels.ids)}
+    assert labels.feature_row[i["a"]] != labels.feature_row[i["b"]] and labels.content[i["a"]] == labels.content[i["b"]]
+    assert shared_sources(labels, *split_folds(labels, 0, None, 0)) == [("a", "b")]
+    with pytest.raises(ConfigError, match=r"read the same video and frames as a training sample \(a = b\)"):
+        train("folder", cache=path, run_dir=tmp_path / "run", overrides=list(TINY) + ["train.epochs=1"],
+              progress=False)

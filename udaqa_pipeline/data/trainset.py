@@ -83,6 +83,9 @@ class Labels:
     #: store row of each sample's features (-1: unknown); two samples share one when they read the
     #: same source over the same frame window (``cache.plan.row_identity``)
     feature_row: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+    #: content fingerprint of each sample's source ("" unknown; ``cache.plan.source_fingerprint``):
+    #: two paths to the same bytes share one
+    content: list[str] = field(default_factory=list)
 
     @classmethod
     def from_table(cls, table: Any) -> "Labels":
@@ -161,12 +164,19 @@ def subject_folds(labels: Labels) -> tuple[np.ndarray, list[str]]:
 
 def shared_sources(labels: Labels, train_rows: np.ndarray, test_rows: np.ndarray) -> list[tuple[str, str]]:
     """(test id, training id) pairs of one fold that read the same source over the same window (one
-    feature row): a test result on a video the model trained on."""
-    if len(labels.feature_row) != len(labels.ids):
-        return []
-    by_row = {int(labels.feature_row[i]): labels.ids[i] for i in train_rows if labels.feature_row[i] >= 0}
-    return [(labels.ids[i], by_row[int(labels.feature_row[i])]) for i in test_rows
-            if int(labels.feature_row[i]) in by_row]
+    feature row), or the same bytes under two paths (one content fingerprint, when the cache
+    records them): a test result on a video the model trained on."""
+    out = []
+    if len(labels.feature_row) == len(labels.ids):
+        by_row = {int(labels.feature_row[i]): labels.ids[i] for i in train_rows if labels.feature_row[i] >= 0}
+        out += [(labels.ids[i], by_row[int(labels.feature_row[i])]) for i in test_rows
+                if int(labels.feature_row[i]) in by_row]
+    if len(labels.content) == len(labels.ids):
+        said = {a for a, _ in out}
+        by_fp = {labels.content[i]: labels.ids[i] for i in train_rows if len(labels.content[i]) == 16}
+        out += [(labels.ids[i], by_fp[labels.content[i]]) for i in test_rows
+                if labels.ids[i] not in said and labels.content[i] in by_fp]
+    return out
 
 
 def split_folds(labels: Labels, fold: int, cv: int | None, seed: int, split: str = "official"
@@ -312,5 +322,9 @@ def from_cache(cache: Any, stage: str | None = None, source: FeatureSource | Non
                       adapter=str(m.get("adapter") or conf.get("dataset", {}).get("name", "")),
                       cache_hash=str(m.get("config_hash", "")), feature_config=feature_config(cache),
                       cache_dir=getattr(cache, "path", None))
-    return TrainingSet(Labels.from_table(cache.samples), source or CacheSource(cache), prov,
-                       int(cache.features.shape[-1]))
+    labels = Labels.from_table(cache.samples)
+    rows = getattr(cache, "rows", None)
+    if rows is not None and "fingerprint" in rows.column_names and len(labels.feature_row) == len(labels.ids):
+        fps = rows.column("fingerprint").to_pylist()
+        labels.content = [fps[r] or "" if 0 <= r < len(fps) else "" for r in labels.feature_row]
+    return TrainingSet(labels, source or CacheSource(cache), prov, int(cache.features.shape[-1]))
