@@ -140,17 +140,18 @@ def markdown() -> str:
     path = HERE / "real.json"
     if path.is_file():
         res = json.loads(path.read_text())
-        if "runs" in res:
-            part = "" if res.get("complete") else ", a part of the table: " + res.get("part", "")
-            lines += [f"`make bench-real` ({res['wall_s'] / 60:.0f} min{part}):", "",
-                      *_task_table(res["runs"]), ""]
-        else:  # the Suturing-only layout of earlier releases
-            lines += [f"`make bench-real` ({res['seeds']} seeds, {res['wall_s'] / 60:.0f} min):", "",
-                      *_header(COLUMNS + ["rho per fold (mean over seeds)"])]
-            for split in ("official", "louo"):
-                if split in res:
-                    lines += _rows(res[split]["cv"])
-            lines += [""]
+        part = "" if res.get("complete") else ", a part of the table: " + res.get("part", "")
+        lines += [f"`make bench-real` ({part.lstrip(', ') or 'the whole table'}):", "",
+                  *_task_table(res["runs"]), ""]
+    path = HERE / "real_suturing.json"
+    if path.is_file():  # the previous release's Suturing-only table (its own cache of the 38 trials)
+        res = json.loads(path.read_text())
+        lines += [f"The previous release's `make bench-real`, Suturing alone ({res['seeds']} seeds, "
+                  f"{res['wall_s'] / 60:.0f} min):", "", *_header(COLUMNS + ["rho per fold (mean over seeds)"])]
+        for split in ("official", "louo"):
+            if split in res:
+                lines += _rows(res[split]["cv"])
+        lines += [""]
     path = HERE / "real_dev.json"
     if path.is_file():
         res = json.loads(path.read_text())
@@ -214,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         full = recipes == list(TABLE_RECIPES) and splits == list(SPLITS) and tasks == list(TASKS) and not a.honest_only
         # a part adds its entries to the table already there (each entry names its seeds and tasks)
         old = json.loads((HERE / "real.json").read_text()) if (HERE / "real.json").is_file() and not full else {}
+        old = old if "runs" in old else {}
         res.update(runs=dict(old.get("runs") or {}), complete=full,
                    part="; ".join(p for p in [old.get("part", ""),
                                               f"{', '.join(recipes)} on {', '.join(splits)} ({', '.join(tasks)}"
