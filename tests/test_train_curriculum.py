@@ -38,4 +38,5 @@ def test_select_lowest_uncertainty():
     assert select(u, 0.4).tolist() == [1, 4]
     assert select(u, 0.6).tolist() == [1, 3, 4]
     assert select(u, 1.0).tolist() == [0, 1, 2, 3, 4]
-    assert select(u, 0.01).tolist() == [1]
+    assert select(u, 0.01).tolist() == [1, 4]  # never a batch of one: two at least
+    assert select(u[:1], 0.01).tolist() == [0]

@@ -194,6 +194,10 @@ def write_cut_store(cache_dir: Path, cut: str, dtype: str, backend: str) -> Path
     if old_path is not None and old_path != path:
         _remove(old_path)
     shutil.rmtree(staging_dir(cache_dir, cut, dtype), ignore_errors=True)
+    try:
+        (cache_dir / CUT_STAGING).rmdir()  # only when no other cut is being staged
+    except OSError:
+        pass
     return path
 
 

@@ -38,7 +38,7 @@ relative to the root, frame window and fingerprint: an edit that keeps the size 
 set in place, a re-encode that happens to match) is a new fingerprint and is extracted again, named
 in the log; the same bytes under another root or mount are the same rows. Hashing reads every
 source once (about 1 GB/s); the fingerprint is kept in ``fingerprints.json`` in the cache beside the
-size and modification time it was taken at, so a later run only stats the sources. A row of a cache
+size and modification and change times it was taken at, so a later run only stats the sources. A row of a cache
 made before fingerprints were recorded is found by its stamp as before, and gets its source's
 fingerprint on its next run (said in the log); rows extracted from then on carry it in their stamp
 too (``file:<bytes>|<fingerprint>``), so two contents of one size never share a row name.
@@ -107,19 +107,22 @@ FINGERPRINTS = "fingerprints.json"
 def source_fingerprint(path: str | Path, memo: dict[str, list] | None = None, key: str | None = None) -> str:
     """16 hex digits of sha256 over a file's bytes, or over a frame folder's sorted (name, size,
     bytes) of its non-hidden entries; ``"missing"`` / ``"unreadable:<errno>"`` when it cannot be read.
-    ``memo`` (``{key: [size, mtime_ns, fingerprint]}``, ``key`` default the path) skips the hashing
-    when the size and modification time (for a folder: of every entry) are the ones recorded."""
+    ``memo`` (``{key: [size, times, fingerprint]}``, ``key`` default the path) skips the hashing
+    when the size and the modification and change times (for a folder: of every entry) are the
+    ones recorded; the change time cannot be set back, so an edit that restores the modification
+    time is hashed again."""
     p = Path(path)
     key = key or str(p)
     try:
         if p.is_dir():
             entries = sorted((e for e in os.scandir(p) if not e.name.startswith(".")), key=lambda e: e.name)
-            stats = [(e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries]
-            size = sum(s for _, s, _ in stats)
+            stats = [(e.name, e.stat().st_size, e.stat().st_mtime_ns, e.stat().st_ctime_ns) for e in entries]
+            size = sum(st[1] for st in stats)
             mtime = int(hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:15], 16)
         elif p.exists():
             st = p.stat()
-            entries, size, mtime = None, st.st_size, st.st_mtime_ns
+            # the change time too: a write that puts the modification time back still moves it
+            entries, size, mtime = None, st.st_size, hash((st.st_mtime_ns, st.st_ctime_ns))
         else:
             return "missing"
         hit = memo.get(key) if memo is not None else None

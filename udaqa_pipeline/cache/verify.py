@@ -89,6 +89,7 @@ def cache_info(path: str | Path) -> dict[str, Any]:
         "weights_sha256": m.get("weights_sha256"),
         "stores": {b: {"path": name, "bytes": _dir_bytes(path / name)} for b, name in m.get("stores", {}).items()
                    if (path / name).exists()},
+        "missing_stores": [name for name in m.get("stores", {}).values() if not (path / name).exists()],
         "extraction": m.get("extraction", {}),
         "finished": m.get("finished"),
     }

@@ -82,6 +82,7 @@ def train_cmd(stage, fold, cv, cache, cache_root, run_dir, runs_root, protocol, 
 def echo_runs(run_dir) -> None:
     """One line per trained model of ``run_dir`` (each group's under train.per_group): epochs, the
     kept epoch and how it was chosen, the calibration; then the directory to pass to evaluate/score."""
+    import math
     from pathlib import Path
 
     from ..evaluation.evaluate import run_dirs
@@ -95,11 +96,12 @@ def echo_runs(run_dir) -> None:
         score = best.get("score")
         how = {"last": "the last epoch", "inner_cv": "the inner-CV epoch count"}.get(
             ck.get("select"), f"best {ck.get('select')} score {score:.3f}" if isinstance(score, float)
-            and score == score else f"{ck.get('select')} (no defined score: the last epoch)")
+            and math.isfinite(score) else f"{ck.get('select')} (no defined score: the last epoch)")
+        kept = ck["epoch"] if best.get("model") is None else best["epoch"]  # load_run's fallback
         avg = f", heads averaged over {best['averaged']} epochs" if best.get("averaged") else ""
         cal = ck.get("calibration")
         cal = f"; sampler calibrated on {cal['fitted_on']}" if cal else "; sampler not calibrated (train.calibrate)"
-        click.echo(f"{rd}: {ck['epoch'] + 1} epochs, kept epoch {best['epoch'] + 1} ({how}{avg}){cal}")
+        click.echo(f"{rd}: {ck['epoch'] + 1} epochs, kept epoch {kept + 1} ({how}{avg}){cal}")
     if len(dirs) > 1:
         click.echo(f"{run_dir}: one model per group above; `evaluate --run {run_dir}` scores them all, "
                    f"`score --run {dirs[0]}` scores with one")
@@ -116,8 +118,8 @@ def echo_runs(run_dir) -> None:
 @runs_root_option
 @cache_option
 @cache_root_option
-@click.option("--judges", type=int, default=None, help="judges T per sampled panel (default: the rule's)")
-@click.option("--samples", type=int, default=50, show_default=True,
+@click.option("--judges", type=click.IntRange(min=1), default=None, help="judges T per sampled panel (default: the rule's)")
+@click.option("--samples", type=click.IntRange(min=1), default=50, show_default=True,
               help="panels S drawn per sample (the final-score interval coverage needs 50 or more)")
 @click.option("--sampler", type=click.Choice(["calibrated", "paper", "residual"]), default="calibrated",
               show_default=True, help="calibrated: the run's fitted judge noise; paper: prior draws only; "

@@ -37,6 +37,9 @@ from .finetune import Backbone, _auto_flag
 
 #: Videos per no-grad pass of the top (selection, calibration, curriculum passes).
 INFER_VIDEOS = 16
+NO_CUT = ("train.adapt = 'top' trains the I3D blocks above a stored cut: name it with --set cache.cut=Mixed_5b "
+          "(or Mixed_4f) on `train` too, after `udaqa-pipeline features STAGE --set cache.cut=Mixed_5b` has added "
+          "it to the cache")
 
 
 def top_backbone(cfg: Config, device: torch.device, state: dict | None = None) -> Backbone:
@@ -46,8 +49,7 @@ def top_backbone(cfg: Config, device: torch.device, state: dict | None = None) -
 
     cut = cfg.cache.cut
     if cut == "none":
-        raise ConfigError("train.adapt = 'top' needs the cut it trains from: set cache.cut (e.g. "
-                          "--set cache.cut=Mixed_5b) and add it to the cache with `udaqa-pipeline features`")
+        raise ConfigError(NO_CUT)
     f, t = cfg.finetune, cfg.train
     bb = Backbone(load_i3d(device=device), lr=t.lr * f.lr_scale, weight_decay=t.weight_decay, freeze_bn=f.freeze_bn,
                   checkpointing=False, amp=_auto_flag(f.amp, device), train_from=cut, drop_below=True)
@@ -68,6 +70,8 @@ class CutSource:
                  cut: tuple[np.ndarray, np.ndarray, str] | None = None) -> None:
         from ..cache.cut import below, read_cut
 
+        if cfg.cache.cut == "none":
+            raise ConfigError(NO_CUT)
         self.cache, self.cfg, self.device = cache, cfg, torch.device(device)
         self.cut, self.have, self.dtype = cut if cut is not None else read_cut(cache, cfg.cache.cut, cfg.cache.cut_dtype)
         self.at = below(cfg.cache.cut)

@@ -63,8 +63,8 @@ class Curriculum:
 
 def select(uncertainty: np.ndarray, fraction: float) -> np.ndarray:
     """Indices of the ceil(fraction * N) samples with the lowest uncertainty (stable order on ties,
-    at least one sample)."""
+    at least two samples where there are two: a batch of one cannot be batch-normalised)."""
     n = len(uncertainty)
-    k = max(1, min(n, math.ceil(fraction * n - 1e-9)))
+    k = max(min(2, n), min(n, math.ceil(fraction * n - 1e-9)))
     order = np.argsort(np.asarray(uncertainty), kind="stable")
     return np.sort(order[:k])

@@ -120,6 +120,10 @@ def build_fit(cfg: Config, data: TrainingSet, rows: np.ndarray, *, device: str, 
     tcfg = cfg.train
     seed = tcfg.seed
     src = data.source
+    if len(rows) < 2:
+        raise TrainingError(f"{len(rows)} training row(s) left to fit on (after the validation split): at least 2 "
+                            f"are needed (a batch of one cannot be batch-normalised); mark more samples as training "
+                            f"rows, lower train.val_fraction or use train.select=last")
     scaling = label_scaling(data.labels, rows, tcfg)
     mcfg = model_config(tcfg, len(scaling["groups"]), data.n_features)
     torch.manual_seed(seed + rank)  # dropout / latent noise; data order comes from `gen`
