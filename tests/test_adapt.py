@@ -97,6 +97,10 @@ def test_a_cut_is_added_to_an_existing_cache_resumed_and_verified(synth, tmp_pat
     assert st["cut_processed"] == len(names) - 1
     again, _, _ = read_cut(open_cache(p), "Mixed_5b")
     assert again.tobytes() == stored.tobytes()
+    # a smaller label table (--limit, another task subset) keeps every row's cut, as it keeps features
+    cfg = resolve("mtl", TINY + CUT)
+    extract_features("mtl", cfg, synth, cache_root=tmp_path / "c", progress=False, limit=2)
+    assert json.loads((p / "manifest.json").read_text())["cuts"]["Mixed_5b/fp32"]["rows"] == names
     # a flipped byte in the cut store is found by cache verify, and named
     data = bytearray((p / e["store"]).read_bytes())
     at = data.rfind(stored[-1].tobytes()[:64])

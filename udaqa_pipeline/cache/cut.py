@@ -146,9 +146,10 @@ def _read_rows(path: Path, backend: str, rows: Sequence[int]) -> Iterable[np.nda
 
 
 def write_cut_store(cache_dir: Path, cut: str, dtype: str, backend: str) -> Path | None:
-    """Write the cut store of every needed row from the existing store and the staged rows, then
-    record it in the manifest and drop the staged rows. Rows with no cut (their extraction failed in
-    the cut pass) are left out, logged. Returns the store path (None when no row has a cut)."""
+    """Write the cut store of every row that has a cut, in the existing store or staged (rows of
+    samples no longer in the label table keep theirs, as their features are kept), then record it in
+    the manifest and drop the staged rows. Needed rows with no cut (their extraction failed in the
+    cut pass) are logged. Returns the store path (None when no row has a cut)."""
     from .store import _open_writer, _remove
 
     cache_dir = Path(cache_dir)
@@ -159,10 +160,11 @@ def write_cut_store(cache_dir: Path, cut: str, dtype: str, backend: str) -> Path
     staged = staged_cuts(staging_dir(cache_dir, cut, dtype))
     names = row_names(cache_dir)
     rows = [names[i] for i in needed_rows(cache_dir)]
-    have = [n for n in rows if n in staged or n in old_index]
-    if len(have) < len(rows):
-        log.warning(f"warning: {cache_dir}: {len(rows) - len(have)} of {len(rows)} rows have no {cut} cut (reading "
+    lacking = [n for n in rows if n not in staged and n not in old_index]
+    if lacking:
+        log.warning(f"warning: {cache_dir}: {len(lacking)} of {len(rows)} rows have no {cut} cut (reading "
                     f"their video failed in the cut pass); training from the cut leaves them out")
+    have = [n for n in names if n in staged or n in old_index]
     if not have:
         return None
     if old_index and all(n in old_index for n in have) and not staged and len(have) == len(old["rows"]):
