@@ -118,8 +118,8 @@ def _task_table(entries: dict) -> list[str]:
         for method, protocol in keys:
             by_task = {r["group"]: r for r in cv["results"] if (r["method"], r["protocol"]) == (method, protocol)}
             tasks = [ms(by_task[t]["mean_fold_spearman"]) if t in by_task else "-" for t in TASKS]
-            avg = overall.get((method, protocol), {}).get("fisher_z_over_groups") or (
-                by_task[next(iter(by_task))]["mean_fold_spearman"] if len(by_task) == 1 else {})
+            # the average over the three tasks only: a part over fewer tasks has none
+            avg = overall.get((method, protocol), {}).get("fisher_z_over_groups") if len(by_task) == len(TASKS) else {}
 
             def mean_of(key: str, digits: int) -> str:
                 vals = [r[key]["mean"] for r in by_task.values() if r[key].get("mean") is not None]
@@ -156,7 +156,8 @@ def markdown() -> str:
     path = HERE / "real_dev.json"
     if path.is_file():
         res = json.loads(path.read_text())
-        lines += [f"`make bench-real ARGS=\"--dev --seeds {res['seeds']}\"` (dev split: inner folds of the "
+        what = ", ".join(res["tasks"]) if "tasks" in res else "the previous release's, Suturing alone"
+        lines += [f"`make bench-real ARGS=\"--dev --seeds {res['seeds']}\"` ({what}; dev split: inner folds of the "
                   f"official training sets, honest, {res['seeds']} seeds; {res['wall_s'] / 60:.0f} min):", "",
                   *_header(COLUMNS)]
         for name, v in res.items():
