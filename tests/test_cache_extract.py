@@ -470,6 +470,19 @@ def _read_only(monkeypatch, directory: Path) -> None:
     monkeypatch.setattr(os, "open", ro_open)
 
 
+def _add_sample(root: Path, sid: str, k: int, n_frames: int) -> None:
+    """Append sample ``sid`` to a ``make_dataset`` folder as its k-th video would be (same video seed,
+    labels and split), leaving the other videos' files as they are (their bytes are their identity)."""
+    import csv
+
+    from test_cache_util import write_video
+
+    write_video(root / "videos" / f"{sid}.mkv", n_frames, seed=k)
+    with (root / "annotations.csv").open("a", newline="") as f:
+        csv.writer(f).writerow([sid, f"videos/{sid}.mkv", 10.0 + k, f"{k % 5 + 3};{k % 4 + 4}",
+                                "test" if k % 3 == 0 else "train"])
+
+
 def test_read_only_cache_is_reused_and_a_write_is_one_line(tmp_path, monkeypatch):
     """A cache on a read-only mount with nothing to do is reused (no lock taken); a label change or
     a new sample, which must write, stops with one line naming the directory and the fix."""
@@ -523,7 +536,7 @@ def test_disk_full_during_merge_or_staging_is_one_line_and_a_rerun_recovers(tmp_
     root = make_dataset(tmp_path / "data", {"a": 14, "b": 14})
     p = _extract(root, tmp_path / "cache")
     before = (p / "features.h5").read_bytes()
-    make_dataset(root, vids)
+    _add_sample(root, "c", 2, 14)  # as make_dataset(root, vids) would, without rewriting a and b
 
     real_write, calls = store_mod._H5Writer.write, []
 
