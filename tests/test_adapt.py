@@ -65,7 +65,9 @@ def test_frozen_top_on_the_stored_cut_reproduces_the_cached_features(synth, cut_
     plain = _extract(synth, tmp_path / "plain", CUT[2:])
     assert plain.name == cut_cache.name
     assert open_cache(plain).features.tobytes() == c.features.tobytes()
-    info = json.loads(json.dumps(__import__("udaqa_pipeline.cache.verify", fromlist=["x"]).cache_info(cut_cache)))
+    from udaqa_pipeline.cache.verify import cache_info
+
+    info = cache_info(cut_cache)
     assert info["cuts"]["Mixed_5b/fp32"]["bytes_per_clip"] == 832 * 2 * 7 * 7 * 4
     # a bf16 cut beside it: half the bytes, features within 1e-2 relative
     _extract(synth, cut_cache.parent, CUT[:1] + CUT[2:])

@@ -96,14 +96,16 @@ def staged_cuts(directory: Path) -> dict[str, Path]:
     return {f.stem: f for f in directory.iterdir() if f.suffix == ".npy" and not f.name.startswith(".")}
 
 
-def row_names(cache_dir: Path) -> list[str]:
-    """The row name of every store row (``rows.parquet``), in store order."""
+def row_names(cache_dir: Path, rows: Any = None) -> list[str]:
+    """The row name of every store row (``rows.parquet``, or the row table ``rows`` already read), in
+    store order."""
     import pyarrow.parquet as pq
 
     from .manifest import ROWS
     from .plan import identity, row_name
 
-    return [row_name(identity(r)) for r in pq.read_table(Path(cache_dir) / ROWS).to_pylist()]
+    table = rows if rows is not None else pq.read_table(Path(cache_dir) / ROWS)
+    return [row_name(identity(r)) for r in table.to_pylist()]
 
 
 def needed_rows(cache_dir: Path) -> list[int]:
@@ -145,6 +147,11 @@ def _read_rows(path: Path, backend: str, rows: Sequence[int]) -> Iterable[np.nda
             yield arr[r]
 
 
+def _chain(*parts: Iterable[np.ndarray]) -> Iterable[np.ndarray]:
+    for part in parts:
+        yield from part
+
+
 def write_cut_store(cache_dir: Path, cut: str, dtype: str, backend: str) -> Path | None:
     """Write the cut store of every row that has a cut, in the existing store or staged (rows of
     samples no longer in the label table keep theirs, as their features are kept), then record it in
@@ -169,23 +176,31 @@ def write_cut_store(cache_dir: Path, cut: str, dtype: str, backend: str) -> Path
         return None
     if old_index and all(n in old_index for n in have) and not staged and len(have) == len(old["rows"]):
         return old_path
-    first = np.load(staged[have[0]], allow_pickle=False) if have[0] in staged else next(
-        _read_rows(old_path, old["backend"], [old_index[have[0]]]))
+    # the old store is read once, in order, beside the staged rows
+    old_rows = _read_rows(old_path, old["backend"], [old_index[n] for n in have if n not in staged]) if old_index else iter(())
+
+    def arrays() -> Iterable[np.ndarray]:
+        for n in have:
+            yield np.load(staged[n], allow_pickle=False) if n in staged else next(old_rows)
+
+    rows_in = arrays()
+    first = next(rows_in)
     shape = (len(have),) + tuple(first.shape)
     path = cache_dir / store_name(cut, dtype, backend)
     tmp = path.with_name(path.name + ".partial")
     _remove(tmp)
     w = _open_writer(backend, tmp, {"cut": (shape, first.dtype, 0)}, {"cut": cut, "dtype": dtype})
     try:
-        for j, n in enumerate(have):
-            a = np.load(staged[n], allow_pickle=False) if n in staged else next(
-                _read_rows(old_path, old["backend"], [old_index[n]]))
+        for j, (n, a) in enumerate(zip(have, _chain([first], rows_in))):
             if a.shape != shape[1:] or a.dtype != first.dtype:
                 raise CacheError(f"{cache_dir}: the {cut} cut of row {n} is {a.shape} {a.dtype}, the others "
                                  f"{shape[1:]} {first.dtype}; delete {staging_dir(cache_dir, cut, dtype)} and rerun")
             w.write("cut", j, a)
     finally:
         w.close()
+        close = getattr(old_rows, "close", None)
+        if close is not None:
+            close()  # the old store's file handle, before that file is replaced
     _remove(path)
     os.replace(tmp, path)
     m = read_manifest(cache_dir)
@@ -221,7 +236,7 @@ def read_cut(cache: Any, cut: str, dtype: str | None = None) -> tuple[np.ndarray
 
     stored = read_store_arrays(cache.path / e["store"], e["backend"], ["cut"])["cut"]
     index = {n: i for i, n in enumerate(e["rows"])}
-    names = row_names(cache.path)
+    names = row_names(cache.path, cache.rows)
     at = np.asarray([index.get(names[r], -1) for r in cache.store_index], dtype=np.int64)
     have = at >= 0
     if have.all() and len(at) == len(stored) and (at == np.arange(len(at))).all():

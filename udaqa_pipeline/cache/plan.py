@@ -62,6 +62,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from ..fileutil import file_sha256
 from .staging import read_staged, staged_files
 from .store import EXTRACTION_COLUMNS
 
@@ -128,18 +129,16 @@ def source_fingerprint(path: str | Path, memo: dict[str, list] | None = None, ke
         hit = memo.get(key) if memo is not None else None
         if hit is not None and hit[0] == size and hit[1] == mtime:
             return str(hit[2])
-        h = hashlib.sha256()
         if entries is None:
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
+            fp = file_sha256(p)[:16]
         else:
+            h = hashlib.sha256()
             for e in entries:
                 h.update(json.dumps([e.name, e.stat().st_size]).encode())
                 with open(e.path, "rb") as f:
                     for block in iter(lambda: f.read(1 << 20), b""):
                         h.update(block)
-        fp = h.hexdigest()[:16]
+            fp = h.hexdigest()[:16]
     except OSError as e:
         return f"unreadable:{e.errno}"
     if memo is not None:

@@ -326,5 +326,5 @@ def from_cache(cache: Any, stage: str | None = None, source: FeatureSource | Non
     rows = getattr(cache, "rows", None)
     if rows is not None and "fingerprint" in rows.column_names and len(labels.feature_row) == len(labels.ids):
         fps = rows.column("fingerprint").to_pylist()
-        labels.content = [fps[r] or "" if 0 <= r < len(fps) else "" for r in labels.feature_row]
+        labels.content = [(fps[r] or "") if 0 <= r < len(fps) else "" for r in labels.feature_row]
     return TrainingSet(labels, source or CacheSource(cache), prov, int(cache.features.shape[-1]))

@@ -125,8 +125,8 @@ def evaluate(run_dir: str | Path, *, fold: int | None = None, cache: Any = None,
                                   f"train with --fold {fold} or pass the matching --run")
         if data is None:
             data = run_training_set(run, cache=cache, cache_root=cache_root, source=source)
-        if _predict_run(rows, rd, run, for_run(data, run), judges=judges, samples=samples, seed=seed,
-                        sampler=sampler):
+        data = for_run(data, run)  # a group's own top over the cut read once for all groups
+        if _predict_run(rows, rd, run, data, judges=judges, samples=samples, seed=seed, sampler=sampler):
             meta[rd.name] = _run_meta(run.checkpoint, sampler)
     if not rows["ids"]:
         raise CheckpointError(f"{run_dir}: the test fold is empty")
