@@ -112,7 +112,8 @@ def test_a_cut_is_added_to_an_existing_cache_resumed_and_verified(synth, tmp_pat
     assert any(e["store"] in s and "checksum" in s for s in problems), problems
 
 
-def test_top_from_the_cut_equals_end_to_end_with_the_bottom_frozen(synth, cut_cache):
+@pytest.mark.parametrize("freeze_bn", [True, False])
+def test_top_from_the_cut_equals_end_to_end_with_the_bottom_frozen(synth, cut_cache, freeze_bn):
     """Same input, same weights: the blocks from Mixed_5b trained from the stored fp32 cut give the
     outputs and gradients of fine-tuning with finetune.train_from = Mixed_5b on the frames."""
     from udaqa_pipeline.backbone.weights import load_i3d
@@ -122,7 +123,7 @@ def test_top_from_the_cut_equals_end_to_end_with_the_bottom_frozen(synth, cut_ca
     from udaqa_pipeline.engine.finetune import Backbone
     from udaqa_pipeline.features import layout_of, view_input
 
-    cfg = resolve("mtl", TINY + CUT)
+    cfg = resolve("mtl", TINY + CUT + (f"finetune.freeze_bn={str(freeze_bn).lower()}",))
     c = open_cache(cut_cache)
     rows = np.arange(4)
     views = np.asarray([0, 1, 0, 1])
@@ -130,7 +131,7 @@ def test_top_from_the_cut_equals_end_to_end_with_the_bottom_frozen(synth, cut_ca
     src.module.train()
     f_cut, _ = src.batch(rows, views)
     # end to end: the frames of the same samples and views through a Backbone frozen below Mixed_5b
-    e2e = Backbone(load_i3d(), lr=1e-3, train_from="Mixed_5b", checkpointing=False)
+    e2e = Backbone(load_i3d(), lr=1e-3, train_from="Mixed_5b", checkpointing=False, freeze_bn=cfg.finetune.freeze_bn)
     e2e.train()
     samples = {s.id: s for s in load_dataset("mtl", synth, cfg)}
     lay = layout_of(cfg)
@@ -153,10 +154,15 @@ def test_top_from_the_cut_equals_end_to_end_with_the_bottom_frozen(synth, cut_ca
     assert set(grads["cut"]) == set(grads["e2e"]) and all(k.startswith("Mixed_5") for k in grads["cut"])
     assert len(grads["cut"]) > 20
     # the stored cut comes from stage one's folded-BatchNorm bottom, the end-to-end path's from the
-    # unfolded one: inputs agree to ~2e-6 relative, each gradient tensor to 1e-4 relative (L2)
-    for k in grads["cut"]:
-        a, b = grads["cut"][k], grads["e2e"][k]
-        assert float((a - b).norm() / b.norm().clamp_min(1e-12)) < 1e-4, k
+    # unfolded one: inputs agree to ~2e-6 relative, and so do the gradients, each tensor to 1e-4
+    # relative (L2) but those of one branch: a pre-activation that close to 0 can fall on the other
+    # side of a ReLU in the two paths, which moves the gradients of the layers around it (with
+    # Kinetics BatchNorm statistics: Mixed_5b.b1a and b1b, up to 5.6e-4), still well inside 1e-3
+    rel = {k: float((grads["cut"][k] - grads["e2e"][k]).norm() / grads["e2e"][k].norm().clamp_min(1e-12))
+           for k in grads["cut"]}
+    assert max(rel.values()) < 1e-3, rel
+    off = {k: v for k, v in rel.items() if v >= 1e-4}
+    assert len({k[:len("Mixed_5b.b1")] for k in off}) <= 1, off
     # the frozen bottom got no gradient and kept its weights
     assert all(not p.requires_grad for n, p in e2e.i3d.named_parameters() if not n.startswith(("Mixed_5", "logits")))
 
@@ -205,3 +211,23 @@ def I3D_unfolded(state):
     m = I3D()
     m.load_state_dict(state)
     return m.eval()
+
+
+def test_weight_averaging_averages_the_top_with_the_heads(cut_cache, tmp_path):
+    """select=last with average_last=2: the kept top is the mean of the tops at the end of the last
+    two epochs (so the kept heads read the features of the kept top), as the kept heads are."""
+    from udaqa_pipeline.engine.run import train
+    from udaqa_pipeline.runs.checkpoint import CHECKPOINT, load_checkpoint
+
+    over = TINY + CUT + TRAIN + ("train.adapt=top", "train.select=last", "train.average_last=2", "train.epochs=3",
+                                 "train.calibrate=none")
+    ck = load_checkpoint(train("mtl", cache=cut_cache, run_dir=tmp_path / "r", overrides=over, progress=False)
+                         / CHECKPOINT)
+    step = tmp_path / "s"
+    train("mtl", cache=cut_cache, run_dir=step, overrides=over, progress=False, stop_after=2)
+    top2 = load_checkpoint(step / CHECKPOINT)["source"]
+    train("mtl", cache=cut_cache, run_dir=step, overrides=over, progress=False)
+    top3 = load_checkpoint(step / CHECKPOINT)["source"]
+    k = "i3d.Mixed_5c.b3b.conv3d.weight"
+    assert ck["best"]["averaged"] == 2 and not torch.equal(top2[k], top3[k])
+    torch.testing.assert_close(ck["best"]["source"][k], (top2[k] + top3[k]) / 2, rtol=0, atol=1e-7)

@@ -170,7 +170,7 @@ class Finetune:
 
     lr_scale: float = 0.1                 # the backbone's learning rate, as a share of train.lr
     freeze_backbone: bool = False
-    freeze_bn: bool = False
+    freeze_bn: bool = True                # BatchNorm keeps Kinetics' statistics (see engine/finetune.py)
     amp: str | bool = "auto"              # bf16 autocast: auto (on for CUDA) / on / off / a boolean
     checkpointing: str | bool = "auto"    # activation checkpointing of every I3D block, as amp
     max_shift: int = 3

@@ -27,9 +27,9 @@ One loop, read top to bottom (nanoGPT style, :mod:`.loop`). Policies:
     smoothed over ``train.inner_smooth`` epochs), then the model is refit on every training sample
     for that many epochs and the end of that fit is kept;
   * ``"last"``: train every training sample for ``train.epochs`` and keep the end.
-  With ``"inner_cv"`` and ``"last"`` the kept model is the uniform average of the heads' weights
-  at the end of the last ``train.average_last`` epochs (0: the last weights; a trainable source such
-  as a fine-tuned I3D keeps its last weights).
+  With ``"inner_cv"`` and ``"last"`` the kept model is the uniform average of the weights at the
+  end of the last ``train.average_last`` epochs (0: the last weights): the heads' and a trainable
+  source's (a fine-tuned I3D or its top) alike.
   ``paper`` keeps the epoch with the best test Spearman, as the published code does. The protocol
   is stored with the run and tags every reported number.
 - Selection scores use the predicted final score = mean over ``train.eval_samples`` seeded prior

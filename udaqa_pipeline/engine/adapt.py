@@ -9,16 +9,16 @@ to the clip features, with gradients in a training step. Design choices:
 - **Learning rate**: the blocks train at ``finetune.lr_scale`` x ``train.lr`` (0.1, as the
   published AQA code fine-tunes I3D), with their own Adam inside the backward pass and the heads'
   weight decay (:class:`~.finetune.Backbone`).
-- **BatchNorm**: batch statistics over the B x K clips of a step in training, running statistics
-  (updated with momentum 0.1 from the Kinetics values) under evaluation; ``finetune.freeze_bn``
-  keeps the Kinetics statistics throughout.
+- **BatchNorm** (``finetune.freeze_bn``, default on): the Kinetics running statistics in training
+  and evaluation alike, scale and shift trained, so the top starts from exactly the function that
+  wrote the cached features (:mod:`.finetune` says why batch statistics fail here).
 - **Augmentation**: the cache's V feature views (flip, +-shift) are the augmentation: each sample
   draws one view per epoch (the loop's view draw), and its cut is that view's. Evaluation, selection
   and calibration passes run view 0 in eval mode, as stage one does.
 - **Feature standardisation** (``train.feature_norm``): the statistics are those of the cached
   features, which are the starting top's output on every view (exactly, for an fp32 cut), fixed for
   the run.
-- **Weight averaging** (``train.average_last``) averages the heads; the top keeps its last weights.
+- **Weight averaging** (``train.average_last``) averages the top's weights with the heads'.
 - **Per-group stages and inner folds** (calibration, ``select = "inner_cv"``): each group's model and
   each inner model train their own top from the Kinetics weights (:meth:`CutSource.fork`).
 - The checkpoint's ``source`` holds the trained blocks (and their Adam moments) only; scoring and

@@ -9,8 +9,9 @@ same methods, and the inner cross-validation two of them use.
 - :class:`InnerCV` (``"inner_cv"``): the epoch count from an inner cross-validation of the
   training rows (:func:`inner_cv_epochs`), then kept as :class:`KeepLast` keeps its end.
 
-The last two keep the uniform average of the heads' weights over the last ``train.average_last``
-epochs (0: the last weights; a trainable source keeps its last weights).
+The last two keep the uniform average of the weights over the last ``train.average_last`` epochs
+(0: the last weights): the heads' and, when the source trains (a top of I3D, a fine-tuned I3D), its
+weights and BatchNorm statistics too, so the kept heads read the features of the kept backbone.
 
 Each has ``fit_rows`` / ``sel_rows``, ``name`` (the checkpoint's ``select``), ``selected_on`` (the
 log's), :meth:`~Selection.prepare` (before the fit is built), :meth:`~Selection.epochs`,
@@ -29,7 +30,6 @@ import numpy as np
 from ..model.calibration import concat_heldout
 from ..config import Config, ConfigError
 from ..metrics import crps_ensemble, spearman
-from ..runs.checkpoint import state_to_cpu
 from ..runs.layout import RunSpec
 
 log = logging.getLogger(__name__)
@@ -214,13 +214,15 @@ class KeepLast(Selection):
 
     def observe(self, epoch: int, fit: Fit) -> dict:
         self.score = float("nan")
-        state = fit.model.state_dict()
+        model, source = fit.states()
         if self.n_avg and epoch >= self.epochs() - self.n_avg:
-            self.avg = {"n": self.avg["n"] + 1, "state": average_weights(self.avg["state"], state, self.avg["n"] + 1)}
-        src = fit.data.source.module
+            n = self.avg["n"] + 1
+            self.avg = {"n": n, "state": average_weights(self.avg["state"], model, n),
+                        "source": None if source is None else average_weights(self.avg.get("source"), source, n)}
+        averaged = self.avg["n"] > 0
         self.best = {"epoch": epoch, "score": self.score, "averaged": self.avg["n"],
-                     "model": self.avg["state"] if self.avg["n"] else state_to_cpu(state),
-                     "source": state_to_cpu(src.state_dict()) if src is not None else None}
+                     "model": self.avg["state"] if averaged else model,
+                     "source": self.avg.get("source") if averaged and source is not None else source}
         return {}
 
 
