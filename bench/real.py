@@ -14,8 +14,9 @@ R-l2 x100 and 80% interval coverage averaged over the tasks. The data is researc
 where it lies, never copied.
 
 ``--recipes``, ``--splits`` and ``--tasks`` run part of it (a part is recorded as such);
-``--dev`` instead scores :data:`RECIPES` on the dev split (inner folds of the official training
-sets; no test fold is read), the evidence a stage recipe is chosen on, into ``bench/real_dev.json``.
+``--dev`` instead scores :data:`RECIPES` (or the ``--recipes`` named) on the dev split (inner folds
+of the official training sets; no test fold is read), the evidence a stage recipe is chosen on,
+into ``bench/real_dev.json``, whose other entries a part keeps.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ RECIPES: dict[str, list[str]] = {
     "paper's recipe (train.PAPER_RECIPE)": ["PAPER"],
     "stage, + weight attention": ["train.use_wa=true", "train.calibrate=none"],
     "stage, 80 epochs": ["train.epochs=80", "train.calibrate=none"],
-    "adapted top (Mixed_5b), 30 epochs": ADAPTED,
+    "adapted top (Mixed_5b)": ADAPTED,
 }
 
 
@@ -156,13 +157,13 @@ def markdown() -> str:
     path = HERE / "real_dev.json"
     if path.is_file():
         res = json.loads(path.read_text())
-        what = ", ".join(res["tasks"]) if "tasks" in res else "the previous release's, Suturing alone"
-        lines += [f"`make bench-real ARGS=\"--dev --seeds {res['seeds']}\"` ({what}; dev split: inner folds of the "
-                  f"official training sets, honest, {res['seeds']} seeds; {res['wall_s'] / 60:.0f} min):", "",
-                  *_header(COLUMNS)]
+        lines += ["`make bench-real ARGS=\"--dev\"` (dev split: inner folds of the official training sets, honest; "
+                  "each row names its seeds and tasks, rows without tasks are the previous release's, Suturing alone, "
+                  f"{res['seeds']} seeds):", "", *_header(COLUMNS)]
         for name, v in res.items():
             if isinstance(v, dict) and "cv" in v:
-                lines += _rows(v["cv"], recipe=name, per_fold=False)
+                tag = f" ({len(v['cv']['seeds'])} seed(s), {', '.join(TASKS[t] for t in v['tasks'])})" if "tasks" in v else ""
+                lines += _rows(v["cv"], recipe=name + tag, per_fold=False)
     return "\n".join(lines)
 
 
@@ -173,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--jobs", type=int, default=None)
     ap.add_argument("--dev", action="store_true", help="compare RECIPES on the dev split instead")
-    ap.add_argument("--recipes", default=",".join(TABLE_RECIPES), help="comma-separated subset of the table's recipes")
+    ap.add_argument("--recipes", default=None,
+                    help="comma-separated subset of the table's recipes (TABLE_RECIPES), or with --dev of RECIPES")
     ap.add_argument("--splits", default=",".join(SPLITS), help="comma-separated subset of official,louo")
     ap.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of the tasks")
     ap.add_argument("--honest-only", action="store_true", help="the official split under the honest protocol only")
@@ -200,19 +202,28 @@ def main(argv: list[str] | None = None) -> int:
     if a.dev:
         from udaqa_pipeline.engine.recipe import PAPER_RECIPE
 
-        for name, extra in RECIPES.items():
-            extra = list(PAPER_RECIPE) if extra == ["PAPER"] else extra
+        names = [r for r in a.recipes.split(",") if r] if a.recipes else list(RECIPES)
+        unknown = sorted(set(names) - set(RECIPES))
+        if unknown:
+            print(f"bench-real: unknown dev recipes {unknown}; choose from {', '.join(RECIPES)}")
+            return 2
+        # a part replaces its recipes' entries and keeps the others (each entry names its seeds and tasks)
+        dest = HERE / "real_dev.json"
+        old = json.loads(dest.read_text()) if dest.is_file() and names != list(RECIPES) else {}
+        res = {**old, **{k: v for k, v in res.items() if k not in ("seeds",)}, "seeds": old.get("seeds", a.seeds)}
+        for name in names:
+            extra = list(PAPER_RECIPE) if RECIPES[name] == ["PAPER"] else RECIPES[name]
             slug = "".join(c if c.isalnum() else "_" for c in name)[:40]
+            methods = ["udaqa", "i3d+mlp", "ridge"] if name == "stage recipe" else ["udaqa"]
             r = cross_validate(STAGE, root=DATA, overrides=data + extra, seeds=a.seeds, split="dev",
-                               methods=["udaqa", "i3d+mlp", "ridge"] if name == "stage recipe" else ["udaqa"],
-                               protocol="honest", jobs=a.jobs, run_dir=out / "dev" / slug,
+                               methods=methods, protocol="honest", jobs=a.jobs, run_dir=out / "dev" / slug,
                                cache_root=a.cache_root, progress=False)
             print(f"== {name}\n{format_table(r)}", flush=True)
-            res[name] = {"overrides": extra, "cv": r}
-            _write(HERE / "real_dev.json", res, t0)
-        dest = HERE / "real_dev.json"
+            res[name] = {"overrides": extra, "cv": r, "tasks": tasks,
+                         "command": _cmd("dev", "honest", a.seeds, methods, data + extra)}
+            _write(dest, res, t0)
     else:
-        recipes = [r for r in a.recipes.split(",") if r]
+        recipes = [r for r in a.recipes.split(",") if r] if a.recipes else list(TABLE_RECIPES)
         splits = [s for s in a.splits.split(",") if s]
         full = recipes == list(TABLE_RECIPES) and splits == list(SPLITS) and tasks == list(TASKS) and not a.honest_only
         # a part adds its entries to the table already there (each entry names its seeds and tasks)

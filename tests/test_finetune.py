@@ -289,3 +289,23 @@ def test_memory_is_estimated_before_fine_tuning(synth, monkeypatch, i3d_state):
                         lambda dev: (t1["param_bytes"] + 3 * t1["trained_param_bytes"] + 3.5 * t1["saved_bytes_per_video"]) / 0.8)
     with pytest.raises(FinetuneError, match=r"step of 8 videos.*--set train.batch_size=3 fits"):
         ft._check_memory(Src, off, ft.time_step(bb, off, 8, n_videos=1))
+
+
+def test_inner_folds_fine_tune_their_own_backbone(synth, tmp_path, i3d_state):
+    """select=inner_cv with I3D unfrozen: each inner fold trains its own backbone from the starting
+    weights, so the kept run starts from them too: its backbone equals that of select=last run for
+    the chosen epoch count (an inner fold's training never carries into it)."""
+    from udaqa_pipeline.engine.finetune import finetune
+    from udaqa_pipeline.runs.checkpoint import load_checkpoint
+
+    ov = TINY + FT_TRAIN + ("train.calibrate=none", "train.use_curriculum=false")
+    kw = dict(force=True, progress=False, device="cpu", jobs=0)
+    inner = finetune("mtl", synth, run_dir=tmp_path / "inner", i3d=_i3d(i3d_state), **kw,
+                     overrides=ov + ("train.select=inner_cv", "train.inner_folds=2"))
+    last = finetune("mtl", synth, run_dir=tmp_path / "last", i3d=_i3d(i3d_state), **kw,
+                    overrides=ov + ("train.select=last",))
+    a, b = (load_checkpoint(r / "checkpoint.pt") for r in (inner, last))
+    assert a["inner_cv"]["epochs"] == 1
+    k = "i3d.Mixed_4c.b1b.conv3d.weight"
+    assert not torch.equal(a["source"][k], i3d_state[k[4:]])
+    assert all(torch.equal(a["source"][n], b["source"][n]) for n in b["source"])

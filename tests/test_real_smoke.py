@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from udaqa_pipeline.backbone.weights import weights_path
 from udaqa_pipeline.safe_pickle import safe_load
@@ -33,21 +34,26 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    r = tmp_path_factory.mktemp("jigsaws")
-    (r / "info").mkdir()
+def _root(r: Path, trials: list[str]) -> Path:
+    """A JIGSAWS root at ``r`` holding ``trials`` (links to the shared videos) and their entries of
+    the published label and split files."""
+    (r / "info").mkdir(parents=True)
     (r / "Suturing" / "video").mkdir(parents=True)
     labels = safe_load(DATA / "info" / "label.pkl")
     splits = safe_load(DATA / "info" / "splits.pkl")
     folds = [[str(t) for t in np.asarray(f).reshape(-1)] for f in splits["Suturing"]]
     with (r / "info" / "label.pkl").open("wb") as f:
-        pickle.dump({t: labels[t] for t in TRIALS}, f)
+        pickle.dump({t: labels[t] for t in trials}, f)
     with (r / "info" / "splits.pkl").open("wb") as f:
-        pickle.dump({"Suturing": [[t for t in fold if t in TRIALS] for fold in folds]}, f)
-    for t in TRIALS:
+        pickle.dump({"Suturing": [[t for t in fold if t in trials] for fold in folds]}, f)
+    for t in trials:
         (r / "Suturing" / "video" / f"{t}_capture2.avi").symlink_to(DATA / "Suturing" / "video" / f"{t}_capture2.avi")
     return r
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return _root(tmp_path_factory.mktemp("jigsaws"), TRIALS)
 
 
 def test_real_surgical_video_end_to_end(root, tmp_path):
@@ -79,3 +85,32 @@ def test_real_surgical_video_end_to_end(root, tmp_path):
     # six GRS items of 1..5 summed: 6..30. Two epochs on three training trials may overshoot the scale
     # (predictions are not clipped to it, README "Limits"), not explode
     assert np.isfinite(row["pred_final"]) and 0.0 < row["pred_final"] < 60.0
+
+
+@pytest.mark.slow
+def test_real_video_fine_tunes_end_to_end_with_the_jigsaws_recipe(tmp_path):
+    """I3D unfrozen on real video with the stage's recipe (one model per task, feature
+    standardisation, weight averaging), activation checkpointing at batch 2: two real training
+    trials, one epoch, then the fine-tuned run evaluated on its test trial (fold 0: B001)."""
+    from udaqa_pipeline.engine.finetune import finetune
+    from udaqa_pipeline.evaluation.finetuned import evaluate_finetuned
+    from udaqa_pipeline.runs.checkpoint import load_checkpoint
+
+    r = _root(tmp_path / "data", TRIALS[:3])  # B001 (fold 0: test), C001 and C004 (training)
+    over = SETTINGS + ["train.epochs=1", "train.batch_size=2", "train.calibrate=none", "finetune.checkpointing=on"]
+    run = finetune("jigsaws", r, run_dir=tmp_path / "run", overrides=over, progress=False, force=True, device="cpu")
+    ck = load_checkpoint(run / "Suturing" / "checkpoint.pt")
+    cfg = ck["config"]["train"]
+    assert cfg["per_group"] and cfg["feature_norm"] and cfg["select"] == "last"  # the stage's recipe
+    assert ck["split"]["fit"] == ["Suturing_C001", "Suturing_C004"] and ck["split"]["test"] == ["Suturing_B001"]
+    from udaqa_pipeline.backbone.weights import load_i3d
+
+    k = "Mixed_5c.b3b.conv3d.weight"
+    assert not torch.equal(ck["source"]["i3d." + k], load_i3d().state_dict()[k])  # the backbone trained
+    m = evaluate_finetuned(run / "Suturing", r, samples=5, make_plots=False)
+    assert m["overall"]["n"] == 1
+    import pyarrow.parquet as pq
+
+    row = pq.read_table(run / "Suturing" / "eval" / "predictions.parquet").to_pylist()[0]
+    assert row["id"] == "Suturing_B001" and row["true_final"] == 13.0
+    assert np.isfinite(row["pred_final"]) and 0.0 < row["pred_final"] < 60.0  # GRS is 6..30; one epoch, not clipped

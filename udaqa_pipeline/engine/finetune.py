@@ -374,25 +374,52 @@ class FrameSource:
     loop's selection and curriculum passes) the centre view goes through I3D in eval mode, in
     chunks of ``infer_batch`` videos while the workers decode ahead. ``views`` is ignored
     (``n_views`` = 1: augmentation is drawn per step instead of from cached views).
+    :meth:`fork` / :meth:`with_state` give another source on the same decoding workers whose backbone
+    starts again from this one's first weights / holds a given state.
     """
 
     n_views = 1
 
-    def __init__(self, data: FrameData, backbone: Backbone, *, workers: int = 0, infer_batch: int = 4) -> None:
+    def __init__(self, data: FrameData, backbone: Backbone, *, workers: int = 0, infer_batch: int = 4,
+                 _share: "FrameSource | None" = None) -> None:
         from ..features import layout_of
+        from ..runs.checkpoint import state_to_cpu
 
         self.data = data
         self.module = backbone
         self.layout = layout_of(data.config)
-        self.items = _Items(data.sample_list, data.config)
         self.workers = int(workers)
         self.infer_batch = max(1, int(infer_batch))
+        if _share is not None:  # a fork decodes through the same workers and starts from the same weights
+            self.items, self._requests, self._loader, self.start = (_share.items, _share._requests, _share._loader,
+                                                                    _share.start)
+            return
+        self.start = state_to_cpu(backbone.i3d.state_dict())
+        self.items = _Items(data.sample_list, data.config)
         self._requests = _Requests()
         self._loader = None
         if self.workers > 0:
             self._loader = torch.utils.data.DataLoader(
                 self.items, batch_sampler=self._requests, num_workers=self.workers, collate_fn=_first,
                 persistent_workers=True, prefetch_factor=2)
+
+    def with_state(self, state: dict | None) -> "FrameSource":
+        """Another source on the same samples and decoding workers with its own backbone: this one's
+        first weights, or ``state`` (a run's trained backbone) loaded over them."""
+        from ..backbone.i3d import I3D
+
+        i3d = I3D()
+        i3d.load_state_dict(self.start)
+        dev = next(self.module.i3d.parameters()).device
+        bb = build_backbone(self.data.config, dev, i3d)
+        if state is not None:
+            bb.load_state_dict(state)
+        return FrameSource(self.data, bb, workers=self.workers, infer_batch=self.infer_batch, _share=self)
+
+    def fork(self) -> "FrameSource":
+        """Another source whose backbone starts from this one's first weights (a group's or an inner
+        fold's own I3D: :meth:`TrainingSet.fresh <udaqa_pipeline.data.trainset.TrainingSet.fresh>`)."""
+        return self.with_state(None)
 
     def _load(self, keys: list[tuple[int, int, bool]]) -> Iterable[dict]:
         if self._loader is None:
@@ -643,26 +670,8 @@ def finetune(dataset: str, root: str | Path | None = None, *, spec: RunSpec | No
         _check_time(src, cfg, len(tr) - (n_sel if protocol == "honest" else 0), n_sel, src.workers,
                     max_epoch_minutes, force)
     dev = next(src.module.i3d.parameters()).device
-    sources = [src]
-    start = copy.deepcopy(src.module.i3d.state_dict()) if cfg.train.per_group else None
-
-    def group_data(group: str) -> Any:
-        # Each group starts from the same weights: one group's backbone never carries into the next.
-        if group_data.calls:
-            from ..backbone.i3d import I3D
-
-            i3d = I3D()
-            i3d.load_state_dict(start)
-            sources.append(FrameSource(data, build_backbone(cfg, dev, i3d), workers=src.workers))
-        group_data.calls += 1
-        return data.training_set(sources[-1])
-
-    group_data.calls = 0
-
-    try:
+    try:  # each group (and inner fold) trains its own backbone from the Kinetics weights: TrainingSet.fresh
         return train_run(cfg, spec, data.training_set(src), run, device=str(dev),
-                         options=RunOptions(resume=resume, progress=progress, stop_after=stop_after),
-                         data_for_group=group_data if cfg.train.per_group else None)
+                         options=RunOptions(resume=resume, progress=progress, stop_after=stop_after))
     finally:
-        for s_ in sources:
-            s_.close()
+        src.close()

@@ -14,7 +14,6 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -42,12 +41,11 @@ class RunOptions:
 
 
 def train_run(cfg: Config, spec: RunSpec, data: TrainingSet, run_dir: Path, *, device: str,
-              options: RunOptions = RunOptions(),
-              data_for_group: Callable[[str], TrainingSet] | None = None) -> Path:
+              options: RunOptions = RunOptions()) -> Path:
     """Train the run ``spec`` of config ``cfg`` (resolved, see
     :func:`udaqa_pipeline.config.resolve`) on ``data`` into ``run_dir`` on
     ``device``; with ``train.per_group`` one run per group in ``<run_dir>/<group>/``, one after
-    another, each on ``data_for_group(group)`` when given (fine-tuning: a fresh backbone per group). Returns
+    another, each with its own trainable source from the first weights (:meth:`TrainingSet.fresh`). Returns
     ``run_dir``. Raises :class:`ConfigError` (bad protocol, fold or split),
     :class:`~udaqa_pipeline.runs.checkpoint.CheckpointError` (a checkpoint that cannot be resumed),
     :class:`~udaqa_pipeline.engine.fit.TrainingError`."""
@@ -67,7 +65,7 @@ def train_run(cfg: Config, spec: RunSpec, data: TrainingSet, run_dir: Path, *, d
     for n, g in enumerate(groups):
         tr = np.asarray([i for i in train_rows if labels.group[i] == g], int)
         te = np.asarray([i for i in test_rows if labels.group[i] == g], int)
-        group_data = data_for_group(g) if data_for_group else data if n == 0 else data.fresh()
+        group_data = data if n == 0 else data.fresh()
         train_one(cfg, spec.for_group(g), group_data, (tr, te), run_dir / safe_name(g), device=device, options=options)
     (run_dir / "groups.json").parent.mkdir(parents=True, exist_ok=True)
     (run_dir / "groups.json").write_text(json.dumps({"groups": groups}, indent=1) + "\n")
