@@ -231,3 +231,25 @@ def test_weight_averaging_averages_the_top_with_the_heads(cut_cache, tmp_path):
     k = "i3d.Mixed_5c.b3b.conv3d.weight"
     assert ck["best"]["averaged"] == 2 and not torch.equal(top2[k], top3[k])
     torch.testing.assert_close(ck["best"]["source"][k], (top2[k] + top3[k]) / 2, rtol=0, atol=1e-7)
+
+
+def test_heads_first_the_top_trains_in_the_last_epochs_only(cut_cache, tmp_path):
+    """train.adapt_epochs = 1 of 3: the first two epochs train the heads on the cached features (the
+    top keeps the Kinetics weights), the last one trains the top too."""
+    from udaqa_pipeline.backbone.weights import load_i3d
+    from udaqa_pipeline.config import ConfigError
+    from udaqa_pipeline.engine.run import train
+    from udaqa_pipeline.runs.checkpoint import CHECKPOINT, load_checkpoint
+
+    over = TINY + CUT + TRAIN + ("train.adapt=top", "train.adapt_epochs=1", "train.select=last", "train.epochs=3",
+                                 "train.calibrate=none")
+    step = tmp_path / "s"
+    k = "Mixed_5c.b3b.conv3d.weight"
+    kinetics = load_i3d().state_dict()[k]
+    train("mtl", cache=cut_cache, run_dir=step, overrides=over, progress=False, stop_after=2)
+    ck2 = load_checkpoint(step / CHECKPOINT)
+    assert torch.equal(ck2["source"]["i3d." + k], kinetics) and ck2["epoch"] == 1
+    train("mtl", cache=cut_cache, run_dir=step, overrides=over, progress=False)
+    assert not torch.equal(load_checkpoint(step / CHECKPOINT)["source"]["i3d." + k], kinetics)
+    with pytest.raises(ConfigError, match="adapt_epochs"):
+        resolve("mtl", TINY + ("train.adapt_epochs=2",))

@@ -145,8 +145,12 @@ class Train:
     calibrate: str = _choice("heldout", ("heldout", "oof", "none"))
     award_step: float = 0.0
     adapt: str = _choice("none", ADAPTS)    # "top": train the I3D blocks above cache.cut with the heads
+    adapt_epochs: int = 0                   # with adapt = "top": the top trains in the last N epochs only (0: all)
 
     def __post_init__(self) -> None:
+        if self.adapt_epochs < 0 or (self.adapt_epochs and self.adapt != "top"):
+            raise ConfigError(f"train.adapt_epochs = {self.adapt_epochs}: the number of last epochs in which the top "
+                              f"of I3D trains (0: every epoch) is a whole number >= 0 and needs train.adapt = 'top'")
         if self.inner_folds < 2:
             raise ConfigError(f"train.inner_folds must be a whole number of folds, at least 2, not {self.inner_folds!r}")
         step = float(self.award_step)

@@ -55,16 +55,20 @@ class CacheSource:
         self.n_views = int(self.features.shape[1])
 
     def batch(self, indices: np.ndarray, views: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        from ..features import apply_view
-
         idx = np.asarray(indices)
         v = np.asarray(views)
-        feats = torch.from_numpy(np.ascontiguousarray(self.features[idx, v]))
-        vid = self.video[idx]
-        if (v != 0).any():
-            vid = np.stack([apply_view(vid[i], self.views[int(v[i])]) if v[i] else vid[i]
-                            for i in range(len(idx))])
-        return feats, torch.from_numpy(np.ascontiguousarray(vid))
+        return torch.from_numpy(np.ascontiguousarray(self.features[idx, v])), view_video(self.video, self.views, idx, v)
+
+
+def view_video(video: Any, views: list[dict], idx: np.ndarray, v: np.ndarray) -> torch.Tensor:
+    """The cache's downsampled video (N, L, 3, h, w) uint8 of rows ``idx``, each in its feature view
+    ``v`` (flip / shift as stage one applied it, :func:`~udaqa_pipeline.features.apply_view`)."""
+    from ..features import apply_view
+
+    vid = video[idx]
+    if (v != 0).any():
+        vid = np.stack([apply_view(vid[i], views[int(v[i])]) if v[i] else vid[i] for i in range(len(idx))])
+    return torch.from_numpy(np.ascontiguousarray(vid))
 
 
 @dataclass

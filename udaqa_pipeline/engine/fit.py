@@ -46,6 +46,7 @@ class Fit:
     data: TrainingSet
     rank: int = 0
     world: int = 1
+    epochs: int = 0  # the fit's planned epochs (train.adapt_epochs counts back from its end)
 
     def targets(self, rows: np.ndarray, draws: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """One judge per sample (index floor(draw * T)) and the panel mean, both scaled, on the fit's device."""
@@ -113,10 +114,10 @@ def feature_stats(src: FeatureSource, rows: np.ndarray, *, l2: bool = False, bs:
 
 
 def build_fit(cfg: Config, data: TrainingSet, rows: np.ndarray, *, device: str, rank: int = 0,
-              world: int = 1) -> Fit:
+              world: int = 1, epochs: int | None = None) -> Fit:
     """Model (label scaling and feature statistics from ``rows`` of ``data``), optimiser, data
-    generator and curriculum of one fit, seeded by ``train.seed`` (+ rank for dropout and latent
-    noise)."""
+    generator and curriculum of one fit of ``epochs`` epochs (default ``train.epochs``), seeded by
+    ``train.seed`` (+ rank for dropout and latent noise)."""
     tcfg = cfg.train
     seed = tcfg.seed
     src = data.source
@@ -142,7 +143,7 @@ def build_fit(cfg: Config, data: TrainingSet, rows: np.ndarray, *, device: str, 
                      enabled=tcfg.use_curriculum and mcfg.use_uncertainty)
     net = distributed.wrap(model, src.module, device, world)
     return Fit(model, opt, torch.Generator().manual_seed(seed), cur, np.zeros(len(rows)), rows, scaling,
-               tcfg, device, net, data, rank, world)
+               tcfg, device, net, data, rank, world, tcfg.epochs if epochs is None else int(epochs))
 
 
 def run_epoch(fit: Fit, epoch: int, where: str = "") -> dict:
@@ -153,6 +154,8 @@ def run_epoch(fit: Fit, epoch: int, where: str = "") -> dict:
     labels, src = fit.data.labels, fit.data.source
     for g in fit.opt.param_groups:
         g["lr"] = learning_rate(epoch, tcfg)
+    if tcfg.adapt_epochs and hasattr(src, "hold"):  # a top of I3D trains in the fit's last adapt_epochs only
+        src.hold = epoch < fit.epochs - tcfg.adapt_epochs
     frac = 1.0 if epoch == 0 else fit.cur.fraction
     subset = fit.rows if frac >= 1.0 else fit.rows[select(fit.unc, frac)]
     order = subset[torch.randperm(len(subset), generator=fit.gen).numpy()]

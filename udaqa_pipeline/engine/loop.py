@@ -89,7 +89,7 @@ def train_one(cfg: Config, spec: RunSpec, data: TrainingSet, rows: tuple[np.ndar
     selection.prepare(data, ck, device=device, calibrate=calibrating)
     epochs = selection.epochs()
     meta["epochs_planned"] = epochs
-    fit = build_fit(cfg, data, selection.fit_rows, device=device, rank=rank, world=world)
+    fit = build_fit(cfg, data, selection.fit_rows, device=device, rank=rank, world=world, epochs=epochs)
     start = 0
     if ck is not None:
         start = restore(fit, ck)

@@ -98,7 +98,7 @@ def inner_folds(cfg: Config, data: TrainingSet, rows: np.ndarray, *, device: str
     for i, val in enumerate(inner_partition(rows, k, seed, groups)):
         train_rows = np.setdiff1d(rows, val)
         fit = build_fit(cfg, data.fresh(), train_rows if also is None else np.union1d(train_rows, also),
-                        device=device)
+                        device=device, epochs=epochs)
         folds.append(val)
         for e in range(epochs):
             run_epoch(fit, e, where=f"inner fold {i + 1}/{k}")
