@@ -234,10 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         # a part adds its entries to the table already there (each entry names its seeds and tasks)
         old = json.loads((HERE / "real.json").read_text()) if (HERE / "real.json").is_file() and not full else {}
         old = old if "runs" in old else {}
+        part = (f"{', '.join(recipes)} on {', '.join(splits)} ({', '.join(tasks)}"
+                f"{', honest only' if a.honest_only else ''}, {a.seeds} seed(s))")
+        parts = [p for p in old.get("part", "").split("; ") if p]
         res.update(runs=dict(old.get("runs") or {}), complete=full,
-                   part="; ".join(p for p in [old.get("part", ""),
-                                              f"{', '.join(recipes)} on {', '.join(splits)} ({', '.join(tasks)}"
-                                              f"{', honest only' if a.honest_only else ''}, {a.seeds} seed(s))"] if p))
+                   part="; ".join(parts + ([part] if part not in parts else [])))  # a rerun part is named once
         for recipe in recipes:
             extra, methods = TABLE_RECIPES[recipe]
             for split in splits:
