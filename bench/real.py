@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated subset of the table's recipes (TABLE_RECIPES), or with --dev of RECIPES")
     ap.add_argument("--splits", default=",".join(SPLITS), help="comma-separated subset of official,louo")
     ap.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of the tasks")
-    ap.add_argument("--honest-only", action="store_true", help="the official split under the honest protocol only")
+    ap.add_argument("--protocol", choices=("honest", "paper", "both"), default=None,
+                    help="every split under this protocol (default: each split's, SPLITS)")
     ap.add_argument("--out", default=None, help="runs folder (default runs/bench-real)")
     ap.add_argument("--cache-root", default=None, help="where stage one's cache lives (default cache/)")
     ap.add_argument("--markdown", action="store_true",
@@ -230,25 +231,25 @@ def main(argv: list[str] | None = None) -> int:
     else:
         recipes = [r for r in a.recipes.split(",") if r] if a.recipes else list(TABLE_RECIPES)
         splits = [s for s in a.splits.split(",") if s]
-        full = recipes == list(TABLE_RECIPES) and splits == list(SPLITS) and tasks == list(TASKS) and not a.honest_only
+        full = recipes == list(TABLE_RECIPES) and splits == list(SPLITS) and tasks == list(TASKS) and a.protocol is None
         # a part adds its entries to the table already there (each entry names its seeds and tasks)
         old = json.loads((HERE / "real.json").read_text()) if (HERE / "real.json").is_file() and not full else {}
         old = old if "runs" in old else {}
         part = (f"{', '.join(recipes)} on {', '.join(splits)} ({', '.join(tasks)}"
-                f"{', honest only' if a.honest_only else ''}, {a.seeds} seed(s))")
+                f"{f', {a.protocol} protocol' if a.protocol else ''}, {a.seeds} seed(s))")
         parts = [p for p in old.get("part", "").split("; ") if p]
         res.update(runs=dict(old.get("runs") or {}), complete=full,
                    part="; ".join(parts + ([part] if part not in parts else [])))  # a rerun part is named once
         for recipe in recipes:
             extra, methods = TABLE_RECIPES[recipe]
             for split in splits:
-                protocol = "honest" if a.honest_only else SPLITS[split]
+                protocol = a.protocol or SPLITS[split]
                 slug = "".join(c if c.isalnum() else "_" for c in recipe)[:30]
                 r = cross_validate(STAGE, root=DATA, overrides=data + extra, seeds=a.seeds, split=split,
                                    protocol=protocol, methods=methods, jobs=a.jobs, run_dir=out / slug / split,
                                    cache_root=a.cache_root, progress=False)
                 print(f"== {recipe}\n{format_table(r)}", flush=True)
-                key = f"{recipe} / {split}" + ("" if tasks == list(TASKS) else f" / {','.join(tasks)}")
+                key = f"{recipe} / {split} / {protocol}" + ("" if tasks == list(TASKS) else f" / {','.join(tasks)}")
                 res["runs"][key] = {"recipe": recipe, "overrides": extra, "seeds": a.seeds, "tasks": tasks,
                                                       "command": _cmd(split, protocol, a.seeds, methods, data + extra),
                                                       "cv": r}
