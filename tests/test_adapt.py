@@ -253,3 +253,22 @@ def test_heads_first_the_top_trains_in_the_last_epochs_only(cut_cache, tmp_path)
     assert not torch.equal(load_checkpoint(step / CHECKPOINT)["source"]["i3d." + k], kinetics)
     with pytest.raises(ConfigError, match="adapt_epochs"):
         resolve("mtl", TINY + ("train.adapt_epochs=2",))
+
+
+def test_the_top_follows_the_heads_learning_rate_schedule(cut_cache):
+    """The top's in-backward Adam steps at finetune.lr_scale x the heads' learning rate of the epoch
+    (a cosine schedule takes both towards 0), so the heads' last epochs do not chase a top still
+    moving at 0.1 x train.lr."""
+    from udaqa_pipeline.data.trainset import from_cache
+    from udaqa_pipeline.engine.adapt import adapted
+    from udaqa_pipeline.engine.fit import build_fit, run_epoch
+    from udaqa_pipeline.engine.recipe import learning_rate
+
+    cfg = resolve("mtl", TINY + CUT + TRAIN + ("train.adapt=top", "train.lr_schedule=cosine", "train.epochs=4"))
+    data = adapted(from_cache(open_cache(cut_cache), "mtl"), cfg, "cpu")
+    fit = build_fit(cfg, data, np.arange(len(data.labels.ids)), device="cpu")
+    top = data.source.module
+    for epoch in (0, 3):
+        run_epoch(fit, epoch)
+        assert top.lr == pytest.approx(0.1 * learning_rate(epoch, cfg.train))
+    assert learning_rate(3, cfg.train) < 0.2 * cfg.train.lr

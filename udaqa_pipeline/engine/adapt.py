@@ -6,9 +6,9 @@ I3D (:class:`~.finetune.FrameSource`), run by the same loop.
 and runs the I3D blocks from the cut on (:class:`~.finetune.Backbone` with the blocks below dropped)
 to the clip features, with gradients in a training step. Design choices:
 
-- **Learning rate**: the blocks train at ``finetune.lr_scale`` x ``train.lr`` (0.1, as the
-  published AQA code fine-tunes I3D), with their own Adam inside the backward pass and the heads'
-  weight decay (:class:`~.finetune.Backbone`).
+- **Learning rate**: the blocks train at ``finetune.lr_scale`` x the heads' learning rate (0.1, as
+  the published AQA code fine-tunes I3D), following the heads' schedule, with their own Adam inside
+  the backward pass and the heads' weight decay (:class:`~.finetune.Backbone`).
 - **BatchNorm** (``finetune.freeze_bn``, default on): the Kinetics running statistics in training
   and evaluation alike, scale and shift trained, so the top starts from exactly the function that
   wrote the cached features (:mod:`.finetune` says why batch statistics fail here).
@@ -59,8 +59,8 @@ def top_backbone(cfg: Config, device: torch.device, state: dict | None = None) -
     if cut == "none":
         raise ConfigError(NO_CUT)
     f, t = cfg.finetune, cfg.train
-    bb = Backbone(load_i3d(device=device), lr=t.lr * f.lr_scale, weight_decay=t.weight_decay, freeze_bn=f.freeze_bn,
-                  checkpointing=False, amp=_auto_flag(f.amp, device), train_from=cut, drop_below=True)
+    bb = Backbone(load_i3d(device=device), lr=t.lr * f.lr_scale, lr_scale=f.lr_scale, weight_decay=t.weight_decay,
+                  freeze_bn=f.freeze_bn, checkpointing=False, amp=_auto_flag(f.amp, device), train_from=cut, drop_below=True)
     if state is not None:
         bb.load_state_dict(state)
     return bb.to(device)

@@ -18,7 +18,9 @@ Design choices:
   ``torch.no_grad``) sees the plain centre view with I3D in eval mode, exactly as stage one.
   Augmentation seeds are drawn from torch's global RNG, which the loop checkpoints, so a resumed
   run draws the same augmentations as an uninterrupted one.
-- **Backbone learning rate**: ``finetune.lr_scale`` x the heads' ``train.lr`` (default 0.1). The
+- **Backbone learning rate**: ``finetune.lr_scale`` x the heads' learning rate (default 0.1),
+  following the heads' schedule (``train.lr_schedule``) epoch by epoch, as one optimizer with two
+  parameter groups under one scheduler does in the published code. The
   loop builds one Adam over the heads; the backbone is updated by its own Adam *inside the backward
   pass* (a post-accumulate-grad hook per parameter, PyTorch's "optimizer step in backward" recipe),
   which then clears the gradient, so the heads' optimizer skips those parameters. Adam's moments
@@ -157,14 +159,16 @@ class Backbone(nn.Module):
     with bf16 autocast when ``amp`` and activation checkpointing when training with gradients.
     """
 
-    def __init__(self, i3d: nn.Module, *, lr: float, weight_decay: float = 0.0, freeze: bool = False,
-                 freeze_bn: bool = False, checkpointing: bool = True, amp: bool = False,
+    def __init__(self, i3d: nn.Module, *, lr: float, lr_scale: float = 1.0, weight_decay: float = 0.0,
+                 freeze: bool = False, freeze_bn: bool = False, checkpointing: bool = True, amp: bool = False,
                  train_from: str | None = None, drop_below: bool = False) -> None:
         super().__init__()
         from ..backbone.i3d import block_index
 
         self.i3d = i3d
+        #: the in-backward Adam step's learning rate; the loop sets it to the heads' lr x lr_scale each epoch
         self.lr = float(lr)
+        self.lr_scale = float(lr_scale)
         self.weight_decay = float(weight_decay)
         self.freeze = bool(freeze)
         self.freeze_bn = bool(freeze_bn)
@@ -476,7 +480,7 @@ def build_backbone(cfg: Config, device: torch.device, i3d: nn.Module | None = No
     t = cfg.train
     i3d = i3d if i3d is not None else load_i3d(device=device)
     i3d.to(device)
-    return Backbone(i3d, lr=t.lr * f.lr_scale, weight_decay=t.weight_decay, freeze=f.freeze_backbone,
+    return Backbone(i3d, lr=t.lr * f.lr_scale, lr_scale=f.lr_scale, weight_decay=t.weight_decay, freeze=f.freeze_backbone,
                     freeze_bn=f.freeze_bn, checkpointing=_auto_flag(f.checkpointing, device),
                     amp=_auto_flag(f.amp, device), train_from=f.train_from)
 
@@ -491,7 +495,8 @@ def time_step(backbone: Backbone, cfg: Config, batch_size: int, *, n_videos: int
     from ..features import layout_of
 
     dev = next(backbone.i3d.parameters()).device
-    probe = Backbone(copy.deepcopy(backbone.i3d), lr=backbone.lr, weight_decay=backbone.weight_decay,
+    probe = Backbone(copy.deepcopy(backbone.i3d), lr=backbone.lr, lr_scale=backbone.lr_scale,
+                     weight_decay=backbone.weight_decay,
                      freeze=backbone.freeze, freeze_bn=backbone.freeze_bn, checkpointing=backbone.checkpointing,
                      amp=backbone.amp, train_from=backbone.train_from)
     probe.train()

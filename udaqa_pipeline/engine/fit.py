@@ -152,8 +152,11 @@ def run_epoch(fit: Fit, epoch: int, where: str = "") -> dict:
     on a non-finite loss (``where`` names the run in the message)."""
     model, tcfg, rank, world = fit.model, fit.tcfg, fit.rank, fit.world
     labels, src = fit.data.labels, fit.data.source
+    lr = learning_rate(epoch, tcfg)
     for g in fit.opt.param_groups:
-        g["lr"] = learning_rate(epoch, tcfg)
+        g["lr"] = lr
+    if src.module is not None:  # a trainable backbone follows the heads' schedule at its share
+        src.module.lr = lr * src.module.lr_scale
     if tcfg.adapt_epochs and hasattr(src, "hold"):  # a top of I3D trains in the fit's last adapt_epochs only
         src.hold = epoch < fit.epochs - tcfg.adapt_epochs
     frac = 1.0 if epoch == 0 else fit.cur.fraction
