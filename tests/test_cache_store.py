@@ -96,6 +96,31 @@ def test_find_cache(tmp_path):
     assert find_cache("toy", tmp_path) == p
 
 
+def test_a_run_reads_the_cache_its_feature_settings_describe(tmp_path):
+    """Two caches of one stage that differ in video size: a run's config picks the one it describes,
+    not the newest; settings that neither has are refused, naming the setting and its two values."""
+    from udaqa_pipeline import resolve
+    from udaqa_pipeline.cache.manifest import extraction_key
+    from udaqa_pipeline.config import resolve as resolve_config
+
+    def cfg(size: int):
+        return resolve_config("mtl", [f"cache.video_size=[{size}, {size}]"])
+
+    feats, video, rows = _arrays()
+    made = {}
+    for size, when in ((64, "2026-01-01T00:00:00"), (32, "2026-01-02T00:00:00")):  # the 32 px one is newer
+        c = cfg(size)
+        key = extraction_key(dataset="mtl", cfg=c, views=make_views(c.cache.views, c.cache.view_shift),
+                             dtype=c.cache.dtype, weights_sha256="sha")
+        made[size] = write_cache(tmp_path / f"mtl-{size}", features=feats, video=video, samples=rows,
+                                 clip_starts=[0, 1, 2], dataset="mtl", hashed=key, extra={"finished": when})
+    assert find_cache("mtl", tmp_path) == made[32]
+    assert resolve.cache_dir("mtl", cache_root=tmp_path, cfg=cfg(64)) == made[64]
+    assert resolve.cache_dir("mtl", cache_root=tmp_path, cfg=cfg(32)) == made[32]
+    with pytest.raises(CacheError, match=r"cache.video_size = \[32, 32\] \(this run: \[16, 16\]\).*--cache"):
+        resolve.cache_dir("mtl", cache_root=tmp_path, cfg=cfg(16))
+
+
 def _flip_byte(path: Path, offset: int) -> None:
     with open(path, "r+b") as f:
         f.seek(offset)

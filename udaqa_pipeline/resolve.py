@@ -7,7 +7,7 @@
   when present, else the CPU;
 - a run directory (:func:`run_dir`): ``<runs>/<stage>/...`` by what the run is;
 - a cache (:func:`cache_dir`): an explicit directory, the one a run was trained on (by its hash),
-  or the stage's newest complete cache;
+  or the stage's newest complete cache built with the config's feature settings;
 - stage two's input (:func:`training_set`): labels, feature source and provenance of a cache.
 
 Nothing else in the package looks caches up, picks a device or names a run directory.
@@ -105,9 +105,11 @@ def cache_by_hash(cache_hash: str, cache_root: str | Path | None = None) -> Path
 
 
 def cache_dir(stage: str | None = None, *, cache: str | Path | None = None, cache_root: str | Path | None = None,
-              cache_hash: str | None = None) -> Path:
+              cache_hash: str | None = None, cfg: Any = None) -> Path:
     """The cache to read: ``cache`` when given; else the one named by ``cache_hash`` (a run's);
-    else ``stage``'s newest complete cache. Raises ``CacheError`` naming the fix when there is none."""
+    else ``stage``'s newest complete cache, and with ``cfg`` (a run's resolved config) the newest
+    whose features were made with ``cfg``'s settings (:func:`matching_cache`). Raises ``CacheError``
+    naming the fix when there is none."""
     from .cache import CacheError, find_cache
 
     if cache is not None:
@@ -120,11 +122,62 @@ def cache_dir(stage: str | None = None, *, cache: str | Path | None = None, cach
         return d
     if stage is None:
         raise ValueError("cache_dir needs a stage, a cache or a cache hash")
+    if cfg is not None:
+        return matching_cache(stage_name(stage), cfg, cache_root)
     return find_cache(stage_name(stage), cache_root)
 
 
+#: A feature setting of the cache key -> the ``--set`` key a user changes it with.
+_SETTING = {"video_size": "cache.video_size", "views": "cache.views / cache.view_shift", "dtype": "cache.dtype"}
+
+
+def matching_cache(stage: str, cfg: Any, cache_root: str | Path | None = None) -> Path:
+    """The newest complete cache of ``stage`` whose features were made with ``cfg``'s feature
+    settings (the cache key's frames, clips, preprocess, video size, views and dtype,
+    :func:`~udaqa_pipeline.cache.manifest.extraction_key`; not the samples, labels or cut, and not
+    the I3D weights, which no setting of a run names), so a run never trains on features its own
+    config does not describe.
+
+    Raises ``CacheError``: with none of the stage's caches matching, naming the newest one's
+    differing settings and the fixes (its settings, ``--cache DIR``, or a cache built with these)."""
+    from .cache import CacheError, find_cache
+    from .cache.manifest import extraction_key, feature_settings, read_manifest
+    from .features.views import make_views
+
+    def settings(key: dict) -> dict:
+        return {k: v for k, v in feature_settings(key).items() if k != "weights_sha256"}
+
+    c = cfg.cache
+    want = settings(extraction_key(dataset=stage, cfg=cfg, views=make_views(c.views, c.view_shift), dtype=c.dtype,
+                                   weights_sha256=""))
+    newest = find_cache(stage, cache_root)  # raises when the stage has no complete cache at all
+    found = []
+    for d in sorted(_cache_root(cache_root).glob(f"{stage}-*")):
+        try:
+            m = read_manifest(d)
+        except CacheError:
+            continue
+        if m.get("dataset") == stage and m.get("complete") and settings(m.get("hashed") or {}) == want:
+            found.append((m.get("updated") or m.get("finished", ""), d))
+    if found:
+        return max(found)[1]
+    have = settings(read_manifest(newest).get("hashed") or {})
+    diffs = []
+    for k in sorted(set(have) | set(want)):
+        a, b = have.get(k), want.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f"{k}.{s} = {a.get(s)!r} (this run: {b.get(s)!r})" for s in sorted(set(a) | set(b))
+                      if a.get(s) != b.get(s)]
+        elif a != b:
+            diffs.append(f"{_SETTING.get(k, k)} = {a!r} (this run: {b!r})")
+    raise CacheError(f"no {stage} cache under {_cache_root(cache_root)} holds features made with this run's settings; "
+                     f"the newest, {newest}, was built with {'; '.join(diffs)}. Train with the settings it was built "
+                     f"with (--set ...), name it with --cache {newest}, or build one with these settings "
+                     f"(`udaqa-pipeline features {stage} --root DIR` and the same --set)")
+
+
 def training_set(stage: str | None = None, *, cache: Any = None, cache_root: str | Path | None = None,
-                 cache_hash: str | None = None, source: Any = None) -> Any:
+                 cache_hash: str | None = None, source: Any = None, cfg: Any = None) -> Any:
     """Stage two's input (:class:`~udaqa_pipeline.data.trainset.TrainingSet`) of a cache: ``cache`` an
     opened cache object or a directory, else found by :func:`cache_dir`; ``source`` a feature source
     other than the cache (its labels and provenance still come from the cache)."""
@@ -132,5 +185,5 @@ def training_set(stage: str | None = None, *, cache: Any = None, cache_root: str
     from .data.trainset import from_cache
 
     if cache is None or isinstance(cache, (str, Path)):
-        cache = open_cache(cache_dir(stage, cache=cache, cache_root=cache_root, cache_hash=cache_hash))
+        cache = open_cache(cache_dir(stage, cache=cache, cache_root=cache_root, cache_hash=cache_hash, cfg=cfg))
     return from_cache(cache, stage_name(stage) if stage is not None else None, source)

@@ -33,7 +33,7 @@ def train(dataset: str | Path, *, cache: str | Path | None = None, cache_root: s
     is no cache."""
     cfg = config.resolve(dataset, overrides)
     spec = spec or RunSpec(stage_name(dataset))
-    data = data or resolve.training_set(dataset, cache=cache, cache_root=cache_root)
+    data = data or resolve.training_set(dataset, cache=cache, cache_root=cache_root, cfg=cfg)
     dev = resolve.device(device)
     data = adapted(data, cfg, dev)  # train.adapt = "top": the cache's cut through a trainable top of I3D
     run_dir = Path(run_dir) if run_dir is not None else resolve.run_dir(spec.stage, fold=spec.fold, cv=spec.cv,

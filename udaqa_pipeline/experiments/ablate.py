@@ -116,8 +116,9 @@ def ablate(dataset: str, *, fold: int = 0, cache: Any = None, cache_root: Any = 
 
     from .. import resolve
 
-    cache = resolve.cache_dir(dataset, cache=cache, cache_root=cache_root)
     from .. import config
+
+    cache = resolve.cache_dir(dataset, cache=cache, cache_root=cache_root, cfg=config.resolve(dataset, list(overrides)))
     from ..engine.recipe import PAPER_RECIPE
 
     table = {n: ([*PAPER_RECIPE, *ov], paper) for n, (ov, paper) in ROWS.items()}
