@@ -251,8 +251,11 @@ def test_heads_first_the_top_trains_in_the_last_epochs_only(cut_cache, tmp_path)
     assert torch.equal(ck2["source"]["i3d." + k], kinetics) and ck2["epoch"] == 1
     train("mtl", cache=cut_cache, run_dir=step, overrides=over, progress=False)
     assert not torch.equal(load_checkpoint(step / CHECKPOINT)["source"]["i3d." + k], kinetics)
-    with pytest.raises(ConfigError, match="adapt_epochs"):
+    with pytest.raises(ConfigError, match="needs train.adapt = 'top'"):
         resolve("mtl", TINY + ("train.adapt_epochs=2",))
+    for n in (-1, 4):
+        with pytest.raises(ConfigError, match=r"from 0 \(every epoch\) to train.epochs \(3\)"):
+            resolve("mtl", TINY + ("train.adapt=top", "train.epochs=3", f"train.adapt_epochs={n}"))
 
 
 def test_the_top_follows_the_heads_learning_rate_schedule(cut_cache):

@@ -230,8 +230,8 @@ def read_cut(cache: Any, cut: str, dtype: str | None = None) -> tuple[np.ndarray
     if e is None or not (cache.path / e["store"]).exists():
         have = ", ".join(sorted(cuts)) or "none"
         raise CacheError(f"cache {cache.path} has no {cut} cut (has: {have}); add it with `udaqa-pipeline features "
-                         f"{cache.manifest.get('dataset', 'DATASET')} --set cache.cut={cut}` (its features are "
-                         f"kept; the bottom of I3D runs once more)")
+                         f"{cache.manifest.get('dataset', 'DATASET')} --root DIR --set cache.cut={cut}` and the "
+                         f"--set the cache was built with (its features are kept; the bottom of I3D runs once more)")
     from .store import read_store_arrays
 
     stored = read_store_arrays(cache.path / e["store"], e["backend"], ["cut"])["cut"]

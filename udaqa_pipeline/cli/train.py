@@ -91,17 +91,22 @@ def echo_runs(run_dir) -> None:
 
     dirs = [rd for rd in run_dirs(Path(run_dir)) if (rd / CHECKPOINT).is_file()]
     for rd in dirs:
-        ck = load_run(rd).checkpoint
+        run = load_run(rd)
+        ck = run.checkpoint
         best = ck["best"]
         score = best.get("score")
         how = {"last": "the last epoch", "inner_cv": "the inner-CV epoch count"}.get(
             ck.get("select"), f"best {ck.get('select')} score {score:.3f}" if isinstance(score, float)
             and math.isfinite(score) else f"{ck.get('select')} (no defined score: the last epoch)")
         kept = ck["epoch"] if best.get("model") is None else best["epoch"]  # load_run's fallback
-        avg = f", heads averaged over {best['averaged']} epochs" if best.get("averaged") else ""
+        t = run.config.train
+        top = ""
+        if t.adapt == "top":
+            top = f"; top of I3D trained{f' in the last {t.adapt_epochs} epochs' if t.adapt_epochs else ''}"
+        avg = f", weights averaged over {best['averaged']} epochs" if best.get("averaged") else ""
         cal = ck.get("calibration")
         cal = f"; sampler calibrated on {cal['fitted_on']}" if cal else "; sampler not calibrated (train.calibrate)"
-        click.echo(f"{rd}: {ck['epoch'] + 1} epochs, kept epoch {kept + 1} ({how}{avg}){cal}")
+        click.echo(f"{rd}: {ck['epoch'] + 1} epochs, kept epoch {kept + 1} ({how}{avg}){top}{cal}")
     if len(dirs) > 1:
         click.echo(f"{run_dir}: one model per group above; `evaluate --run {run_dir}` scores them all, "
                    f"`score --run {dirs[0]}` scores with one")

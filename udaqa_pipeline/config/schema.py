@@ -148,9 +148,12 @@ class Train:
     adapt_epochs: int = 0                   # with adapt = "top": the top trains in the last N epochs only (0: all)
 
     def __post_init__(self) -> None:
-        if self.adapt_epochs < 0 or (self.adapt_epochs and self.adapt != "top"):
+        if not 0 <= self.adapt_epochs <= self.epochs:
             raise ConfigError(f"train.adapt_epochs = {self.adapt_epochs}: the number of last epochs in which the top "
-                              f"of I3D trains (0: every epoch) is a whole number >= 0 and needs train.adapt = 'top'")
+                              f"of I3D trains is a whole number from 0 (every epoch) to train.epochs ({self.epochs})")
+        if self.adapt_epochs and self.adapt != "top":
+            raise ConfigError(f"train.adapt_epochs = {self.adapt_epochs} needs train.adapt = 'top' (the top of I3D "
+                              f"trained from the cache's cut); add --set train.adapt=top, or leave adapt_epochs at 0")
         if self.inner_folds < 2:
             raise ConfigError(f"train.inner_folds must be a whole number of folds, at least 2, not {self.inner_folds!r}")
         step = float(self.award_step)

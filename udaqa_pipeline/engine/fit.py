@@ -13,6 +13,7 @@ from torch import nn
 from ..model.calibration import HeldOut
 from ..config import Config, Train
 from .curriculum import Curriculum, select
+from .finetune import Backbone
 from ..errors import UdaqaError
 from ..inference.predict import heldout_draws, predict, uncertainties
 from ..model import UDAQA, clip_l2
@@ -155,7 +156,7 @@ def run_epoch(fit: Fit, epoch: int, where: str = "") -> dict:
     lr = learning_rate(epoch, tcfg)
     for g in fit.opt.param_groups:
         g["lr"] = lr
-    if src.module is not None:  # a trainable backbone follows the heads' schedule at its share
+    if isinstance(src.module, Backbone):  # its own in-backward Adam follows the heads' schedule at its share
         src.module.lr = lr * src.module.lr_scale
     if tcfg.adapt_epochs and hasattr(src, "hold"):  # a top of I3D trains in the fit's last adapt_epochs only
         src.hold = epoch < fit.epochs - tcfg.adapt_epochs
