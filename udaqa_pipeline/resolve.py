@@ -141,7 +141,8 @@ def matching_cache(stage: str, cfg: Any, cache_root: str | Path | None = None) -
     Raises ``CacheError``: with none of the stage's caches matching, naming the newest one's
     differing settings and the fixes (its settings, ``--cache DIR``, or a cache built with these)."""
     from .cache import CacheError, find_cache
-    from .cache.manifest import extraction_key, feature_settings, read_manifest
+    from .cache.manifest import extraction_key, feature_settings
+    from .cache.store import complete_caches
     from .features.views import make_views
 
     def settings(key: dict) -> dict:
@@ -150,18 +151,14 @@ def matching_cache(stage: str, cfg: Any, cache_root: str | Path | None = None) -
     c = cfg.cache
     want = settings(extraction_key(dataset=stage, cfg=cfg, views=make_views(c.views, c.view_shift), dtype=c.dtype,
                                    weights_sha256=""))
-    newest = find_cache(stage, cache_root)  # raises when the stage has no complete cache at all
-    found = []
-    for d in sorted(_cache_root(cache_root).glob(f"{stage}-*")):
-        try:
-            m = read_manifest(d)
-        except CacheError:
-            continue
-        if m.get("dataset") == stage and m.get("complete") and settings(m.get("hashed") or {}) == want:
-            found.append((m.get("updated") or m.get("finished", ""), d))
+    caches = complete_caches(stage, cache_root)
+    if not caches:
+        return find_cache(stage, cache_root)  # raises its message: no cache for the stage at all
+    found = [d for d, m in caches if settings(m.get("hashed") or {}) == want]
     if found:
-        return max(found)[1]
-    have = settings(read_manifest(newest).get("hashed") or {})
+        return found[-1]
+    newest, m = caches[-1]
+    have = settings(m.get("hashed") or {})
     diffs = []
     for k in sorted(set(have) | set(want)):
         a, b = have.get(k), want.get(k)

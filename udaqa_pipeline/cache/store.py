@@ -558,28 +558,36 @@ def open_cache(path: str | Path, *, backend: str | None = None, require_complete
     )
 
 
-def find_cache(dataset: str, cache_root: str | Path | None = None) -> Path:
-    """The complete cache of ``dataset`` under the cache root; when there are several, the one a
-    ``features`` run wrote last (extraction or label refresh: manifest ``updated``, else ``finished``).
-
-    Raises :class:`CacheError` naming ``make features DATASET=...`` when there is none.
-    """
-    root = _cache_root(cache_root)
+def complete_caches(dataset: str, cache_root: str | Path | None = None) -> list[tuple[Path, dict[str, Any]]]:
+    """The complete caches of ``dataset`` under the cache root with their manifests, oldest first by
+    when a ``features`` run wrote them last (extraction or label refresh: manifest ``updated``, else
+    ``finished``); unreadable manifests are left out."""
     found = []
-    for d in sorted(root.glob(f"{dataset}-*")):
+    for d in sorted(_cache_root(cache_root).glob(f"{dataset}-*")):
         try:
             m = read_manifest(d)
         except CacheError:
             continue
         if m.get("dataset") == dataset and m.get("complete"):
-            found.append((m.get("updated") or m.get("finished", ""), d))
+            found.append((m.get("updated") or m.get("finished", ""), d, m))
+    return [(d, m) for _, d, m in sorted(found, key=lambda t: t[:2])]
+
+
+def find_cache(dataset: str, cache_root: str | Path | None = None) -> Path:
+    """The complete cache of ``dataset`` under the cache root; when there are several, the one a
+    ``features`` run wrote last (:func:`complete_caches`).
+
+    Raises :class:`CacheError` naming ``make features DATASET=...`` when there is none.
+    """
+    root = _cache_root(cache_root)
+    found = complete_caches(dataset, root)
     if not found:
         raise CacheError(
             f"no complete feature cache for {dataset!r} under {root}; build one with "
             f"`make features DATASET={dataset} ROOT=/path/to/data` "
             f"(or `udaqa-pipeline features {dataset} --root /path/to/data`)"
         )
-    return max(found)[1]
+    return found[-1][0]
 
 
 # ----------------------------------------------------------------------------- writing

@@ -114,16 +114,14 @@ def ablate(dataset: str, *, fold: int = 0, cache: Any = None, cache_root: Any = 
     (default: cores // jobs)."""
     from joblib import Parallel, delayed
 
-    from .. import resolve
-
-    from .. import config
-
-    cache = resolve.cache_dir(dataset, cache=cache, cache_root=cache_root, cfg=config.resolve(dataset, list(overrides)))
+    from .. import config, resolve
     from ..engine.recipe import PAPER_RECIPE
 
-    table = {n: ([*PAPER_RECIPE, *ov], paper) for n, (ov, paper) in ROWS.items()}
     base = list(overrides)
-    own = config.resolve(dataset, base).train
+    cfg = config.resolve(dataset, base)
+    cache = resolve.cache_dir(dataset, cache=cache, cache_root=cache_root, cfg=cfg)
+    table = {n: ([*PAPER_RECIPE, *ov], paper) for n, (ov, paper) in ROWS.items()}
+    own = cfg.train
     if all(config.resolve(dataset, base + ov).train != own for ov, _ in table.values()):
         table[STAGE_ROW] = ([], None)
     names = list(table) if rows is None else rows
